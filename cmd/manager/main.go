@@ -1,0 +1,329 @@
+// Command rtmanager is Runtime Manager: it runs one Docker container per Galaxy game, driven by
+// Lobby's job streams and the operators' REST API, reconciling desired state in PostgreSQL
+// with what Docker shows. Configuration comes from the environment (see docs/examples.md).
+//
+// main only wires: it reads config, builds the adapters, the controller and its sources, serves
+// the listener and runs until SIGINT or SIGTERM.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/redis/go-redis/v9"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+	"github.com/galaxy-platform/rtmanager/config"
+	"github.com/galaxy-platform/rtmanager/controllers"
+	"github.com/galaxy-platform/rtmanager/coord"
+	"github.com/galaxy-platform/rtmanager/httpapi"
+	"github.com/galaxy-platform/rtmanager/probe"
+	"github.com/galaxy-platform/rtmanager/publisher"
+	"github.com/galaxy-platform/rtmanager/runtime"
+	"github.com/galaxy-platform/rtmanager/sources"
+	"github.com/galaxy-platform/rtmanager/store"
+	"github.com/galaxy-platform/rtmanager/telemetry"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// Exit codes: 2 for bad configuration, 1 for a failed dependency at start-up.
+const (
+	exitConfig = 2
+	exitStart  = 1
+)
+
+func main() {
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println("rtmanager", version)
+		return
+	}
+	os.Exit(run())
+}
+
+func run() int {
+	cfg, err := config.Load(os.Getenv)
+	if err != nil {
+		log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			log.Error("invalid configuration", "variable", ce.Var, "reason", ce.Reason)
+		} else {
+			log.Error("invalid configuration", "error", err)
+		}
+		return exitConfig
+	}
+	log := newLogger(cfg)
+	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
+	log.Info("starting rtmanager", "version", version, "config", cfg)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("start-up failed", "step", stepOf(err), "error", err)
+		return exitStart
+	}
+	return 0
+}
+
+// stepError names the start-up step that failed.
+type stepError struct {
+	step string
+	err  error
+}
+
+func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
+func step(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &stepError{step: name, err: err}
+}
+
+func stepOf(err error) string {
+	var se *stepError
+	if errors.As(err, &se) {
+		return se.step
+	}
+	return "unknown"
+}
+
+// serve runs the start-up sequence of the runbook, then the workers until ctx ends, then shuts
+// down. Any error it returns happened during start-up.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	// 1. PostgreSQL and migrations.
+	if err := store.Migrate(ctx, cfg.PostgresDSN); err != nil {
+		return step("postgres migrations", err)
+	}
+	log.Info("migrations applied")
+	var pub *publisher.Publisher
+	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{OnOutbox: func() {
+		if pub != nil {
+			pub.Wake()
+		}
+	}})
+	if err != nil {
+		return step("postgres", err)
+	}
+	defer st.Close()
+	if err := st.Ping(ctx); err != nil {
+		return step("postgres ping", err)
+	}
+	log.Info("postgres ping ok")
+
+	// 2. Redis.
+	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, Password: cfg.RedisPassword,
+		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32})
+	defer rdb.Close()
+	co := coord.New(rdb, ownerID(), cfg.GameLeaseTTL)
+	if err := co.Ping(ctx); err != nil {
+		return step("redis ping", err)
+	}
+	log.Info("redis ping ok")
+
+	// 4 comes before 3 in construction only: the Docker adapter records its spans and latencies
+	// through the providers; the exporter is reported started in its place in the sequence.
+	tel, err := telemetry.Setup(ctx, cfg.TelemetryExporter, version)
+	if err != nil {
+		return step("telemetry", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		_ = tel.Shutdown(sctx)
+	}()
+	metrics, err := telemetry.NewMetrics(tel.Meter("rtmanager"), st, co, cfg)
+	if err != nil {
+		return step("telemetry", err)
+	}
+
+	// 3. Docker and its network.
+	dk, err := runtime.New(runtime.Options{Host: cfg.DockerHost, Network: cfg.DockerNetwork, Logger: log,
+		Tracer: tel.Tracer("rtmanager/runtime"), Meter: tel.Meter("rtmanager")})
+	if err != nil {
+		return step("docker", err)
+	}
+	defer dk.Close()
+	if err := dk.Ping(ctx); err != nil {
+		return step("docker ping", err)
+	}
+	log.Info("docker ping ok")
+	if err := dk.CheckNetwork(ctx); err != nil {
+		return step("docker network", err)
+	}
+	log.Info("docker network found", "network", cfg.DockerNetwork)
+
+	// 4. Telemetry.
+	log.Info("telemetry exporter started", "exporter", cfg.TelemetryExporter)
+
+	// The reconciler and its controller.
+	prober := probe.New(cfg.EnginePort, cfg.ProbeTarget == config.ProbeTargetContainerIP, cfg.ProbeTimeout)
+	dirs := runtime.StateDirs{Root: cfg.GameStateRoot, Mode: os.FileMode(cfg.GameStateDirMode),
+		UID: cfg.GameStateOwnerUID, GID: cfg.GameStateOwnerGID}
+	leases := metrics.Leaser(co)
+	rec, err := controllers.New(st, dk, leases, dirs, prober, controllers.Options{
+		Network: cfg.DockerNetwork, EnginePort: cfg.EnginePort, StateMount: cfg.EngineStateMount,
+		StopTimeout: cfg.EngineStopTimeout, MemoryBytes: cfg.EngineMemoryBytes, NanoCPUs: cfg.EngineNanoCPUs,
+		PidsLimit: cfg.EnginePidsLimit, User: cfg.EngineUser, ReadOnlyRoot: cfg.EngineReadOnlyRoot,
+		PatchVerifyTimeout: cfg.PatchVerifyTimeout, ProbeInterval: cfg.ProbeInterval,
+		Diagnose: lobbyDiagnostic(cfg.LobbyInternalBaseURL, log),
+	}, log, tel.Tracer("rtmanager/controller"), tel.Meter("rtmanager"))
+	if err != nil {
+		return step("controller", err)
+	}
+	ctrl, err := controllers.NewController(rec, 16, logr.FromSlogHandler(log.Handler()))
+	if err != nil {
+		return step("controller", err)
+	}
+	settings := rtm.Settings{EnginePort: cfg.EnginePort, StateRootJoin: func(id string) string {
+		return filepath.Join(cfg.GameStateRoot, id)
+	}}
+
+	// 5. Internal HTTP listener.
+	var api http.Handler // APIHOOK
+	_ = settings
+	handler := httpapi.NewHandler(httpapi.Options{
+		Checks: []httpapi.Check{
+			{Name: "postgres", Ping: st.Ping},
+			{Name: "redis", Ping: co.Ping},
+			{Name: "docker", Ping: dk.Ping},
+			{Name: "docker network", Ping: dk.CheckNetwork},
+		},
+		Metrics: tel.Handler(), PProf: cfg.PProf, API: api, Log: log,
+	})
+	ln, err := net.Listen("tcp", cfg.InternalHTTPAddr)
+	if err != nil {
+		return step("internal http listener", err)
+	}
+	srv := httpapi.NewServer(handler, cfg.RESTWaitTimeout+15*time.Second)
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Serve(ln) }()
+	log.Info("internal http listening", "addr", ln.Addr().String())
+
+	// 6. The synchronous initial pass.
+	ids, err := sources.AllGames(ctx, dk, st)
+	if err != nil {
+		_ = srv.Close()
+		return step("reconciler initial pass", err)
+	}
+	failed := ctrl.InitialPass(ctx, ids)
+	log.Info("reconciler initial pass completed", "games", len(ids), "retrying", failed)
+
+	// 7. Background workers.
+	pub = publisher.New(publisher.Publisher{Outbox: st, Redis: co, Log: log, Observer: metrics,
+		Names: map[string]string{
+			store.StreamJobResults:          cfg.JobResultsStream,
+			store.StreamHealthEvents:        cfg.HealthEventsStream,
+			store.StreamNotificationIntents: cfg.NotificationIntentsStream,
+		}})
+	pub.Wake()
+	workers := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"controller", ctrl.Start},
+		{"startjobs", (&sources.JobConsumer{Kind: sources.StartJobs, Stream: cfg.StartJobsStream, Store: st, Redis: co,
+			Enqueue: ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: settings, Log: log,
+			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics}).Run},
+		{"stopjobs", (&sources.JobConsumer{Kind: sources.StopJobs, Stream: cfg.StopJobsStream, Store: st, Redis: co,
+			Enqueue: ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: settings, Log: log,
+			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics}).Run},
+		{"dockerevents", (&sources.DockerEvents{Docker: dk, Lister: dk, Store: st, Enqueue: ctrl.Enqueue, Log: log}).Run},
+		{"prober", (&sources.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
+			Grace: cfg.ProbeInterval, Store: st, Docker: dk, Probe: prober, Observer: metrics, Log: log}).Run},
+		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: st, Docker: dk,
+			Enqueue: ctrl.Enqueue, Log: log}).Run},
+		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: dk, Store: st,
+			Enqueue: ctrl.Enqueue, Log: log}).Run},
+		{"publisher", pub.Run},
+	}
+	wctx, cancelWorkers := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWorkers()
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w.run(wctx); err != nil && wctx.Err() == nil {
+				log.Error("worker failed", "worker", w.name, "error", err)
+			}
+		}()
+		if w.name != "controller" {
+			log.Info("worker started", "worker", w.name)
+		}
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-srvDone:
+		log.Error("internal http listener failed", "error", err)
+	}
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("internal http listener did not drain in time", "error", err)
+	}
+	log.Info("internal http listener stopped")
+	cancelWorkers()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		log.Info("workers stopped")
+	case <-time.After(cfg.ShutdownTimeout):
+		log.Warn("workers did not stop within the shutdown timeout")
+	}
+	return nil
+}
+
+// ownerID identifies this process in the leases it holds.
+func ownerID() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// lobbyDiagnostic returns the per-start Lobby lookup, or nil when no base URL is set. Its failure
+// is logged at debug and never aborts a start.
+func lobbyDiagnostic(base string, log *slog.Logger) func(context.Context, string) {
+	if base == "" {
+		return nil
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	return func(ctx context.Context, gameID string) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/internal/games/"+gameID, nil)
+		if err != nil {
+			log.Debug("lobby diagnostic failed", "game_id", gameID, "error", err)
+			return
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			log.Debug("lobby diagnostic failed", "game_id", gameID, "error", err)
+			return
+		}
+		resp.Body.Close()
+		log.Debug("lobby diagnostic", "game_id", gameID, "status", resp.StatusCode)
+	}
+}

@@ -1,0 +1,887 @@
+// Package config reads Runtime Manager's configuration from the environment into one typed,
+// validated struct. It imports no other package of the project.
+//
+// Load is the only way main builds a Config: it starts from Default, reads every RTMANAGER_*
+// variable (an empty value counts as unset and keeps the default), parses it, and finally runs
+// Validate. Any failure is a *Error naming the variable, so main can log one line and exit 2
+// before opening anything.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/big"
+	"net"
+	"net/url"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/distribution/reference"
+)
+
+// Config is every setting of CONTRACT §1, parsed and validated.
+type Config struct {
+	InternalHTTPAddr string // RTMANAGER_INTERNAL_HTTP_ADDR
+	DockerHost       string // RTMANAGER_DOCKER_HOST
+	DockerNetwork    string // RTMANAGER_DOCKER_NETWORK
+
+	GameStateRoot     string // RTMANAGER_GAME_STATE_ROOT (required, absolute)
+	GameStateDirMode  uint32 // RTMANAGER_GAME_STATE_DIR_MODE (octal)
+	GameStateOwnerUID int    // RTMANAGER_GAME_STATE_OWNER_UID
+	GameStateOwnerGID int    // RTMANAGER_GAME_STATE_OWNER_GID
+
+	PostgresDSN string // RTMANAGER_POSTGRES_PRIMARY_DSN (required)
+
+	RedisAddr     string // RTMANAGER_REDIS_MASTER_ADDR (required, host:port)
+	RedisPassword string // RTMANAGER_REDIS_PASSWORD
+
+	StartJobsStream           string // RTMANAGER_REDIS_START_JOBS_STREAM
+	StopJobsStream            string // RTMANAGER_REDIS_STOP_JOBS_STREAM
+	JobResultsStream          string // RTMANAGER_REDIS_JOB_RESULTS_STREAM
+	HealthEventsStream        string // RTMANAGER_REDIS_HEALTH_EVENTS_STREAM
+	NotificationIntentsStream string // RTMANAGER_NOTIFICATION_INTENTS_STREAM
+
+	LobbyInternalBaseURL string // RTMANAGER_LOBBY_INTERNAL_BASE_URL (empty: diagnostic off)
+
+	ShutdownTimeout   time.Duration // RTMANAGER_SHUTDOWN_TIMEOUT
+	ReconcileInterval time.Duration // RTMANAGER_RECONCILE_INTERVAL
+	InspectInterval   time.Duration // RTMANAGER_INSPECT_INTERVAL
+
+	ProbeInterval         time.Duration // RTMANAGER_PROBE_INTERVAL
+	ProbeTimeout          time.Duration // RTMANAGER_PROBE_TIMEOUT
+	ProbeFailureThreshold int           // RTMANAGER_PROBE_FAILURE_THRESHOLD
+	ProbeTarget           string        // RTMANAGER_PROBE_TARGET: ProbeTargetContainerIP or ProbeTargetEndpoint
+
+	PatchVerifyTimeout time.Duration // RTMANAGER_PATCH_VERIFY_TIMEOUT
+	GameLeaseTTL       time.Duration // RTMANAGER_GAME_LEASE_TTL
+
+	EnginePort         int           // RTMANAGER_ENGINE_PORT
+	EngineStateMount   string        // RTMANAGER_ENGINE_STATE_MOUNT
+	EngineStopTimeout  time.Duration // RTMANAGER_ENGINE_STOP_TIMEOUT
+	EngineMemoryBytes  int64         // RTMANAGER_ENGINE_MEMORY_LIMIT ("1g", "96m", "512k", bytes)
+	EngineNanoCPUs     int64         // RTMANAGER_ENGINE_CPUS ("1", "0.5") in units of 1e-9 CPUs
+	EnginePidsLimit    int64         // RTMANAGER_ENGINE_PIDS_LIMIT
+	EngineUser         string        // RTMANAGER_ENGINE_USER ("uid:gid"; default: the state dir owner when non-zero)
+	EngineReadOnlyRoot bool          // RTMANAGER_ENGINE_READ_ONLY_ROOTFS (default true)
+
+	AllowedImageRepositories []string // RTMANAGER_ALLOWED_IMAGE_REPOSITORIES (comma list)
+
+	TelemetryExporter string // RTMANAGER_TELEMETRY_EXPORTER: otlp-grpc, otlp-http, stdout, none
+	LogLevel          string // RTMANAGER_LOG_LEVEL: debug, info, warn, error
+	LogFormat         string // RTMANAGER_LOG_FORMAT: json, text
+
+	InternalToken   string        // RTMANAGER_INTERNAL_TOKEN
+	RESTWaitTimeout time.Duration // RTMANAGER_REST_WAIT_TIMEOUT
+	PProf           bool          // RTMANAGER_PPROF=1 exposes /debug/pprof on the internal listener
+}
+
+// Probe targets: how the prober reaches an engine's GET /healthz.
+const (
+	ProbeTargetContainerIP = "container_ip" // the container's address on the configured network
+	ProbeTargetEndpoint    = "endpoint"     // the DNS name of engine_endpoint
+)
+
+// Telemetry exporters accepted by RTMANAGER_TELEMETRY_EXPORTER.
+const (
+	TelemetryOTLPGRPC = "otlp-grpc"
+	TelemetryOTLPHTTP = "otlp-http"
+	TelemetryStdout   = "stdout"
+	TelemetryNone     = "none"
+)
+
+// minEngineMemory is the smallest memory limit the Docker daemon accepts (daemon_unix.go's
+// linuxMinMemory); a smaller one would only fail later, at the first container create.
+const minEngineMemory = 6 << 20
+
+// minEngineNanoCPUs is the smallest CPU limit the Docker daemon accepts (0.01 CPUs: below it the
+// CFS quota falls under the kernel's 1ms minimum).
+const minEngineNanoCPUs = 1e7
+
+// minGameLeaseTTL keeps the lease long enough to be renewed at least once between two beats.
+const minGameLeaseTTL = 2 * time.Second
+
+// Error is the only error Load and Validate return: the variable at fault and why, so that main
+// can log one line naming it and exit 2. Reason never repeats a secret (the DSN, the Redis
+// password or the internal token).
+type Error struct {
+	Var    string // the environment variable, e.g. "RTMANAGER_PROBE_TIMEOUT"
+	Reason string // what is wrong with its value
+}
+
+// Error returns "<VAR>: <reason>".
+func (e *Error) Error() string { return e.Var + ": " + e.Reason }
+
+// Default returns every default of CONTRACT §1. The required settings (GameStateRoot,
+// PostgresDSN, RedisAddr) are left empty, so Default().Validate() fails until they are set.
+func Default() Config {
+	return Config{
+		InternalHTTPAddr: ":8096",
+		DockerHost:       "unix:///var/run/docker.sock",
+		DockerNetwork:    "galaxy-net",
+
+		GameStateDirMode:  0o750,
+		GameStateOwnerUID: 0,
+		GameStateOwnerGID: 0,
+
+		StartJobsStream:           "runtime:start_jobs",
+		StopJobsStream:            "runtime:stop_jobs",
+		JobResultsStream:          "runtime:job_results",
+		HealthEventsStream:        "runtime:health_events",
+		NotificationIntentsStream: "notification:intents",
+
+		ShutdownTimeout:   30 * time.Second,
+		ReconcileInterval: 5 * time.Minute,
+		InspectInterval:   30 * time.Second,
+
+		ProbeInterval:         5 * time.Second,
+		ProbeTimeout:          2 * time.Second,
+		ProbeFailureThreshold: 3,
+		ProbeTarget:           ProbeTargetContainerIP,
+
+		PatchVerifyTimeout: 60 * time.Second,
+		GameLeaseTTL:       30 * time.Second,
+
+		EnginePort:         8080,
+		EngineStateMount:   "/var/lib/galaxy-game",
+		EngineStopTimeout:  10 * time.Second,
+		EngineMemoryBytes:  1 << 30,
+		EngineNanoCPUs:     1e9,
+		EnginePidsLimit:    512,
+		EngineUser:         "",
+		EngineReadOnlyRoot: true,
+
+		AllowedImageRepositories: []string{"galaxy/game"},
+
+		TelemetryExporter: TelemetryNone,
+		LogLevel:          "info",
+		LogFormat:         "json",
+
+		RESTWaitTimeout: 30 * time.Second,
+	}
+}
+
+// Load builds the configuration from getenv (os.Getenv in main; a map lookup in tests). It starts
+// from Default, reads every variable of Vars in the order of CONTRACT §1, treating an empty value
+// as unset, and parses it; a missing required variable or an unparsable value stops it at once.
+// RTMANAGER_ENGINE_USER, when unset, becomes "uid:gid" of the state dir owner unless both are 0.
+// It then runs Validate. On failure it returns the zero Config and a *Error.
+func Load(getenv func(string) string) (Config, error) {
+	cfg := Default()
+	for _, v := range variables() {
+		val := getenv(v.name)
+		if val == "" {
+			if v.required {
+				return Config{}, &Error{Var: v.name, Reason: "required but not set"}
+			}
+			continue
+		}
+		if err := v.set(&cfg, val); err != nil {
+			return Config{}, &Error{Var: v.name, Reason: err.Error()}
+		}
+	}
+	if getenv("RTMANAGER_ENGINE_USER") == "" && (cfg.GameStateOwnerUID != 0 || cfg.GameStateOwnerGID != 0) {
+		cfg.EngineUser = strconv.Itoa(cfg.GameStateOwnerUID) + ":" + strconv.Itoa(cfg.GameStateOwnerGID)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks what no single variable can: the required settings are present, the stream
+// names are non-empty and pairwise distinct, ProbeTimeout < ProbeInterval, PatchVerifyTimeout >=
+// ProbeInterval, GameLeaseTTL >= 2s and EngineStopTimeout <= ShutdownTimeout. It returns the first
+// failure as a *Error naming the variable to change (the first of a pair; for two equal streams,
+// the later one in CONTRACT §1's order), or nil.
+func (c Config) Validate() error {
+	required := []struct{ name, value string }{
+		{"RTMANAGER_GAME_STATE_ROOT", c.GameStateRoot},
+		{"RTMANAGER_POSTGRES_PRIMARY_DSN", c.PostgresDSN},
+		{"RTMANAGER_REDIS_MASTER_ADDR", c.RedisAddr},
+	}
+	for _, r := range required {
+		if r.value == "" {
+			return &Error{Var: r.name, Reason: "required but not set"}
+		}
+	}
+
+	streams := []struct{ name, value string }{
+		{"RTMANAGER_REDIS_START_JOBS_STREAM", c.StartJobsStream},
+		{"RTMANAGER_REDIS_STOP_JOBS_STREAM", c.StopJobsStream},
+		{"RTMANAGER_REDIS_JOB_RESULTS_STREAM", c.JobResultsStream},
+		{"RTMANAGER_REDIS_HEALTH_EVENTS_STREAM", c.HealthEventsStream},
+		{"RTMANAGER_NOTIFICATION_INTENTS_STREAM", c.NotificationIntentsStream},
+	}
+	for i, s := range streams {
+		if s.value == "" {
+			return &Error{Var: s.name, Reason: "stream name must not be empty"}
+		}
+		for _, earlier := range streams[:i] {
+			if s.value == earlier.value {
+				return &Error{Var: s.name, Reason: fmt.Sprintf("stream %q is already used by %s; every stream needs its own name", s.value, earlier.name)}
+			}
+		}
+	}
+
+	switch {
+	case c.ProbeTimeout >= c.ProbeInterval:
+		return &Error{Var: "RTMANAGER_PROBE_TIMEOUT", Reason: fmt.Sprintf("%s must be shorter than RTMANAGER_PROBE_INTERVAL (%s)", c.ProbeTimeout, c.ProbeInterval)}
+	case c.PatchVerifyTimeout < c.ProbeInterval:
+		return &Error{Var: "RTMANAGER_PATCH_VERIFY_TIMEOUT", Reason: fmt.Sprintf("%s must be at least RTMANAGER_PROBE_INTERVAL (%s), or a patched engine is never probed", c.PatchVerifyTimeout, c.ProbeInterval)}
+	case c.GameLeaseTTL < minGameLeaseTTL:
+		return &Error{Var: "RTMANAGER_GAME_LEASE_TTL", Reason: fmt.Sprintf("%s is shorter than the minimum %s", c.GameLeaseTTL, minGameLeaseTTL)}
+	case c.EngineStopTimeout > c.ShutdownTimeout:
+		return &Error{Var: "RTMANAGER_ENGINE_STOP_TIMEOUT", Reason: fmt.Sprintf("%s must not exceed RTMANAGER_SHUTDOWN_TIMEOUT (%s), or a stop in flight cannot finish during shutdown", c.EngineStopTimeout, c.ShutdownTimeout)}
+	}
+	return nil
+}
+
+// Redacted returns every setting keyed by its environment variable, formatted the way Load reads
+// it (so a value can be copied back into the environment), with the secrets hidden: the DSN's
+// password (in the user info or a password query parameter) becomes "xxxxx", and the Redis
+// password and the internal token become "[redacted]" when set ("" when not). A DSN that does not
+// parse is hidden whole.
+func (c Config) Redacted() map[string]string {
+	vars := variables()
+	out := make(map[string]string, len(vars))
+	for _, v := range vars {
+		val := v.get(c)
+		if v.redact != nil {
+			val = v.redact(val)
+		}
+		out[v.name] = val
+	}
+	return out
+}
+
+// LogValue makes a Config safe to hand to log/slog: it logs as a group of Redacted's entries,
+// sorted by variable name, never the secrets.
+func (c Config) LogValue() slog.Value {
+	r := c.Redacted()
+	attrs := make([]slog.Attr, 0, len(r))
+	for _, n := range Vars() {
+		attrs = append(attrs, slog.String(n, r[n]))
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// Vars returns the sorted names of every environment variable Load reads.
+func Vars() []string {
+	vars := variables()
+	names := make([]string, 0, len(vars))
+	for _, v := range vars {
+		names = append(names, v.name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// variable is one environment variable: how Load parses it into a Config and how Redacted prints
+// it back.
+type variable struct {
+	name     string
+	required bool
+	set      func(c *Config, v string) error // v is non-empty; the error's text becomes Error.Reason
+	get      func(c Config) string
+	redact   func(v string) string // nil: the value is not secret
+}
+
+// variables lists every variable in the order of CONTRACT §1; Load reads them in this order, so
+// the first bad one is the one reported.
+func variables() []variable {
+	return []variable{
+		{
+			name: "RTMANAGER_INTERNAL_HTTP_ADDR",
+			set: func(c *Config, v string) error {
+				if _, err := parseHostPort(v, 0, false); err != nil {
+					return err
+				}
+				c.InternalHTTPAddr = v
+				return nil
+			},
+			get: func(c Config) string { return c.InternalHTTPAddr },
+		},
+		{
+			name: "RTMANAGER_DOCKER_HOST",
+			set: func(c *Config, v string) error {
+				if err := checkDockerHost(v); err != nil {
+					return err
+				}
+				c.DockerHost = v
+				return nil
+			},
+			get:    func(c Config) string { return c.DockerHost },
+			redact: redactURL,
+		},
+		objectName("RTMANAGER_DOCKER_NETWORK", func(c *Config) *string { return &c.DockerNetwork }),
+		{
+			name:     "RTMANAGER_GAME_STATE_ROOT",
+			required: true,
+			set: func(c *Config, v string) error {
+				if !filepath.IsAbs(v) {
+					return fmt.Errorf("%q is not an absolute path", v)
+				}
+				c.GameStateRoot = filepath.Clean(v)
+				return nil
+			},
+			get: func(c Config) string { return c.GameStateRoot },
+		},
+		{
+			name: "RTMANAGER_GAME_STATE_DIR_MODE",
+			set: func(c *Config, v string) error {
+				digits := v
+				if len(v) > 2 && (v[:2] == "0o" || v[:2] == "0O") {
+					digits = v[2:]
+				}
+				m, err := strconv.ParseUint(digits, 8, 32)
+				if err != nil || m > 0o7777 {
+					return fmt.Errorf("%q is not an octal file mode between 0000 and 7777 (e.g. 0750)", v)
+				}
+				c.GameStateDirMode = uint32(m)
+				return nil
+			},
+			get: func(c Config) string { return fmt.Sprintf("%04o", c.GameStateDirMode) },
+		},
+		id("RTMANAGER_GAME_STATE_OWNER_UID", "uid", func(c *Config) *int { return &c.GameStateOwnerUID }),
+		id("RTMANAGER_GAME_STATE_OWNER_GID", "gid", func(c *Config) *int { return &c.GameStateOwnerGID }),
+		{
+			name:     "RTMANAGER_POSTGRES_PRIMARY_DSN",
+			required: true,
+			set: func(c *Config, v string) error {
+				if err := checkPostgresDSN(v); err != nil {
+					return err
+				}
+				c.PostgresDSN = v
+				return nil
+			},
+			get:    func(c Config) string { return c.PostgresDSN },
+			redact: redactDSN,
+		},
+		{
+			name:     "RTMANAGER_REDIS_MASTER_ADDR",
+			required: true,
+			set: func(c *Config, v string) error {
+				if _, err := parseHostPort(v, 1, true); err != nil {
+					return err
+				}
+				c.RedisAddr = v
+				return nil
+			},
+			get: func(c Config) string { return c.RedisAddr },
+		},
+		{
+			name:   "RTMANAGER_REDIS_PASSWORD",
+			set:    func(c *Config, v string) error { c.RedisPassword = v; return nil },
+			get:    func(c Config) string { return c.RedisPassword },
+			redact: redactSecret,
+		},
+		objectName("RTMANAGER_REDIS_START_JOBS_STREAM", func(c *Config) *string { return &c.StartJobsStream }),
+		objectName("RTMANAGER_REDIS_STOP_JOBS_STREAM", func(c *Config) *string { return &c.StopJobsStream }),
+		objectName("RTMANAGER_REDIS_JOB_RESULTS_STREAM", func(c *Config) *string { return &c.JobResultsStream }),
+		objectName("RTMANAGER_REDIS_HEALTH_EVENTS_STREAM", func(c *Config) *string { return &c.HealthEventsStream }),
+		objectName("RTMANAGER_NOTIFICATION_INTENTS_STREAM", func(c *Config) *string { return &c.NotificationIntentsStream }),
+		{
+			name: "RTMANAGER_LOBBY_INTERNAL_BASE_URL",
+			set: func(c *Config, v string) error {
+				u, err := url.Parse(v)
+				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+					return errors.New("not an http:// or https:// URL with a host (e.g. http://127.0.0.1:8095)")
+				}
+				c.LobbyInternalBaseURL = v
+				return nil
+			},
+			get:    func(c Config) string { return c.LobbyInternalBaseURL },
+			redact: redactURL,
+		},
+		duration("RTMANAGER_SHUTDOWN_TIMEOUT", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
+		duration("RTMANAGER_RECONCILE_INTERVAL", func(c *Config) *time.Duration { return &c.ReconcileInterval }),
+		duration("RTMANAGER_INSPECT_INTERVAL", func(c *Config) *time.Duration { return &c.InspectInterval }),
+		duration("RTMANAGER_PROBE_INTERVAL", func(c *Config) *time.Duration { return &c.ProbeInterval }),
+		duration("RTMANAGER_PROBE_TIMEOUT", func(c *Config) *time.Duration { return &c.ProbeTimeout }),
+		{
+			name: "RTMANAGER_PROBE_FAILURE_THRESHOLD",
+			set: func(c *Config, v string) error {
+				n, err := strconv.ParseInt(v, 10, 32)
+				if err != nil || n < 1 {
+					return fmt.Errorf("%q is not an integer of at least 1", v)
+				}
+				c.ProbeFailureThreshold = int(n)
+				return nil
+			},
+			get: func(c Config) string { return strconv.Itoa(c.ProbeFailureThreshold) },
+		},
+		oneOf("RTMANAGER_PROBE_TARGET", func(c *Config) *string { return &c.ProbeTarget }, ProbeTargetContainerIP, ProbeTargetEndpoint),
+		duration("RTMANAGER_PATCH_VERIFY_TIMEOUT", func(c *Config) *time.Duration { return &c.PatchVerifyTimeout }),
+		duration("RTMANAGER_GAME_LEASE_TTL", func(c *Config) *time.Duration { return &c.GameLeaseTTL }),
+		{
+			name: "RTMANAGER_ENGINE_PORT",
+			set: func(c *Config, v string) error {
+				p, err := parsePort(v, 1)
+				if err != nil {
+					return err
+				}
+				c.EnginePort = p
+				return nil
+			},
+			get: func(c Config) string { return strconv.Itoa(c.EnginePort) },
+		},
+		{
+			name: "RTMANAGER_ENGINE_STATE_MOUNT",
+			set: func(c *Config, v string) error {
+				// A path inside the Linux container, hence path, not filepath.
+				p := path.Clean(v)
+				if !path.IsAbs(p) || p == "/" {
+					return fmt.Errorf("%q is not an absolute path below /", v)
+				}
+				c.EngineStateMount = p
+				return nil
+			},
+			get: func(c Config) string { return c.EngineStateMount },
+		},
+		duration("RTMANAGER_ENGINE_STOP_TIMEOUT", func(c *Config) *time.Duration { return &c.EngineStopTimeout }),
+		{
+			name: "RTMANAGER_ENGINE_MEMORY_LIMIT",
+			set: func(c *Config, v string) error {
+				n, err := parseMemory(v)
+				if err != nil {
+					return err
+				}
+				c.EngineMemoryBytes = n
+				return nil
+			},
+			get: func(c Config) string { return formatMemory(c.EngineMemoryBytes) },
+		},
+		{
+			name: "RTMANAGER_ENGINE_CPUS",
+			set: func(c *Config, v string) error {
+				n, err := parseCPUs(v)
+				if err != nil {
+					return err
+				}
+				c.EngineNanoCPUs = n
+				return nil
+			},
+			get: func(c Config) string { return formatCPUs(c.EngineNanoCPUs) },
+		},
+		{
+			name: "RTMANAGER_ENGINE_PIDS_LIMIT",
+			set: func(c *Config, v string) error {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil || n < 1 {
+					return fmt.Errorf("%q is not a positive integer", v)
+				}
+				c.EnginePidsLimit = n
+				return nil
+			},
+			get: func(c Config) string { return strconv.FormatInt(c.EnginePidsLimit, 10) },
+		},
+		{
+			name: "RTMANAGER_ENGINE_USER",
+			set: func(c *Config, v string) error {
+				uid, gid, ok := strings.Cut(v, ":")
+				if !ok || !isID(uid) || !isID(gid) {
+					return fmt.Errorf("%q is not a numeric uid:gid (e.g. 1000:1000)", v)
+				}
+				c.EngineUser = v
+				return nil
+			},
+			get: func(c Config) string { return c.EngineUser },
+		},
+		boolean("RTMANAGER_ENGINE_READ_ONLY_ROOTFS", func(c *Config) *bool { return &c.EngineReadOnlyRoot }),
+		{
+			name: "RTMANAGER_ALLOWED_IMAGE_REPOSITORIES",
+			set: func(c *Config, v string) error {
+				repos, err := parseRepositories(v)
+				if err != nil {
+					return err
+				}
+				c.AllowedImageRepositories = repos
+				return nil
+			},
+			get: func(c Config) string { return strings.Join(c.AllowedImageRepositories, ",") },
+		},
+		oneOf("RTMANAGER_TELEMETRY_EXPORTER", func(c *Config) *string { return &c.TelemetryExporter },
+			TelemetryOTLPGRPC, TelemetryOTLPHTTP, TelemetryStdout, TelemetryNone),
+		oneOf("RTMANAGER_LOG_LEVEL", func(c *Config) *string { return &c.LogLevel }, "debug", "info", "warn", "error"),
+		oneOf("RTMANAGER_LOG_FORMAT", func(c *Config) *string { return &c.LogFormat }, "json", "text"),
+		{
+			name:   "RTMANAGER_INTERNAL_TOKEN",
+			set:    func(c *Config, v string) error { c.InternalToken = v; return nil },
+			get:    func(c Config) string { return c.InternalToken },
+			redact: redactSecret,
+		},
+		duration("RTMANAGER_REST_WAIT_TIMEOUT", func(c *Config) *time.Duration { return &c.RESTWaitTimeout }),
+		boolean("RTMANAGER_PPROF", func(c *Config) *bool { return &c.PProf }),
+	}
+}
+
+// duration is a variable read with time.ParseDuration; zero and negative values are refused.
+func duration(n string, field func(*Config) *time.Duration) variable {
+	return variable{
+		name: n,
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("%q is not a duration (e.g. 500ms, 30s, 5m)", v)
+			}
+			if d <= 0 {
+				return fmt.Errorf("%q must be positive", v)
+			}
+			*field(c) = d
+			return nil
+		},
+		get: func(c Config) string { return field(&c).String() },
+	}
+}
+
+// boolean is a variable read with strconv.ParseBool (1, t, true, 0, f, false, …).
+func boolean(n string, field func(*Config) *bool) variable {
+	return variable{
+		name: n,
+		set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%q is not a boolean (true, false, 1 or 0)", v)
+			}
+			*field(c) = b
+			return nil
+		},
+		get: func(c Config) string { return strconv.FormatBool(*field(&c)) },
+	}
+}
+
+// oneOf is a variable whose value must be one of allowed, spelled exactly.
+func oneOf(n string, field func(*Config) *string, allowed ...string) variable {
+	return variable{
+		name: n,
+		set: func(c *Config, v string) error {
+			if !slices.Contains(allowed, v) {
+				return fmt.Errorf("%q is not one of %s", v, strings.Join(allowed, ", "))
+			}
+			*field(c) = v
+			return nil
+		},
+		get: func(c Config) string { return *field(&c) },
+	}
+}
+
+// objectName is a variable holding a Docker or Redis name: anything without white space or control
+// characters, which would break the operators' docker and redis-cli command lines.
+func objectName(n string, field func(*Config) *string) variable {
+	return variable{
+		name: n,
+		set: func(c *Config, v string) error {
+			if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+				return fmt.Errorf("%q contains white space or control characters", v)
+			}
+			*field(c) = v
+			return nil
+		},
+		get: func(c Config) string { return *field(&c) },
+	}
+}
+
+// id is a variable holding a numeric uid or gid.
+func id(n, what string, field func(*Config) *int) variable {
+	return variable{
+		name: n,
+		set: func(c *Config, v string) error {
+			if !isID(v) {
+				return fmt.Errorf("%q is not a numeric %s (0 to 4294967294)", v, what)
+			}
+			i, _ := strconv.Atoi(v)
+			*field(c) = i
+			return nil
+		},
+		get: func(c Config) string { return strconv.Itoa(*field(&c)) },
+	}
+}
+
+// isID reports whether s is a decimal uid or gid: 0 to 2^32-2 (2^32-1 is the kernel's "no id").
+func isID(s string) bool {
+	n, err := strconv.ParseUint(s, 10, 32)
+	return err == nil && n < math.MaxUint32
+}
+
+// parsePort reads a decimal port between minPort and 65535; service names are refused.
+func parsePort(s string, minPort int) (int, error) {
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || int(p) < minPort {
+		return 0, fmt.Errorf("port %q is not a number between %d and 65535", s, minPort)
+	}
+	return int(p), nil
+}
+
+// parseHostPort checks a host:port address as net.Listen and net.Dial take it and returns the
+// port.
+func parseHostPort(addr string, minPort int, needHost bool) (int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a host:port address", addr)
+	}
+	if needHost && host == "" {
+		return 0, fmt.Errorf("%q has no host", addr)
+	}
+	return parsePort(port, minPort)
+}
+
+// checkDockerHost accepts what the Docker client's DOCKER_HOST accepts: unix:// and npipe://
+// with a path, tcp:// and ssh:// with a host.
+func checkDockerHost(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || u.Scheme == "" {
+		return errors.New("not a URL such as unix:///var/run/docker.sock or tcp://host:2376")
+	}
+	switch u.Scheme {
+	case "unix", "npipe":
+		if u.Path == "" {
+			return fmt.Errorf("%s:// needs a socket path, e.g. unix:///var/run/docker.sock", u.Scheme)
+		}
+	case "tcp", "ssh":
+		if u.Host == "" {
+			return fmt.Errorf("%s:// needs a host, e.g. %s://host:2376", u.Scheme, u.Scheme)
+		}
+	default:
+		return fmt.Errorf("scheme %q is not one of unix, tcp, npipe, ssh", u.Scheme)
+	}
+	return nil
+}
+
+// checkPostgresDSN accepts a postgres:// or postgresql:// URL that puts the session in schema
+// rtmanager, through search_path=rtmanager (pgx reads it as a run-time parameter) or through
+// libpq's options=-csearch_path%3Drtmanager (which psql also understands). A search_path whose
+// first schema is not rtmanager, in either place, is refused. Its messages never echo the DSN, as
+// it holds a password.
+func checkPostgresDSN(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || u.Opaque != "" {
+		return errors.New("not a valid URL (want postgres://user:password@host:5432/db?search_path=rtmanager)")
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return errors.New("not a postgres:// or postgresql:// URL")
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return errors.New("its query string is malformed")
+	}
+	paths := slices.Clone(q["search_path"])
+	for _, opts := range q["options"] {
+		paths = append(paths, searchPathsInOptions(opts)...)
+	}
+	if len(paths) == 0 {
+		return errors.New("does not select schema rtmanager: add search_path=rtmanager or options=-csearch_path%3Drtmanager")
+	}
+	for _, p := range paths {
+		if first := firstSchema(p); first != "rtmanager" {
+			return fmt.Errorf("sets search_path to %q, whose first schema must be rtmanager", p)
+		}
+	}
+	return nil
+}
+
+// searchPathsInOptions returns the values given to search_path in a libpq options string, which
+// holds server command-line switches: "-csearch_path=x", "-c search_path=x" or "--search_path=x".
+func searchPathsInOptions(opts string) []string {
+	var paths []string
+	words := splitOptions(opts)
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		var setting string
+		switch {
+		case w == "-c" && i+1 < len(words):
+			i++
+			setting = words[i]
+		case strings.HasPrefix(w, "--"):
+			setting = w[2:]
+		case strings.HasPrefix(w, "-c"):
+			setting = w[2:]
+		default:
+			continue
+		}
+		key, val, ok := strings.Cut(setting, "=")
+		if ok && strings.ReplaceAll(strings.ToLower(key), "-", "_") == "search_path" {
+			paths = append(paths, val)
+		}
+	}
+	return paths
+}
+
+// splitOptions splits a libpq options string at white space; a backslash keeps the next
+// character literally, as libpq does.
+func splitOptions(s string) []string {
+	var (
+		words   []string
+		b       strings.Builder
+		inWord  bool
+		escaped bool
+	)
+	for _, r := range s {
+		switch {
+		case escaped:
+			b.WriteRune(r)
+			escaped = false
+		case r == '\\':
+			escaped, inWord = true, true
+		case unicode.IsSpace(r):
+			if inWord {
+				words = append(words, b.String())
+				b.Reset()
+				inWord = false
+			}
+		default:
+			b.WriteRune(r)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, b.String())
+	}
+	return words
+}
+
+// firstSchema returns the first schema of a search_path list, unquoted.
+func firstSchema(searchPath string) string {
+	first, _, _ := strings.Cut(searchPath, ",")
+	return strings.Trim(strings.TrimSpace(first), `"`)
+}
+
+// memoryPattern is Docker's memory syntax restricted to the units that make sense for an engine:
+// a number, an optional k, m or g (powers of 1024) and an optional b, in any case.
+var memoryPattern = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)([kmg]?)b?$`)
+
+// parseMemory reads a memory limit like docker run --memory: "1g", "96m", "512k", "1.5g" or a
+// number of bytes. Fractions of a byte are dropped, as Docker does.
+func parseMemory(v string) (int64, error) {
+	m := memoryPattern.FindStringSubmatch(strings.ToLower(v))
+	if m == nil {
+		return 0, fmt.Errorf("%q is not a memory size (bytes, or a number with suffix b, k, m or g, e.g. 1g)", v)
+	}
+	size, _ := new(big.Rat).SetString(m[1])
+	unit := map[string]int64{"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m[2]]
+	size.Mul(size, new(big.Rat).SetInt64(unit))
+	bytes := new(big.Int).Quo(size.Num(), size.Denom())
+	if !bytes.IsInt64() {
+		return 0, fmt.Errorf("%q is too large", v)
+	}
+	if bytes.Int64() < minEngineMemory {
+		return 0, fmt.Errorf("%q is below Docker's minimum of 6m", v)
+	}
+	return bytes.Int64(), nil
+}
+
+// formatMemory prints bytes in the largest unit that divides it exactly, so parseMemory reads it
+// back unchanged.
+func formatMemory(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"g", 1 << 30}, {"m", 1 << 20}, {"k", 1 << 10}} {
+		if n != 0 && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// cpusPattern is a plain positive decimal number: no sign, exponent or fraction bar.
+var cpusPattern = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?$`)
+
+// parseCPUs reads a CPU limit like docker run --cpus ("1", "0.5", "2.25") into NanoCPUs.
+func parseCPUs(v string) (int64, error) {
+	if !cpusPattern.MatchString(v) {
+		return 0, fmt.Errorf("%q is not a positive decimal number of CPUs (e.g. 1 or 0.5)", v)
+	}
+	cpus, _ := new(big.Rat).SetString(v)
+	nano := cpus.Mul(cpus, big.NewRat(1e9, 1))
+	switch {
+	case !nano.IsInt():
+		return 0, fmt.Errorf("%q is too precise (at most 9 decimals)", v)
+	case !nano.Num().IsInt64():
+		return 0, fmt.Errorf("%q is too large", v)
+	case nano.Num().Int64() < minEngineNanoCPUs:
+		return 0, fmt.Errorf("%q is below Docker's minimum of 0.01", v)
+	}
+	return nano.Num().Int64(), nil
+}
+
+// formatCPUs prints NanoCPUs as the decimal parseCPUs reads back.
+func formatCPUs(nano int64) string {
+	s := big.NewRat(nano, 1e9).FloatString(9)
+	s = strings.TrimRight(s, "0")
+	return strings.TrimSuffix(s, ".")
+}
+
+// parseRepositories reads the comma-separated allow-list. Each entry must be a repository name
+// without tag or digest; it is stored in Docker's familiar form ("docker.io/library/x" becomes
+// "x"), the form image references are compared in.
+func parseRepositories(v string) ([]string, error) {
+	var repos []string
+	for i, entry := range strings.Split(v, ",") {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			return nil, fmt.Errorf("entry %d is empty", i+1)
+		}
+		named, err := reference.ParseNormalizedNamed(entry)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a repository name: %v", entry, err)
+		}
+		if !reference.IsNameOnly(named) {
+			return nil, fmt.Errorf("%q must name a repository without tag or digest", entry)
+		}
+		repos = append(repos, reference.FamiliarName(named))
+	}
+	return repos, nil
+}
+
+// redactSecret hides a secret but shows whether it is set.
+func redactSecret(v string) string {
+	if v == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// redactURL hides the password of a URL's user info, if any.
+func redactURL(v string) string {
+	u, err := url.Parse(v)
+	if err != nil {
+		return v
+	}
+	return u.Redacted()
+}
+
+// redactDSN replaces the DSN's password, in the user info and in a password or sslpassword query
+// parameter, with "xxxxx". A DSN that does not parse is hidden whole, as the password cannot be
+// found in it.
+func redactDSN(v string) string {
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		return "[redacted]"
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return "[redacted]"
+	}
+	changed := false
+	for _, key := range []string{"password", "sslpassword"} {
+		if q.Has(key) {
+			q.Set(key, "xxxxx")
+			changed = true
+		}
+	}
+	if changed {
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,524 @@
+// Package controllers holds the game reconciler: one level-triggered Reconcile per game id that
+// compares the desired state in PostgreSQL with the observed container and starts, stops,
+// patches, adopts or disposes. It declares the small interfaces it needs; it imports no Docker
+// SDK, pgx, Redis or net/http.
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+// DesiredStore is the PostgreSQL side the reconciler reads and writes.
+type DesiredStore interface {
+	Get(ctx context.Context, gameID string) (*rtm.Record, error)
+	PendingRequests(ctx context.Context, gameID string) ([]rtm.Request, error)
+	Commit(ctx context.Context, c rtm.Change) (*rtm.Record, error)
+}
+
+// ContainerRuntime is the Docker side the reconciler observes and acts on.
+type ContainerRuntime interface {
+	Inspect(ctx context.Context, gameID string) (rtm.Container, error)
+	EnsureImage(ctx context.Context, ref string) error
+	Create(ctx context.Context, spec rtm.ContainerSpec) (string, error)
+	Start(ctx context.Context, id string) error
+	Stop(ctx context.Context, id string, grace time.Duration) error
+	Remove(ctx context.Context, id string) error
+}
+
+// Leaser hands out per-game leases. Acquire fails with an error wrapping rtm.ErrConflict when
+// another process holds the lease; the returned context ends if the lease is lost.
+type Leaser interface {
+	Acquire(ctx context.Context, gameID string) (context.Context, func(), error)
+}
+
+// StateDirs creates a game's state directory (mode, owner, confinement to the root).
+type StateDirs interface {
+	Ensure(gameID string) (string, error)
+}
+
+// EngineProber checks a running engine's /healthz.
+type EngineProber interface {
+	Probe(ctx context.Context, c rtm.Container, endpoint string) error
+}
+
+// Options are the reconciler's settings.
+type Options struct {
+	Network            string
+	EnginePort         int
+	StateMount         string
+	StopTimeout        time.Duration
+	MemoryBytes        int64
+	NanoCPUs           int64
+	PidsLimit          int64
+	User               string
+	ReadOnlyRoot       bool
+	PatchVerifyTimeout time.Duration
+	ProbeInterval      time.Duration
+	// LeaseRetry is how soon a game whose lease is held elsewhere is tried again.
+	LeaseRetry time.Duration
+	// Diagnose, when set, is called once per start (the Lobby diagnostic); it must not block long.
+	Diagnose func(ctx context.Context, gameID string)
+}
+
+// GameReconciler reconciles one game at a time; the controller guarantees that one game id is
+// never reconciled by two workers at once.
+type GameReconciler struct {
+	store   DesiredStore
+	runtime ContainerRuntime
+	leases  Leaser
+	dirs    StateDirs
+	prober  EngineProber
+	opts    Options
+	log     *slog.Logger
+	tracer  trace.Tracer
+	drift   metric.Int64Counter
+}
+
+// New returns a reconciler. tracer and meter may be nil.
+func New(store DesiredStore, rt ContainerRuntime, leases Leaser, dirs StateDirs, prober EngineProber, opts Options,
+	log *slog.Logger, tracer trace.Tracer, meter metric.Meter) (*GameReconciler, error) {
+	if tracer == nil {
+		tracer = tracenoop.NewTracerProvider().Tracer("")
+	}
+	if meter == nil {
+		meter = noop.NewMeterProvider().Meter("")
+	}
+	if opts.LeaseRetry <= 0 {
+		opts.LeaseRetry = 500 * time.Millisecond
+	}
+	drift, err := meter.Int64Counter("rtmanager.reconcile_drift",
+		metric.WithDescription("Drift the reconciler corrected, by kind (adopt, dispose, observed_exited)."))
+	if err != nil {
+		return nil, fmt.Errorf("creating drift counter: %w", err)
+	}
+	for _, k := range []string{"adopt", "dispose", "observed_exited"} {
+		drift.Add(context.Background(), 0, metric.WithAttributes(attribute.String("kind", k)))
+	}
+	return &GameReconciler{store: store, runtime: rt, leases: leases, dirs: dirs, prober: prober, opts: opts,
+		log: log, tracer: tracer, drift: drift}, nil
+}
+
+// Reconcile brings one game closer to its desired state: load, observe, decide, then (under the
+// game's lease, after loading and observing again) act and record. A transient failure is
+// returned so the rate-limited queue retries it; a terminal one is recorded on the game and not
+// retried until its desired state changes; a lease held elsewhere requeues the game.
+func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reconcile.Result, err error) {
+	ctx, span := r.tracer.Start(ctx, "reconcile", trace.WithAttributes(attribute.String("game_id", gameID)))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	if rtm.ValidateGameID(gameID) != nil {
+		return reconcile.Result{}, reconcile.TerminalError(fmt.Errorf("invalid game id %q", gameID))
+	}
+	rec, c, err := r.observe(ctx, gameID)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	act := Decide(rec, c)
+	span.SetAttributes(attribute.String("action", string(act)))
+	if act == ActNone {
+		return reconcile.Result{}, nil
+	}
+	lctx, release, err := r.leases.Acquire(ctx, gameID)
+	if errors.Is(err, rtm.ErrConflict) {
+		return reconcile.Result{RequeueAfter: r.opts.LeaseRetry}, nil
+	}
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	defer release()
+	// The world may have moved while we waited for the lease: decide again on fresh reads.
+	if rec, c, err = r.observe(lctx, gameID); err != nil {
+		return reconcile.Result{}, err
+	}
+	act = Decide(rec, c)
+	span.SetAttributes(attribute.String("action", string(act)))
+	if act == ActNone {
+		return reconcile.Result{}, nil
+	}
+	log := r.log.With("game_id", gameID, "action", string(act))
+	if err := r.act(lctx, log, act, rec, c); err != nil {
+		if ctx.Err() == nil && lctx.Err() != nil {
+			return reconcile.Result{RequeueAfter: r.opts.LeaseRetry}, nil // lease lost mid-way
+		}
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{}, nil
+}
+
+func (r *GameReconciler) observe(ctx context.Context, gameID string) (*rtm.Record, *rtm.Container, error) {
+	rec, err := r.store.Get(ctx, gameID)
+	if errors.Is(err, rtm.ErrNotFound) {
+		rec, err = nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := r.runtime.Inspect(ctx, gameID)
+	if errors.Is(err, rtm.ErrNotFound) {
+		return rec, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, &c, nil
+}
+
+// act runs one decided action and records its result.
+func (r *GameReconciler) act(ctx context.Context, log *slog.Logger, act Action, rec *rtm.Record, c *rtm.Container) error {
+	if c != nil && !c.Owned {
+		c = nil
+	}
+	switch act {
+	case ActAdopt:
+		return r.adopt(ctx, log, c)
+	case ActDispose:
+		return r.dispose(ctx, log, rec)
+	case ActObservedExited:
+		return r.observedExited(ctx, log, rec, c)
+	case ActSync:
+		return r.sync(ctx, rec, c)
+	case ActSettle:
+		return r.settle(ctx, rec, c)
+	case ActCreate, ActStartExisting, ActReplace:
+		return r.run(ctx, log, act, rec, c)
+	case ActPatch:
+		return r.patch(ctx, log, rec, c)
+	case ActStop:
+		return r.stop(ctx, log, rec, c)
+	case ActRemove:
+		return r.remove(ctx, log, rec, c)
+	}
+	return nil
+}
+
+func (r *GameReconciler) countDrift(ctx context.Context, kind string) {
+	r.drift.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
+}
+
+func (r *GameReconciler) adopt(ctx context.Context, log *slog.Logger, c *rtm.Container) error {
+	rec := rtm.Record{
+		GameID:              c.GameID,
+		DesiredImageRef:     c.ImageRef,
+		CurrentImageRef:     c.ImageRef,
+		CurrentContainerID:  c.ID,
+		EngineEndpoint:      rtm.EngineEndpoint(c.GameID, r.opts.EnginePort),
+		Generation:          1,
+		ObservedGeneration:  1,
+		ContainerGeneration: c.Generation,
+	}
+	if dir, err := r.dirs.Ensure(c.GameID); err == nil {
+		rec.StateDir = dir
+	}
+	switch {
+	case c.Running():
+		rec.Status, rec.DesiredState = rtm.StatusRunning, rtm.DesiredRunning
+	case c.State == rtm.StateExited || c.State == rtm.StateDead:
+		rec.Status, rec.DesiredState, rec.ExitCode = rtm.StatusExited, rtm.DesiredStopped, rtm.IntPtr(c.ExitCode)
+		rec.ExitReportedContainer = c.ID
+	default:
+		rec.Status, rec.DesiredState = rtm.StatusStopped, rtm.DesiredStopped
+	}
+	now := time.Now().UTC()
+	got, err := r.store.Commit(ctx, rtm.Change{GameID: c.GameID, Insert: &rec, Ops: []rtm.Operation{{
+		GameID: c.GameID, Kind: rtm.OpReconcileAdopt, Source: rtm.SourceReconciler, Outcome: rtm.OutcomeSucceeded,
+		NewImageRef: c.ImageRef, ContainerID: c.ID, StartedAt: now, FinishedAt: now}}})
+	if err != nil {
+		return err
+	}
+	if got != nil && got.CurrentContainerID == c.ID && got.CreatedAt.After(now.Add(-time.Minute)) {
+		r.countDrift(ctx, "adopt")
+		log.Info("adopted container", "container_id", c.ID, "status", string(rec.Status))
+	}
+	return nil
+}
+
+func (r *GameReconciler) dispose(ctx context.Context, log *slog.Logger, rec *rtm.Record) error {
+	now := time.Now().UTC()
+	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation,
+		Apply: func(x *rtm.Record, current bool) {
+			x.Status = rtm.StatusRemoved
+			if current {
+				x.DesiredState = rtm.DesiredRemoved
+			}
+		},
+		Ops: []rtm.Operation{{GameID: rec.GameID, Kind: rtm.OpReconcileDispose, Source: rtm.SourceReconciler,
+			Outcome: rtm.OutcomeSucceeded, OldImageRef: rec.CurrentImageRef, ContainerID: rec.CurrentContainerID,
+			StartedAt: now, FinishedAt: now}},
+		Events: []rtm.HealthEvent{{GameID: rec.GameID, Type: rtm.EventContainerDisappeared,
+			ContainerID: rec.CurrentContainerID, Message: "the container is gone", ObservedAt: now}},
+	})
+	if err != nil {
+		return err
+	}
+	r.countDrift(ctx, "dispose")
+	log.Info("disposed record of vanished container", "container_id", rec.CurrentContainerID)
+	return nil
+}
+
+func (r *GameReconciler) observedExited(ctx context.Context, log *slog.Logger, rec *rtm.Record, c *rtm.Container) error {
+	now := time.Now().UTC()
+	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation,
+		Apply: func(x *rtm.Record, current bool) {
+			x.Status, x.ExitCode, x.CurrentContainerID, x.ExitReportedContainer = rtm.StatusExited, rtm.IntPtr(c.ExitCode), c.ID, c.ID
+			if current {
+				x.DesiredState = rtm.DesiredStopped
+			}
+		},
+		Ops: []rtm.Operation{{GameID: rec.GameID, Kind: rtm.OpReconcileObservedExited, Source: rtm.SourceReconciler,
+			Outcome: rtm.OutcomeSucceeded, ContainerID: c.ID, StartedAt: now, FinishedAt: now,
+			ErrorMessage: fmt.Sprintf("exit code %d", c.ExitCode)}},
+	}
+	if rec.ExitReportedContainer != c.ID {
+		ev := rtm.HealthEvent{GameID: rec.GameID, Type: rtm.EventContainerExited, ContainerID: c.ID,
+			ExitCode: rtm.IntPtr(c.ExitCode), DockerState: string(c.State), ObservedAt: now,
+			Message: fmt.Sprintf("the engine exited with code %d", c.ExitCode)}
+		if c.OOMKilled {
+			ev.Type, ev.OOMKilled, ev.Message = rtm.EventContainerOOM, true, "the engine was killed for exceeding its memory limit"
+		}
+		ch.Events = append(ch.Events, ev)
+	}
+	if _, err := r.store.Commit(ctx, ch); err != nil {
+		return err
+	}
+	r.countDrift(ctx, "observed_exited")
+	log.Info("observed engine exit", "container_id", c.ID, "exit_code", c.ExitCode, "oom_killed", c.OOMKilled)
+	return nil
+}
+
+// sync brings the record in line with a container nobody asked to change (started or replaced by
+// hand): no operation row, but a started event when the game comes up.
+func (r *GameReconciler) sync(ctx context.Context, rec *rtm.Record, c *rtm.Container) error {
+	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Apply: func(x *rtm.Record, _ bool) {
+		x.CurrentContainerID, x.CurrentImageRef = c.ID, c.ImageRef
+		if c.Running() {
+			x.Status, x.ExitCode = rtm.StatusRunning, nil
+		} else {
+			x.Status, x.ExitCode = rtm.StatusExited, rtm.IntPtr(c.ExitCode)
+		}
+	}}
+	if c.Running() && rec.Status != rtm.StatusRunning {
+		ch.Events = []rtm.HealthEvent{startedEvent(rec.GameID, c.ID)}
+	}
+	_, err := r.store.Commit(ctx, ch)
+	return err
+}
+
+func startedEvent(gameID, containerID string) rtm.HealthEvent {
+	return rtm.HealthEvent{GameID: gameID, Type: rtm.EventContainerStarted, ContainerID: containerID,
+		DockerState: string(rtm.StateRunning), Message: "the engine container started", ObservedAt: time.Now().UTC()}
+}
+
+// settle records that the world already is as asked and answers the pending requests.
+func (r *GameReconciler) settle(ctx context.Context, rec *rtm.Record, c *rtm.Container) error {
+	status := settledStatus(rec, c)
+	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Answer: &rtm.Succeeded,
+		Apply: func(x *rtm.Record, _ bool) {
+			x.Status = status
+			x.ObservedGeneration = max(x.ObservedGeneration, rec.Generation)
+			if c != nil {
+				x.CurrentContainerID, x.CurrentImageRef = c.ID, c.ImageRef
+			} else if status == rtm.StatusRemoved {
+				x.CurrentContainerID = ""
+			}
+		}}
+	if c != nil {
+		ch.ContainerID = c.ID
+		if status == rtm.StatusRunning && rec.Status != rtm.StatusRunning {
+			ch.Events = []rtm.HealthEvent{startedEvent(rec.GameID, c.ID)}
+		}
+	}
+	_, err := r.store.Commit(ctx, ch)
+	return err
+}
+
+// fail records a terminal failure of the current generation and answers its requests with it.
+func (r *GameReconciler) fail(ctx context.Context, log *slog.Logger, rec *rtm.Record, cause error) error {
+	a := rtm.Failed(cause, rtm.CodeContainerStartFailed)
+	log.Warn("operation failed", "error_code", string(a.Code), "error", cause)
+	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Answer: &a,
+		Apply: func(x *rtm.Record, _ bool) {
+			x.Status, x.LastErrorCode, x.LastErrorMessage = rtm.StatusFailed, a.Code, a.Message
+			x.CurrentContainerID = ""
+			x.ObservedGeneration = max(x.ObservedGeneration, rec.Generation)
+		}})
+	return err
+}
+
+// transient reports whether err is worth retrying (the daemon or a store is unreachable).
+func transient(err error) bool {
+	var e *rtm.Error
+	return !errors.As(err, &e)
+}
+
+// markStopping records that RTM itself is about to stop the game's container, so that its exit
+// is not taken for an incident.
+func (r *GameReconciler) markStopping(ctx context.Context, rec *rtm.Record) error {
+	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation,
+		Apply: func(x *rtm.Record, _ bool) { x.Status = rtm.StatusStopping }})
+	return err
+}
+
+// run creates (or starts, or recreates) the game's container and records it running.
+func (r *GameReconciler) run(ctx context.Context, log *slog.Logger, act Action, rec *rtm.Record, c *rtm.Container) error {
+	if r.opts.Diagnose != nil && act != ActStartExisting {
+		r.opts.Diagnose(ctx, rec.GameID)
+	}
+	var id string
+	var err error
+	if act == ActStartExisting {
+		id, err = c.ID, r.runtime.Start(ctx, c.ID)
+		if err != nil && !transient(err) {
+			_ = r.runtime.Remove(ctx, c.ID)
+		}
+	} else {
+		if act == ActReplace && c != nil {
+			if c.Running() {
+				if err := r.markStopping(ctx, rec); err != nil {
+					return err
+				}
+			}
+			if err := r.discard(ctx, c); err != nil {
+				return err
+			}
+		}
+		id, err = r.launch(ctx, rec, rec.DesiredImageRef)
+	}
+	if err != nil {
+		if transient(err) {
+			return err
+		}
+		return r.fail(ctx, log, rec, err)
+	}
+	_, err = r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Answer: &rtm.Succeeded, ContainerID: id,
+		Apply: func(x *rtm.Record, _ bool) {
+			x.Status, x.CurrentContainerID, x.CurrentImageRef, x.ExitCode = rtm.StatusRunning, id, rec.DesiredImageRef, nil
+			x.LastErrorCode, x.LastErrorMessage = "", ""
+			x.ObservedGeneration = max(x.ObservedGeneration, rec.Generation)
+		},
+		Events: []rtm.HealthEvent{startedEvent(rec.GameID, id)}})
+	if err == nil {
+		log.Info("engine started", "container_id", id, "image_ref", rec.DesiredImageRef)
+	}
+	return err
+}
+
+// launch prepares the state dir and image and creates and starts a container of image. A
+// container that was created but would not start is removed again.
+func (r *GameReconciler) launch(ctx context.Context, rec *rtm.Record, image string) (string, error) {
+	dir, err := r.dirs.Ensure(rec.GameID)
+	if err != nil {
+		return "", err
+	}
+	if err := r.runtime.EnsureImage(ctx, image); err != nil {
+		return "", err
+	}
+	spec := rtm.ContainerSpec{
+		GameID: rec.GameID, ImageRef: image, Generation: rec.ContainerGeneration, StateDir: dir,
+		StateMount: r.opts.StateMount, Network: r.opts.Network, User: r.opts.User, ReadOnlyRoot: r.opts.ReadOnlyRoot,
+		MemoryBytes: r.opts.MemoryBytes, NanoCPUs: r.opts.NanoCPUs, PidsLimit: r.opts.PidsLimit,
+		Env: map[string]string{"GALAXY_GAME_ID": rec.GameID, "GALAXY_STATE_DIR": r.opts.StateMount},
+	}
+	id, err := r.runtime.Create(ctx, spec)
+	if errors.Is(err, rtm.ErrConflict) {
+		// The name is taken: by a container RTM does not own (terminal), or by one of ours that
+		// appeared meanwhile (transient: the next pass observes it).
+		if other, ierr := r.runtime.Inspect(ctx, rec.GameID); ierr == nil && !other.Owned {
+			return "", rtm.Errorf(rtm.CodeContainerStartFailed, "the name %s is taken by a container RTM does not own", rtm.ContainerName(rec.GameID))
+		}
+		return "", err
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := r.runtime.Start(ctx, id); err != nil {
+		if !transient(err) {
+			_ = r.runtime.Remove(ctx, id)
+		}
+		return "", err
+	}
+	return id, nil
+}
+
+// discard stops (with the configured grace) and removes a container; a container already gone
+// is fine.
+func (r *GameReconciler) discard(ctx context.Context, c *rtm.Container) error {
+	if c.Running() {
+		if err := r.runtime.Stop(ctx, c.ID, r.opts.StopTimeout); err != nil && !errors.Is(err, rtm.ErrNotFound) {
+			return err
+		}
+	}
+	if err := r.runtime.Remove(ctx, c.ID); err != nil && !errors.Is(err, rtm.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+func (r *GameReconciler) stop(ctx context.Context, log *slog.Logger, rec *rtm.Record, c *rtm.Container) error {
+	if rec.Status != rtm.StatusStopping {
+		if err := r.markStopping(ctx, rec); err != nil {
+			return err
+		}
+	}
+	if err := r.runtime.Stop(ctx, c.ID, r.opts.StopTimeout); err != nil && !errors.Is(err, rtm.ErrNotFound) {
+		if transient(err) {
+			return err
+		}
+		return r.fail(ctx, log, rec, err)
+	}
+	after, err := r.runtime.Inspect(ctx, rec.GameID)
+	exit := rtm.IntPtr(0)
+	if err == nil {
+		exit = rtm.IntPtr(after.ExitCode)
+	}
+	_, err = r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Answer: &rtm.Succeeded, ContainerID: c.ID,
+		Apply: func(x *rtm.Record, _ bool) {
+			x.Status, x.ExitCode, x.ExitReportedContainer = rtm.StatusStopped, exit, c.ID
+			x.ObservedGeneration = max(x.ObservedGeneration, rec.Generation)
+		}})
+	if err == nil {
+		log.Info("engine stopped", "container_id", c.ID)
+	}
+	return err
+}
+
+func (r *GameReconciler) remove(ctx context.Context, log *slog.Logger, rec *rtm.Record, c *rtm.Container) error {
+	if c.Running() && rec.Status != rtm.StatusStopping {
+		if err := r.markStopping(ctx, rec); err != nil {
+			return err
+		}
+	}
+	if err := r.discard(ctx, c); err != nil {
+		if transient(err) {
+			return err
+		}
+		return r.fail(ctx, log, rec, err)
+	}
+	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Answer: &rtm.Succeeded, ContainerID: c.ID,
+		Apply: func(x *rtm.Record, _ bool) {
+			x.Status, x.CurrentContainerID, x.ExitReportedContainer = rtm.StatusRemoved, "", c.ID
+			x.ObservedGeneration = max(x.ObservedGeneration, rec.Generation)
+		}})
+	if err == nil {
+		log.Info("container removed", "container_id", c.ID)
+	}
+	return err
+}

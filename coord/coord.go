@@ -1,0 +1,220 @@
+// Package coord is RTM's Redis coordination: per-game leases, persisted stream offsets, and the
+// idempotent relay of outbox entries to the output streams. Redis holds no business state here:
+// losing it loses no runtime.
+package coord
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+// Key prefixes of CONTRACT §5.
+const (
+	leasePrefix  = "rtmanager:game_lease:"
+	offsetPrefix = "rtmanager:stream_offsets:"
+	sentPrefix   = "rtmanager:outbox_sent:"
+)
+
+// Coord wraps a Redis client with RTM's coordination operations.
+type Coord struct {
+	rdb   *redis.Client
+	owner string
+	ttl   time.Duration
+}
+
+// New returns a Coord whose leases carry owner (unique per process) and last ttl unless renewed.
+func New(rdb *redis.Client, owner string, ttl time.Duration) *Coord {
+	return &Coord{rdb: rdb, owner: owner, ttl: ttl}
+}
+
+// Ping checks that Redis answers.
+func (c *Coord) Ping(ctx context.Context) error {
+	if err := c.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("pinging redis: %w", err)
+	}
+	return nil
+}
+
+var (
+	releaseScript = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
+	renewScript   = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0`)
+	// publishScript adds an entry to a stream once per outbox id: the marker key and the XADD
+	// happen atomically, so a crash between XADD and marking the row sent cannot publish twice.
+	publishScript = redis.NewScript(`if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+end
+return false`)
+)
+
+// LeaseStats counts lease outcomes for telemetry.
+type LeaseStats interface {
+	LeaseAcquired(ctx context.Context, ok bool)
+}
+
+// Acquire takes gameID's lease. When another holder has it, the error wraps rtm.ErrConflict.
+// On success it returns a context that is cancelled if the lease is lost (a renewal finds
+// another owner), and a release function that stops renewal and deletes the key if still ours.
+func (c *Coord) Acquire(ctx context.Context, gameID string) (context.Context, func(), error) {
+	key := leasePrefix + gameID
+	ok, err := c.rdb.SetNX(ctx, key, c.owner, c.ttl).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("taking lease of %s: %w: %w", gameID, rtm.ErrUnavailable, err)
+	}
+	if !ok {
+		return nil, nil, fmt.Errorf("lease of %s is held elsewhere: %w", gameID, rtm.ErrConflict)
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(c.ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-lctx.Done():
+				return
+			case <-t.C:
+				n, err := renewScript.Run(lctx, c.rdb, []string{key}, c.owner, c.ttl.Milliseconds()).Int()
+				if err == nil && n == 0 {
+					cancel() // lost: someone else holds it now
+					return
+				}
+			}
+		}
+	}()
+	release := func() {
+		cancel()
+		<-done
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer rcancel()
+		_ = releaseScript.Run(rctx, c.rdb, []string{key}, c.owner).Err()
+	}
+	return lctx, release, nil
+}
+
+// Offset returns the persisted offset of a consumer ("" when none).
+func (c *Coord) Offset(ctx context.Context, consumer string) (string, error) {
+	v, err := c.rdb.Get(ctx, offsetPrefix+consumer).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading offset of %s: %w", consumer, err)
+	}
+	return v, nil
+}
+
+// SetOffset persists a consumer's offset: the last entry id fully handled.
+func (c *Coord) SetOffset(ctx context.Context, consumer, id string) error {
+	if err := c.rdb.Set(ctx, offsetPrefix+consumer, id, 0).Err(); err != nil {
+		return fmt.Errorf("saving offset of %s: %w", consumer, err)
+	}
+	return nil
+}
+
+// Entry is one stream entry as the consumers see it.
+type Entry struct {
+	ID     string
+	Fields map[string]string
+}
+
+// Read blocks up to block for entries of stream after id, at most count of them.
+// No entries is not an error.
+func (c *Coord) Read(ctx context.Context, stream, after string, count int64, block time.Duration) ([]Entry, error) {
+	res, err := c.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{stream, after}, Count: count, Block: block}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", stream, err)
+	}
+	var out []Entry
+	for _, s := range res {
+		for _, m := range s.Messages {
+			f := make(map[string]string, len(m.Values))
+			for k, v := range m.Values {
+				if s, ok := v.(string); ok {
+					f[k] = s
+				}
+			}
+			out = append(out, Entry{ID: m.ID, Fields: f})
+		}
+	}
+	return out, nil
+}
+
+// LastID returns the id of a stream's newest entry ("0-0" when the stream is empty or absent).
+func (c *Coord) LastID(ctx context.Context, stream string) (string, error) {
+	res, err := c.rdb.XRevRangeN(ctx, stream, "+", "-", 1).Result()
+	if err != nil {
+		return "", fmt.Errorf("reading last id of %s: %w", stream, err)
+	}
+	if len(res) == 0 {
+		return "0-0", nil
+	}
+	return res[0].ID, nil
+}
+
+// Lag returns how many entries of stream come after id (the consumer's lag).
+func (c *Coord) Lag(ctx context.Context, stream, after string) (int64, error) {
+	if after == "" {
+		after = "0-0"
+	}
+	n, err := c.rdb.XLen(ctx, stream).Result()
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	// XRANGE with an exclusive start counts what lies after the offset, up to maxLag.
+	res, err := c.rdb.XRangeN(ctx, stream, "("+after, "+", maxLag).Result()
+	if err != nil {
+		return 0, fmt.Errorf("measuring lag of %s: %w", stream, err)
+	}
+	return int64(len(res)), nil
+}
+
+// Publish adds entries to their streams in order, each exactly once per outbox id (sentTTL keeps
+// the marker). streamOf maps an entry's logical stream to a Redis stream name. It returns how many
+// leading entries were published (or found already published).
+func (c *Coord) Publish(ctx context.Context, entries []OutboxEntry, sentTTL time.Duration) (int, error) {
+	pipe := c.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(entries))
+	for i, e := range entries {
+		args := make([]any, 0, len(e.Fields)+1)
+		args = append(args, int64(sentTTL.Seconds()))
+		for _, f := range e.Fields {
+			args = append(args, f)
+		}
+		cmds[i] = publishScript.EvalSha(ctx, pipe, []string{e.Stream, sentPrefix + strconv.FormatInt(e.ID, 10)}, args...)
+	}
+	_, _ = pipe.Exec(ctx)
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			if redis.HasErrorPrefix(err, "NOSCRIPT") {
+				if err := publishScript.Load(ctx, c.rdb).Err(); err != nil {
+					return i, fmt.Errorf("loading publish script: %w", err)
+				}
+				n, err := c.Publish(ctx, entries[i:], sentTTL)
+				return i + n, err
+			}
+			return i, fmt.Errorf("publishing to %s: %w", entries[i].Stream, err)
+		}
+	}
+	return len(entries), nil
+}
+
+// OutboxEntry is an entry to publish: its outbox id, the Redis stream and the fields.
+type OutboxEntry struct {
+	ID     int64
+	Stream string
+	Fields []string
+}
+
+// maxLag caps what Lag counts, so that measuring a badly lagging consumer stays cheap.
+const maxLag = 100000

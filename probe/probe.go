@@ -1,0 +1,67 @@
+// Package probe is the active health probe of a running engine: GET /healthz on the engine's
+// port, addressed by the container's IP on the game network or by its endpoint's DNS name.
+package probe
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+// HTTP probes engines over HTTP.
+type HTTP struct {
+	client  *http.Client
+	port    int
+	byIP    bool
+	timeout time.Duration
+}
+
+// New returns a prober. byIP selects the container's address on the network (the default
+// probe target); otherwise the engine_endpoint URL is used.
+func New(port int, byIP bool, timeout time.Duration) *HTTP {
+	tr := &http.Transport{
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		// A fresh connection per engine is cheap on a bridge network and keeps one hung engine
+		// from holding a shared pool.
+		MaxConnsPerHost: 2,
+	}
+	return &HTTP{client: &http.Client{Transport: tr, Timeout: timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		port: port, byIP: byIP, timeout: timeout}
+}
+
+// URL returns the probe URL of an engine.
+func (p *HTTP) URL(c rtm.Container, endpoint string) string {
+	if p.byIP && c.IP != "" {
+		return "http://" + c.IP + ":" + strconv.Itoa(p.port) + "/healthz"
+	}
+	return strings.TrimSuffix(endpoint, "/") + "/healthz"
+}
+
+// Probe answers nil when the engine's /healthz answers 2xx within the timeout.
+func (p *HTTP) Probe(ctx context.Context, c rtm.Container, endpoint string) error {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL(c, endpoint), nil)
+	if err != nil {
+		return fmt.Errorf("building probe request: %w", err)
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("probing %s: %w", rtm.ContainerName(c.GameID), err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("probing %s: status %d", rtm.ContainerName(c.GameID), resp.StatusCode)
+	}
+	return nil
+}

@@ -1,0 +1,164 @@
+package rtmanager
+
+import "time"
+
+// Record is a game's runtime record: what it should be (desired_*) and what RTM last saw it be.
+// Its JSON is the REST representation and mirrors the runtime_records columns.
+type Record struct {
+	GameID             string       `json:"game_id"`
+	Status             Status       `json:"status"`
+	DesiredState       DesiredState `json:"desired_state"`
+	DesiredImageRef    string       `json:"desired_image_ref"`
+	CurrentImageRef    string       `json:"current_image_ref"`
+	CurrentContainerID string       `json:"current_container_id"`
+	EngineEndpoint     string       `json:"engine_endpoint"`
+	StateDir           string       `json:"state_dir"`
+	LastErrorCode      ErrorCode    `json:"last_error_code"`
+	LastErrorMessage   string       `json:"last_error_message"`
+	ExitCode           *int         `json:"exit_code"`
+	// Generation counts the requests that changed what the game should be; ObservedGeneration is
+	// the one the reconciler last settled. They differ while work is pending.
+	Generation          int64 `json:"generation"`
+	ObservedGeneration  int64 `json:"observed_generation"`
+	ContainerGeneration int64 `json:"container_generation"`
+	// ExitReportedContainer is the container whose exit was already published.
+	ExitReportedContainer string    `json:"-"`
+	CreatedAt             time.Time `json:"created_at"`
+	UpdatedAt             time.Time `json:"updated_at"`
+}
+
+// Settled reports whether the reconciler has caught up with the latest request.
+func (r *Record) Settled() bool { return r.ObservedGeneration >= r.Generation }
+
+// Channel names where a request came from, for de-duplication: the same request id on the same
+// channel is the same request.
+type Channel string
+
+// Request channels.
+const (
+	ChannelStartJobs Channel = "start_jobs"
+	ChannelStopJobs  Channel = "stop_jobs"
+	ChannelREST      Channel = "rest"
+)
+
+// Request is one ask to change a game: a start or stop job, or a REST mutation.
+type Request struct {
+	Channel     Channel
+	RequestID   string
+	GameID      string
+	Kind        OpKind
+	Source      OpSource
+	ImageRef    string // start and patch: the image asked for
+	OldImageRef string // patch: the image replaced
+	Reason      string // stop
+	Generation  int64  // the record generation the request produced or joined
+	TraceParent string // W3C traceparent of the span that received it
+	ReceivedAt  time.Time
+}
+
+// Job returns the job field of a job result ("start" or "stop"), or "" for REST requests.
+func (r Request) Job() string {
+	switch r.Channel {
+	case ChannelStartJobs:
+		return "start"
+	case ChannelStopJobs:
+		return "stop"
+	}
+	return ""
+}
+
+// Answer is how a request ended.
+type Answer struct {
+	Outcome Outcome
+	Code    ErrorCode
+	Message string
+}
+
+// Succeeded is the answer of a request that reached what it asked for.
+var Succeeded = Answer{Outcome: OutcomeSucceeded}
+
+// Failed returns the failed answer for err, with its contract code (fallback when it has none).
+func Failed(err error, fallback ErrorCode) Answer {
+	return Answer{Outcome: OutcomeFailed, Code: CodeOf(err, fallback), Message: MessageOf(err)}
+}
+
+// Operation is one operation_log row.
+type Operation struct {
+	ID           int64     `json:"id"`
+	GameID       string    `json:"game_id"`
+	Kind         OpKind    `json:"op_kind"`
+	Source       OpSource  `json:"op_source"`
+	Outcome      Outcome   `json:"outcome"`
+	ErrorCode    ErrorCode `json:"error_code"`
+	ErrorMessage string    `json:"error_message"`
+	RequestID    string    `json:"request_id"`
+	OldImageRef  string    `json:"old_image_ref"`
+	NewImageRef  string    `json:"new_image_ref"`
+	ContainerID  string    `json:"container_id"`
+	StartedAt    time.Time `json:"started_at"`
+	FinishedAt   time.Time `json:"finished_at"`
+}
+
+// HealthSnapshot is a game's latest health summary (health_snapshots).
+type HealthSnapshot struct {
+	GameID                   string          `json:"game_id"`
+	Status                   HealthStatus    `json:"status"`
+	LastEventType            HealthEventType `json:"last_event_type"`
+	ConsecutiveProbeFailures int             `json:"consecutive_probe_failures"`
+	LastProbeAt              *time.Time      `json:"last_probe_at"`
+	ExitCode                 *int            `json:"exit_code"`
+	OOMKilled                bool            `json:"oom_killed"`
+	DockerState              string          `json:"docker_state"`
+	UpdatedAt                time.Time       `json:"updated_at"`
+}
+
+// HealthEvent is one entry for the health events stream.
+type HealthEvent struct {
+	GameID      string
+	Type        HealthEventType
+	ContainerID string
+	ExitCode    *int
+	OOMKilled   bool
+	DockerState string
+	Message     string
+	ObservedAt  time.Time
+}
+
+// Status is the health status an event leaves a game in.
+func (e HealthEvent) Status() HealthStatus {
+	switch e.Type {
+	case EventContainerStarted, EventProbeRecovered:
+		return HealthHealthy
+	}
+	return HealthUnhealthy
+}
+
+// ProbeResult is one active probe of a running engine.
+type ProbeResult struct {
+	GameID   string
+	OK       bool
+	Failures int // consecutive failures after this probe
+	At       time.Time
+}
+
+// IntPtr returns a pointer to v.
+func IntPtr(v int) *int { return &v }
+
+// Change is what one reconcile writes, all in one transaction.
+type Change struct {
+	GameID string
+	// Gen is the record generation the reconciler acted for.
+	Gen int64
+	// Insert adopts a container: the record is created (nothing happens if one exists by then).
+	Insert *Record
+	// Apply mutates the record; current reports that no request arrived since Gen was read, so
+	// desired state may be changed too. It may be nil.
+	Apply func(r *Record, current bool)
+	// Answer, when set, answers every pending request with a generation up to Gen.
+	Answer *Answer
+	// ContainerID goes into the answered requests' operation rows and results.
+	ContainerID string
+	// Ops are drift rows (op_source reconciler); Events go to the outbox and the snapshot.
+	Ops    []Operation
+	Events []HealthEvent
+}

@@ -1,0 +1,332 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/network"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/galaxy-platform/rtmanager"
+)
+
+// List returns every container carrying com.galaxy.owner=rtmanager, running or not, from one
+// ContainerList call. Inspection-only fields (Health, OOMKilled, IP, StartedAt, FinishedAt) stay
+// empty; ExitCode is parsed from Docker's status line for exited containers. The daemon answers
+// lists from a copy of its state that may trail a die event by a moment; Inspect does not. A
+// failure wraps rtmanager.ErrUnavailable when the daemon cannot be reached.
+func (d *Docker) List(ctx context.Context) ([]rtmanager.Container, error) {
+	c := d.begin(ctx, "list", d.opts.CallTimeout)
+	list, err := d.cli.ContainerList(c.ctx, container.ListOptions{
+		All:     true,
+		Filters: filters.NewArgs(filters.Arg("label", rtmanager.LabelOwner+"="+rtmanager.OwnerValue)),
+	})
+	if err != nil {
+		return nil, c.end(fmt.Errorf("listing containers: %w", classify(ctx, err)))
+	}
+	out := make([]rtmanager.Container, 0, len(list))
+	for _, s := range list {
+		out = append(out, fromSummary(s))
+	}
+	return out, c.end(nil)
+}
+
+// Inspect returns the container of gameID (named galaxy-game-<gameID>), owned or not: Owned
+// tells whether it carries RTM's owner label. A missing container wraps rtmanager.ErrNotFound; an
+// unreachable daemon wraps rtmanager.ErrUnavailable.
+func (d *Docker) Inspect(ctx context.Context, gameID string) (rtmanager.Container, error) {
+	return d.inspect(ctx, rtmanager.ContainerName(gameID), attrGameID.String(gameID))
+}
+
+// InspectID is Inspect by container id (or name), with the same results and errors.
+func (d *Docker) InspectID(ctx context.Context, id string) (rtmanager.Container, error) {
+	return d.inspect(ctx, id, attrContainerID.String(id))
+}
+
+func (d *Docker) inspect(ctx context.Context, ref string, attr attribute.KeyValue) (rtmanager.Container, error) {
+	c := d.begin(ctx, "inspect", d.opts.CallTimeout, attr)
+	resp, err := d.cli.ContainerInspect(c.ctx, ref)
+	if err != nil {
+		return rtmanager.Container{}, c.end(fmt.Errorf("inspecting container %s: %w", ref, classify(ctx, err)))
+	}
+	return d.fromInspect(resp), c.end(nil)
+}
+
+// Create creates (does not start) the container of spec as CONTRACT §3 describes and returns its
+// id: name and alias galaxy-game-<id>, RTM's labels, the state dir bind-mounted read-write, no
+// restart policy, no new privileges, every capability dropped, the given limits with no swap, a
+// small /tmp tmpfs, and exactly one network (spec.Network, else Options.Network).
+//
+// Errors: a container of that name already exists → wraps rtmanager.ErrConflict; the image is
+// not present locally → *rtmanager.Error with CodeImagePullFailed; the daemon cannot be reached →
+// wraps rtmanager.ErrUnavailable; any other refusal → *rtmanager.Error with
+// CodeContainerStartFailed.
+func (d *Docker) Create(ctx context.Context, spec rtmanager.ContainerSpec) (string, error) {
+	name := rtmanager.ContainerName(spec.GameID)
+	c := d.begin(ctx, "create", d.opts.CallTimeout,
+		attrGameID.String(spec.GameID), attrContainer.String(name), attrImage.String(spec.ImageRef))
+	cfg, hostCfg, netCfg := d.containerConfig(spec)
+	resp, err := d.cli.ContainerCreate(c.ctx, cfg, hostCfg, netCfg, nil, name)
+	if err != nil {
+		return "", c.end(d.createError(c, name, spec.ImageRef, err))
+	}
+	c.span.SetAttributes(attrContainerID.String(resp.ID))
+	d.log.Debug("container created", "game_id", spec.GameID, "container_id", resp.ID, "image_ref", spec.ImageRef)
+	return resp.ID, c.end(nil)
+}
+
+// containerConfig turns spec into the SDK's create arguments.
+func (d *Docker) containerConfig(spec rtmanager.ContainerSpec) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
+	name := rtmanager.ContainerName(spec.GameID)
+	netName := spec.Network
+	if netName == "" {
+		netName = d.opts.Network
+	}
+
+	env := make([]string, 0, len(spec.Env))
+	for k, v := range spec.Env {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+
+	cfg := &container.Config{
+		Image: spec.ImageRef,
+		Env:   env,
+		User:  spec.User,
+		Labels: map[string]string{
+			rtmanager.LabelOwner:      rtmanager.OwnerValue,
+			rtmanager.LabelGameID:     spec.GameID,
+			rtmanager.LabelImageRef:   spec.ImageRef,
+			rtmanager.LabelGeneration: strconv.FormatInt(spec.Generation, 10),
+		},
+	}
+
+	hostCfg := &container.HostConfig{
+		NetworkMode:   container.NetworkMode(netName),
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
+		Mounts: []mount.Mount{{
+			// A mount (unlike a -v bind) fails when the source is missing instead of letting
+			// the daemon create it as root: the state dir's mode and owner are RTM's to set.
+			Type:   mount.TypeBind,
+			Source: spec.StateDir,
+			Target: spec.StateMount,
+		}},
+		SecurityOpt:    []string{"no-new-privileges"},
+		CapDrop:        []string{"ALL"},
+		Privileged:     false,
+		ReadonlyRootfs: spec.ReadOnlyRoot,
+		Tmpfs:          map[string]string{"/tmp": "rw,noexec,nosuid,size=16m"},
+	}
+	if spec.MemoryBytes > 0 {
+		hostCfg.Memory = spec.MemoryBytes
+		hostCfg.MemorySwap = spec.MemoryBytes // equal to Memory: no swap at all
+	}
+	if spec.NanoCPUs > 0 {
+		hostCfg.NanoCPUs = spec.NanoCPUs
+	}
+	if spec.PidsLimit > 0 {
+		pids := spec.PidsLimit
+		hostCfg.PidsLimit = &pids
+	}
+
+	// API 1.41 accepts at most one endpoint at create time.
+	netCfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
+		netName: {Aliases: []string{name}},
+	}}
+	return cfg, hostCfg, netCfg
+}
+
+// createError classifies a ContainerCreate failure.
+func (d *Docker) createError(c *call, name, imageRef string, err error) error {
+	switch kind := kindOf(c.parent, err); {
+	case c.parent.Err() != nil:
+		return fmt.Errorf("creating container %s: %w", name, err)
+	case kind == rtmanager.ErrConflict || kind == rtmanager.ErrUnavailable:
+		return fmt.Errorf("creating container %s: %w", name, &kindError{kind: kind, err: err})
+	case kind == rtmanager.ErrNotFound && d.imageMissing(c.ctx, imageRef):
+		return &rtmanager.Error{
+			Code:    rtmanager.CodeImagePullFailed,
+			Message: fmt.Sprintf("image %s is not present on the docker host", imageRef),
+			Err:     err,
+		}
+	}
+	return &rtmanager.Error{
+		Code:    rtmanager.CodeContainerStartFailed,
+		Message: fmt.Sprintf("creating container %s: %s", name, daemonMessage(err)),
+		Err:     err,
+	}
+}
+
+// imageMissing reports whether ref is certainly absent: the daemon's not-found on create may
+// also be about the network, so it is asked about the image itself.
+func (d *Docker) imageMissing(ctx context.Context, ref string) bool {
+	_, err := d.cli.ImageInspect(ctx, ref)
+	return errdefs.IsNotFound(err)
+}
+
+// containerMissing reports whether the container id is certainly absent: the daemon's
+// not-found on start may also be about the network.
+func (d *Docker) containerMissing(ctx context.Context, id string) bool {
+	_, err := d.cli.ContainerInspect(ctx, id)
+	return errdefs.IsNotFound(err)
+}
+
+// Start starts a created (or stopped) container; starting a running one is a no-op. A missing
+// container wraps rtmanager.ErrNotFound; an unreachable daemon wraps rtmanager.ErrUnavailable;
+// any other refusal (a missing network, a bad user, an unusable image, …) is *rtmanager.Error
+// with CodeContainerStartFailed.
+func (d *Docker) Start(ctx context.Context, id string) error {
+	c := d.begin(ctx, "start", d.opts.CallTimeout, attrContainerID.String(id))
+	err := d.cli.ContainerStart(c.ctx, id, container.StartOptions{})
+	if err == nil {
+		return c.end(nil)
+	}
+	switch kind := kindOf(ctx, err); {
+	case ctx.Err() != nil:
+		err = fmt.Errorf("starting container %s: %w", id, err)
+	case kind == rtmanager.ErrUnavailable,
+		kind == rtmanager.ErrNotFound && d.containerMissing(c.ctx, id):
+		err = fmt.Errorf("starting container %s: %w", id, &kindError{kind: kind, err: err})
+	default:
+		err = &rtmanager.Error{
+			Code:    rtmanager.CodeContainerStartFailed,
+			Message: fmt.Sprintf("starting container %s: %s", shortID(id), daemonMessage(err)),
+			Err:     err,
+		}
+	}
+	return c.end(err)
+}
+
+// Stop sends SIGTERM and, after grace (rounded up to whole seconds), SIGKILL. The call may take
+// grace plus CallTimeout. Stopping a stopped container succeeds; a missing one wraps
+// rtmanager.ErrNotFound; an unreachable daemon wraps rtmanager.ErrUnavailable.
+func (d *Docker) Stop(ctx context.Context, id string, grace time.Duration) error {
+	secs := int(math.Ceil(max(grace, 0).Seconds()))
+	c := d.begin(ctx, "stop", time.Duration(secs)*time.Second+d.opts.CallTimeout,
+		attrContainerID.String(id), attribute.Int("docker.stop_timeout_s", secs))
+	err := d.cli.ContainerStop(c.ctx, id, container.StopOptions{Timeout: &secs})
+	if err != nil {
+		err = fmt.Errorf("stopping container %s: %w", id, classify(ctx, err))
+	}
+	return c.end(err)
+}
+
+// Remove force-removes a container (killing it if it runs) with its anonymous volumes; the state
+// dir, a bind mount, is untouched. A missing container wraps rtmanager.ErrNotFound, which
+// callers treat as done; a removal already in progress wraps rtmanager.ErrConflict; an
+// unreachable daemon wraps rtmanager.ErrUnavailable.
+func (d *Docker) Remove(ctx context.Context, id string) error {
+	c := d.begin(ctx, "remove", d.opts.CallTimeout, attrContainerID.String(id))
+	err := d.cli.ContainerRemove(c.ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil {
+		err = fmt.Errorf("removing container %s: %w", id, classify(ctx, err))
+	}
+	return c.end(err)
+}
+
+// fromSummary converts a ContainerList entry.
+func fromSummary(s container.Summary) rtmanager.Container {
+	ct := rtmanager.Container{
+		ID:       s.ID,
+		ImageRef: s.Image,
+		State:    rtmanager.ContainerState(s.State),
+		Created:  time.Unix(s.Created, 0).UTC(),
+	}
+	if len(s.Names) > 0 {
+		ct.Name = strings.TrimPrefix(s.Names[0], "/")
+	}
+	applyLabels(&ct, s.Labels)
+	if ct.State == rtmanager.StateExited || ct.State == rtmanager.StateDead {
+		ct.ExitCode = exitCodeFromStatus(s.Status)
+	}
+	return ct
+}
+
+// fromInspect converts a ContainerInspect answer.
+func (d *Docker) fromInspect(r container.InspectResponse) rtmanager.Container {
+	var ct rtmanager.Container
+	if r.ContainerJSONBase != nil {
+		ct.ID = r.ID
+		ct.Name = strings.TrimPrefix(r.Name, "/")
+		ct.Created = parseTime(r.Created)
+		if s := r.State; s != nil {
+			ct.State = rtmanager.ContainerState(s.Status)
+			ct.ExitCode = s.ExitCode
+			ct.OOMKilled = s.OOMKilled
+			ct.StartedAt = parseTime(s.StartedAt)
+			ct.FinishedAt = parseTime(s.FinishedAt)
+			if s.Health != nil {
+				ct.Health = string(s.Health.Status)
+			}
+		}
+	}
+	if r.Config != nil {
+		ct.ImageRef = r.Config.Image
+		applyLabels(&ct, r.Config.Labels)
+	}
+	if r.NetworkSettings != nil {
+		if ep := r.NetworkSettings.Networks[d.opts.Network]; ep != nil {
+			ct.IP = ep.IPAddress
+		}
+	}
+	return ct
+}
+
+// applyLabels fills the label-derived fields; the image_ref label wins over the config's image
+// because the config may name the image by id after a re-tag.
+func applyLabels(ct *rtmanager.Container, labels map[string]string) {
+	ct.Owned = labels[rtmanager.LabelOwner] == rtmanager.OwnerValue
+	ct.GameID = labels[rtmanager.LabelGameID]
+	if ref := labels[rtmanager.LabelImageRef]; ref != "" {
+		ct.ImageRef = ref
+	}
+	if g, err := strconv.ParseInt(labels[rtmanager.LabelGeneration], 10, 64); err == nil {
+		ct.Generation = g
+	}
+}
+
+var exitedStatus = regexp.MustCompile(`^Exited \((-?\d+)\)`)
+
+// exitCodeFromStatus parses Docker's "Exited (3) 2 minutes ago"; 0 when it does not match.
+func exitCodeFromStatus(status string) int {
+	m := exitedStatus.FindStringSubmatch(status)
+	if m == nil {
+		return 0
+	}
+	code, _ := strconv.Atoi(m[1])
+	return code
+}
+
+// parseTime parses Docker's RFC 3339 timestamps; Docker's "0001-01-01T00:00:00Z" (never) and
+// anything unparsable give the zero time.
+func parseTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || t.Year() <= 1 {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+// daemonMessage strips the SDK's "Error response from daemon: " prefix: the rest is the
+// daemon's own explanation, fit for a peer-facing message.
+func daemonMessage(err error) string {
+	return strings.TrimPrefix(err.Error(), "Error response from daemon: ")
+}
+
+// shortID abbreviates a container id the way docker ps does; names pass unchanged.
+func shortID(id string) string {
+	if len(id) == 64 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,84 @@
+package sources
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+// EventStream subscribes to Docker events of owned containers. The error channel yields once
+// when the stream ends.
+type EventStream interface {
+	Events(ctx context.Context) (<-chan rtm.DockerEvent, <-chan error)
+}
+
+// DockerEvents is the dockerevents worker: it turns each event of an owned container into its
+// game id on the queue, so drift under a running RTM is handled at once. When the stream breaks
+// (a daemon restart) it reconnects with backoff and, since events were missed, enqueues every
+// known game once connected again.
+type DockerEvents struct {
+	Docker  EventStream
+	Lister  Lister
+	Store   ActiveGames
+	Enqueue func(gameID string)
+	Log     *slog.Logger
+}
+
+// Run follows the event stream until ctx ends.
+func (d *DockerEvents) Run(ctx context.Context) error {
+	b := newBackoff()
+	first := true
+	for ctx.Err() == nil {
+		sctx, cancel := context.WithCancel(ctx)
+		events, errs := d.Docker.Events(sctx)
+		if !first {
+			// Events were missed while disconnected: look at everything once.
+			if ids, err := AllGames(ctx, d.Lister, d.Store); err == nil {
+				for _, id := range ids {
+					d.Enqueue(id)
+				}
+				d.Log.Info("docker events stream reconnected", "worker", "dockerevents", "games", len(ids))
+			}
+		}
+		first = false
+		connected := time.Now()
+		err := d.follow(sctx, events, errs)
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(connected) > 30*time.Second {
+			b.reset()
+		}
+		wait := b.next()
+		d.Log.Warn("docker events stream ended, reconnecting", "worker", "dockerevents", "error", err, "retry_in", wait.String())
+		if !sleep(ctx, wait) {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (d *DockerEvents) follow(ctx context.Context, events <-chan rtm.DockerEvent, errs <-chan error) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errs:
+			return err
+		case ev, ok := <-events:
+			if !ok {
+				return nil
+			}
+			if ev.GameID == "" || rtm.ValidateGameID(ev.GameID) != nil {
+				continue
+			}
+			switch ev.Action {
+			case "start", "die", "oom", "destroy", "stop", "kill", "pause", "unpause", "create", "rename", "health_status":
+				d.Enqueue(ev.GameID)
+			}
+		}
+	}
+}

@@ -1,0 +1,319 @@
+// Package sources holds every trigger that puts a game id on the reconciler's queue: the start
+// and stop job streams, Docker events, the periodic full pass, and the probe and inspect sweeps.
+// A job handler validates, writes desired state, then enqueues; it never calls Docker.
+package sources
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+	"github.com/galaxy-platform/rtmanager/coord"
+	"github.com/galaxy-platform/rtmanager/store"
+)
+
+// JobStore records requests and their desired state.
+type JobStore interface {
+	Submit(ctx context.Context, req rtm.Request, admit store.Admitter) (store.Submission, error)
+	AnswerInvalid(ctx context.Context, req rtm.Request, a rtm.Answer) (bool, error)
+}
+
+// StreamReader reads a job stream and keeps the consumer's offset.
+type StreamReader interface {
+	Offset(ctx context.Context, consumer string) (string, error)
+	SetOffset(ctx context.Context, consumer, id string) error
+	Read(ctx context.Context, stream, after string, count int64, block time.Duration) ([]coord.Entry, error)
+	LastID(ctx context.Context, stream string) (string, error)
+}
+
+// JobKind tells the two job streams apart.
+type JobKind string
+
+// The job kinds.
+const (
+	StartJobs JobKind = "startjobs"
+	StopJobs  JobKind = "stopjobs"
+)
+
+// JobObserver is told about every handled job, for telemetry.
+type JobObserver interface {
+	JobHandled(ctx context.Context, kind JobKind, outcome string)
+	StreamLag(consumer string, lag int64)
+}
+
+// JobConsumer reads one job stream from its persisted offset, records each job and enqueues
+// its game. Delivery is at least once; handling is idempotent by request id.
+type JobConsumer struct {
+	Kind     JobKind
+	Stream   string
+	Store    JobStore
+	Redis    StreamReader
+	Enqueue  func(gameID string)
+	Allowed  []string
+	Settings rtm.Settings
+	Log      *slog.Logger
+	Tracer   trace.Tracer
+	Observer JobObserver
+	// Block is how long one XREAD waits (default 1s); it bounds how fast shutdown is noticed.
+	Block time.Duration
+}
+
+// Run consumes until ctx ends, then persists the offset and returns nil.
+func (c *JobConsumer) Run(ctx context.Context) error {
+	if c.Block <= 0 {
+		c.Block = time.Second
+	}
+	name := string(c.Kind)
+	var off string
+	for off == "" {
+		o, err := c.Redis.Offset(ctx, name)
+		if err != nil {
+			if !sleep(ctx, time.Second) {
+				return nil
+			}
+			c.Log.Warn("reading offset failed, retrying", "worker", name, "error", err)
+			continue
+		}
+		if o == "" {
+			o = "0-0"
+		}
+		off = o
+	}
+	saved := off
+	persist := func(ctx context.Context) {
+		if off == saved {
+			return
+		}
+		if err := c.Redis.SetOffset(ctx, name, off); err != nil {
+			c.Log.Warn("saving offset failed", "worker", name, "error", err)
+			return
+		}
+		saved = off
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		persist(sctx)
+		c.Log.Info("worker stopped", "worker", name, "offset", off)
+	}()
+	off = c.checkReset(ctx, off)
+	backoff := newBackoff()
+	for ctx.Err() == nil {
+		entries, err := c.Redis.Read(ctx, c.Stream, off, 64, c.Block)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			c.Log.Warn("reading job stream failed, retrying", "worker", name, "stream", c.Stream, "error", err)
+			if !sleep(ctx, backoff.next()) {
+				return nil
+			}
+			off = c.checkReset(ctx, off)
+			continue
+		}
+		backoff.reset()
+		if len(entries) == 0 {
+			off = c.checkReset(ctx, off)
+			continue
+		}
+		for _, e := range entries {
+			for {
+				err := c.handle(ctx, e)
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					return nil
+				}
+				// The store is down: never skip a job, try it again.
+				c.Log.Warn("recording job failed, retrying", "worker", name, "entry_id", e.ID, "error", err)
+				if !sleep(ctx, backoff.next()) {
+					return nil
+				}
+			}
+			backoff.reset()
+			off = e.ID
+		}
+		persist(ctx)
+	}
+	return nil
+}
+
+// checkReset resumes from the start when the offset lies past the stream's newest entry (Redis
+// was emptied and the stream is new).
+func (c *JobConsumer) checkReset(ctx context.Context, off string) string {
+	last, err := c.Redis.LastID(ctx, c.Stream)
+	if err != nil || !idLess(last, off) {
+		return off
+	}
+	c.Log.Warn("offset lies past the stream, resuming from its start", "worker", string(c.Kind), "offset", off, "last_id", last)
+	return "0-0"
+}
+
+// handle records one job entry. It returns an error only when the job could not be recorded
+// (and must be tried again); a bad job is answered, not returned.
+func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
+	f := e.Fields
+	ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": f["traceparent"]})
+	ctx, span := c.Tracer.Start(ctx, "job."+strings.TrimSuffix(string(c.Kind), "jobs"),
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attribute.String("entry_id", e.ID)))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	carrier := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, carrier)
+
+	req := rtm.Request{RequestID: f["request_id"], GameID: f["game_id"], TraceParent: carrier["traceparent"],
+		ReceivedAt: time.Now().UTC()}
+	if req.RequestID == "" {
+		req.RequestID = e.ID
+	}
+	switch c.Kind {
+	case StartJobs:
+		req.Channel, req.Kind, req.Source, req.ImageRef = rtm.ChannelStartJobs, rtm.OpStart, rtm.SourceStartJobs, f["image_ref"]
+	default:
+		req.Channel, req.Kind, req.Source, req.Reason = rtm.ChannelStopJobs, rtm.OpStop, rtm.SourceStopJobs, f["reason"]
+		if req.Reason == "" {
+			req.Reason = "unspecified"
+		}
+	}
+	span.SetAttributes(attribute.String("game_id", trunc(req.GameID)), attribute.String("request_id", trunc(req.RequestID)))
+	log := c.Log.With("worker", string(c.Kind), "entry_id", e.ID, "request_id", trunc(req.RequestID), "game_id", trunc(req.GameID))
+
+	if bad := invalidJob(c.Kind, f, req); bad != "" {
+		if len(req.RequestID) > rtm.MaxFieldBytes {
+			req.RequestID = e.ID
+		}
+		req.GameID = trunc(req.GameID)
+		dup, err := c.Store.AnswerInvalid(ctx, req, rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeInvalidJob, Message: bad})
+		if err != nil {
+			return err
+		}
+		if !dup {
+			log.Warn("invalid job answered", "error_code", string(rtm.CodeInvalidJob), "reason", bad)
+			c.observe(ctx, string(rtm.OutcomeFailed))
+		}
+		return nil
+	}
+	var refusal *rtm.Answer
+	if c.Kind == StartJobs {
+		if _, err := rtm.ValidateStartImage(req.ImageRef, c.Allowed); err != nil {
+			a := rtm.Failed(err, rtm.CodeStartConfigInvalid)
+			refusal = &a
+		}
+	}
+	sub, err := c.Store.Submit(ctx, req, func(rec *rtm.Record, busy bool) rtm.Admission {
+		if refusal != nil {
+			return rtm.Admission{Answer: refusal}
+		}
+		return rtm.Admit(rec, req, busy, c.Settings)
+	})
+	if err != nil {
+		return fmt.Errorf("recording job %s: %w", e.ID, err)
+	}
+	switch {
+	case sub.Duplicate:
+		log.Debug("duplicate job ignored")
+	case sub.Answer != nil:
+		log.Info("job answered at once", "outcome", string(sub.Answer.Outcome), "error_code", string(sub.Answer.Code))
+		c.observe(ctx, string(sub.Answer.Outcome))
+	default:
+		log.Debug("job recorded", "generation", sub.Request.Generation)
+		c.Enqueue(req.GameID)
+	}
+	return nil
+}
+
+func (c *JobConsumer) observe(ctx context.Context, outcome string) {
+	if c.Observer != nil {
+		c.Observer.JobHandled(ctx, c.Kind, outcome)
+	}
+}
+
+// invalidJob returns why a job entry cannot be understood, or "".
+func invalidJob(kind JobKind, f map[string]string, req rtm.Request) string {
+	for k, v := range f {
+		if len(v) > rtm.MaxFieldBytes {
+			return fmt.Sprintf("field %s is longer than %d bytes", trunc(k), rtm.MaxFieldBytes)
+		}
+	}
+	if _, ok := f["game_id"]; !ok {
+		return "game_id is missing"
+	}
+	if err := rtm.ValidateGameID(req.GameID); err != nil {
+		return rtm.MessageOf(err)
+	}
+	if kind == StartJobs && f["image_ref"] == "" {
+		return "image_ref is missing"
+	}
+	return ""
+}
+
+// trunc keeps hostile values from flooding logs and spans.
+func trunc(s string) string {
+	if len(s) > 128 {
+		return s[:128] + "…"
+	}
+	return s
+}
+
+// idLess reports whether stream id a sorts before b ("ms-seq").
+func idLess(a, b string) bool {
+	am, as := splitID(a)
+	bm, bs := splitID(b)
+	if am != bm {
+		return am < bm
+	}
+	return as < bs
+}
+
+func splitID(id string) (uint64, uint64) {
+	var ms, seq uint64
+	msPart, seqPart, _ := strings.Cut(id, "-")
+	for _, ch := range msPart {
+		ms = ms*10 + uint64(ch-'0')
+	}
+	for _, ch := range seqPart {
+		seq = seq*10 + uint64(ch-'0')
+	}
+	return ms, seq
+}
+
+// sleep waits d or until ctx ends; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// backoff doubles from 100ms to 5s.
+type backoff struct{ d time.Duration }
+
+func newBackoff() *backoff { return &backoff{} }
+
+func (b *backoff) next() time.Duration {
+	if b.d == 0 {
+		b.d = 100 * time.Millisecond
+	} else {
+		b.d = min(2*b.d, 5*time.Second)
+	}
+	return b.d
+}
+
+func (b *backoff) reset() { b.d = 0 }

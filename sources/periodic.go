@@ -1,0 +1,80 @@
+package sources
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+// Lister lists every owned container with one Docker call.
+type Lister interface {
+	List(ctx context.Context) ([]rtm.Container, error)
+}
+
+// ActiveGames lists the game ids whose records are not settled as removed.
+type ActiveGames interface {
+	ActiveGameIDs(ctx context.Context) ([]string, error)
+}
+
+// AllGames returns the union of the games with an active record and the games of every owned
+// container: what a full reconcile pass looks at. It costs one Docker list call and one query.
+func AllGames(ctx context.Context, docker Lister, store ActiveGames) ([]string, error) {
+	cs, err := docker.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := store.ActiveGameIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	seen := make(map[string]bool, len(ids)+len(cs))
+	out := make([]string, 0, len(ids)+len(cs))
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	for _, c := range cs {
+		if c.GameID != "" && c.Owned && !seen[c.GameID] && rtm.ValidateGameID(c.GameID) == nil {
+			seen[c.GameID] = true
+			out = append(out, c.GameID)
+		}
+	}
+	return out, nil
+}
+
+// Ticker is the reconcile_ticker worker: every Interval (±10% jitter, so that many RTMs do not
+// tick together) it enqueues every game of AllGames.
+type Ticker struct {
+	Interval time.Duration
+	Docker   Lister
+	Store    ActiveGames
+	Enqueue  func(gameID string)
+	Log      *slog.Logger
+}
+
+// Run ticks until ctx ends.
+func (t *Ticker) Run(ctx context.Context) error {
+	for {
+		jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(t.Interval))
+		if !sleep(ctx, t.Interval+jitter) {
+			return nil
+		}
+		ids, err := AllGames(ctx, t.Docker, t.Store)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			t.Log.Warn("periodic pass could not list games", "worker", "reconcile_ticker", "error", err)
+			continue
+		}
+		for _, id := range ids {
+			t.Enqueue(id)
+		}
+		t.Log.Debug("periodic pass enqueued games", "worker", "reconcile_ticker", "games", len(ids))
+	}
+}

@@ -1,0 +1,75 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// OutboxEntry is one queued stream entry.
+type OutboxEntry struct {
+	ID     int64
+	Stream string   // StreamJobResults, StreamHealthEvents or StreamNotificationIntents
+	Fields []string // field, value, field, value…
+}
+
+// RelayOutbox claims up to limit unsent entries in id order (rows another process holds are
+// skipped), hands them to publish, and marks sent the first n it reports published, all in one
+// transaction: a row is never handed to two publishers at once. It returns n.
+func (s *Store) RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []OutboxEntry) (int, error)) (int, error) {
+	var sent int
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		sent = 0
+		rows, err := tx.Query(ctx, `SELECT id, stream, fields FROM outbox WHERE published_at IS NULL
+			ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
+		if err != nil {
+			return fmt.Errorf("claiming outbox rows: %w", err)
+		}
+		entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (OutboxEntry, error) {
+			var e OutboxEntry
+			err := r.Scan(&e.ID, &e.Stream, &e.Fields)
+			return e, err
+		})
+		if err != nil {
+			return fmt.Errorf("claiming outbox rows: %w", err)
+		}
+		if len(entries) == 0 {
+			return nil
+		}
+		n, pubErr := publish(ctx, entries)
+		if n > 0 {
+			ids := make([]int64, n)
+			for i := range ids {
+				ids[i] = entries[i].ID
+			}
+			if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE id = ANY($1)`, ids); err != nil {
+				return fmt.Errorf("marking outbox rows sent: %w", err)
+			}
+		}
+		sent = n
+		if pubErr != nil && n == 0 {
+			return pubErr
+		}
+		return nil
+	})
+	return sent, err
+}
+
+// OutboxBacklog returns how many entries wait to be published.
+func (s *Store) OutboxBacklog(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("counting outbox backlog: %w", err)
+	}
+	return n, nil
+}
+
+// PruneOutbox deletes entries published more than a day ago.
+func (s *Store) PruneOutbox(ctx context.Context) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM outbox WHERE published_at < now() - interval '1 day'`)
+	if err != nil {
+		return 0, fmt.Errorf("pruning outbox: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}

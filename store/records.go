@@ -1,0 +1,220 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+const recordColumns = `game_id, status, desired_state, desired_image_ref, current_image_ref, current_container_id,
+	engine_endpoint, state_dir, last_error_code, last_error_message, exit_code, generation, observed_generation,
+	container_generation, exit_reported_container, created_at, updated_at`
+
+func scanRecord(row pgx.Row) (*rtm.Record, error) {
+	var r rtm.Record
+	err := row.Scan(&r.GameID, &r.Status, &r.DesiredState, &r.DesiredImageRef, &r.CurrentImageRef,
+		&r.CurrentContainerID, &r.EngineEndpoint, &r.StateDir, &r.LastErrorCode, &r.LastErrorMessage,
+		&r.ExitCode, &r.Generation, &r.ObservedGeneration, &r.ContainerGeneration, &r.ExitReportedContainer,
+		&r.CreatedAt, &r.UpdatedAt)
+	if err != nil {
+		return nil, err
+	}
+	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+	return &r, nil
+}
+
+// Get returns a game's record; a game without one is an error wrapping rtm.ErrNotFound.
+func (s *Store) Get(ctx context.Context, gameID string) (*rtm.Record, error) {
+	r, err := scanRecord(s.pool.QueryRow(ctx, `SELECT `+recordColumns+` FROM runtime_records WHERE game_id = $1`, gameID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("game %s: %w", gameID, rtm.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading record of %s: %w", gameID, err)
+	}
+	return r, nil
+}
+
+// ListFilter selects records for List.
+type ListFilter struct {
+	Status rtm.Status // "" for all
+	After  string     // list game ids greater than this (the paging cursor)
+	Limit  int
+}
+
+// List returns records ordered by game id, at most f.Limit of them.
+func (s *Store) List(ctx context.Context, f ListFilter) ([]rtm.Record, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+recordColumns+` FROM runtime_records
+		WHERE ($1 = '' OR status = $1) AND game_id > $2 ORDER BY game_id LIMIT $3`, string(f.Status), f.After, f.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing records: %w", err)
+	}
+	defer rows.Close()
+	var out []rtm.Record
+	for rows.Next() {
+		r, err := scanRecord(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing records: %w", err)
+		}
+		out = append(out, *r)
+	}
+	return out, rows.Err()
+}
+
+// ActiveGameIDs returns the id of every game whose record is not settled as removed: the games a
+// full reconcile pass must look at besides the containers Docker lists.
+func (s *Store) ActiveGameIDs(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT game_id FROM runtime_records
+		WHERE status <> 'removed' OR observed_generation < generation`)
+	if err != nil {
+		return nil, fmt.Errorf("listing active games: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("listing active games: %w", err)
+	}
+	return ids, nil
+}
+
+// RunningGame is what the prober and inspector need of a running game.
+type RunningGame struct {
+	GameID      string
+	ContainerID string
+	Endpoint    string
+	UpdatedAt   time.Time
+}
+
+// RunningGames returns every game whose record is running.
+func (s *Store) RunningGames(ctx context.Context) ([]RunningGame, error) {
+	rows, err := s.pool.Query(ctx, `SELECT game_id, current_container_id, engine_endpoint, updated_at
+		FROM runtime_records WHERE status = 'running' ORDER BY game_id`)
+	if err != nil {
+		return nil, fmt.Errorf("listing running games: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (RunningGame, error) {
+		var g RunningGame
+		err := r.Scan(&g.GameID, &g.ContainerID, &g.Endpoint, &g.UpdatedAt)
+		return g, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing running games: %w", err)
+	}
+	return out, nil
+}
+
+// CountByStatus returns how many records hold each status (absent statuses are absent).
+func (s *Store) CountByStatus(ctx context.Context) (map[rtm.Status]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT status, count(*) FROM runtime_records GROUP BY status`)
+	if err != nil {
+		return nil, fmt.Errorf("counting records: %w", err)
+	}
+	defer rows.Close()
+	out := map[rtm.Status]int64{}
+	for rows.Next() {
+		var st string
+		var n int64
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("counting records: %w", err)
+		}
+		out[rtm.Status(st)] = n
+	}
+	return out, rows.Err()
+}
+
+// Operations returns a game's operation log, newest first.
+func (s *Store) Operations(ctx context.Context, gameID string, limit int) ([]rtm.Operation, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, game_id, op_kind, op_source, outcome, error_code, error_message,
+		request_id, old_image_ref, new_image_ref, container_id, started_at, finished_at
+		FROM operation_log WHERE game_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2`, gameID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("reading operations of %s: %w", gameID, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rtm.Operation, error) {
+		var o rtm.Operation
+		err := r.Scan(&o.ID, &o.GameID, &o.Kind, &o.Source, &o.Outcome, &o.ErrorCode, &o.ErrorMessage,
+			&o.RequestID, &o.OldImageRef, &o.NewImageRef, &o.ContainerID, &o.StartedAt, &o.FinishedAt)
+		o.StartedAt, o.FinishedAt = o.StartedAt.UTC(), o.FinishedAt.UTC()
+		return o, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading operations of %s: %w", gameID, err)
+	}
+	return out, nil
+}
+
+// Health returns a game's health snapshot; none is an error wrapping rtm.ErrNotFound.
+func (s *Store) Health(ctx context.Context, gameID string) (*rtm.HealthSnapshot, error) {
+	var h rtm.HealthSnapshot
+	err := s.pool.QueryRow(ctx, `SELECT game_id, status, last_event_type, consecutive_probe_failures,
+		last_probe_at, exit_code, oom_killed, docker_state, updated_at FROM health_snapshots WHERE game_id = $1`, gameID).
+		Scan(&h.GameID, &h.Status, &h.LastEventType, &h.ConsecutiveProbeFailures, &h.LastProbeAt, &h.ExitCode,
+			&h.OOMKilled, &h.DockerState, &h.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("health of %s: %w", gameID, rtm.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading health of %s: %w", gameID, err)
+	}
+	h.UpdatedAt = h.UpdatedAt.UTC()
+	if h.LastProbeAt != nil {
+		t := h.LastProbeAt.UTC()
+		h.LastProbeAt = &t
+	}
+	return &h, nil
+}
+
+// PendingRequests returns a game's unanswered requests, oldest first.
+func (s *Store) PendingRequests(ctx context.Context, gameID string) ([]rtm.Request, error) {
+	return pendingRequests(ctx, s.pool, gameID, false)
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func pendingRequests(ctx context.Context, q querier, gameID string, lock bool) ([]rtm.Request, error) {
+	sql := `SELECT channel, request_id, game_id, op_kind, op_source, image_ref, old_image_ref, reason,
+		generation, traceparent, received_at FROM requests
+		WHERE game_id = $1 AND answered_at IS NULL ORDER BY received_at, request_id`
+	if lock {
+		sql += ` FOR UPDATE`
+	}
+	rows, err := q.Query(ctx, sql, gameID)
+	if err != nil {
+		return nil, fmt.Errorf("reading pending requests of %s: %w", gameID, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rtm.Request, error) {
+		var q rtm.Request
+		err := r.Scan(&q.Channel, &q.RequestID, &q.GameID, &q.Kind, &q.Source, &q.ImageRef, &q.OldImageRef,
+			&q.Reason, &q.Generation, &q.TraceParent, &q.ReceivedAt)
+		return q, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading pending requests of %s: %w", gameID, err)
+	}
+	return out, nil
+}
+
+// RequestAnswer returns the answer of a request, or nil while it is pending; an unknown request
+// is an error wrapping rtm.ErrNotFound.
+func (s *Store) RequestAnswer(ctx context.Context, ch rtm.Channel, requestID string) (*rtm.Answer, error) {
+	var answered *time.Time
+	var a rtm.Answer
+	err := s.pool.QueryRow(ctx, `SELECT answered_at, outcome, error_code, error_message FROM requests
+		WHERE channel = $1 AND request_id = $2`, string(ch), requestID).Scan(&answered, &a.Outcome, &a.Code, &a.Message)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("request %s: %w", requestID, rtm.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading request %s: %w", requestID, err)
+	}
+	if answered == nil {
+		return nil, nil
+	}
+	return &a, nil
+}

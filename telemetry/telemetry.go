@@ -1,0 +1,92 @@
+// Package telemetry sets up RTM's OpenTelemetry: a MeterProvider exported in Prometheus format
+// (in the same registry as controller-runtime's workqueue and reconcile metrics, with the Go and
+// process collectors) and a TracerProvider exporting as RTMANAGER_TELEMETRY_EXPORTER says.
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Telemetry holds the providers and the /metrics handler.
+type Telemetry struct {
+	Exporter string
+	tp       *sdktrace.TracerProvider
+	tracerP  trace.TracerProvider
+	mp       *sdkmetric.MeterProvider
+	handler  http.Handler
+}
+
+// Setup builds the providers. exporter is one of otlp-grpc, otlp-http, stdout, none; the
+// standard OTEL_* variables configure the OTLP exporters and the batch processor.
+func Setup(ctx context.Context, exporter, version string) (*Telemetry, error) {
+	reg := ctrlmetrics.Registry
+	// controller-runtime's registry already carries the Go and process collectors.
+	promExp, err := otelprom.New(otelprom.WithRegisterer(reg))
+	if err != nil {
+		return nil, fmt.Errorf("creating prometheus exporter: %w", err)
+	}
+	res := resource.NewSchemaless(semconv.ServiceName("rtmanager"), semconv.ServiceVersion(version))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(promExp), sdkmetric.WithResource(res),
+		sdkmetric.WithView(sdkmetric.NewView(
+			sdkmetric.Instrument{Name: "*latency*"},
+			sdkmetric.Stream{Aggregation: sdkmetric.AggregationExplicitBucketHistogram{
+				Boundaries: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}}},
+		)))
+	t := &Telemetry{Exporter: exporter, mp: mp,
+		handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})}
+	var sx sdktrace.SpanExporter
+	switch exporter {
+	case "otlp-http":
+		sx, err = otlptracehttp.New(ctx)
+	case "otlp-grpc":
+		sx, err = otlptracegrpc.New(ctx)
+	case "stdout":
+		sx, err = stdouttrace.New(stdouttrace.WithWriter(os.Stdout))
+	default:
+		t.tracerP = tracenoop.NewTracerProvider()
+		return t, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating %s trace exporter: %w", exporter, err)
+	}
+	t.tp = sdktrace.NewTracerProvider(sdktrace.WithBatcher(sx), sdktrace.WithResource(res))
+	t.tracerP = t.tp
+	return t, nil
+}
+
+// Tracer returns a named tracer.
+func (t *Telemetry) Tracer(name string) trace.Tracer { return t.tracerP.Tracer(name) }
+
+// Meter returns a named meter.
+func (t *Telemetry) Meter(name string) metric.Meter { return t.mp.Meter(name) }
+
+// Handler serves /metrics.
+func (t *Telemetry) Handler() http.Handler { return t.handler }
+
+// Shutdown flushes and stops the providers.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	var errs []error
+	if t.tp != nil {
+		errs = append(errs, t.tp.Shutdown(ctx))
+	}
+	errs = append(errs, t.mp.Shutdown(ctx))
+	return errors.Join(errs...)
+}

@@ -1,0 +1,129 @@
+package testenv
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// EngineSourceLabel is the image label holding the hash of the stand-in engine's source and
+// Dockerfile; BuildEngineImages skips a tag whose label already matches.
+const EngineSourceLabel = "rtm.test.engine.source"
+
+// EngineDir is the stand-in engine's package, relative to the module root.
+const EngineDir = "test/engine"
+
+// BadRelease is the engine version whose probe always fails (like any version ending in "-sick").
+const BadRelease = "1.4.3"
+
+// IsSickVersion reports whether BuildEngineImages gives version an engine that fails its probe.
+func IsSickVersion(version string) bool {
+	return version == BadRelease || strings.HasSuffix(version, "-sick")
+}
+
+// BuildEngineImages builds the stand-in engine (test/engine, CGO_ENABLED=0) and tags it
+// repo:version for each version: FROM scratch, ENV ENGINE_VERSION=<version>, plus ENGINE_SICK=1
+// for sick versions (see IsSickVersion). The module root is found by walking up from the
+// working directory to go.mod. A tag whose EngineSourceLabel matches the current source is left
+// as it is, so repeated calls cost one docker image inspect per version.
+func BuildEngineImages(ctx context.Context, repo string, versions ...string) error {
+	root, err := ModuleRoot()
+	if err != nil {
+		return err
+	}
+	srcHash, err := hashDir(filepath.Join(root, EngineDir))
+	if err != nil {
+		return fmt.Errorf("testenv: hashing engine source: %w", err)
+	}
+
+	type build struct{ tag, dockerfile string }
+	var todo []build
+	for _, v := range versions {
+		tag := repo + ":" + v
+		env := "ENGINE_VERSION=" + v
+		if IsSickVersion(v) {
+			env += " ENGINE_SICK=1"
+		}
+		body := fmt.Sprintf("FROM scratch\nCOPY engine /engine\nENV %s\nEXPOSE 8080\nENTRYPOINT [\"/engine\"]\n", env)
+		sum := sha256.Sum256([]byte(srcHash + "\n" + body))
+		label := hex.EncodeToString(sum[:8])
+		if imageLabel(ctx, tag) == label {
+			continue
+		}
+		todo = append(todo, build{tag, body + fmt.Sprintf("LABEL %s=%s\n", EngineSourceLabel, label)})
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+
+	dir, err := os.MkdirTemp("", "rtm-engine-build-")
+	if err != nil {
+		return fmt.Errorf("testenv: engine build dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	goBuild := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(dir, "engine"), "./"+EngineDir)
+	goBuild.Dir = root
+	goBuild.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if out, err := goBuild.CombinedOutput(); err != nil {
+		return fmt.Errorf("testenv: building %s: %w\n%s", EngineDir, err, out)
+	}
+	for i, b := range todo {
+		df := filepath.Join(dir, fmt.Sprintf("Dockerfile.%d", i))
+		if err := os.WriteFile(df, []byte(b.dockerfile), 0o644); err != nil {
+			return fmt.Errorf("testenv: writing Dockerfile: %w", err)
+		}
+		bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		out, err := exec.CommandContext(bctx, "docker", "build", "-q", "-t", b.tag, "-f", df, dir).CombinedOutput()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("testenv: docker build %s: %w\n%s", b.tag, err, out)
+		}
+	}
+	return nil
+}
+
+// imageLabel returns the engine source label of a local image, or "" when the image or the label
+// is absent.
+func imageLabel(ctx context.Context, tag string) string {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", "image", "inspect", "-f",
+		fmt.Sprintf("{{index .Config.Labels %q}}", EngineSourceLabel), tag).Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// hashDir hashes the names and contents of the regular files directly in dir.
+func hashDir(dir string) (string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	for _, en := range entries {
+		if en.Type().IsRegular() {
+			names = append(names, en.Name())
+		}
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s %d\n", n, len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

@@ -1,0 +1,115 @@
+package rtmanager
+
+import (
+	"strings"
+
+	"github.com/Masterminds/semver/v3"
+	"github.com/distribution/reference"
+)
+
+// MaxFieldBytes is the largest value a job field may carry; a longer one makes the job invalid.
+const MaxFieldBytes = 1024
+
+// ValidateGameID checks a game id against CONTRACT §3: 1–64 characters of [A-Za-z0-9_-],
+// starting with a letter or digit. It is called before any Docker or file-system work.
+func ValidateGameID(id string) error {
+	if id == "" {
+		return Errorf(CodeInvalidRequest, "game_id is empty")
+	}
+	if len(id) > 64 {
+		return Errorf(CodeInvalidRequest, "game_id is longer than 64 characters")
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if i == 0 && !alnum {
+			return Errorf(CodeInvalidRequest, "game_id must start with a letter or digit")
+		}
+		if !alnum && c != '_' && c != '-' {
+			return Errorf(CodeInvalidRequest, "game_id may hold only letters, digits, '_' and '-'")
+		}
+	}
+	return nil
+}
+
+// ImageRef is a parsed, validated engine image reference.
+type ImageRef struct {
+	Raw        string // as given
+	Repository string // familiar name, e.g. "galaxy/game"
+	Tag        string
+	Version    *semver.Version
+}
+
+// ParseImageRef parses ref as a Docker reference with a semver tag. It fails with
+// start_config_invalid when ref is not a reference or names no tag, and image_ref_not_semver when
+// the tag is not semver. The allow-list is checked separately by CheckAllowed.
+func ParseImageRef(ref string) (ImageRef, error) {
+	if ref == "" {
+		return ImageRef{}, Errorf(CodeStartConfigInvalid, "image_ref is empty")
+	}
+	if len(ref) > MaxFieldBytes {
+		return ImageRef{}, Errorf(CodeStartConfigInvalid, "image_ref is longer than %d bytes", MaxFieldBytes)
+	}
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return ImageRef{}, Errorf(CodeStartConfigInvalid, "image_ref %q is not a valid image reference", ref)
+	}
+	tagged, ok := named.(reference.NamedTagged)
+	if !ok {
+		return ImageRef{}, Errorf(CodeImageRefNotSemver, "image_ref %q has no tag", ref)
+	}
+	if _, digested := named.(reference.Digested); digested {
+		return ImageRef{}, Errorf(CodeStartConfigInvalid, "image_ref %q must not carry a digest", ref)
+	}
+	v, err := semver.StrictNewVersion(strings.TrimPrefix(tagged.Tag(), "v"))
+	if err != nil {
+		return ImageRef{}, Errorf(CodeImageRefNotSemver, "tag %q of image_ref is not semver", tagged.Tag())
+	}
+	return ImageRef{Raw: ref, Repository: reference.FamiliarName(named), Tag: tagged.Tag(), Version: v}, nil
+}
+
+// CheckAllowed fails with start_config_invalid unless the image's repository is in allowed.
+func (r ImageRef) CheckAllowed(allowed []string) error {
+	for _, a := range allowed {
+		if a == r.Repository {
+			return nil
+		}
+	}
+	return Errorf(CodeStartConfigInvalid, "image repository %q is not in the allow-list", r.Repository)
+}
+
+// ValidateStartImage parses ref and checks it against the allow-list; any failure is
+// start_config_invalid, the code a start job or a REST start gets.
+func ValidateStartImage(ref string, allowed []string) (ImageRef, error) {
+	img, err := ParseImageRef(ref)
+	if err != nil {
+		return ImageRef{}, &Error{Code: CodeStartConfigInvalid, Message: MessageOf(err), Err: err}
+	}
+	if err := img.CheckAllowed(allowed); err != nil {
+		return ImageRef{}, err
+	}
+	return img, nil
+}
+
+// CheckPatch validates a patch from current to next: both semver (image_ref_not_semver), the
+// same major and minor (semver_patch_only), and next's repository allowed (start_config_invalid).
+func CheckPatch(current, next string, allowed []string) (ImageRef, error) {
+	cur, err := ParseImageRef(current)
+	if err != nil {
+		return ImageRef{}, Errorf(CodeImageRefNotSemver, "current image_ref %q: %s", current, MessageOf(err))
+	}
+	nxt, err := ParseImageRef(next)
+	if err != nil {
+		if CodeOf(err, "") == CodeImageRefNotSemver {
+			return ImageRef{}, err
+		}
+		return ImageRef{}, Errorf(CodeImageRefNotSemver, "%s", MessageOf(err))
+	}
+	if cur.Version.Major() != nxt.Version.Major() || cur.Version.Minor() != nxt.Version.Minor() {
+		return ImageRef{}, Errorf(CodeSemverPatchOnly, "patch from %s to %s changes the major or minor version", cur.Tag, nxt.Tag)
+	}
+	if err := nxt.CheckAllowed(allowed); err != nil {
+		return ImageRef{}, err
+	}
+	return nxt, nil
+}
