@@ -81,8 +81,13 @@ func Decide(rec *rtm.Record, c *rtm.Container) Action {
 		}
 		return ActNone
 	case rtm.DesiredRemoved:
-		if c != nil {
+		if c != nil && pending {
 			return ActRemove
+		}
+		if c != nil {
+			// A labelled container started by hand for a removed game: operators stay in
+			// control of it, RTM records it (runbook: Reconcile Drift, step 3).
+			return ActAdopt
 		}
 		if pending || rec.Status != rtm.StatusRemoved {
 			return ActSettle

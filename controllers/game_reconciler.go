@@ -189,7 +189,7 @@ func (r *GameReconciler) act(ctx context.Context, log *slog.Logger, act Action, 
 	}
 	switch act {
 	case ActAdopt:
-		return r.adopt(ctx, log, c)
+		return r.adopt(ctx, log, rec, c)
 	case ActDispose:
 		return r.dispose(ctx, log, rec)
 	case ActObservedExited:
@@ -214,7 +214,8 @@ func (r *GameReconciler) countDrift(ctx context.Context, kind string) {
 	r.drift.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
 }
 
-func (r *GameReconciler) adopt(ctx context.Context, log *slog.Logger, c *rtm.Container) error {
+// adopt records an owned container RTM has no live record of, as it is; it never touches it.
+func (r *GameReconciler) adopt(ctx context.Context, log *slog.Logger, old *rtm.Record, c *rtm.Container) error {
 	rec := rtm.Record{
 		GameID:              c.GameID,
 		DesiredImageRef:     c.ImageRef,
@@ -238,13 +239,23 @@ func (r *GameReconciler) adopt(ctx context.Context, log *slog.Logger, c *rtm.Con
 		rec.Status, rec.DesiredState = rtm.StatusStopped, rtm.DesiredStopped
 	}
 	now := time.Now().UTC()
-	got, err := r.store.Commit(ctx, rtm.Change{GameID: c.GameID, Insert: &rec, Ops: []rtm.Operation{{
+	ch := rtm.Change{GameID: c.GameID, Insert: &rec, Ops: []rtm.Operation{{
 		GameID: c.GameID, Kind: rtm.OpReconcileAdopt, Source: rtm.SourceReconciler, Outcome: rtm.OutcomeSucceeded,
-		NewImageRef: c.ImageRef, ContainerID: c.ID, StartedAt: now, FinishedAt: now}}})
+		NewImageRef: c.ImageRef, ContainerID: c.ID, StartedAt: now, FinishedAt: now}}}
+	if old != nil {
+		ch.Insert, ch.Gen = nil, old.Generation
+		ch.Apply = func(x *rtm.Record, _ bool) {
+			gen := x.Generation + 1
+			rec.GameID, rec.Generation, rec.ObservedGeneration = x.GameID, gen, gen
+			rec.CreatedAt = x.CreatedAt
+			*x = rec
+		}
+	}
+	got, err := r.store.Commit(ctx, ch)
 	if err != nil {
 		return err
 	}
-	if got != nil && got.CurrentContainerID == c.ID && got.CreatedAt.After(now.Add(-time.Minute)) {
+	if got != nil && got.CurrentContainerID == c.ID {
 		r.countDrift(ctx, "adopt")
 		log.Info("adopted container", "container_id", c.ID, "status", string(rec.Status))
 	}

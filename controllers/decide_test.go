@@ -1,0 +1,83 @@
+package controllers
+
+import (
+	"testing"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+func TestDecide(t *testing.T) {
+	const img, img2 = "galaxy/game:1.4.1", "galaxy/game:1.4.2"
+	record := func(status rtm.Status, desired rtm.DesiredState, pending bool, mods ...func(*rtm.Record)) *rtm.Record {
+		r := &rtm.Record{GameID: "g", Status: status, DesiredState: desired, DesiredImageRef: img, CurrentImageRef: img,
+			CurrentContainerID: "c1", Generation: 2, ObservedGeneration: 2}
+		if pending {
+			r.ObservedGeneration = 1
+		}
+		for _, m := range mods {
+			m(r)
+		}
+		return r
+	}
+	ctr := func(state rtm.ContainerState, mods ...func(*rtm.Container)) *rtm.Container {
+		c := &rtm.Container{ID: "c1", GameID: "g", Owned: true, ImageRef: img, State: state}
+		for _, m := range mods {
+			m(c)
+		}
+		return c
+	}
+	foreign := func(c *rtm.Container) { c.Owned = false }
+	tests := []struct {
+		name  string
+		given struct {
+			rec *rtm.Record
+			c   *rtm.Container
+		}
+		want Action
+	}{
+		{"nothing at all", given(nil, nil), ActNone},
+		{"owned container without record is adopted", given(nil, ctr(rtm.StateRunning)), ActAdopt},
+		{"exited owned container without record is adopted", given(nil, ctr(rtm.StateExited)), ActAdopt},
+		{"foreign container is never adopted", given(nil, ctr(rtm.StateRunning, foreign)), ActNone},
+		{"start job for a new game creates", given(record(rtm.StatusStarting, rtm.DesiredRunning, true), nil), ActCreate},
+		{"running and settled is left alone", given(record(rtm.StatusRunning, rtm.DesiredRunning, false), ctr(rtm.StateRunning)), ActNone},
+		{"running record whose container vanished is disposed", given(record(rtm.StatusRunning, rtm.DesiredRunning, false), nil), ActDispose},
+		{"starting record whose container vanished is disposed", given(record(rtm.StatusStarting, rtm.DesiredRunning, false), nil), ActDispose},
+		{"running record whose container exited is observed exited", given(record(rtm.StatusRunning, rtm.DesiredRunning, false), ctr(rtm.StateExited)), ActObservedExited},
+		{"failed start is terminal until desired changes", given(record(rtm.StatusFailed, rtm.DesiredRunning, false), nil), ActNone},
+		{"pending start with the right running container settles", given(record(rtm.StatusStarting, rtm.DesiredRunning, true), ctr(rtm.StateRunning)), ActSettle},
+		{"pending start with a stopped right container starts it", given(record(rtm.StatusStopped, rtm.DesiredRunning, true), ctr(rtm.StateExited)), ActStartExisting},
+		{"pending start with another image stopped replaces", given(record(rtm.StatusStopped, rtm.DesiredRunning, true, func(r *rtm.Record) { r.DesiredImageRef = img2 }), ctr(rtm.StateExited)), ActReplace},
+		{"pending new image on a running container patches", given(record(rtm.StatusRunning, rtm.DesiredRunning, true, func(r *rtm.Record) { r.DesiredImageRef = img2 }), ctr(rtm.StateRunning)), ActPatch},
+		{"restart asks for a newer container generation", given(record(rtm.StatusRunning, rtm.DesiredRunning, true, func(r *rtm.Record) { r.ContainerGeneration = 2 }), ctr(rtm.StateRunning)), ActReplace},
+		{"a foreign container in the way still means create", given(record(rtm.StatusStarting, rtm.DesiredRunning, true), ctr(rtm.StateRunning, foreign)), ActCreate},
+		{"stop of a running container stops", given(record(rtm.StatusRunning, rtm.DesiredStopped, true), ctr(rtm.StateRunning)), ActStop},
+		{"desired stopped but started by hand is stopped", given(record(rtm.StatusStopped, rtm.DesiredStopped, false), ctr(rtm.StateRunning)), ActStop},
+		{"pending stop of an exited container settles", given(record(rtm.StatusRunning, rtm.DesiredStopped, true), ctr(rtm.StateExited)), ActSettle},
+		{"stopped and settled is left alone", given(record(rtm.StatusStopped, rtm.DesiredStopped, false), ctr(rtm.StateExited)), ActNone},
+		{"stopped record whose container was removed settles as removed", given(record(rtm.StatusStopped, rtm.DesiredStopped, false), nil), ActSettle},
+		{"cleanup removes the container", given(record(rtm.StatusStopped, rtm.DesiredRemoved, true), ctr(rtm.StateExited)), ActRemove},
+		{"cleanup of a gone container settles", given(record(rtm.StatusStopped, rtm.DesiredRemoved, true), nil), ActSettle},
+		{"removed and settled is left alone", given(record(rtm.StatusRemoved, rtm.DesiredRemoved, false), nil), ActNone},
+		{"removed record with a hand-started labelled container adopts it", given(record(rtm.StatusRemoved, rtm.DesiredRemoved, false), ctr(rtm.StateRunning)), ActAdopt},
+		{"paused container counts as running", given(record(rtm.StatusRunning, rtm.DesiredRunning, false), ctr(rtm.StatePaused)), ActNone},
+		{"container replaced by hand is synced", given(record(rtm.StatusRunning, rtm.DesiredRunning, false), ctr(rtm.StateRunning, func(c *rtm.Container) { c.ID = "c2" })), ActSync},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Decide(tt.given.rec, tt.given.c); got != tt.want {
+				t.Errorf("Decide = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func given(rec *rtm.Record, c *rtm.Container) struct {
+	rec *rtm.Record
+	c   *rtm.Container
+} {
+	return struct {
+		rec *rtm.Record
+		c   *rtm.Container
+	}{rec, c}
+}

@@ -1,0 +1,147 @@
+package coord_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+	"github.com/galaxy-platform/rtmanager/coord"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	e, err := testenv.Start(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "test environment:", err)
+		os.Exit(1)
+	}
+	env = e
+	code := m.Run()
+	e.Stop()
+	os.Exit(code)
+}
+
+func client(t *testing.T) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+func TestCoord_Acquire_excludesOthersUntilReleased(t *testing.T) {
+	rdb := client(t)
+	ctx := context.Background()
+	a, b := coord.New(rdb, "a", 2*time.Second), coord.New(rdb, "b", 2*time.Second)
+	_, release, err := a.Acquire(ctx, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Acquire(ctx, "g1"); !errors.Is(err, rtm.ErrConflict) {
+		t.Fatalf("second holder: %v, want ErrConflict", err)
+	}
+	if ttl := rdb.PTTL(ctx, "rtmanager:game_lease:g1").Val(); ttl <= 0 {
+		t.Fatalf("lease has no TTL: %v", ttl)
+	}
+	// Renewal keeps the lease past its TTL while held.
+	time.Sleep(2500 * time.Millisecond)
+	if v := rdb.Get(ctx, "rtmanager:game_lease:g1").Val(); v != "a" {
+		t.Fatalf("lease holder after a TTL: %q", v)
+	}
+	release()
+	if rdb.Exists(ctx, "rtmanager:game_lease:g1").Val() != 0 {
+		t.Fatal("lease key present after release")
+	}
+	_, release, err = b.Acquire(ctx, "g1")
+	if err != nil {
+		t.Fatalf("after release: %v", err)
+	}
+	release()
+}
+
+func TestCoord_Acquire_lostLeaseCancelsContext(t *testing.T) {
+	rdb := client(t)
+	ctx := context.Background()
+	a := coord.New(rdb, "a", 2*time.Second)
+	lctx, release, err := a.Acquire(ctx, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	rdb.Set(ctx, "rtmanager:game_lease:g1", "intruder", time.Minute)
+	select {
+	case <-lctx.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("a lost lease did not cancel its context")
+	}
+	release()
+	if v := rdb.Get(ctx, "rtmanager:game_lease:g1").Val(); v != "intruder" {
+		t.Fatalf("release deleted another holder's lease: %q", v)
+	}
+}
+
+func TestCoord_Publish_oncePerOutboxID(t *testing.T) {
+	rdb := client(t)
+	ctx := context.Background()
+	c := coord.New(rdb, "a", time.Second)
+	entries := []coord.OutboxEntry{
+		{ID: 1, Stream: "out", Fields: []string{"n", "1"}},
+		{ID: 2, Stream: "out", Fields: []string{"n", "2"}},
+	}
+	for i := 0; i < 2; i++ {
+		n, err := c.Publish(ctx, entries, time.Hour)
+		if err != nil || n != 2 {
+			t.Fatalf("Publish: %d %v", n, err)
+		}
+	}
+	msgs := rdb.XRange(ctx, "out", "-", "+").Val()
+	if len(msgs) != 2 || msgs[0].Values["n"] != "1" || msgs[1].Values["n"] != "2" {
+		t.Fatalf("stream holds %+v, want entries 1 and 2 once, in order", msgs)
+	}
+	// After a script flush (Redis restarted), publishing still works.
+	rdb.ScriptFlush(ctx)
+	if n, err := c.Publish(ctx, []coord.OutboxEntry{{ID: 3, Stream: "out", Fields: []string{"n", "3"}}}, time.Hour); err != nil || n != 1 {
+		t.Fatalf("Publish after SCRIPT FLUSH: %d %v", n, err)
+	}
+}
+
+func TestCoord_Offsets_andLag(t *testing.T) {
+	rdb := client(t)
+	ctx := context.Background()
+	c := coord.New(rdb, "a", time.Second)
+	if off, err := c.Offset(ctx, "startjobs"); err != nil || off != "" {
+		t.Fatalf("fresh offset: %q %v", off, err)
+	}
+	var ids []string
+	for i := 0; i < 3; i++ {
+		ids = append(ids, rdb.XAdd(ctx, &redis.XAddArgs{Stream: "jobs", Values: []any{"i", i}}).Val())
+	}
+	if err := c.SetOffset(ctx, "startjobs", ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if off, _ := c.Offset(ctx, "startjobs"); off != ids[0] {
+		t.Fatalf("offset %q", off)
+	}
+	if lag, err := c.Lag(ctx, "jobs", ids[0]); err != nil || lag != 2 {
+		t.Fatalf("lag %d %v, want 2", lag, err)
+	}
+	got, err := c.Read(ctx, "jobs", ids[0], 10, 10*time.Millisecond)
+	if err != nil || len(got) != 2 || got[0].ID != ids[1] {
+		t.Fatalf("Read: %+v %v", got, err)
+	}
+	if last, _ := c.LastID(ctx, "jobs"); last != ids[2] {
+		t.Fatalf("LastID %q", last)
+	}
+	if last, _ := c.LastID(ctx, "nothing"); last != "0-0" {
+		t.Fatalf("LastID of an absent stream %q", last)
+	}
+}
