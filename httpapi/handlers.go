@@ -161,9 +161,13 @@ func (a *api) start(w http.ResponseWriter, r *http.Request, c *call) {
 		writeCoded(w, rtm.CodeOf(err, rtm.CodeStartConfigInvalid), rtm.MessageOf(err))
 		return
 	}
+	rec, ok := a.current(w, r, c)
+	if !ok {
+		return
+	}
 	req := a.request(r, c, rtm.OpStart)
 	req.ImageRef = body.ImageRef
-	a.submit(w, r, c, req, nil)
+	a.submit(w, r, c, req, rec, nil)
 }
 
 func (a *api) stop(w http.ResponseWriter, r *http.Request, c *call) {
@@ -175,12 +179,16 @@ func (a *api) stop(w http.ResponseWriter, r *http.Request, c *call) {
 		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, fmt.Sprintf("reason is longer than %d bytes", rtm.MaxFieldBytes))
 		return
 	}
+	rec, ok := a.current(w, r, c)
+	if !ok {
+		return
+	}
 	req := a.request(r, c, rtm.OpStop)
 	req.Reason = body.Reason
 	if req.Reason == "" {
 		req.Reason = "unspecified"
 	}
-	a.submit(w, r, c, req, nil)
+	a.submit(w, r, c, req, rec, nil)
 }
 
 func (a *api) restart(w http.ResponseWriter, r *http.Request, c *call) {
@@ -188,7 +196,11 @@ func (a *api) restart(w http.ResponseWriter, r *http.Request, c *call) {
 	if !decodeBody(w, r, &body, false) {
 		return
 	}
-	a.submit(w, r, c, a.request(r, c, rtm.OpRestart), nil)
+	rec, ok := a.current(w, r, c)
+	if !ok {
+		return
+	}
+	a.submit(w, r, c, a.request(r, c, rtm.OpRestart), rec, nil)
 }
 
 // patch validates the new image against the image the game runs (semver, same major and minor,
@@ -204,9 +216,12 @@ func (a *api) patch(w http.ResponseWriter, r *http.Request, c *call) {
 		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, "image_ref is required")
 		return
 	}
-	rec, err := a.store.Get(r.Context(), c.gameID)
-	if err != nil {
-		a.storeFailed(w, c, err)
+	rec, ok := a.current(w, r, c)
+	if !ok {
+		return
+	}
+	if rec == nil {
+		WriteError(w, http.StatusNotFound, rtm.CodeRuntimeNotFound, fmt.Sprintf("game %s has no runtime", c.gameID))
 		return
 	}
 	current := imageOf(rec)
@@ -216,7 +231,7 @@ func (a *api) patch(w http.ResponseWriter, r *http.Request, c *call) {
 	}
 	req := a.request(r, c, rtm.OpPatch)
 	req.ImageRef, req.OldImageRef = body.ImageRef, current
-	a.submit(w, r, c, req, func(rec *rtm.Record) *rtm.Answer {
+	a.submit(w, r, c, req, rec, func(rec *rtm.Record) *rtm.Answer {
 		if rec != nil && imageOf(rec) != current {
 			return &rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeConflict,
 				Message: fmt.Sprintf("the image of game %s changed while the patch was checked; retry", c.gameID)}
@@ -226,7 +241,11 @@ func (a *api) patch(w http.ResponseWriter, r *http.Request, c *call) {
 }
 
 func (a *api) cleanup(w http.ResponseWriter, r *http.Request, c *call) {
-	a.submit(w, r, c, a.request(r, c, rtm.OpCleanupContainer), nil)
+	rec, ok := a.current(w, r, c)
+	if !ok {
+		return
+	}
+	a.submit(w, r, c, a.request(r, c, rtm.OpCleanupContainer), rec, nil)
 }
 
 // imageOf is the image a patch replaces: the one running, else the one asked for.

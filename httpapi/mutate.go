@@ -76,12 +76,36 @@ func (a *api) request(r *http.Request, c *call, kind rtm.OpKind) rtm.Request {
 		Source: c.caller.source(), TraceParent: carrier["traceparent"], ReceivedAt: time.Now().UTC()}
 }
 
-// submit records req with the admission rules the job consumers use (guard may refuse first,
-// under the same lock), then answers: at once when admission answered, else after enqueueing the
-// game and waiting for the reconciler's answer: 200 with the fresh record on success, the
-// envelope on failure, 202 with the record as it stands when the wait times out.
-func (a *api) submit(w http.ResponseWriter, r *http.Request, c *call, req rtm.Request, guard func(*rtm.Record) *rtm.Answer) {
+// current reads c's game record: nil when it has none. A store failure is answered (503) and
+// reported as false.
+func (a *api) current(w http.ResponseWriter, r *http.Request, c *call) (*rtm.Record, bool) {
+	rec, err := a.store.Get(r.Context(), c.gameID)
+	if errors.Is(err, rtm.ErrNotFound) {
+		return nil, true
+	}
+	if err != nil {
+		a.storeFailed(w, c, err)
+		return nil, false
+	}
+	return rec, true
+}
+
+// submit applies the admission rules the job consumers use to req, then answers: at once when
+// admission answers, else after enqueueing the game and waiting for the reconciler's answer: 200
+// with the fresh record on success, the envelope on failure, 202 with the record as it stands
+// when the wait times out.
+//
+// A request the game's state refuses as it stands (rec, just read) is answered without being
+// recorded, like one refused by validation: the caller learns it at once and nothing happened,
+// so the operation log keeps what RTM did or tried to do. Admission runs again under the
+// record's lock in Store.Submit, where guard may refuse first; a refusal there (a concurrent
+// change, another operation in flight) is recorded with the request.
+func (a *api) submit(w http.ResponseWriter, r *http.Request, c *call, req rtm.Request, rec *rtm.Record, guard func(*rtm.Record) *rtm.Answer) {
 	ctx := r.Context()
+	if adm := rtm.Admit(rec, req, false, a.settings); adm.Answer != nil && adm.Answer.Outcome != rtm.OutcomeSucceeded {
+		writeCoded(w, adm.Answer.Code, adm.Answer.Message)
+		return
+	}
 	sub, err := a.store.Submit(ctx, req, func(rec *rtm.Record, busy bool) rtm.Admission {
 		if guard != nil {
 			if ans := guard(rec); ans != nil {

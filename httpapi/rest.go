@@ -63,7 +63,8 @@ type APIOptions struct {
 	// Enqueue hands a game to the reconciler after a mutation recorded new desired state; nil
 	// enqueues nothing (mutations then answer 202 after WaitTimeout unless answered at once).
 	Enqueue func(gameID string)
-	// Settings are what admission needs (engine port, state dirs), as the job consumers get them.
+	// Settings are what admission needs (engine port, state dirs), as the job consumers get them;
+	// StateRootJoin is required.
 	Settings rtm.Settings
 	// Allowed lists the image repositories a start or patch may name.
 	Allowed []string

@@ -20,8 +20,10 @@ import (
 	"github.com/galaxy-platform/rtmanager"
 )
 
-// List returns every container carrying com.galaxy.owner=rtmanager, running or not, from one
-// ContainerList call. Inspection-only fields (Health, OOMKilled, IP, StartedAt, FinishedAt) stay
+// List returns every container carrying com.galaxy.owner=rtmanager and attached to the
+// configured network, running or not, from one ContainerList call: an RTM owns only the labelled
+// containers on its own network, so RTMs on other networks of the same daemon never adopt each
+// other's games. Inspection-only fields (Health, OOMKilled, IP, StartedAt, FinishedAt) stay
 // empty; ExitCode is parsed from Docker's status line for exited containers. The daemon answers
 // lists from a copy of its state that may trail a die event by a moment; Inspect does not. A
 // failure wraps rtmanager.ErrUnavailable when the daemon cannot be reached.
@@ -29,7 +31,8 @@ func (d *Docker) List(ctx context.Context) ([]rtmanager.Container, error) {
 	c := d.begin(ctx, "list", d.opts.CallTimeout)
 	list, err := d.cli.ContainerList(c.ctx, container.ListOptions{
 		All:     true,
-		Filters: filters.NewArgs(filters.Arg("label", rtmanager.LabelOwner+"="+rtmanager.OwnerValue)),
+		Filters: filters.NewArgs(filters.Arg("label", rtmanager.LabelOwner+"="+rtmanager.OwnerValue),
+			filters.Arg("network", d.opts.Network)),
 	})
 	if err != nil {
 		return nil, c.end(fmt.Errorf("listing containers: %w", classify(ctx, err)))
@@ -42,7 +45,7 @@ func (d *Docker) List(ctx context.Context) ([]rtmanager.Container, error) {
 }
 
 // Inspect returns the container of gameID (named galaxy-game-<gameID>), owned or not: Owned
-// tells whether it carries RTM's owner label. A missing container wraps rtmanager.ErrNotFound; an
+// tells whether it carries RTM's owner label and is attached to the configured network. A missing container wraps rtmanager.ErrNotFound; an
 // unreachable daemon wraps rtmanager.ErrUnavailable.
 func (d *Docker) Inspect(ctx context.Context, gameID string) (rtmanager.Container, error) {
 	return d.inspect(ctx, rtmanager.ContainerName(gameID), attrGameID.String(gameID))
@@ -274,11 +277,14 @@ func (d *Docker) fromInspect(r container.InspectResponse) rtmanager.Container {
 		ct.ImageRef = r.Config.Image
 		applyLabels(&ct, r.Config.Labels)
 	}
+	onNetwork := false
 	if r.NetworkSettings != nil {
 		if ep := r.NetworkSettings.Networks[d.opts.Network]; ep != nil {
-			ct.IP = ep.IPAddress
+			ct.IP, onNetwork = ep.IPAddress, true
 		}
 	}
+	// A labelled container on another network belongs to another RTM (or to nobody): never ours.
+	ct.Owned = ct.Owned && onNetwork
 	return ct
 }
 

@@ -200,8 +200,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}}
 
 	// 5. Internal HTTP listener.
-	var api http.Handler // APIHOOK
-	_ = settings
+	api := httpapi.NewAPI(httpapi.APIOptions{Store: st, Enqueue: ctrl.Enqueue, Settings: settings,
+		Allowed: cfg.AllowedImageRepositories, Token: cfg.InternalToken, WaitTimeout: cfg.RESTWaitTimeout,
+		Log: log, Tracer: tel.Tracer("rtmanager/rest"), Meter: tel.Meter("rtmanager")})
 	handler := httpapi.NewHandler(httpapi.Options{
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: st.Ping},

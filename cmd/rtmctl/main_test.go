@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
+)
+
+// env is the package's test environment; the jobs and watch tests use its redis-server.
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	var err error
+	env, err = testenv.Start(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	env.Stop()
+	os.Exit(code)
+}
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// result is how one rtmctl invocation ended.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\n--- stdout:\n%s--- stderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+// rtmctl runs the command with args and the environment vars (nothing of the test process's
+// environment leaks in).
+func rtmctl(tb testing.TB, vars map[string]string, args ...string) result {
+	tb.Helper()
+	return rtmctlContext(tb, context.Background(), vars, args...)
+}
+
+func rtmctlContext(tb testing.TB, ctx context.Context, vars map[string]string, args ...string) result {
+	tb.Helper()
+	var out, errOut syncBuffer
+	code := runContext(ctx, args, &out, &errOut, func(k string) string { return vars[k] })
+	return result{code: code, stdout: out.String(), stderr: errOut.String()}
+}
+
+// lines splits output into its non-empty lines.
+func lines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.TrimSpace(l) != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// columnStarts returns the offsets at which the header's column names begin; every row of an
+// aligned table has its cells start at the same offsets.
+func columnStarts(header string, names ...string) []int {
+	var at []int
+	from := 0
+	for _, n := range names {
+		i := from + strings.Index(header[from:], n)
+		at = append(at, i)
+		from = i + len(n)
+	}
+	return at
+}
+
+func TestRun_run_helpExitsZero(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--help"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d, stderr %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "Available Commands") {
+		t.Fatalf("help not printed:\n%s", out.String())
+	}
+}
