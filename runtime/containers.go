@@ -30,7 +30,7 @@ import (
 func (d *Docker) List(ctx context.Context) ([]rtmanager.Container, error) {
 	c := d.begin(ctx, "list", d.opts.CallTimeout)
 	list, err := d.cli.ContainerList(c.ctx, container.ListOptions{
-		All:     true,
+		All: true,
 		Filters: filters.NewArgs(filters.Arg("label", rtmanager.LabelOwner+"="+rtmanager.OwnerValue),
 			filters.Arg("network", d.opts.Network)),
 	})
