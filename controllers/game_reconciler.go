@@ -45,6 +45,15 @@ type Leaser interface {
 	Acquire(ctx context.Context, gameID string) (context.Context, func(), error)
 }
 
+// ContainerCache is the reconciler's cached view of the owned containers (filled by list calls,
+// invalidated by events). Lookup's known is false when the cache cannot tell.
+type ContainerCache interface {
+	Begin() uint64
+	Lookup(gameID string) (c rtm.Container, found, known bool)
+	Put(mark uint64, gameID string, c rtm.Container, found bool)
+	Invalidate(gameID string)
+}
+
 // StateDirs creates a game's state directory (mode, owner, confinement to the root).
 type StateDirs interface {
 	Ensure(gameID string) (string, error)
@@ -70,6 +79,8 @@ type Options struct {
 	ProbeInterval      time.Duration
 	// LeaseRetry is how soon a game whose lease is held elsewhere is tried again.
 	LeaseRetry time.Duration
+	// Cache, when set, lets a reconcile that finds nothing to do cost no Docker call.
+	Cache ContainerCache
 	// Diagnose, when set, is called once per start (the Lobby diagnostic); it must not block long.
 	Diagnose func(ctx context.Context, gameID string)
 }
@@ -128,7 +139,7 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	if rtm.ValidateGameID(gameID) != nil {
 		return reconcile.Result{}, reconcile.TerminalError(fmt.Errorf("invalid game id %q", gameID))
 	}
-	rec, c, err := r.observe(ctx, gameID)
+	rec, c, err := r.observeCached(ctx, gameID)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -155,6 +166,9 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 		return reconcile.Result{}, nil
 	}
 	log := r.log.With("game_id", gameID, "action", string(act))
+	if r.opts.Cache != nil {
+		defer r.opts.Cache.Invalidate(gameID) // what we did is not in the cache yet
+	}
 	if err := r.act(lctx, log, act, rec, c); err != nil {
 		if ctx.Err() == nil && lctx.Err() != nil {
 			return reconcile.Result{RequeueAfter: r.opts.LeaseRetry}, nil // lease lost mid-way
@@ -164,6 +178,39 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	return reconcile.Result{}, nil
 }
 
+// observeCached reads the record and the cached container, inspecting only when the cache
+// cannot tell.
+func (r *GameReconciler) observeCached(ctx context.Context, gameID string) (*rtm.Record, *rtm.Container, error) {
+	if r.opts.Cache == nil {
+		return r.observe(ctx, gameID)
+	}
+	rec, err := r.store.Get(ctx, gameID)
+	if errors.Is(err, rtm.ErrNotFound) {
+		rec, err = nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if c, found, known := r.opts.Cache.Lookup(gameID); known {
+		if !found {
+			return rec, nil, nil
+		}
+		return rec, &c, nil
+	}
+	mark := r.opts.Cache.Begin()
+	c, err := r.runtime.Inspect(ctx, gameID)
+	if errors.Is(err, rtm.ErrNotFound) {
+		r.opts.Cache.Put(mark, gameID, rtm.Container{}, false)
+		return rec, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	r.opts.Cache.Put(mark, gameID, c, true)
+	return rec, &c, nil
+}
+
+// observe reads the record and inspects the container afresh.
 func (r *GameReconciler) observe(ctx context.Context, gameID string) (*rtm.Record, *rtm.Container, error) {
 	rec, err := r.store.Get(ctx, gameID)
 	if errors.Is(err, rtm.ErrNotFound) {

@@ -14,6 +14,13 @@ type EventStream interface {
 	Events(ctx context.Context) (<-chan rtm.DockerEvent, <-chan error)
 }
 
+// EventCache is the reconciler's container cache, as events invalidate it.
+type EventCache interface {
+	ListCache
+	Invalidate(gameID string)
+	Reset()
+}
+
 // DockerEvents is the dockerevents worker: it turns each event of an owned container into its
 // game id on the queue, so drift under a running RTM is handled at once. When the stream breaks
 // (a daemon restart) it reconnects with backoff and, since events were missed, enqueues every
@@ -22,6 +29,7 @@ type DockerEvents struct {
 	Docker  EventStream
 	Lister  Lister
 	Store   ActiveGames
+	Cache   EventCache
 	Enqueue func(gameID string)
 	Log     *slog.Logger
 }
@@ -33,12 +41,14 @@ func (d *DockerEvents) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		sctx, cancel := context.WithCancel(ctx)
 		events, errs := d.Docker.Events(sctx)
-		if !first {
-			// Events were missed while disconnected: look at everything once.
-			if ids, err := AllGames(ctx, d.Lister, d.Store); err == nil {
-				for _, id := range ids {
-					d.Enqueue(id)
-				}
+		// Like an informer, list after every (re)subscription: events before it were missed (the
+		// boot pass listed before this stream existed; a broken stream lost some).
+		d.Cache.Reset()
+		if ids, err := AllGames(ctx, d.Lister, d.Store, d.Cache); err == nil {
+			for _, id := range ids {
+				d.Enqueue(id)
+			}
+			if !first {
 				d.Log.Info("docker events stream reconnected", "worker", "dockerevents", "games", len(ids))
 			}
 		}
@@ -77,6 +87,7 @@ func (d *DockerEvents) follow(ctx context.Context, events <-chan rtm.DockerEvent
 			}
 			switch ev.Action {
 			case "start", "die", "oom", "destroy", "stop", "kill", "pause", "unpause", "create", "rename", "health_status":
+				d.Cache.Invalidate(ev.GameID)
 				d.Enqueue(ev.GameID)
 			}
 		}

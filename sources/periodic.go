@@ -19,12 +19,26 @@ type ActiveGames interface {
 	ActiveGameIDs(ctx context.Context) ([]string, error)
 }
 
+// ListCache is the reconciler's container cache, refreshed by every full list.
+type ListCache interface {
+	Begin() uint64
+	Replace(mark uint64, list []rtm.Container)
+}
+
 // AllGames returns the union of the games with an active record and the games of every owned
-// container: what a full reconcile pass looks at. It costs one Docker list call and one query.
-func AllGames(ctx context.Context, docker Lister, store ActiveGames) ([]string, error) {
+// container: what a full reconcile pass looks at. It costs one Docker list call and one query,
+// and refreshes cache (may be nil) with the list.
+func AllGames(ctx context.Context, docker Lister, store ActiveGames, cache ListCache) ([]string, error) {
+	var mark uint64
+	if cache != nil {
+		mark = cache.Begin()
+	}
 	cs, err := docker.List(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if cache != nil {
+		cache.Replace(mark, cs)
 	}
 	ids, err := store.ActiveGameIDs(ctx)
 	if err != nil {
@@ -53,6 +67,7 @@ type Ticker struct {
 	Interval time.Duration
 	Docker   Lister
 	Store    ActiveGames
+	Cache    ListCache
 	Enqueue  func(gameID string)
 	Log      *slog.Logger
 }
@@ -64,7 +79,7 @@ func (t *Ticker) Run(ctx context.Context) error {
 		if !sleep(ctx, t.Interval+jitter) {
 			return nil
 		}
-		ids, err := AllGames(ctx, t.Docker, t.Store)
+		ids, err := AllGames(ctx, t.Docker, t.Store, t.Cache)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

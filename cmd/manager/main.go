@@ -181,12 +181,13 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	dirs := runtime.StateDirs{Root: cfg.GameStateRoot, Mode: os.FileMode(cfg.GameStateDirMode),
 		UID: cfg.GameStateOwnerUID, GID: cfg.GameStateOwnerGID}
 	leases := metrics.Leaser(co)
+	cache := runtime.NewCache()
 	rec, err := controllers.New(st, dk, leases, dirs, prober, controllers.Options{
 		Network: cfg.DockerNetwork, EnginePort: cfg.EnginePort, StateMount: cfg.EngineStateMount,
 		StopTimeout: cfg.EngineStopTimeout, MemoryBytes: cfg.EngineMemoryBytes, NanoCPUs: cfg.EngineNanoCPUs,
 		PidsLimit: cfg.EnginePidsLimit, User: cfg.EngineUser, ReadOnlyRoot: cfg.EngineReadOnlyRoot,
 		PatchVerifyTimeout: cfg.PatchVerifyTimeout, ProbeInterval: cfg.ProbeInterval,
-		Diagnose: lobbyDiagnostic(cfg.LobbyInternalBaseURL, log),
+		Cache: cache, Diagnose: lobbyDiagnostic(cfg.LobbyInternalBaseURL, log),
 	}, log, tel.Tracer("rtmanager/controller"), tel.Meter("rtmanager"))
 	if err != nil {
 		return step("controller", err)
@@ -222,7 +223,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	log.Info("internal http listening", "addr", ln.Addr().String())
 
 	// 6. The synchronous initial pass.
-	ids, err := sources.AllGames(ctx, dk, st)
+	ids, err := sources.AllGames(ctx, dk, st, cache)
 	if err != nil {
 		_ = srv.Close()
 		return step("reconciler initial pass", err)
@@ -249,13 +250,13 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		{"stopjobs", (&sources.JobConsumer{Kind: sources.StopJobs, Stream: cfg.StopJobsStream, Store: st, Redis: co,
 			Enqueue: ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: settings, Log: log,
 			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics}).Run},
-		{"dockerevents", (&sources.DockerEvents{Docker: dk, Lister: dk, Store: st, Enqueue: ctrl.Enqueue, Log: log}).Run},
+		{"dockerevents", (&sources.DockerEvents{Docker: dk, Lister: dk, Store: st, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"prober", (&sources.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
 			Grace: cfg.ProbeInterval, Store: st, Docker: dk, Probe: prober, Observer: metrics, Log: log}).Run},
 		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: st, Docker: dk,
 			Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: dk, Store: st,
-			Enqueue: ctrl.Enqueue, Log: log}).Run},
+			Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"publisher", pub.Run},
 	}
 	wctx, cancelWorkers := context.WithCancel(context.WithoutCancel(ctx))
