@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -29,10 +31,14 @@ func IsSickVersion(version string) bool {
 }
 
 // BuildEngineImages builds the stand-in engine (test/engine, CGO_ENABLED=0) and tags it
-// repo:version for each version: FROM scratch, ENV ENGINE_VERSION=<version>, plus ENGINE_SICK=1
-// for sick versions (see IsSickVersion). The module root is found by walking up from the
-// working directory to go.mod. A tag whose EngineSourceLabel matches the current source is left
-// as it is, so repeated calls cost one docker image inspect per version.
+// repo:version for each version: a single-layer image with no parent (what FROM scratch plus
+// COPY gives), ENTRYPOINT ["/engine"], ENV ENGINE_VERSION=<version>, plus ENGINE_SICK=1 for sick
+// versions (see IsSickVersion). The module root is found by walking up from the working
+// directory to go.mod. A tag whose EngineSourceLabel matches the current source is left as it
+// is, so repeated calls cost one docker image inspect per version.
+//
+// Images are made with `docker import --change …` rather than `docker build`: the daemon's legacy
+// builder commits a container per Dockerfile step (about 2.3 s per tag here), import takes 0.2 s.
 func BuildEngineImages(ctx context.Context, repo string, versions ...string) error {
 	root, err := ModuleRoot()
 	if err != nil {
@@ -43,21 +49,27 @@ func BuildEngineImages(ctx context.Context, repo string, versions ...string) err
 		return fmt.Errorf("testenv: hashing engine source: %w", err)
 	}
 
-	type build struct{ tag, dockerfile string }
+	type build struct {
+		tag     string
+		changes []string
+	}
 	var todo []build
 	for _, v := range versions {
 		tag := repo + ":" + v
-		env := "ENGINE_VERSION=" + v
-		if IsSickVersion(v) {
-			env += " ENGINE_SICK=1"
+		changes := []string{
+			"ENV ENGINE_VERSION=" + v,
+			`ENTRYPOINT ["/engine"]`,
+			"EXPOSE 8080",
 		}
-		body := fmt.Sprintf("FROM scratch\nCOPY engine /engine\nENV %s\nEXPOSE 8080\nENTRYPOINT [\"/engine\"]\n", env)
-		sum := sha256.Sum256([]byte(srcHash + "\n" + body))
+		if IsSickVersion(v) {
+			changes = append(changes, "ENV ENGINE_SICK=1")
+		}
+		sum := sha256.Sum256([]byte(srcHash + "\n" + strings.Join(changes, "\n")))
 		label := hex.EncodeToString(sum[:8])
 		if imageLabel(ctx, tag) == label {
 			continue
 		}
-		todo = append(todo, build{tag, body + fmt.Sprintf("LABEL %s=%s\n", EngineSourceLabel, label)})
+		todo = append(todo, build{tag, append(changes, "LABEL "+EngineSourceLabel+"="+label)})
 	}
 	if len(todo) == 0 {
 		return nil
@@ -68,26 +80,54 @@ func BuildEngineImages(ctx context.Context, repo string, versions ...string) err
 		return fmt.Errorf("testenv: engine build dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
-
-	goBuild := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(dir, "engine"), "./"+EngineDir)
+	bin := filepath.Join(dir, "engine")
+	goBuild := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./"+EngineDir)
 	goBuild.Dir = root
 	goBuild.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
 	if out, err := goBuild.CombinedOutput(); err != nil {
 		return fmt.Errorf("testenv: building %s: %w\n%s", EngineDir, err, out)
 	}
-	for i, b := range todo {
-		df := filepath.Join(dir, fmt.Sprintf("Dockerfile.%d", i))
-		if err := os.WriteFile(df, []byte(b.dockerfile), 0o644); err != nil {
-			return fmt.Errorf("testenv: writing Dockerfile: %w", err)
+	layer, err := tarFile(bin, "engine")
+	if err != nil {
+		return fmt.Errorf("testenv: packing engine: %w", err)
+	}
+
+	for _, b := range todo {
+		args := []string{"import"}
+		for _, c := range b.changes {
+			args = append(args, "--change", c)
 		}
+		args = append(args, "-", b.tag)
 		bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		out, err := exec.CommandContext(bctx, "docker", "build", "-q", "-t", b.tag, "-f", df, dir).CombinedOutput()
+		cmd := exec.CommandContext(bctx, "docker", args...)
+		cmd.Stdin = bytes.NewReader(layer)
+		out, err := cmd.CombinedOutput()
 		cancel()
 		if err != nil {
-			return fmt.Errorf("testenv: docker build %s: %w\n%s", b.tag, err, out)
+			return fmt.Errorf("testenv: docker import %s: %w\n%s", b.tag, err, out)
 		}
 	}
 	return nil
+}
+
+// tarFile returns a tar archive holding the file at path as name, executable, owned by root.
+func tarFile(path, name string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
+		return nil, err
+	}
+	if _, err := tw.Write(data); err != nil {
+		return nil, err
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // imageLabel returns the engine source label of a local image, or "" when the image or the label
