@@ -73,10 +73,17 @@ func Decide(rec *rtm.Record, c *rtm.Container) Action {
 		}
 		return ActStartExisting
 	case rtm.DesiredStopped:
-		if c != nil && c.Running() {
+		switch {
+		case c != nil && c.Running() && pending:
 			return ActStop
-		}
-		if pending || wrongStopped(rec, c) {
+		case c != nil && c.Running():
+			// Nobody asked RTM to stop it: an operator started it by hand. Operators stay in
+			// control of manual containers; RTM records it.
+			return ActAdopt
+		case c == nil && !pending && rec.Status == rtm.StatusExited:
+			// It exited by itself and has now vanished too (docker rm, a daemon restart).
+			return ActDispose
+		case pending || wrongStopped(rec, c):
 			return ActSettle
 		}
 		return ActNone

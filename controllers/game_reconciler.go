@@ -437,7 +437,7 @@ func (r *GameReconciler) markStopping(ctx context.Context, rec *rtm.Record) erro
 
 // run creates (or starts, or recreates) the game's container and records it running.
 func (r *GameReconciler) run(ctx context.Context, log *slog.Logger, act Action, rec *rtm.Record, c *rtm.Container) error {
-	if r.opts.Diagnose != nil && act != ActStartExisting {
+	if r.opts.Diagnose != nil {
 		r.opts.Diagnose(ctx, rec.GameID)
 	}
 	var id string

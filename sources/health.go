@@ -127,6 +127,14 @@ func (p *Prober) round(ctx context.Context) error {
 		return err
 	}
 	if err := p.Store.RecordHealth(ctx, events); err != nil {
+		// Not published: undo the transitions so the next round reports them again.
+		p.mu.Lock()
+		for _, ev := range events {
+			if st := p.state[ev.GameID]; st != nil {
+				st.reported = ev.Type != rtm.EventProbeFailed
+			}
+		}
+		p.mu.Unlock()
 		return err
 	}
 	for _, ev := range events {
@@ -267,10 +275,16 @@ func (s *InspectSweep) sweep(ctx context.Context) error {
 			delete(s.bad, id)
 		}
 	}
+	if err := s.Store.RecordHealth(ctx, events); err != nil {
+		for _, ev := range events {
+			delete(s.bad, ev.GameID) // not reported: report it again next sweep
+		}
+		return err
+	}
 	for _, ev := range events {
 		s.Log.Info("inspection found engine unhealthy", "worker", "inspector", "game_id", ev.GameID, "reason", ev.Message)
 	}
-	return s.Store.RecordHealth(ctx, events)
+	return nil
 }
 
 func unhealthy(c rtm.Container) string {

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -65,11 +66,19 @@ func (s *Store) OutboxBacklog(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
-// PruneOutbox deletes entries published more than a day ago.
+// PruneOutbox deletes entries published more than a day ago, and answered requests older than
+// RequestRetention: a job redelivered after that long is handled again.
 func (s *Store) PruneOutbox(ctx context.Context) (int64, error) {
 	tag, err := s.pool.Exec(ctx, `DELETE FROM outbox WHERE published_at < now() - interval '1 day'`)
 	if err != nil {
 		return 0, fmt.Errorf("pruning outbox: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	req, err := s.pool.Exec(ctx, `DELETE FROM requests WHERE answered_at < now() - make_interval(secs => $1)`, RequestRetention.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("pruning requests: %w", err)
+	}
+	return tag.RowsAffected() + req.RowsAffected(), nil
 }
+
+// RequestRetention is how long answered requests are kept to recognise a redelivered job.
+const RequestRetention = 7 * 24 * time.Hour

@@ -328,3 +328,16 @@ func TestStore_RecordHealth_updatesSnapshot(t *testing.T) {
 		t.Fatalf("snapshot after start: %+v", h)
 	}
 }
+
+func TestStore_PruneOutbox_keepsRecentRows(t *testing.T) {
+	s, _ := open(t)
+	submit(t, s, stopJob("s1", "a"))
+	outbox(t, s)
+	n, err := s.PruneOutbox(context.Background())
+	if err != nil || n != 0 {
+		t.Fatalf("PruneOutbox: %d %v", n, err)
+	}
+	if dup := submit(t, s, stopJob("s1", "a")); !dup.Duplicate {
+		t.Fatal("a recent request was forgotten")
+	}
+}

@@ -78,7 +78,9 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, cfg, log); err != nil {
-		log.Error("start-up failed", "step", stepOf(err), "error", err)
+		if step := stepOf(err); step != "" {
+			log.Error("start-up failed", "step", step, "error", err)
+		}
 		return exitStart
 	}
 	return 0
@@ -105,11 +107,12 @@ func stepOf(err error) string {
 	if errors.As(err, &se) {
 		return se.step
 	}
-	return "unknown"
+	return ""
 }
 
 // serve runs the start-up sequence of the runbook, then the workers until ctx ends, then shuts
-// down. Any error it returns happened during start-up.
+// down. It returns an error when a start-up step failed (a *stepError) or when the listener
+// failed while running; a signal-driven shutdown returns nil.
 func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// 1. PostgreSQL and migrations.
 	if err := store.Migrate(ctx, cfg.PostgresDSN); err != nil {
@@ -275,9 +278,11 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		}
 	}
 
+	var failure error
 	select {
 	case <-ctx.Done():
 	case err := <-srvDone:
+		failure = fmt.Errorf("internal http listener failed: %w", err)
 		log.Error("internal http listener failed", "error", err)
 	}
 	log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
@@ -296,7 +301,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	case <-time.After(cfg.ShutdownTimeout):
 		log.Warn("workers did not stop within the shutdown timeout")
 	}
-	return nil
+	return failure
 }
 
 // ownerID identifies this process in the leases it holds.
