@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -165,6 +166,8 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	if act == ActNone {
 		return reconcile.Result{}, nil
 	}
+	lctx, endSpan := r.continueRequestTrace(lctx, rec)
+	defer endSpan()
 	log := r.log.With("game_id", gameID, "action", string(act))
 	if r.opts.Cache != nil {
 		defer r.opts.Cache.Invalidate(gameID) // what we did is not in the cache yet
@@ -579,4 +582,30 @@ func (r *GameReconciler) remove(ctx context.Context, log *slog.Logger, rec *rtm.
 		log.Info("container removed", "container_id", c.ID)
 	}
 	return err
+}
+
+// continueRequestTrace makes the action part of the trace of the newest pending request that
+// carries one (a job sent with a traceparent), so that its Docker calls show under the job.
+func (r *GameReconciler) continueRequestTrace(ctx context.Context, rec *rtm.Record) (context.Context, func()) {
+	if rec == nil || rec.Settled() {
+		return ctx, func() {}
+	}
+	pending, err := r.store.PendingRequests(ctx, rec.GameID)
+	if err != nil {
+		return ctx, func() {}
+	}
+	for i := len(pending) - 1; i >= 0; i-- {
+		if pending[i].TraceParent == "" {
+			continue
+		}
+		rctx := propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": pending[i].TraceParent})
+		sc := trace.SpanContextFromContext(rctx)
+		if !sc.IsValid() {
+			continue
+		}
+		rctx, span := r.tracer.Start(rctx, "reconcile.act", trace.WithLinks(trace.LinkFromContext(ctx)),
+			trace.WithAttributes(attribute.String("game_id", rec.GameID), attribute.String("request_id", pending[i].RequestID)))
+		return rctx, func() { span.End() }
+	}
+	return ctx, func() {}
 }

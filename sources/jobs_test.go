@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	rtm "github.com/galaxy-platform/rtmanager"
@@ -179,5 +181,41 @@ func TestJobConsumer_Run_resumesFromOffsetAndHandlesNothingTwice(t *testing.T) {
 	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == fresh })
 	if got := h.answers(t); len(got) != 1 || got["after-reset"].Outcome != rtm.OutcomeFailed {
 		t.Fatalf("after the stream reset: %+v", got)
+	}
+}
+
+func TestJobConsumer_Run_continuesTheJobsTrace(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	last := h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs", Values: []any{"game_id", "g1", "request_id", "traced",
+		"traceparent", "00-" + traceID + "-00f067aa0ba902b7-01"}}).Val()
+	c := h.consumer(sources.StopJobs, "runtime:stop_jobs")
+	c.Tracer = tp.Tracer("test")
+	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == last })
+
+	spans := rec.Ended()
+	if len(spans) == 0 || spans[0].SpanContext().TraceID().String() != traceID {
+		t.Fatalf("the job's span is not in the job's trace: %+v", spans)
+	}
+	var result map[string]string
+	_, err := h.st.RelayOutbox(ctx, 10, func(_ context.Context, es []store.OutboxEntry) (int, error) {
+		for _, e := range es {
+			if e.Stream == store.StreamJobResults {
+				result = map[string]string{}
+				for i := 0; i+1 < len(e.Fields); i += 2 {
+					result[e.Fields[i]] = e.Fields[i+1]
+				}
+			}
+		}
+		return len(es), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tp := result["traceparent"]; !strings.HasPrefix(tp, "00-"+traceID+"-") || tp == "00-"+traceID+"-00f067aa0ba902b7-01" {
+		t.Fatalf("result traceparent %q: want the job span's, in trace %s", tp, traceID)
 	}
 }
