@@ -17,7 +17,8 @@ import (
 
 // Key prefixes of CONTRACT §5.
 const (
-	leasePrefix  = "rtmanager:game_lease:"
+	leasePrefix    = "rtmanager:game_lease:"
+	instancePrefix = "rtmanager:instance:"
 	offsetPrefix = "rtmanager:stream_offsets:"
 	sentPrefix   = "rtmanager:outbox_sent:"
 )
@@ -43,6 +44,13 @@ func (c *Coord) Ping(ctx context.Context) error {
 }
 
 var (
+	// acquireScript takes a free lease, or one whose holder's instance key has expired (a process
+	// killed without releasing: its leases would otherwise block the game for a whole TTL).
+	acquireScript = redis.NewScript(`local cur = redis.call('GET', KEYS[1])
+if cur and redis.call('EXISTS', ARGV[3] .. cur) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if cur then return 2 end
+return 1`)
 	releaseScript = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
 	renewScript   = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0`)
 	// publishScript adds an entry to a stream once per outbox id: the marker key and the XADD
@@ -63,11 +71,11 @@ type LeaseStats interface {
 // another owner), and a release function that stops renewal and deletes the key if still ours.
 func (c *Coord) Acquire(ctx context.Context, gameID string) (context.Context, func(), error) {
 	key := leasePrefix + gameID
-	ok, err := c.rdb.SetNX(ctx, key, c.owner, c.ttl).Result()
+	n, err := acquireScript.Run(ctx, c.rdb, []string{key}, c.owner, c.ttl.Milliseconds(), instancePrefix).Int()
 	if err != nil {
 		return nil, nil, fmt.Errorf("taking lease of %s: %w: %w", gameID, rtm.ErrUnavailable, err)
 	}
-	if !ok {
+	if n == 0 {
 		return nil, nil, fmt.Errorf("lease of %s is held elsewhere: %w", gameID, rtm.ErrConflict)
 	}
 	lctx, cancel := context.WithCancel(ctx)
@@ -98,6 +106,36 @@ func (c *Coord) Acquire(ctx context.Context, gameID string) (context.Context, fu
 	}
 	return lctx, release, nil
 }
+
+// Heartbeat keeps this process's instance key alive until ctx ends, then deletes it. Leases held
+// by an instance whose key expired (InstanceTTL after its last beat) may be taken over: a killed
+// process does not block its games for a whole lease TTL. Call it before the first Acquire.
+func (c *Coord) Heartbeat(ctx context.Context) error {
+	key := instancePrefix + c.owner
+	beat := func() error { return c.rdb.Set(ctx, key, "1", InstanceTTL).Err() }
+	if err := beat(); err != nil {
+		return fmt.Errorf("registering instance: %w", err)
+	}
+	go func() {
+		t := time.NewTicker(InstanceTTL / 5)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+				_ = c.rdb.Del(dctx, key).Err()
+				cancel()
+				return
+			case <-t.C:
+				_ = beat()
+			}
+		}
+	}()
+	return nil
+}
+
+// InstanceTTL is how long an instance key outlives its last heartbeat.
+const InstanceTTL = 5 * time.Second
 
 // Offset returns the persisted offset of a consumer ("" when none).
 func (c *Coord) Offset(ctx context.Context, consumer string) (string, error) {

@@ -42,6 +42,11 @@ func TestCoord_Acquire_excludesOthersUntilReleased(t *testing.T) {
 	rdb := client(t)
 	ctx := context.Background()
 	a, b := coord.New(rdb, "a", 2*time.Second), coord.New(rdb, "b", 2*time.Second)
+	hctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if err := a.Heartbeat(hctx); err != nil {
+		t.Fatal(err)
+	}
 	_, release, err := a.Acquire(ctx, "g1")
 	if err != nil {
 		t.Fatal(err)
@@ -143,5 +148,33 @@ func TestCoord_Offsets_andLag(t *testing.T) {
 	}
 	if last, _ := c.LastID(ctx, "nothing"); last != "0-0" {
 		t.Fatalf("LastID of an absent stream %q", last)
+	}
+}
+
+func TestCoord_Acquire_takesOverTheLeaseOfADeadInstance(t *testing.T) {
+	rdb := client(t)
+	ctx := context.Background()
+	// A killed process left its lease behind and no longer beats.
+	rdb.Set(ctx, "rtmanager:game_lease:g1", "dead", time.Minute)
+	b := coord.New(rdb, "b", 2*time.Second)
+	_, release, err := b.Acquire(ctx, "g1")
+	if err != nil {
+		t.Fatalf("lease of a dead instance was not taken over: %v", err)
+	}
+	release()
+	// A live one keeps it.
+	a := coord.New(rdb, "a", 2*time.Second)
+	hctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if err := a.Heartbeat(hctx); err != nil {
+		t.Fatal(err)
+	}
+	_, releaseA, err := a.Acquire(ctx, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer releaseA()
+	if _, _, err := b.Acquire(ctx, "g1"); !errors.Is(err, rtm.ErrConflict) {
+		t.Fatalf("the lease of a live instance was taken: %v", err)
 	}
 }

@@ -143,6 +143,11 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return step("redis ping", err)
 	}
 	log.Info("redis ping ok")
+	hbCtx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHeartbeat()
+	if err := co.Heartbeat(hbCtx); err != nil {
+		return step("redis", err)
+	}
 
 	// 4 comes before 3 in construction only: the Docker adapter records its spans and latencies
 	// through the providers; the exporter is reported started in its place in the sequence.
