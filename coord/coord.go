@@ -19,8 +19,8 @@ import (
 const (
 	leasePrefix    = "rtmanager:game_lease:"
 	instancePrefix = "rtmanager:instance:"
-	offsetPrefix = "rtmanager:stream_offsets:"
-	sentPrefix   = "rtmanager:outbox_sent:"
+	offsetPrefix   = "rtmanager:stream_offsets:"
+	sentPrefix     = "rtmanager:outbox_sent:"
 )
 
 // Coord wraps a Redis client with RTM's coordination operations.
