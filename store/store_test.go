@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -339,5 +340,27 @@ func TestStore_PruneOutbox_keepsRecentRows(t *testing.T) {
 	}
 	if dup := submit(t, s, stopJob("s1", "a")); !dup.Duplicate {
 		t.Fatal("a recent request was forgotten")
+	}
+}
+
+func TestStore_RecordHealth_publishesEachProbeTransitionOnce(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	ev := func(typ rtm.HealthEventType) []rtm.HealthEvent {
+		return []rtm.HealthEvent{{GameID: "g", Type: typ, ContainerID: "c"}}
+	}
+	for _, typ := range []rtm.HealthEventType{rtm.EventContainerStarted, rtm.EventProbeRecovered, rtm.EventProbeFailed,
+		rtm.EventProbeFailed, rtm.EventProbeRecovered, rtm.EventProbeRecovered, rtm.EventInspectUnhealthy, rtm.EventInspectUnhealthy} {
+		if err := s.RecordHealth(ctx, ev(typ)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for _, e := range outbox(t, s) {
+		got = append(got, fields(e)["event_type"])
+	}
+	want := "container_started probe_failed probe_recovered inspect_unhealthy"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("published %v, want %s", got, want)
 	}
 }

@@ -334,6 +334,11 @@ func insertOutbox(ctx context.Context, tx pgx.Tx, stream string, fields []string
 
 func insertEvents(ctx context.Context, tx pgx.Tx, events []rtm.HealthEvent) error {
 	for _, e := range events {
+		if repeat, err := repeatedTransition(ctx, tx, e); err != nil {
+			return err
+		} else if repeat {
+			continue
+		}
 		at := e.ObservedAt
 		if at.IsZero() {
 			at = time.Now()
@@ -376,4 +381,29 @@ func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
 		}
 	}
 	return err
+}
+
+// repeatedTransition reports whether a probe or inspect event repeats the snapshot's last
+// transition (another RTM process, or this one before a restart, already published it): such
+// events are published once per transition, whoever observes them.
+func repeatedTransition(ctx context.Context, tx pgx.Tx, e rtm.HealthEvent) (bool, error) {
+	switch e.Type {
+	case rtm.EventProbeFailed, rtm.EventProbeRecovered, rtm.EventInspectUnhealthy:
+	default:
+		return false, nil
+	}
+	var last string
+	err := tx.QueryRow(ctx, `SELECT last_event_type FROM health_snapshots WHERE game_id = $1 FOR UPDATE`, e.GameID).Scan(&last)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return e.Type == rtm.EventProbeRecovered, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading health snapshot of %s: %w", e.GameID, err)
+	}
+	switch e.Type {
+	case rtm.EventProbeRecovered:
+		return last != string(rtm.EventProbeFailed), nil
+	default:
+		return last == string(e.Type), nil
+	}
 }
