@@ -29,9 +29,8 @@ bin/rtmanager-linux: FORCE
 dev: ## run rtmanager locally with throwaway PostgreSQL, Redis and demo engines (hack/dev.sh)
 	hack/dev.sh
 
-test: ## go vet, unit tests with -race, then the e2e suite
-	$(GO) vet ./...
-	$(GO) test -race -count=1 ./...
+test: lint ## lint, unit and integration tests with -race, then the e2e suite
+	$(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) e2e
 
 e2e: ## end-to-end suite against the built binary and the real Docker daemon
