@@ -140,7 +140,11 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	if rtm.ValidateGameID(gameID) != nil {
 		return reconcile.Result{}, reconcile.TerminalError(fmt.Errorf("invalid game id %q", gameID))
 	}
-	rec, c, err := r.observeCached(ctx, gameID)
+	rec, err := r.record(ctx, gameID)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	c, inspectedAt, err := r.cachedContainer(ctx, gameID)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -157,10 +161,19 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 		return reconcile.Result{}, err
 	}
 	defer release()
-	// The world may have moved while we waited for the lease: decide again on fresh reads.
-	if rec, c, err = r.observe(lctx, gameID); err != nil {
+	// The world may have moved before we held the lease: decide again on fresh reads. An
+	// inspection made just now stays good if no one committed anything to the game meanwhile
+	// (every action commits, and actions need the lease we now hold).
+	fresh, err := r.record(lctx, gameID)
+	if err != nil {
 		return reconcile.Result{}, err
 	}
+	if inspectedAt.IsZero() || time.Since(inspectedAt) > time.Second || !sameVersion(rec, fresh) {
+		if c, err = r.inspect(lctx, gameID); err != nil {
+			return reconcile.Result{}, err
+		}
+	}
+	rec = fresh
 	act = Decide(rec, c)
 	span.SetAttributes(attribute.String("action", string(act)))
 	if act == ActNone {
@@ -181,55 +194,61 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	return reconcile.Result{}, nil
 }
 
-// observeCached reads the record and the cached container, inspecting only when the cache
-// cannot tell.
-func (r *GameReconciler) observeCached(ctx context.Context, gameID string) (*rtm.Record, *rtm.Container, error) {
-	if r.opts.Cache == nil {
-		return r.observe(ctx, gameID)
-	}
+// record reads a game's record; nil when it has none.
+func (r *GameReconciler) record(ctx context.Context, gameID string) (*rtm.Record, error) {
 	rec, err := r.store.Get(ctx, gameID)
 	if errors.Is(err, rtm.ErrNotFound) {
-		rec, err = nil, nil
+		return nil, nil
 	}
-	if err != nil {
-		return nil, nil, err
-	}
-	if c, found, known := r.opts.Cache.Lookup(gameID); known {
-		if !found {
-			return rec, nil, nil
-		}
-		return rec, &c, nil
-	}
-	mark := r.opts.Cache.Begin()
-	c, err := r.runtime.Inspect(ctx, gameID)
-	if errors.Is(err, rtm.ErrNotFound) {
-		r.opts.Cache.Put(mark, gameID, rtm.Container{}, false)
-		return rec, nil, nil
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	r.opts.Cache.Put(mark, gameID, c, true)
-	return rec, &c, nil
+	return rec, err
 }
 
-// observe reads the record and inspects the container afresh.
-func (r *GameReconciler) observe(ctx context.Context, gameID string) (*rtm.Record, *rtm.Container, error) {
-	rec, err := r.store.Get(ctx, gameID)
-	if errors.Is(err, rtm.ErrNotFound) {
-		rec, err = nil, nil
+// sameVersion reports whether two reads of a record show the same committed version.
+func sameVersion(a, b *rtm.Record) bool {
+	if a == nil || b == nil {
+		return a == b
 	}
-	if err != nil {
-		return nil, nil, err
+	return a.UpdatedAt.Equal(b.UpdatedAt) && a.Generation == b.Generation
+}
+
+// cachedContainer returns the game's container from the cache, inspecting (and filling the
+// cache) only when the cache cannot tell; inspectedAt is when it inspected, zero for a cache hit.
+func (r *GameReconciler) cachedContainer(ctx context.Context, gameID string) (c *rtm.Container, inspectedAt time.Time, err error) {
+	if r.opts.Cache != nil {
+		if ct, found, known := r.opts.Cache.Lookup(gameID); known {
+			if !found {
+				return nil, time.Time{}, nil
+			}
+			return &ct, time.Time{}, nil
+		}
+	}
+	at := time.Now()
+	c, err = r.inspect(ctx, gameID)
+	return c, at, err
+}
+
+// inspect observes the game's container afresh (nil when it has none) and records what it saw
+// in the cache.
+func (r *GameReconciler) inspect(ctx context.Context, gameID string) (*rtm.Container, error) {
+	var mark uint64
+	if r.opts.Cache != nil {
+		mark = r.opts.Cache.Begin()
 	}
 	c, err := r.runtime.Inspect(ctx, gameID)
+	found := err == nil
 	if errors.Is(err, rtm.ErrNotFound) {
-		return rec, nil, nil
+		err = nil
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return rec, &c, nil
+	if r.opts.Cache != nil {
+		r.opts.Cache.Put(mark, gameID, c, found)
+	}
+	if !found {
+		return nil, nil
+	}
+	return &c, nil
 }
 
 // act runs one decided action and records its result.
