@@ -34,7 +34,7 @@ test: lint ## lint, unit and integration tests with -race, then the e2e suite
 	$(MAKE) e2e
 
 e2e: ## end-to-end suite against the built binary and the real Docker daemon
-	$(GO) test -race -count=1 -tags integration -timeout 15m ./test/e2e/...
+	$(GO) test -race -count=1 -v -tags integration -timeout 15m ./test/e2e/...
 
 integration: e2e ## alias of e2e (the runbook's name)
 

@@ -216,9 +216,12 @@ func (s *Store) RecordProbes(ctx context.Context, results []rtm.ProbeResult) err
 		ids[i], fails[i], ats[i] = r.GameID, int32(r.Failures), r.At
 	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO health_snapshots (game_id, status, consecutive_probe_failures, last_probe_at, updated_at)
-		SELECT u.game_id, 'unknown', u.f, u.at, now() FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS u(game_id, f, at)
+		SELECT u.game_id, CASE WHEN u.f = 0 THEN 'healthy' ELSE 'unknown' END, u.f, u.at, now() FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS u(game_id, f, at)
 		ON CONFLICT (game_id) DO UPDATE SET consecutive_probe_failures = EXCLUDED.consecutive_probe_failures,
-			last_probe_at = EXCLUDED.last_probe_at, updated_at = now()`, ids, fails, ats)
+			last_probe_at = EXCLUDED.last_probe_at, updated_at = now(),
+			-- a game never seen start (adopted, or before a restart) becomes healthy on its first good probe
+			status = CASE WHEN health_snapshots.status = 'unknown' AND EXCLUDED.consecutive_probe_failures = 0
+				THEN 'healthy' ELSE health_snapshots.status END`, ids, fails, ats)
 	if err != nil {
 		return fmt.Errorf("recording probes: %w", err)
 	}

@@ -1,0 +1,235 @@
+//go:build integration
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/network"
+)
+
+// bootSequence is CONTRACT §2's start-up order, as log messages.
+var bootSequence = []string{
+	"migrations applied", "postgres ping ok", "redis ping ok", "docker ping ok", "docker network found",
+	"telemetry exporter started", "internal http listening", "reconciler initial pass completed",
+}
+
+// backgroundWorkers are the seven workers whose `worker started` lines close a healthy boot.
+var backgroundWorkers = []string{"startjobs", "stopjobs", "dockerevents", "prober", "inspector", "reconcile_ticker", "publisher"}
+
+// A healthy boot logs the runbook's lines in the runbook's order, then exactly seven
+// `worker started` lines, one per background worker, and answers both probes.
+func TestBoot_HealthyStartupLogsRunbookOrderAndSevenWorkers(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, "boot")
+	r.Start()
+	// Give the workers their moment: readiness may answer before the last line is written.
+	eventually(t, 5*time.Second, "seven worker started lines", func() (bool, string) {
+		n := 0
+		for _, l := range r.LogLines() {
+			if l.str("msg") == "worker started" {
+				n++
+			}
+		}
+		return n >= 7, fmt.Sprintf("%d so far", n)
+	})
+
+	var msgs []string
+	var workers []string
+	for _, l := range r.LogLines() {
+		msg := l.str("msg")
+		if slices.Contains(bootSequence, msg) {
+			msgs = append(msgs, msg)
+		}
+		if msg == "worker started" {
+			if len(msgs) != len(bootSequence) {
+				t.Fatalf("worker %q started before the boot sequence completed (seen so far: %q)", l.str("worker"), msgs)
+			}
+			workers = append(workers, l.str("worker"))
+		}
+	}
+	expect(t, slices.Equal(msgs, bootSequence), "boot log lines %q, want %q in that order, once each", msgs, bootSequence)
+	slices.Sort(workers)
+	want := slices.Clone(backgroundWorkers)
+	slices.Sort(want)
+	expect(t, slices.Equal(workers, want), "worker started lines for %q, want exactly %q", workers, want)
+
+	code, body := httpGet(r.API + "/healthz")
+	expect(t, code == http.StatusOK && strings.Contains(string(body), `"status":"ok"`), "/healthz: %d %s", code, body)
+	code, body = httpGet(r.API + "/readyz")
+	expect(t, code == http.StatusOK && strings.Contains(string(body), `"status":"ready"`), "/readyz: %d %s", code, body)
+
+	ec, _ := r.Stop()
+	expect(t, ec == 0, "SIGTERM: exit code %d, want 0", ec)
+}
+
+// A bad setting stops RTM with exit code 2 and one line naming the variable; a missing network
+// is fatal (exit 1) before any listener opens.
+func TestBoot_RefusesBadConfigAndMissingNetwork(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, "badboot")
+
+	r.Env["RTMANAGER_GAME_STATE_DIR_MODE"] = "banana"
+	out, code := runOnce(t, r.Env)
+	expect(t, code == 2, "bad RTMANAGER_GAME_STATE_DIR_MODE: exit %d, want 2:\n%s", code, out)
+	expect(t, strings.Contains(out, "RTMANAGER_GAME_STATE_DIR_MODE"), "the error does not name the variable:\n%s", out)
+	delete(r.Env, "RTMANAGER_GAME_STATE_DIR_MODE")
+
+	r.Env["RTMANAGER_DOCKER_NETWORK"] = r.Net + "-missing"
+	out, code = runOnce(t, r.Env)
+	expect(t, code == 1, "missing network: exit %d, want 1:\n%s", code, out)
+	expect(t, !strings.Contains(out, "internal http listening"), "a listener opened despite the missing network:\n%s", out)
+	expect(t, strings.Contains(out, "docker network"), "the error does not name the step:\n%s", out)
+}
+
+// runOnce runs rtmanager to completion (it must exit by itself) and returns its output and code.
+func runOnce(t *testing.T, env map[string]string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, suite.bin)
+	cmd.Env = rtmEnviron(env)
+	out, _ := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("rtmanager did not exit by itself within 30s:\n%s", out)
+	}
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// /readyz pings every dependency fresh on each request: cutting PostgreSQL, Redis, the Docker
+// daemon or removing the network turns it 503 with the canonical envelope naming that
+// dependency first, and it is ready again once the dependency is back.
+func TestReadyz_Turns503PerDependency(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, "ready")
+	pg := startProxy(t, "127.0.0.1", "tcp", pgAddr())
+	dockerSock := strings.TrimPrefix(dockerHost(), "unix://")
+	dk := startProxy(t, "127.0.0.1", "unix", dockerSock)
+	r.Env["RTMANAGER_POSTGRES_PRIMARY_DSN"] = strings.Replace(r.DSN, pgAddr(), pg.listen, 1)
+	r.Env["RTMANAGER_DOCKER_HOST"] = "tcp://" + dk.listen
+	r.Start()
+
+	notReady := func(prefix string) {
+		t.Helper()
+		eventually(t, 15*time.Second, "/readyz 503 naming "+prefix, func() (bool, string) {
+			code, body := httpGet(r.API + "/readyz")
+			msg := errorMessage(body)
+			return code == http.StatusServiceUnavailable && errorCode(body) == "service_unavailable" &&
+				strings.HasPrefix(msg, prefix), string(body)
+		})
+	}
+	ready := func() {
+		t.Helper()
+		eventually(t, 30*time.Second, "/readyz ready again", func() (bool, string) {
+			code, body := httpGet(r.API + "/readyz")
+			return code == http.StatusOK && strings.Contains(string(body), `"status":"ready"`), string(body)
+		})
+	}
+
+	pg.Cut()
+	notReady("postgres: ")
+	pg.Restore()
+	ready()
+
+	r.Redis.Stop()
+	notReady("redis: ")
+	r.Redis.Restart()
+	ready()
+
+	dk.Cut()
+	notReady("docker: ")
+	dk.Restore()
+	ready()
+
+	ctx := context.Background()
+	if err := suite.docker.NetworkRemove(ctx, r.Net); err != nil {
+		t.Fatalf("removing the network: %v", err)
+	}
+	notReady("docker network: ")
+	if _, err := suite.docker.NetworkCreate(ctx, r.Net, network.CreateOptions{Driver: "bridge"}); err != nil {
+		t.Fatalf("creating the network again: %v", err)
+	}
+	ready()
+
+	code, _ := httpGet(r.API + "/healthz")
+	expect(t, code == http.StatusOK, "/healthz is not a dependency check, yet answered %d", code)
+	ec, _ := r.Stop()
+	expect(t, ec == 0, "SIGTERM: exit code %d", ec)
+}
+
+// SIGTERM makes RTM exit 0 within the shutdown budget after persisting each consumer's offset;
+// the next process resumes from it: jobs handled before are not handled again, and a job written
+// while RTM was down is handled exactly once.
+func TestShutdown_PersistsOffsetsAndResumesWithoutRehandling(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, "shut")
+	r.Start()
+	ctx := context.Background()
+	a, b := r.game("a"), r.game("b")
+
+	startID := r.StartJob(a, img(v141), "req-a-start")
+	r.WaitSucceeded("req-a-start")
+	stopID := r.StopJob(a, "req-a-stop", "admin_request")
+	r.WaitSucceeded("req-a-stop")
+
+	code, took := r.Stop()
+	expect(t, code == 0, "SIGTERM: exit code %d, want 0", code)
+	expect(t, took < r.cfg.ShutdownTimeout, "shutdown took %s, over RTMANAGER_SHUTDOWN_TIMEOUT %s", took, r.cfg.ShutdownTimeout)
+	var msgs []string
+	for _, l := range r.LogLines() {
+		msgs = append(msgs, l.str("msg"))
+	}
+	expect(t, slices.Contains(msgs, "internal http listener stopped") || slices.Contains(msgs, "shutting down"),
+		"no shutdown log lines: %q", msgs)
+
+	offStart, err := r.RDB.Get(ctx, "rtmanager:stream_offsets:startjobs").Result()
+	expect(t, err == nil && offStart == startID, "start jobs offset %q (%v), want the last entry %s", offStart, err, startID)
+	offStop, err := r.RDB.Get(ctx, "rtmanager:stream_offsets:stopjobs").Result()
+	expect(t, err == nil && offStop == stopID, "stop jobs offset %q (%v), want the last entry %s", offStop, err, stopID)
+
+	// While RTM is down, Lobby keeps writing.
+	laterID := r.StartJob(b, img(v141), "req-b-start")
+	r.Start()
+	r.WaitSucceeded("req-b-start")
+	expect(t, r.State(b) == "running", "game b not running after the restart: %q", r.State(b))
+	time.Sleep(2 * time.Second) // time for a wrongly re-read entry to be answered again
+	for _, req := range []string{"req-a-start", "req-a-stop", "req-b-start"} {
+		n := len(r.Results(req))
+		expect(t, n == 1, "%s has %d job results after the restart, want 1", req, n)
+	}
+	expect(t, r.Ops(a, "start", "") == 1 && r.Ops(a, "stop", "") == 1, "game a's jobs were handled again: %q", r.OpKinds(a))
+	expect(t, r.State(a) == "exited", "the stopped game was started again: %q", r.State(a))
+	eventually(t, 5*time.Second, "start jobs offset advanced", func() (bool, string) {
+		off, _ := r.RDB.Get(ctx, "rtmanager:stream_offsets:startjobs").Result()
+		return off == laterID, "offset " + off + ", want " + laterID
+	})
+}
+
+func pgAddr() string { return fmt.Sprintf("%s:%d", suite.env.PGHost, suite.env.PGPort) }
+
+// dockerHost is the daemon the tests use (DOCKER_HOST or the default socket).
+func dockerHost() string {
+	if h := os.Getenv("DOCKER_HOST"); h != "" {
+		return h
+	}
+	return "unix:///var/run/docker.sock"
+}
+
+func errorMessage(b []byte) string {
+	var env struct {
+		Error struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(b, &env)
+	return env.Error.Message
+}

@@ -1,0 +1,357 @@
+//go:build integration
+
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+	"github.com/testcontainers/testcontainers-go"
+	tclog "github.com/testcontainers/testcontainers-go/log"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
+)
+
+// Engine images the suite builds once (FROM scratch, the stand-in engine of test/engine). They
+// live in their own repository so that they never mix with dev images of galaxy/game, and they
+// are kept between runs: a rebuild of unchanged sources is a cache hit.
+const (
+	engineRepo = "rtm-e2e/game"
+
+	v141 = "1.4.1" // the release every game starts with
+	v142 = "1.4.2" // its patch
+	v143 = "1.4.3" // a bad release: its /healthz always fails (ENGINE_SICK=1)
+	v150 = "1.5.0" // another minor: a patch to it is semver_patch_only
+	// vBroken is a semver tag whose image cannot start: its entrypoint does not exist, so the
+	// daemon refuses to start the container (container_start_failed).
+	vBroken = "0.0.1"
+
+	// rtmImageRepo is RTM's own image, built from the product's Dockerfile for the
+	// production-shape test and removed when the suite ends.
+	rtmImageRepo = "rtm-e2e/rtmanager"
+)
+
+func img(version string) string { return engineRepo + ":" + version }
+
+// suite is what TestMain prepares once for every test.
+var suite struct {
+	env      *testenv.Env
+	bin      string // the rtmanager binary (static, CGO_ENABLED=0)
+	rtmImage string // RTM's own image, repo:tag
+	run      string // a short random prefix of this run's game ids
+	root     string // the module root
+	docker   *client.Client
+	setupErr error // set when Docker answers but preparing the suite failed
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	flag.Parse()
+	limitParallel()
+	// testcontainers-go reads these once, at its first use. Without Ryuk nothing reaps what a
+	// test leaves behind, so every helper below registers its own cleanup.
+	setDefaultEnv("TESTCONTAINERS_RYUK_DISABLED", "true")
+	setDefaultEnv("TESTCONTAINERS_HOST_OVERRIDE", "localhost")
+	// Containers log through their test (t.Logf); the image builds need no banner.
+	tclog.SetDefault(tclog.NewNoopLogger())
+
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	suite.run = "e" + hex.EncodeToString(b[:])
+
+	if err := dockerAnswers(); err != nil {
+		// Every test calls requireDocker first: it skips, or fails under RTM_E2E_REQUIRED=1.
+		fmt.Fprintf(os.Stderr, "e2e: no Docker daemon (%v); the tests will skip unless %s=1\n", err, testenv.EnvE2ERequired)
+		return m.Run()
+	}
+
+	// Generous: on a busy 2-core machine a cold build of ./cmd/manager takes minutes.
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	work, err := os.MkdirTemp("", "rtm-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(work)
+
+	cleanup, err := prepare(ctx, work)
+	defer cleanup()
+	if err != nil {
+		suite.setupErr = err
+		fmt.Fprintln(os.Stderr, "e2e: preparing the suite:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// prepare starts the shared PostgreSQL (test/testenv), builds the rtmanager binary, the engine
+// images and RTM's own image. The returned cleanup undoes what was done, also on error.
+func prepare(ctx context.Context, work string) (func(), error) {
+	var undo []func()
+	cleanup := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		return cleanup, err
+	}
+	suite.root = root
+
+	suite.docker, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return cleanup, fmt.Errorf("docker client: %w", err)
+	}
+	undo = append(undo, func() { _ = suite.docker.Close() })
+
+	// The three slow steps are independent; run them side by side.
+	var wg sync.WaitGroup
+	var envErr, binErr, engErr error
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		suite.env, envErr = testenv.Start(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		suite.bin = filepath.Join(work, "rtmanager")
+		binErr = goBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=e2e")
+	}()
+	go func() {
+		defer wg.Done()
+		engErr = buildEngineImages(ctx, root, filepath.Join(work, "engine"))
+	}()
+	wg.Wait()
+	if suite.env != nil {
+		env := suite.env
+		undo = append(undo, env.Stop)
+	}
+	if err := errors.Join(envErr, binErr, engErr); err != nil {
+		return cleanup, err
+	}
+
+	tag, err := buildRTMImage(ctx, root, suite.bin, filepath.Join(work, "rtm-image"))
+	if err != nil {
+		return cleanup, err
+	}
+	suite.rtmImage = tag
+	undo = append(undo, func() { removeImage(tag) })
+	return cleanup, nil
+}
+
+// defaultParallel is how many tests (each with its own RTM, redis-server and engines) run at
+// once unless -parallel says otherwise: enough to overlap their waits, few enough for 2 cores.
+const defaultParallel = 4
+
+// limitParallel sets -test.parallel to defaultParallel when the command line did not set it
+// (go test's default is GOMAXPROCS, 2 here, which leaves the waits of the suite unoverlapped).
+func limitParallel() {
+	set := false
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == "test.parallel" {
+			set = true
+		}
+	})
+	if !set {
+		_ = flag.Set("test.parallel", strconv.Itoa(defaultParallel))
+	}
+}
+
+func setDefaultEnv(k, v string) {
+	if os.Getenv(k) == "" {
+		_ = os.Setenv(k, v)
+	}
+}
+
+func dockerAnswers() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", "version", "--format", "{{.Server.Version}}").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// requireDocker is the first call of every test: without a Docker daemon the test skips, or
+// fails when RTM_E2E_REQUIRED=1 (CI sets it, so CI never passes by skipping).
+func requireDocker(t *testing.T) {
+	t.Helper()
+	testenv.RequireDocker(t)
+	if suite.setupErr != nil || suite.env == nil {
+		t.Fatalf("the suite was not prepared: %v", suite.setupErr)
+	}
+}
+
+// goBuild builds a static linux binary of pkg (relative to root) into out.
+func goBuild(ctx context.Context, root, out, pkg string, flags ...string) error {
+	args := append([]string{"build", "-trimpath", "-o", out}, flags...)
+	args = append(args, pkg)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return nil
+}
+
+// buildEngineImages builds the stand-in engine once and one FROM scratch image per version with
+// testcontainers-go's FromDockerfile.
+func buildEngineImages(ctx context.Context, root, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := goBuild(ctx, root, filepath.Join(dir, "engine"), "./"+testenv.EngineDir); err != nil {
+		return err
+	}
+	provider, err := testcontainers.NewDockerProvider()
+	if err != nil {
+		return fmt.Errorf("testcontainers provider: %w", err)
+	}
+	defer provider.Close()
+	for _, v := range []string{v141, v142, v143, v150, vBroken} {
+		env := "ENGINE_VERSION=" + v
+		if v == v143 {
+			env += " ENGINE_SICK=1"
+		}
+		entry := "/engine"
+		if v == vBroken {
+			entry = "/no-such-engine"
+		}
+		df := fmt.Sprintf("FROM scratch\nCOPY engine /engine\nENV %s\nEXPOSE 8080\nLABEL rtm.e2e.engine=%q\nENTRYPOINT [%q]\n",
+			env, v, entry)
+		name := "Dockerfile." + v
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(df), 0o644); err != nil {
+			return err
+		}
+		if err := buildImage(ctx, provider, dir, name, engineRepo, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildRTMImage builds RTM's own image. It prefers the product's Dockerfile (the one `make image`
+// uses): the context holds that Dockerfile and the freshly built static binary at every path the
+// Dockerfile copies a rtmanager binary from. Without a product Dockerfile it uses an equivalent
+// FROM scratch one.
+func buildRTMImage(ctx context.Context, root, bin, dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	df, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		df = []byte("FROM scratch\nCOPY rtmanager /rtmanager\nEXPOSE 8096\nENTRYPOINT [\"/rtmanager\"]\n")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), df, 0o644); err != nil {
+		return "", err
+	}
+	for _, src := range copySources(string(df)) {
+		dst := filepath.Join(dir, filepath.FromSlash(src))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return "", err
+		}
+		from := filepath.Join(root, filepath.FromSlash(src))
+		if strings.Contains(filepath.Base(src), "rtmanager") || strings.Contains(filepath.Base(src), "manager") {
+			from = bin
+		}
+		if err := copyFile(from, dst); err != nil {
+			return "", fmt.Errorf("RTM image context: %s: %w", src, err)
+		}
+	}
+	provider, err := testcontainers.NewDockerProvider()
+	if err != nil {
+		return "", fmt.Errorf("testcontainers provider: %w", err)
+	}
+	defer provider.Close()
+	tag := suite.run
+	if err := buildImage(ctx, provider, dir, "Dockerfile", rtmImageRepo, tag); err != nil {
+		return "", err
+	}
+	return rtmImageRepo + ":" + tag, nil
+}
+
+// copySources returns the local source paths of the Dockerfile's COPY and ADD instructions
+// (those without --from), so the build context can hold them.
+func copySources(df string) []string {
+	var out []string
+	for _, line := range strings.Split(df, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || (!strings.EqualFold(f[0], "COPY") && !strings.EqualFold(f[0], "ADD")) {
+			continue
+		}
+		args := f[1:]
+		skip := false
+		for len(args) > 0 && strings.HasPrefix(args[0], "--") {
+			if strings.HasPrefix(args[0], "--from") {
+				skip = true
+			}
+			args = args[1:]
+		}
+		if skip || len(args) < 2 || strings.HasPrefix(args[0], "[") {
+			continue
+		}
+		out = append(out, args[:len(args)-1]...)
+	}
+	return out
+}
+
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, st.Mode().Perm()|0o444)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func buildImage(ctx context.Context, provider *testcontainers.DockerProvider, dir, dockerfile, repo, tag string) error {
+	var log strings.Builder
+	_, err := provider.BuildImage(ctx, &testcontainers.ContainerRequest{FromDockerfile: testcontainers.FromDockerfile{
+		Context: dir, Dockerfile: dockerfile, Repo: repo, Tag: tag, KeepImage: true, BuildLogWriter: &log,
+	}})
+	if err != nil {
+		return fmt.Errorf("building %s:%s: %w\n%s", repo, tag, err, log.String())
+	}
+	return nil
+}
+
+func removeImage(ref string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = suite.docker.ImageRemove(ctx, ref, image.RemoveOptions{Force: true, PruneChildren: true})
+}

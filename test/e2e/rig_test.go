@@ -1,0 +1,584 @@
+//go:build integration
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"github.com/testcontainers/testcontainers-go"
+	tclog "github.com/testcontainers/testcontainers-go/log"
+	tcnetwork "github.com/testcontainers/testcontainers-go/network"
+
+	"github.com/galaxy-platform/rtmanager/config"
+)
+
+// rig is one test's world: its own PostgreSQL database, its own redis-server, its own Docker
+// network and state root, and one RTM (a host process, or a container in the production-shape
+// test) at a time. Everything is torn down when the test ends, RTM first, then the game
+// containers, then the network.
+type rig struct {
+	t *testing.T
+	// prefix starts every game id of the test: the run's random prefix and the test's tag.
+	prefix string
+
+	Net       string // the Docker network RTM is configured with
+	StateRoot string
+	DSN       string // the service role's DSN, search_path=rtmanager form
+	LibpqDSN  string // the same in libpq form (options=-csearch_path%3Drtmanager), psql's form
+	Redis     *redisServer
+	RDB       *redis.Client
+	PG        *pgxpool.Pool // as the service role, which owns the tables
+
+	// Env is RTM's environment; a test may change it before Start.
+	Env map[string]string
+
+	mu      sync.Mutex
+	proc    *rtmProcess
+	API     string // http://127.0.0.1:port of the running RTM's internal listener
+	logPath string
+	logMark int64 // where the current process's output starts in the log file
+	cfg     config.Config
+}
+
+// rigOptions change how newRig builds the world.
+type rigOptions struct {
+	redisBind []string // where the redis-server listens; 127.0.0.1 by default
+}
+
+// newRig prepares a test's world without starting RTM. tag names the test in game ids and must
+// be short.
+func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
+	t.Helper()
+	requireDocker(t)
+	o := rigOptions{redisBind: []string{"127.0.0.1"}}
+	for _, f := range opts {
+		f(&o)
+	}
+	ctx := context.Background()
+	r := &rig{t: t, prefix: suite.run + "-" + tag}
+
+	// Registered first, so it runs last: the network goes once its containers are gone.
+	nw, err := tcnetwork.New(ctx, tcnetwork.WithLabels(map[string]string{"rtm.e2e.test": t.Name()}))
+	if err != nil {
+		t.Fatalf("creating the game network: %v", err)
+	}
+	r.Net = nw.Name
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		removeContainers(ctx, t, filters.NewArgs(filters.Arg("network", r.Net)))
+		// By name: a test may have removed and created the network again.
+		if err := suite.docker.NetworkRemove(ctx, r.Net); err != nil && !isNotFound(err) {
+			t.Logf("removing network %s: %v", r.Net, err)
+		}
+	})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		removeContainers(ctx, t, filters.NewArgs(filters.Arg("name", "galaxy-game-"+r.prefix)))
+	})
+
+	r.StateRoot = stateRoot(t)
+	r.DSN = suite.env.NewDatabase(t)
+	r.LibpqDSN = strings.Replace(r.DSN, "search_path=rtmanager", "options=-csearch_path%3Drtmanager", 1)
+	pool, err := pgxpool.New(ctx, r.DSN)
+	if err != nil {
+		t.Fatalf("pgx pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	r.PG = pool
+	r.Redis = startRedis(t, o.redisBind...)
+	r.RDB = r.Redis.Client()
+
+	r.Env = map[string]string{
+		"RTMANAGER_INTERNAL_HTTP_ADDR":         "127.0.0.1:0",
+		"RTMANAGER_DOCKER_NETWORK":             r.Net,
+		"RTMANAGER_GAME_STATE_ROOT":            r.StateRoot,
+		"RTMANAGER_POSTGRES_PRIMARY_DSN":       r.DSN,
+		"RTMANAGER_REDIS_MASTER_ADDR":          r.Redis.Addr(),
+		"RTMANAGER_REDIS_PASSWORD":             r.Redis.Password,
+		"RTMANAGER_ALLOWED_IMAGE_REPOSITORIES": engineRepo,
+		"RTMANAGER_LOG_FORMAT":                 "json",
+		"RTMANAGER_PROBE_INTERVAL":             "1s",
+		"RTMANAGER_PROBE_TIMEOUT":              "500ms",
+		"RTMANAGER_PROBE_FAILURE_THRESHOLD":    "2",
+		"RTMANAGER_INSPECT_INTERVAL":           "2s",
+		"RTMANAGER_RECONCILE_INTERVAL":         "5m",
+		"RTMANAGER_SHUTDOWN_TIMEOUT":           "10s",
+		"RTMANAGER_ENGINE_STOP_TIMEOUT":        "5s",
+		"RTMANAGER_PATCH_VERIFY_TIMEOUT":       "6s",
+		"RTMANAGER_ENGINE_MEMORY_LIMIT":        "256m",
+	}
+	r.logPath = filepath.Join(t.TempDir(), "rtmanager.log")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("rtmanager log (last 80 lines):\n%s", tailFile(r.logPath, 80))
+		}
+	})
+	return r
+}
+
+// withRedisBind makes the rig's redis-server listen on the given addresses.
+func withRedisBind(bind ...string) func(*rigOptions) {
+	return func(o *rigOptions) { o.redisBind = bind }
+}
+
+// stateRoot returns a fresh state root that every user may traverse (the engine may run as
+// another user, and the daemon resolves the bind mount's source).
+func stateRoot(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatalf("chmod %s: %v", d, err)
+		}
+	}
+	return dir
+}
+
+// game returns a game id of this test: the rig's prefix and suffix.
+func (r *rig) game(suffix string) string { return r.prefix + "-" + suffix }
+
+// Config returns the rig's environment read by the product's own config package: the test
+// fails at once on a setting RTM would refuse, and reads names and defaults from one place.
+func (r *rig) Config() config.Config {
+	r.t.Helper()
+	cfg, err := config.Load(func(k string) string { return r.Env[k] })
+	if err != nil {
+		r.t.Fatalf("the test's RTM environment is invalid: %v", err)
+	}
+	return cfg
+}
+
+// rtmProcess is a running rtmanager binary.
+type rtmProcess struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	code int
+}
+
+// Start runs the rtmanager binary with the rig's environment and waits until it is ready the
+// way the runbook's readiness check says: the seven `worker started` lines are logged (so the
+// synchronous boot pass is over: the listener, and with it /readyz, opens before that pass) and
+// /readyz answers 200. RTM's output is appended to the rig's log file.
+func (r *rig) Start() {
+	r.t.Helper()
+	r.cfg = r.Config()
+	p := r.spawn()
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		if r.API == "" {
+			r.API = r.listenAddr()
+		}
+		if r.API != "" && strings.Count(r.currentLog(), `"msg":"worker started"`) >= len(backgroundWorkers) {
+			if code, _ := httpGet(r.API + "/readyz"); code == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-p.done:
+			r.t.Fatalf("rtmanager exited with %d during start-up:\n%s", p.code, tailFile(r.logPath, 30))
+		default:
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("rtmanager not ready within 45s:\n%s", tailFile(r.logPath, 30))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// spawn starts the process without waiting for it to be ready.
+func (r *rig) spawn() *rtmProcess {
+	r.t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc != nil {
+		r.t.Fatal("rtmanager is already running")
+	}
+	logf, err := os.OpenFile(r.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer logf.Close()
+	mark, _ := logf.Seek(0, io.SeekEnd)
+	r.logMark = mark
+	cmd := exec.Command(suite.bin)
+	cmd.Env = rtmEnviron(r.Env)
+	cmd.Stdout, cmd.Stderr = logf, logf // a file, never a pipe: go test waits for inherited pipes
+	if err := cmd.Start(); err != nil {
+		r.t.Fatalf("starting rtmanager: %v", err)
+	}
+	p := &rtmProcess{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		p.code = cmd.ProcessState.ExitCode()
+		if err != nil && p.code == -1 {
+			p.code = 128 + int(cmd.ProcessState.Sys().(syscall.WaitStatus).Signal())
+		}
+		close(p.done)
+	}()
+	r.proc = p
+	r.API = ""
+	r.t.Cleanup(func() { r.kill(p) })
+	return p
+}
+
+var listeningAddr = regexp.MustCompile(`"msg":"internal http listening".*?"addr":"([^"]+)"`)
+
+// listenAddr returns http://addr of the current process's listener, from its log line, or "".
+func (r *rig) listenAddr() string {
+	m := listeningAddr.FindStringSubmatch(r.currentLog())
+	if m == nil {
+		return ""
+	}
+	return "http://" + m[1]
+}
+
+// Stop sends SIGTERM and waits for the process to exit; it returns the exit code and how long
+// the shutdown took.
+func (r *rig) Stop() (int, time.Duration) {
+	r.t.Helper()
+	r.mu.Lock()
+	p := r.proc
+	r.proc = nil
+	r.mu.Unlock()
+	if p == nil {
+		r.t.Fatal("rtmanager is not running")
+	}
+	t0 := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		r.t.Fatalf("rtmanager did not exit within 30s of SIGTERM")
+	}
+	return p.code, time.Since(t0)
+}
+
+func (r *rig) kill(p *rtmProcess) {
+	if p == nil {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// rtmEnviron is the test process's environment without any RTM or OpenTelemetry setting, plus
+// the rig's.
+func rtmEnviron(env map[string]string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "RTMANAGER_") || strings.HasPrefix(kv, "OTEL_") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	for _, k := range sortedKeys(env) {
+		out = append(out, k+"="+env[k])
+	}
+	return out
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range maps.Keys(m) {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// currentLog is the output of the current (or last) process.
+func (r *rig) currentLog() string {
+	b, err := os.ReadFile(r.logPath)
+	if err != nil {
+		return ""
+	}
+	if r.logMark > int64(len(b)) {
+		return ""
+	}
+	return string(b[r.logMark:])
+}
+
+// logLine is one structured line of RTM's JSON log.
+type logLine map[string]any
+
+func (l logLine) str(k string) string {
+	s, _ := l[k].(string)
+	return s
+}
+
+// LogLines parses the current process's JSON log lines (other output is skipped).
+func (r *rig) LogLines() []logLine {
+	var out []logLine
+	sc := bufio.NewScanner(strings.NewReader(r.currentLog()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l logLine
+		if json.Unmarshal(sc.Bytes(), &l) == nil {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ---- HTTP ----
+
+var httpClient = &http.Client{Timeout: 90 * time.Second}
+
+func httpGet(u string) (int, []byte) {
+	resp, err := httpClient.Get(u)
+	if err != nil {
+		return 0, []byte(err.Error())
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// Call sends a REST request to /api/v1/internal<path> as caller (none when empty), with body
+// marshalled to JSON when it is not a string. It returns the status and the body.
+func (r *rig) Call(method, path, caller string, body any) (int, []byte) {
+	r.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, r.API+"/api/v1/internal"+path, rd)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if caller != "" {
+		req.Header.Set("X-Galaxy-Caller", caller)
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		r.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// Admin sends a REST mutation as the admin caller and fails the test unless the status is want.
+// It returns the decoded JSON body.
+func (r *rig) Admin(want int, method, path string, body any) map[string]any {
+	r.t.Helper()
+	code, b := r.Call(method, path, "admin", body)
+	if code != want {
+		r.t.Fatalf("%s %s: HTTP %d, want %d: %s", method, path, code, want, b)
+	}
+	return decodeJSON(r.t, b)
+}
+
+func decodeJSON(t *testing.T, b []byte) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("not a JSON object: %v: %s", err, b)
+	}
+	return m
+}
+
+// errorCode is error.code of the contract's error envelope, or "".
+func errorCode(b []byte) string {
+	var env struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(b, &env)
+	return env.Error.Code
+}
+
+func gamePath(gameID string, rest ...string) string {
+	return "/runtimes/" + url.PathEscape(gameID) + strings.Join(rest, "")
+}
+
+// ---- waiting ----
+
+// eventually polls cond every 100 ms until it holds or timeout passes, then fails the test with
+// the last message cond gave.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %s", what, timeout, msg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ---- Docker ----
+
+func isNotFound(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "not found") || strings.Contains(err.Error(), "No such"))
+}
+
+// removeContainers force-removes every container matching f.
+func removeContainers(ctx context.Context, t *testing.T, f filters.Args) {
+	list, err := suite.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		t.Logf("listing containers to remove: %v", err)
+		return
+	}
+	for _, c := range list {
+		if err := suite.docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {
+			t.Logf("removing container %s: %v", c.ID, err)
+		}
+	}
+}
+
+// Inspect returns the game's container (galaxy-game-<game_id>), or nil when there is none.
+func (r *rig) Inspect(gameID string) *container.InspectResponse {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := suite.docker.ContainerInspect(ctx, "galaxy-game-"+gameID)
+	if err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		r.t.Fatalf("docker inspect galaxy-game-%s: %v", gameID, err)
+	}
+	return &c
+}
+
+// State is the container's Docker state ("running", "exited", …), or "" without a container.
+func (r *rig) State(gameID string) string {
+	c := r.Inspect(gameID)
+	if c == nil || c.State == nil {
+		return ""
+	}
+	return string(c.State.Status)
+}
+
+// ContainerID is the id of the game's container, or "".
+func (r *rig) ContainerID(gameID string) string {
+	if c := r.Inspect(gameID); c != nil {
+		return c.ID
+	}
+	return ""
+}
+
+// EngineURL is http://<container ip on the rig's network>:8080, how the host reaches an engine.
+func (r *rig) EngineURL(gameID string) string {
+	r.t.Helper()
+	c := r.Inspect(gameID)
+	if c == nil || c.NetworkSettings == nil || c.NetworkSettings.Networks[r.Net] == nil {
+		r.t.Fatalf("galaxy-game-%s is not on network %s", gameID, r.Net)
+	}
+	return fmt.Sprintf("http://%s:%d", c.NetworkSettings.Networks[r.Net].IPAddress, r.cfg.EnginePort)
+}
+
+// Engine calls one of the stand-in engine's control endpoints (/control/exit?code=3, …).
+func (r *rig) Engine(gameID, path string) {
+	r.t.Helper()
+	code, b := httpGet(r.EngineURL(gameID) + path)
+	if code != http.StatusOK {
+		r.t.Fatalf("engine %s%s: %d %s", gameID, path, code, b)
+	}
+}
+
+// Boots reads the engine's boot counter from the game's state dir on the host.
+func (r *rig) Boots(gameID string) string {
+	b, err := os.ReadFile(filepath.Join(r.StateRoot, gameID, "boots"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// DockerKill, DockerStop and DockerRemove act on the game's container behind RTM's back.
+func (r *rig) DockerKill(gameID string) {
+	r.t.Helper()
+	if err := suite.docker.ContainerKill(context.Background(), "galaxy-game-"+gameID, "KILL"); err != nil {
+		r.t.Fatalf("docker kill: %v", err)
+	}
+}
+
+func (r *rig) DockerStop(gameID string) {
+	r.t.Helper()
+	zero := 0
+	if err := suite.docker.ContainerStop(context.Background(), "galaxy-game-"+gameID, container.StopOptions{Timeout: &zero}); err != nil {
+		r.t.Fatalf("docker stop: %v", err)
+	}
+}
+
+func (r *rig) DockerRemove(gameID string) {
+	r.t.Helper()
+	if err := suite.docker.ContainerRemove(context.Background(), "galaxy-game-"+gameID, container.RemoveOptions{Force: true}); err != nil {
+		r.t.Fatalf("docker rm -f: %v", err)
+	}
+}
+
+// RunContainer starts a container the way an operator would by hand (docker run), managed by
+// testcontainers-go and terminated when the test ends.
+func (r *rig) RunContainer(name, image string, labels map[string]string, customize ...testcontainers.ContainerCustomizer) testcontainers.Container {
+	r.t.Helper()
+	opts := []testcontainers.ContainerCustomizer{
+		testcontainers.WithName(name),
+		testcontainers.WithLabels(labels),
+		tcnetwork.WithNetworkName([]string{name}, r.Net),
+		testcontainers.WithLogger(tclog.TestLogger(r.t)),
+	}
+	opts = append(opts, customize...)
+	c, err := testcontainers.Run(context.Background(), image, opts...)
+	testcontainers.CleanupContainer(r.t, c)
+	if err != nil {
+		r.t.Fatalf("running %s: %v", name, err)
+	}
+	return c
+}
