@@ -273,4 +273,7 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrUnavailable: the daemon (or another dependency) cannot be reached; retry later.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrUnhealthy: an engine answered its probe but reported itself unhealthy (not 2xx), as
+	// opposed to not answering at all (still booting, or hung).
+	ErrUnhealthy = errors.New("engine reports itself unhealthy")
 )

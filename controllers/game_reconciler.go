@@ -78,6 +78,7 @@ type Options struct {
 	ReadOnlyRoot       bool
 	PatchVerifyTimeout time.Duration
 	ProbeInterval      time.Duration
+	ProbeThreshold     int
 	// LeaseRetry is how soon a game whose lease is held elsewhere is tried again.
 	LeaseRetry time.Duration
 	// Cache, when set, lets a reconcile that finds nothing to do cost no Docker call.

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -38,6 +39,12 @@ func (r *GameReconciler) patch(ctx context.Context, log *slog.Logger, rec *rtm.R
 		return err
 	}
 	id, err := r.launch(ctx, rec, newImage)
+	if err == nil {
+		// Show the engine under verification, not the stopped one it replaces.
+		_, err = r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Apply: func(x *rtm.Record, _ bool) {
+			x.Status, x.CurrentContainerID, x.CurrentImageRef = rtm.StatusStarting, id, newImage
+		}})
+	}
 	if err == nil {
 		err = r.verify(ctx, rec, id)
 	}
@@ -93,14 +100,21 @@ func (r *GameReconciler) patch(ctx context.Context, log *slog.Logger, rec *rtm.R
 	return err
 }
 
-// verify waits until the new engine answers its probe, for at most PatchVerifyTimeout.
+// verify waits until the new engine answers its probe. It gives up when the engine exits, when
+// it answers unhealthy ProbeThreshold times in a row (probed ProbeInterval apart: it is up and
+// says it is sick), or after PatchVerifyTimeout without one good answer (it never came up).
 func (r *GameReconciler) verify(ctx context.Context, rec *rtm.Record, id string) error {
 	if r.prober == nil {
 		return nil
 	}
 	deadline := time.Now().Add(r.opts.PatchVerifyTimeout)
 	every := min(r.opts.ProbeInterval, 250*time.Millisecond)
-	var last error
+	threshold := max(r.opts.ProbeThreshold, 1)
+	var (
+		last        error
+		unhealthy   int
+		lastCounted time.Time
+	)
 	for {
 		c, err := r.runtime.Inspect(ctx, rec.GameID)
 		if err != nil {
@@ -111,6 +125,12 @@ func (r *GameReconciler) verify(ctx context.Context, rec *rtm.Record, id string)
 		}
 		if last = r.prober.Probe(ctx, c, rec.EngineEndpoint); last == nil {
 			return nil
+		}
+		if errors.Is(last, rtm.ErrUnhealthy) && time.Since(lastCounted) >= r.opts.ProbeInterval {
+			unhealthy, lastCounted = unhealthy+1, time.Now()
+			if unhealthy >= threshold {
+				return rtm.Errorf(rtm.CodeContainerStartFailed, "the engine failed %d probes in a row: %v", unhealthy, last)
+			}
 		}
 		if time.Now().Add(every).After(deadline) {
 			return rtm.Errorf(rtm.CodeContainerStartFailed, "the engine did not pass its probe within %s: %v", r.opts.PatchVerifyTimeout, last)

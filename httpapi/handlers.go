@@ -179,6 +179,12 @@ func (a *api) stop(w http.ResponseWriter, r *http.Request, c *call) {
 		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, fmt.Sprintf("reason is longer than %d bytes", rtm.MaxFieldBytes))
 		return
 	}
+	// JSON may carry \u0000, which PostgreSQL text cannot hold: refuse it here, as the client's
+	// error, rather than fail to record it (a 503).
+	if strings.ContainsRune(body.Reason, 0) {
+		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, "reason must not contain NUL characters")
+		return
+	}
 	rec, ok := a.current(w, r, c)
 	if !ok {
 		return

@@ -60,7 +60,7 @@ func NewHandler(o Options) http.Handler {
 		mux.Handle("/api/v1/internal/", o.API)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
+		WriteError(w, http.StatusNotFound, rtm.CodeInvalidRequest, "no route "+r.Method+" "+r.URL.Path)
 	})
 	return mux
 }

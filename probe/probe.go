@@ -61,7 +61,7 @@ func (p *HTTP) Probe(ctx context.Context, c rtm.Container, endpoint string) erro
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("probing %s: status %d", rtm.ContainerName(c.GameID), resp.StatusCode)
+		return fmt.Errorf("probing %s: status %d: %w", rtm.ContainerName(c.GameID), resp.StatusCode, rtm.ErrUnhealthy)
 	}
 	return nil
 }

@@ -194,7 +194,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Network: cfg.DockerNetwork, EnginePort: cfg.EnginePort, StateMount: cfg.EngineStateMount,
 		StopTimeout: cfg.EngineStopTimeout, MemoryBytes: cfg.EngineMemoryBytes, NanoCPUs: cfg.EngineNanoCPUs,
 		PidsLimit: cfg.EnginePidsLimit, User: cfg.EngineUser, ReadOnlyRoot: cfg.EngineReadOnlyRoot,
-		PatchVerifyTimeout: cfg.PatchVerifyTimeout, ProbeInterval: cfg.ProbeInterval,
+		PatchVerifyTimeout: cfg.PatchVerifyTimeout, ProbeInterval: cfg.ProbeInterval, ProbeThreshold: cfg.ProbeFailureThreshold,
 		Cache: cache, Diagnose: lobbyDiagnostic(cfg.LobbyInternalBaseURL, log),
 	}, log, tel.Tracer("rtmanager/controller"), tel.Meter("rtmanager"))
 	if err != nil {

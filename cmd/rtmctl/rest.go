@@ -496,6 +496,10 @@ func (a *app) healthCmd(ctx context.Context, gameID string) error {
 	if h.LastProbeAt != nil {
 		lastProbe = *h.LastProbeAt
 	}
+	failures := strconv.Itoa(h.ConsecutiveProbeFailures)
+	if h.ConsecutiveProbeFailures > 0 {
+		failures += " in a row"
+	}
 	oom := "no"
 	if h.OOMKilled {
 		oom = "yes"
@@ -504,7 +508,7 @@ func (a *app) healthCmd(ctx context.Context, gameID string) error {
 		{"Game ID", h.GameID},
 		{"Status", string(h.Status)},
 		{"Last event", string(h.LastEventType)},
-		{"Probe failures", strconv.Itoa(h.ConsecutiveProbeFailures) + " in a row"},
+		{"Probe failures", failures},
 		{"Last probe", ago(now, lastProbe)},
 		{"Exit code", exit},
 		{"OOM killed", oom},
