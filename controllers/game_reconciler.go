@@ -87,6 +87,9 @@ type Options struct {
 	Diagnose func(ctx context.Context, gameID string)
 }
 
+// adoptGrace is how long a created, never started container is left alone before it is adopted.
+const adoptGrace = 10 * time.Second
+
 // GameReconciler reconciles one game at a time; the controller guarantees that one game id is
 // never reconciled by two workers at once.
 type GameReconciler struct {
@@ -153,6 +156,11 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	span.SetAttributes(attribute.String("action", string(act)))
 	if act == ActNone {
 		return reconcile.Result{}, nil
+	}
+	if act == ActAdopt && c.State == rtm.StateCreated && time.Since(c.Created) < adoptGrace {
+		// Someone is creating it right now (docker run creates, then starts): adopt it as it
+		// will be, not as it is for this instant.
+		return reconcile.Result{RequeueAfter: time.Second}, nil
 	}
 	lctx, release, err := r.leases.Acquire(ctx, gameID)
 	if errors.Is(err, rtm.ErrConflict) {
