@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -50,7 +51,7 @@ func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, cfg config.Confi
 		return ctr
 	}
 	x := &Metrics{
-		jobResults:   c("rtmanager.job_results", "Job results published, by job and outcome."),
+		jobResults:   c("rtmanager.job_results", "Job results published, by job type (start, stop) and outcome."),
 		healthEvents: c("rtmanager.health_events", "Health events published, by event type."),
 		intents:      c("rtmanager.notification_intents", "Notification intents published, by intent."),
 		leases:       c("rtmanager.lease_acquisitions", "Per-game lease attempts, by result (acquired, contended, error)."),
@@ -69,24 +70,20 @@ func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, cfg config.Confi
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("creating instruments: %w", err)
 	}
+	x.zero()
 	consumers := map[string]string{string(sources.StartJobs): cfg.StartJobsStream, string(sources.StopJobs): cfg.StopJobsStream}
 	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-		if n, err := counts.CountByStatus(ctx); err == nil {
+		r := readGauges(ctx, counts, offsets, consumers)
+		if r.byStatus != nil {
 			for _, s := range rtm.Statuses {
-				o.ObserveInt64(byStatus, n[s], metric.WithAttributes(attribute.String("status", string(s))))
+				o.ObserveInt64(byStatus, r.byStatus[s], metric.WithAttributes(attribute.String("status", string(s))))
 			}
 		}
-		if n, err := counts.OutboxBacklog(ctx); err == nil {
-			o.ObserveInt64(backlog, n)
+		if r.backlog != nil {
+			o.ObserveInt64(backlog, *r.backlog)
 		}
-		for consumer, stream := range consumers {
-			off, err := offsets.Offset(ctx, consumer)
-			if err != nil {
-				continue
-			}
-			if n, err := offsets.Lag(ctx, stream, off); err == nil {
-				o.ObserveInt64(lag, n, metric.WithAttributes(attribute.String("consumer", consumer), attribute.String("stream", stream)))
-			}
+		for _, l := range r.lags {
+			o.ObserveInt64(lag, l.n, metric.WithAttributes(attribute.String("consumer", l.consumer), attribute.String("stream", l.stream)))
 		}
 		return nil
 	}, byStatus, backlog, lag)
@@ -96,7 +93,111 @@ func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, cfg config.Confi
 	return x, nil
 }
 
-// Published counts an entry the publisher relayed (job results by job and outcome, health events
+// GaugeReadTimeout bounds the PostgreSQL and Redis reads behind the gauges at each scrape, well
+// inside Prometheus's default 10 s scrape timeout. A gauge whose read fails or times out is left
+// out of that scrape (its series goes stale) rather than reported wrong.
+const GaugeReadTimeout = 4 * time.Second
+
+// gaugeReadings are what one scrape read for the gauges; nil or absent where a read failed.
+type gaugeReadings struct {
+	byStatus map[rtm.Status]int64
+	backlog  *int64
+	lags     []lagReading
+}
+
+type lagReading struct {
+	consumer, stream string
+	n                int64
+}
+
+// readGauges reads PostgreSQL and Redis side by side, within GaugeReadTimeout in all. The
+// Prometheus exporter collects with a context that never ends, so without this bound a wedged
+// PostgreSQL (or an exhausted pool) or Redis would hang /metrics; reading the two apart keeps one
+// slow dependency from costing the other's gauges. A read still running at the deadline is
+// abandoned (its goroutine ends with its own timeout) and its gauges are left out.
+func readGauges(ctx context.Context, counts Counts, offsets Offsets, consumers map[string]string) gaugeReadings {
+	ctx, cancel := context.WithTimeout(ctx, GaugeReadTimeout)
+	defer cancel()
+	pg := make(chan gaugeReadings, 1)
+	go func() {
+		var r gaugeReadings
+		if n, err := counts.CountByStatus(ctx); err == nil {
+			r.byStatus = n
+			if r.byStatus == nil {
+				r.byStatus = map[rtm.Status]int64{}
+			}
+		}
+		if n, err := counts.OutboxBacklog(ctx); err == nil {
+			r.backlog = &n
+		}
+		pg <- r
+	}()
+	rd := make(chan []lagReading, 1)
+	go func() {
+		var lags []lagReading
+		for consumer, stream := range consumers {
+			off, err := offsets.Offset(ctx, consumer)
+			if err != nil {
+				continue
+			}
+			if n, err := offsets.Lag(ctx, stream, off); err == nil {
+				lags = append(lags, lagReading{consumer: consumer, stream: stream, n: n})
+			}
+		}
+		rd <- lags
+	}()
+	var out gaugeReadings
+	for pg != nil || rd != nil {
+		select {
+		case r := <-pg:
+			out.byStatus, out.backlog, pg = r.byStatus, r.backlog, nil
+		case l := <-rd:
+			out.lags, rd = l, nil
+		case <-ctx.Done():
+			return out
+		}
+	}
+	return out
+}
+
+// zero exports every known series of the counters at 0 from start-up, as controller-runtime does
+// for its own: a series that first appears at 1 hides that first increment from rate() and
+// increase(), and a panel over it shows "no data" instead of 0.
+func (x *Metrics) zero() {
+	ctx := context.Background()
+	add := func(c metric.Int64Counter, kv ...attribute.KeyValue) {
+		c.Add(ctx, 0, metric.WithAttributes(kv...))
+	}
+	outcomes := []rtm.Outcome{rtm.OutcomeSucceeded, rtm.OutcomeFailed}
+	for _, o := range outcomes {
+		for _, job := range []string{"start", "stop"} {
+			add(x.jobResults, attribute.String(jobTypeLabel, job), attribute.String("outcome", string(o)))
+		}
+		for _, k := range []sources.JobKind{sources.StartJobs, sources.StopJobs} {
+			add(x.jobs, attribute.String("consumer", string(k)), attribute.String("outcome", string(o)))
+		}
+	}
+	for _, t := range []rtm.HealthEventType{rtm.EventContainerStarted, rtm.EventContainerExited, rtm.EventContainerOOM,
+		rtm.EventContainerDisappeared, rtm.EventProbeFailed, rtm.EventProbeRecovered, rtm.EventInspectUnhealthy} {
+		add(x.healthEvents, attribute.String("event_type", string(t)))
+	}
+	for _, c := range []rtm.ErrorCode{rtm.CodeImagePullFailed, rtm.CodeContainerStartFailed, rtm.CodeStartConfigInvalid} {
+		add(x.intents, attribute.String("intent", string(rtm.IntentFor(c))))
+	}
+	for _, r := range []string{"acquired", "contended", "error"} {
+		add(x.leases, attribute.String("result", r))
+	}
+	for _, r := range []string{"ok", "failed"} {
+		add(x.probes, attribute.String("result", r))
+	}
+}
+
+// jobTypeLabel is the job results' label for the result's job field (start, stop). It is not
+// "job": Prometheus reserves that label for the scrape job, so a "job" label from the target is
+// renamed exported_job (or, with honor_labels, replaces the scrape job of the series).
+const jobTypeLabel = "job_type"
+
+// Published counts an entry the publisher relayed (job results by job type and outcome, health events
 // by type, intents by intent): counted once, when it reaches its stream.
 func (x *Metrics) Published(ctx context.Context, stream string, fields []string) {
 	f := map[string]string{}
@@ -105,7 +206,7 @@ func (x *Metrics) Published(ctx context.Context, stream string, fields []string)
 	}
 	switch stream {
 	case store.StreamJobResults:
-		x.jobResults.Add(ctx, 1, metric.WithAttributes(attribute.String("job", f["job"]), attribute.String("outcome", f["outcome"])))
+		x.jobResults.Add(ctx, 1, metric.WithAttributes(attribute.String(jobTypeLabel, f["job"]), attribute.String("outcome", f["outcome"])))
 	case store.StreamHealthEvents:
 		x.healthEvents.Add(ctx, 1, metric.WithAttributes(attribute.String("event_type", f["event_type"])))
 	case store.StreamNotificationIntents:

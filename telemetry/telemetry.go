@@ -43,7 +43,15 @@ func Setup(ctx context.Context, exporter, version string) (*Telemetry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating prometheus exporter: %w", err)
 	}
-	res := resource.NewSchemaless(semconv.ServiceName("rtmanager"), semconv.ServiceVersion(version))
+	// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (standard OTEL_* variables) are applied on
+	// top of RTM's own service name and version. A malformed OTEL_RESOURCE_ATTRIBUTES keeps the
+	// pairs that parse rather than stopping the process.
+	res, err := resource.New(ctx,
+		resource.WithAttributes(semconv.ServiceName("rtmanager"), semconv.ServiceVersion(version)),
+		resource.WithFromEnv())
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+		return nil, fmt.Errorf("building telemetry resource from OTEL_SERVICE_NAME/OTEL_RESOURCE_ATTRIBUTES: %w", err)
+	}
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(promExp), sdkmetric.WithResource(res),
 		sdkmetric.WithView(sdkmetric.NewView(
 			sdkmetric.Instrument{Name: "*latency*"},
