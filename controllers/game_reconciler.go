@@ -47,10 +47,11 @@ type Leaser interface {
 }
 
 // ContainerCache is the reconciler's cached view of the owned containers (filled by list calls,
-// invalidated by events). Lookup's known is false when the cache cannot tell.
+// invalidated by events, set to exited by die events). Lookup's known is false when the cache
+// cannot tell; exitedAt is when a die event set the entry, zero otherwise.
 type ContainerCache interface {
 	Begin() uint64
-	Lookup(gameID string) (c rtm.Container, found, known bool)
+	Lookup(gameID string) (c rtm.Container, found, known bool, exitedAt time.Time)
 	Put(mark uint64, gameID string, c rtm.Container, found bool)
 	Invalidate(gameID string)
 }
@@ -221,14 +222,15 @@ func sameVersion(a, b *rtm.Record) bool {
 }
 
 // cachedContainer returns the game's container from the cache, inspecting (and filling the
-// cache) only when the cache cannot tell; inspectedAt is when it inspected, zero for a cache hit.
+// cache) only when the cache cannot tell; inspectedAt is when it inspected, or when the die event
+// that set the cached entry came (as fresh as an inspection then), zero for other cache hits.
 func (r *GameReconciler) cachedContainer(ctx context.Context, gameID string) (c *rtm.Container, inspectedAt time.Time, err error) {
 	if r.opts.Cache != nil {
-		if ct, found, known := r.opts.Cache.Lookup(gameID); known {
+		if ct, found, known, exitedAt := r.opts.Cache.Lookup(gameID); known {
 			if !found {
 				return nil, time.Time{}, nil
 			}
-			return &ct, time.Time{}, nil
+			return &ct, exitedAt, nil
 		}
 	}
 	at := time.Now()
@@ -335,7 +337,7 @@ func (r *GameReconciler) adopt(ctx context.Context, log *slog.Logger, old *rtm.R
 	}
 	if got != nil && got.CurrentContainerID == c.ID {
 		r.countDrift(ctx, "adopt")
-		log.Info("adopted container", "container_id", c.ID, "status", string(rec.Status))
+		log.InfoContext(ctx, "adopted container", "container_id", c.ID, "status", string(rec.Status))
 	}
 	return nil
 }
@@ -359,7 +361,7 @@ func (r *GameReconciler) dispose(ctx context.Context, log *slog.Logger, rec *rtm
 		return err
 	}
 	r.countDrift(ctx, "dispose")
-	log.Info("disposed record of vanished container", "container_id", rec.CurrentContainerID)
+	log.InfoContext(ctx, "disposed record of vanished container", "container_id", rec.CurrentContainerID)
 	return nil
 }
 
@@ -389,7 +391,7 @@ func (r *GameReconciler) observedExited(ctx context.Context, log *slog.Logger, r
 		return err
 	}
 	r.countDrift(ctx, "observed_exited")
-	log.Info("observed engine exit", "container_id", c.ID, "exit_code", c.ExitCode, "oom_killed", c.OOMKilled)
+	log.InfoContext(ctx, "observed engine exit", "container_id", c.ID, "exit_code", c.ExitCode, "oom_killed", c.OOMKilled)
 	return nil
 }
 
@@ -442,7 +444,7 @@ func (r *GameReconciler) settle(ctx context.Context, rec *rtm.Record, c *rtm.Con
 // fail records a terminal failure of the current generation and answers its requests with it.
 func (r *GameReconciler) fail(ctx context.Context, log *slog.Logger, rec *rtm.Record, cause error) error {
 	a := rtm.Failed(cause, rtm.CodeContainerStartFailed)
-	log.Warn("operation failed", "error_code", string(a.Code), "error", cause)
+	log.WarnContext(ctx, "operation failed", "error_code", string(a.Code), "error", cause)
 	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Answer: &a,
 		Apply: func(x *rtm.Record, _ bool) {
 			x.Status, x.LastErrorCode, x.LastErrorMessage = rtm.StatusFailed, a.Code, a.Message
@@ -505,7 +507,7 @@ func (r *GameReconciler) run(ctx context.Context, log *slog.Logger, act Action, 
 		},
 		Events: []rtm.HealthEvent{startedEvent(rec.GameID, id)}})
 	if err == nil {
-		log.Info("engine started", "container_id", id, "image_ref", rec.DesiredImageRef)
+		log.InfoContext(ctx, "engine started", "container_id", id, "image_ref", rec.DesiredImageRef)
 	}
 	return err
 }
@@ -584,7 +586,7 @@ func (r *GameReconciler) stop(ctx context.Context, log *slog.Logger, rec *rtm.Re
 			x.ObservedGeneration = max(x.ObservedGeneration, rec.Generation)
 		}})
 	if err == nil {
-		log.Info("engine stopped", "container_id", c.ID)
+		log.InfoContext(ctx, "engine stopped", "container_id", c.ID)
 	}
 	return err
 }
@@ -607,7 +609,7 @@ func (r *GameReconciler) remove(ctx context.Context, log *slog.Logger, rec *rtm.
 			x.ObservedGeneration = max(x.ObservedGeneration, rec.Generation)
 		}})
 	if err == nil {
-		log.Info("container removed", "container_id", c.ID)
+		log.InfoContext(ctx, "container removed", "container_id", c.ID)
 	}
 	return err
 }

@@ -57,7 +57,7 @@ func (r *GameReconciler) patch(ctx context.Context, log *slog.Logger, rec *rtm.R
 			},
 			Events: []rtm.HealthEvent{startedEvent(rec.GameID, id)}})
 		if err == nil {
-			log.Info("engine patched", "container_id", id)
+			log.InfoContext(ctx, "engine patched", "container_id", id)
 		}
 		return err
 	}
@@ -65,7 +65,7 @@ func (r *GameReconciler) patch(ctx context.Context, log *slog.Logger, rec *rtm.R
 		return ctx.Err()
 	}
 	cause := err
-	log.Warn("patched engine failed, rolling back", "error", cause)
+	log.WarnContext(ctx, "patched engine failed, rolling back", "error", cause)
 	if id != "" {
 		if err := r.runtime.Remove(ctx, id); err != nil && transient(err) {
 			return err
@@ -95,7 +95,7 @@ func (r *GameReconciler) patch(ctx context.Context, log *slog.Logger, rec *rtm.R
 		},
 		Events: []rtm.HealthEvent{startedEvent(rec.GameID, back)}})
 	if err == nil {
-		log.Info("patch rolled back", "container_id", back)
+		log.InfoContext(ctx, "patch rolled back", "container_id", back)
 	}
 	return err
 }

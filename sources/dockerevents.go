@@ -14,10 +14,12 @@ type EventStream interface {
 	Events(ctx context.Context) (<-chan rtm.DockerEvent, <-chan error)
 }
 
-// EventCache is the reconciler's container cache, as events invalidate it.
+// EventCache is the reconciler's container cache, as events invalidate it (and die events
+// update it).
 type EventCache interface {
 	ListCache
 	Invalidate(gameID string)
+	Exited(gameID, containerID string, exitCode int, at time.Time) bool
 	Reset()
 }
 
@@ -86,7 +88,20 @@ func (d *DockerEvents) follow(ctx context.Context, events <-chan rtm.DockerEvent
 				continue
 			}
 			switch ev.Action {
-			case "start", "die", "oom", "destroy", "stop", "kill", "pause", "unpause", "create", "rename", "health_status":
+			case "die":
+				// The event says what an inspection would, and on Docker 20.10 an inspection
+				// right after it waits for the daemon's clean-up of the container: record it.
+				// (Exited invalidates the game when it cannot apply the event.)
+				if ev.ExitCode < 0 {
+					d.Cache.Invalidate(ev.GameID)
+				} else {
+					d.Cache.Exited(ev.GameID, ev.ContainerID, ev.ExitCode, time.Now())
+				}
+				d.Enqueue(ev.GameID)
+			case "kill":
+				// A signal changes nothing by itself; the die that may follow does.
+				d.Enqueue(ev.GameID)
+			case "start", "oom", "destroy", "stop", "pause", "unpause", "create", "rename", "health_status":
 				d.Cache.Invalidate(ev.GameID)
 				d.Enqueue(ev.GameID)
 			}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -192,16 +193,19 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 	log := c.Log.With("worker", string(c.Kind), "entry_id", e.ID, "request_id", trunc(req.RequestID), "game_id", trunc(req.GameID))
 
 	if bad := invalidJob(c.Kind, f, req); bad != "" {
-		if len(req.RequestID) > rtm.MaxFieldBytes {
+		// The answer is recorded in PostgreSQL: what it keeps must be text it can store, or the
+		// job could never be recorded and would stall the stream.
+		if len(req.RequestID) > rtm.MaxFieldBytes || !storable(req.RequestID) {
 			req.RequestID = e.ID
 		}
-		req.GameID = trunc(req.GameID)
+		req.GameID = sanitize(trunc(req.GameID))
+		req.ImageRef, req.Reason = sanitize(req.ImageRef), sanitize(req.Reason)
 		dup, err := c.Store.AnswerInvalid(ctx, req, rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeInvalidJob, Message: bad})
 		if err != nil {
 			return err
 		}
 		if !dup {
-			log.Warn("invalid job answered", "error_code", string(rtm.CodeInvalidJob), "reason", bad)
+			log.WarnContext(ctx, "invalid job answered", "error_code", string(rtm.CodeInvalidJob), "reason", bad)
 			c.observe(ctx, string(rtm.OutcomeFailed))
 		}
 		return nil
@@ -224,12 +228,12 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 	}
 	switch {
 	case sub.Duplicate:
-		log.Debug("duplicate job ignored")
+		log.DebugContext(ctx, "duplicate job ignored")
 	case sub.Answer != nil:
-		log.Info("job answered at once", "outcome", string(sub.Answer.Outcome), "error_code", string(sub.Answer.Code))
+		log.InfoContext(ctx, "job answered at once", "outcome", string(sub.Answer.Outcome), "error_code", string(sub.Answer.Code))
 		c.observe(ctx, string(sub.Answer.Outcome))
 	default:
-		log.Debug("job recorded", "generation", sub.Request.Generation)
+		log.DebugContext(ctx, "job recorded", "generation", sub.Request.Generation)
 		c.Enqueue(req.GameID)
 	}
 	return nil
@@ -241,11 +245,16 @@ func (c *JobConsumer) observe(ctx context.Context, outcome string) {
 	}
 }
 
-// invalidJob returns why a job entry cannot be understood, or "".
+// invalidJob returns why a job entry cannot be understood, or "". A value that is not text
+// PostgreSQL can store (invalid UTF-8, a NUL byte) makes the job invalid: recording it would fail
+// on every attempt.
 func invalidJob(kind JobKind, f map[string]string, req rtm.Request) string {
 	for k, v := range f {
 		if len(v) > rtm.MaxFieldBytes {
-			return fmt.Sprintf("field %s is longer than %d bytes", trunc(k), rtm.MaxFieldBytes)
+			return fmt.Sprintf("field %s is longer than %d bytes", sanitize(trunc(k)), rtm.MaxFieldBytes)
+		}
+		if !storable(v) {
+			return fmt.Sprintf("field %s is not valid UTF-8 text without NUL bytes", sanitize(trunc(k)))
 		}
 	}
 	if _, ok := f["game_id"]; !ok {
@@ -260,12 +269,25 @@ func invalidJob(kind JobKind, f map[string]string, req rtm.Request) string {
 	return ""
 }
 
-// trunc keeps hostile values from flooding logs and spans.
+// trunc keeps hostile values from flooding logs and spans. It cuts at a rune boundary, so that
+// valid UTF-8 stays valid.
 func trunc(s string) string {
-	if len(s) > 128 {
-		return s[:128] + "…"
+	if len(s) <= 128 {
+		return s
 	}
-	return s
+	cut := 128
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// storable reports whether s can be kept in a PostgreSQL text column: valid UTF-8, no NUL byte.
+func storable(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+
+// sanitize makes s storable, replacing invalid bytes and NULs with U+FFFD.
+func sanitize(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }
 
 // idLess reports whether stream id a sorts before b ("ms-seq").
