@@ -3,7 +3,6 @@ package coord_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -17,19 +16,7 @@ import (
 
 var env *testenv.Env
 
-func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	e, err := testenv.Start(ctx)
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "test environment:", err)
-		os.Exit(1)
-	}
-	env = e
-	code := m.Run()
-	e.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
 
 func client(t *testing.T) *redis.Client {
 	t.Helper()

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
@@ -16,19 +15,7 @@ import (
 // env is the package's test environment; the jobs and watch tests use its redis-server.
 var env *testenv.Env
 
-func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	var err error
-	env, err = testenv.Start(ctx)
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	env.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
 
 // syncBuffer is a bytes.Buffer safe for a command writing while the test reads.
 type syncBuffer struct {

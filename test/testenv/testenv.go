@@ -288,3 +288,20 @@ func processName(pid int) string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+// Main is a package's TestMain body: it starts an Env (failing the run if it cannot), stores it
+// in *env, runs the tests and stops the Env. Use it as
+//
+//	func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
+func Main(m *testing.M, env **Env) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	e, err := Start(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "test environment:", err)
+		return 1
+	}
+	defer e.Stop()
+	*env = e
+	return m.Run()
+}
