@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"testing"
+	"time"
 
 	rtm "github.com/galaxy-platform/rtmanager"
 )
@@ -9,36 +10,93 @@ import (
 func TestCache_Lookup(t *testing.T) {
 	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
 	c := NewCache()
-	if _, _, known := c.Lookup("g1"); known {
+	if _, _, known, _ := c.Lookup("g1"); known {
 		t.Fatal("an unsynced cache claims to know")
 	}
 	mark := c.Begin()
 	c.Invalidate("g2") // an event after the list began
 	c.Replace(mark, []rtm.Container{ours, {ID: "x", GameID: "g3"}})
-	if ct, found, known := c.Lookup("g1"); !known || !found || ct.ID != "c1" {
+	if ct, found, known, _ := c.Lookup("g1"); !known || !found || ct.ID != "c1" {
 		t.Fatalf("listed game: %v %v %+v", found, known, ct)
 	}
-	if _, found, known := c.Lookup("g4"); !known || found {
+	if _, found, known, _ := c.Lookup("g4"); !known || found {
 		t.Fatal("an unlisted game should be known absent")
 	}
-	if _, _, known := c.Lookup("g2"); known {
+	if _, _, known, _ := c.Lookup("g2"); known {
 		t.Fatal("an invalidation after the list began was lost")
 	}
-	if _, found, _ := c.Lookup("g3"); found {
+	if _, found, _, _ := c.Lookup("g3"); found {
 		t.Fatal("an unowned container was cached")
 	}
 	m2 := c.Begin()
 	c.Invalidate("g1") // the container died while we inspected
 	c.Put(m2, "g1", ours, true)
-	if _, _, known := c.Lookup("g1"); known {
+	if _, _, known, _ := c.Lookup("g1"); known {
 		t.Fatal("a stale inspection overwrote a later invalidation")
 	}
 	c.Put(c.Begin(), "g1", rtm.Container{}, false)
-	if _, found, known := c.Lookup("g1"); !known || found {
+	if _, found, known, _ := c.Lookup("g1"); !known || found {
 		t.Fatal("a fresh inspection was not recorded")
 	}
 	c.Reset()
-	if _, _, known := c.Lookup("g4"); known {
+	if _, _, known, _ := c.Lookup("g4"); known {
 		t.Fatal("a reset cache claims to know")
 	}
+}
+
+func TestCache_Exited(t *testing.T) {
+	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
+	at := time.Now()
+	tests := []struct {
+		name      string
+		given     func(c *Cache)
+		id        string
+		wantApply bool
+	}{
+		{"known container", func(c *Cache) {}, "c1", true},
+		{"another container", func(c *Cache) {}, "c0", false},
+		{"invalidated before", func(c *Cache) { c.Invalidate("g1") }, "c1", false},
+		{"unsynced", func(c *Cache) { c.Reset() }, "c1", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := NewCache()
+			c.Replace(c.Begin(), []rtm.Container{ours})
+			tt.given(c)
+			if got := c.Exited("g1", tt.id, 137, at); got != tt.wantApply {
+				t.Fatalf("Exited = %v, want %v", got, tt.wantApply)
+			}
+			ct, found, known, exitedAt := c.Lookup("g1")
+			if !tt.wantApply {
+				if known {
+					t.Fatalf("a die the cache could not apply left the game known: %+v", ct)
+				}
+				return
+			}
+			if !known || !found || ct.State != rtm.StateExited || ct.ExitCode != 137 || ct.ID != "c1" || !exitedAt.Equal(at) {
+				t.Fatalf("after Exited: %+v found %v known %v at %v", ct, found, known, exitedAt)
+			}
+		})
+	}
+
+	t.Run("stale inspection and list do not undo it", func(t *testing.T) {
+		c := NewCache()
+		c.Replace(c.Begin(), []rtm.Container{ours})
+		inspect, list := c.Begin(), c.Begin()
+		c.Exited("g1", "c1", 0, at)
+		c.Put(inspect, "g1", ours, true)
+		c.Replace(list, []rtm.Container{ours})
+		if ct, _, _, exitedAt := c.Lookup("g1"); ct.State != rtm.StateExited || exitedAt.IsZero() {
+			t.Fatalf("an inspection or list begun before the die overwrote it: %+v", ct)
+		}
+		c.Put(c.Begin(), "g1", ours, true)
+		if ct, _, _, exitedAt := c.Lookup("g1"); ct.State != rtm.StateRunning || !exitedAt.IsZero() {
+			t.Fatalf("a later inspection did not replace the exit: %+v %v", ct, exitedAt)
+		}
+		c.Exited("g1", "c1", 0, at)
+		c.Invalidate("g1")
+		if _, _, known, _ := c.Lookup("g1"); known {
+			t.Fatal("an event after the die left the game known")
+		}
+	})
 }
