@@ -276,9 +276,16 @@ func (r *GameReconciler) act(ctx context.Context, log *slog.Logger, act Action, 
 		return r.observedExited(ctx, log, rec, c)
 	case ActSync:
 		return r.sync(ctx, rec, c)
-	case ActSettle:
-		return r.settle(ctx, rec, c)
-	case ActCreate, ActStartExisting, ActReplace:
+	case ActSettle, ActCreate, ActStartExisting, ActReplace:
+		if old, err := r.pendingPatch(ctx, rec); err != nil || old != "" {
+			if err != nil {
+				return err
+			}
+			return r.resumePatch(ctx, log, rec, c, old)
+		}
+		if act == ActSettle {
+			return r.settle(ctx, rec, c)
+		}
 		return r.run(ctx, log, act, rec, c)
 	case ActPatch:
 		return r.patch(ctx, log, rec, c)
@@ -616,8 +623,10 @@ func (r *GameReconciler) remove(ctx context.Context, log *slog.Logger, rec *rtm.
 
 // continueRequestTrace makes the action part of the trace of the newest pending request that
 // carries one (a job sent with a traceparent), so that its Docker calls show under the job.
+// With tracing off (the reconcile span records nothing) it costs nothing: no query on the
+// start and stop paths for a trace nobody keeps.
 func (r *GameReconciler) continueRequestTrace(ctx context.Context, rec *rtm.Record) (context.Context, func()) {
-	if rec == nil || rec.Settled() {
+	if rec == nil || rec.Settled() || !trace.SpanFromContext(ctx).IsRecording() {
 		return ctx, func() {}
 	}
 	pending, err := r.store.PendingRequests(ctx, rec.GameID)

@@ -45,6 +45,59 @@ func (r *GameReconciler) patch(ctx context.Context, log *slog.Logger, rec *rtm.R
 			x.Status, x.CurrentContainerID, x.CurrentImageRef = rtm.StatusStarting, id, newImage
 		}})
 	}
+	return r.finishPatch(ctx, log, rec, id, oldImage, newImage, err)
+}
+
+// pendingPatch returns the image a pending patch of rec replaces, or "" when no patch is pending.
+// A reconcile that would finish such a game another way (settle a running engine of the new
+// image, create or start one) is finishing a patch whose own reconcile never completed (its
+// process died or lost the lease): it must verify the new engine as the patch would have, or it
+// would report an engine that never passed its probe as patched.
+func (r *GameReconciler) pendingPatch(ctx context.Context, rec *rtm.Record) (string, error) {
+	if rec.DesiredState != rtm.DesiredRunning {
+		return "", nil
+	}
+	pending, err := r.store.PendingRequests(ctx, rec.GameID)
+	if err != nil {
+		return "", err
+	}
+	for _, q := range pending {
+		if q.Kind == rtm.OpPatch && q.ImageRef == rec.DesiredImageRef && q.OldImageRef != "" && q.OldImageRef != q.ImageRef &&
+			q.Generation <= rec.Generation {
+			return q.OldImageRef, nil
+		}
+	}
+	return "", nil
+}
+
+// resumePatch finishes an interrupted patch from oldImage: the running engine of the new image
+// is verified again, or one is launched (whatever container is left is discarded first), then
+// kept or rolled back, as the patch itself would have done.
+func (r *GameReconciler) resumePatch(ctx context.Context, log *slog.Logger, rec *rtm.Record, c *rtm.Container, oldImage string) error {
+	newImage := rec.DesiredImageRef
+	log = log.With("old_image_ref", oldImage, "new_image_ref", newImage)
+	if c != nil && c.Running() && c.ImageRef == newImage {
+		log.InfoContext(ctx, "resuming an interrupted patch", "container_id", c.ID)
+		return r.finishPatch(ctx, log, rec, c.ID, oldImage, newImage, nil)
+	}
+	log.InfoContext(ctx, "resuming an interrupted patch")
+	if c != nil {
+		if err := r.discard(ctx, c); err != nil {
+			return err
+		}
+	}
+	id, err := r.launch(ctx, rec, newImage)
+	if err == nil {
+		_, err = r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Apply: func(x *rtm.Record, _ bool) {
+			x.Status, x.CurrentContainerID, x.CurrentImageRef = rtm.StatusStarting, id, newImage
+		}})
+	}
+	return r.finishPatch(ctx, log, rec, id, oldImage, newImage, err)
+}
+
+// finishPatch verifies the new engine id (unless err says it could not be launched) and records
+// the patch, or removes it and starts oldImage again and answers patch_rolled_back.
+func (r *GameReconciler) finishPatch(ctx context.Context, log *slog.Logger, rec *rtm.Record, id, oldImage, newImage string, err error) error {
 	if err == nil {
 		err = r.verify(ctx, rec, id)
 	}

@@ -67,10 +67,17 @@ type LeaseStats interface {
 }
 
 // Acquire takes gameID's lease. When another holder has it, the error wraps rtm.ErrConflict.
-// On success it returns a context that is cancelled if the lease is lost (a renewal finds
-// another owner), and a release function that stops renewal and deletes the key if still ours.
+// On success it returns a context that is cancelled if the lease is lost, and a release function
+// that stops renewal and deletes the key if still ours.
+//
+// The lease is lost when a renewal finds another owner, and also when no renewal has got through
+// for three quarters of the TTL (Redis unreachable from this process, or the process frozen):
+// the key may expire at any moment after that and another process take the game, so this one
+// must stop acting first. The TTL counts from when the SET or PEXPIRE was sent, so Redis's
+// expiry is never earlier than this process's reckoning.
 func (c *Coord) Acquire(ctx context.Context, gameID string) (context.Context, func(), error) {
 	key := leasePrefix + gameID
+	sent := time.Now()
 	n, err := acquireScript.Run(ctx, c.rdb, []string{key}, c.owner, c.ttl.Milliseconds(), instancePrefix).Int()
 	if err != nil {
 		return nil, nil, fmt.Errorf("taking lease of %s: %w: %w", gameID, rtm.ErrUnavailable, err)
@@ -80,19 +87,33 @@ func (c *Coord) Acquire(ctx context.Context, gameID string) (context.Context, fu
 	}
 	lctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
+	safe := c.ttl - c.ttl/4 // how long a renewal sent at t keeps the lease ours: until t+safe
 	go func() {
 		defer close(done)
 		t := time.NewTicker(c.ttl / 3)
 		defer t.Stop()
+		deadline := sent.Add(safe)
+		expiry := time.NewTimer(time.Until(deadline))
+		defer expiry.Stop()
 		for {
 			select {
 			case <-lctx.Done():
 				return
+			case <-expiry.C:
+				cancel() // no renewal got through in time: the key may be gone any moment now
+				return
 			case <-t.C:
-				n, err := renewScript.Run(lctx, c.rdb, []string{key}, c.owner, c.ttl.Milliseconds()).Int()
-				if err == nil && n == 0 {
+				at := time.Now()
+				rctx, rcancel := context.WithDeadline(lctx, deadline) // a hung call must not outlast the lease
+				n, err := renewScript.Run(rctx, c.rdb, []string{key}, c.owner, c.ttl.Milliseconds()).Int()
+				rcancel()
+				switch {
+				case err == nil && n == 0:
 					cancel() // lost: someone else holds it now
 					return
+				case err == nil && at.Before(deadline):
+					deadline = at.Add(safe)
+					expiry.Reset(time.Until(deadline))
 				}
 			}
 		}

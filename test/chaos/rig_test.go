@@ -1,0 +1,878 @@
+//go:build chaos
+
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+)
+
+// Streams RTM reads and writes (the contract's defaults).
+const (
+	startJobs  = "runtime:start_jobs"
+	stopJobs   = "runtime:stop_jobs"
+	jobResults = "runtime:job_results"
+)
+
+// rig is one test's world: its own database, redis-server, Docker network, state root and game
+// id prefix; the RTM processes it runs; the jobs it sent and the results it collected; a watcher
+// of the Docker events of its games.
+type rig struct {
+	t         *testing.T
+	tag       string
+	prefix    string // every game id of the test starts with it
+	net       string
+	stateRoot string
+	dsn       string
+	pg        *pgxpool.Pool
+	redis     *redisServer
+	rdb       *redis.Client
+	env       map[string]string
+	results   *collector
+	watch     *watcher
+	begin     time.Time
+
+	mu    sync.Mutex
+	seq   int
+	sent  map[string]job // by request id
+	order []string
+	procs []*rtmProc
+}
+
+// job is a job entry the test sent.
+type job struct {
+	stream string
+	game   string
+	fields []any
+}
+
+func newRig(t *testing.T, tag string) *rig {
+	t.Helper()
+	requireSuite(t)
+	ctx := context.Background()
+	r := &rig{t: t, tag: tag, prefix: suite.run + "-" + tag, sent: map[string]job{}, begin: time.Now()}
+
+	// Cleanups run last-in first-out: RTM processes (registered later) go first, then the
+	// containers, then the network.
+	r.net = "rtmchaos-" + suite.run + "-" + tag
+	if _, err := suite.docker.NetworkCreate(ctx, r.net, network.CreateOptions{Driver: "bridge",
+		Labels: map[string]string{"rtm.chaos.test": t.Name()}}); err != nil {
+		t.Fatalf("creating network %s: %v", r.net, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		r.removeContainers(ctx)
+		if err := suite.docker.NetworkRemove(ctx, r.net); err != nil {
+			t.Logf("removing network %s: %v", r.net, err)
+		}
+	})
+
+	r.stateRoot = t.TempDir()
+	for d := r.stateRoot; d != "/" && d != "/tmp" && d != os.TempDir(); d = filepath.Dir(d) {
+		_ = os.Chmod(d, 0o755) // the daemon resolves the bind mounts; engines may run as anyone
+	}
+	r.dsn = suite.env.NewDatabase(t)
+	pool, err := pgxpool.New(ctx, r.dsn)
+	if err != nil {
+		t.Fatalf("pgx pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	r.pg = pool
+	r.redis = startRedis(t)
+	r.rdb = r.redis.Client()
+
+	r.env = map[string]string{
+		"RTMANAGER_INTERNAL_HTTP_ADDR":         "127.0.0.1:0",
+		"RTMANAGER_DOCKER_NETWORK":             r.net,
+		"RTMANAGER_GAME_STATE_ROOT":            r.stateRoot,
+		"RTMANAGER_POSTGRES_PRIMARY_DSN":       r.dsn,
+		"RTMANAGER_REDIS_MASTER_ADDR":          r.redis.Addr(),
+		"RTMANAGER_REDIS_PASSWORD":             r.redis.Password,
+		"RTMANAGER_ALLOWED_IMAGE_REPOSITORIES": engineRepo,
+		"RTMANAGER_LOG_FORMAT":                 "json",
+		"RTMANAGER_LOG_LEVEL":                  "info",
+		"RTMANAGER_PROBE_INTERVAL":             "1s",
+		"RTMANAGER_PROBE_TIMEOUT":              "500ms",
+		"RTMANAGER_PROBE_FAILURE_THRESHOLD":    "2",
+		"RTMANAGER_INSPECT_INTERVAL":           "2s",
+		"RTMANAGER_RECONCILE_INTERVAL":         "5m",
+		"RTMANAGER_SHUTDOWN_TIMEOUT":           "10s",
+		"RTMANAGER_ENGINE_STOP_TIMEOUT":        "3s",
+		"RTMANAGER_PATCH_VERIFY_TIMEOUT":       "8s",
+		"RTMANAGER_REST_WAIT_TIMEOUT":          "20s",
+		"RTMANAGER_ENGINE_MEMORY_LIMIT":        "64m",
+		"RTMANAGER_ENGINE_CPUS":                "0.5",
+		// A lease left by a killed process blocks its games for one TTL: 3s keeps the suite
+		// within its time budget (production's 30s changes nothing else).
+		"RTMANAGER_GAME_LEASE_TTL": "3s",
+	}
+	r.watch = startWatcher(t, r.prefix)
+	r.results = newCollector(r.rdb)
+	r.results.start("0-0")
+	t.Cleanup(r.results.stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			r.dumpLogs(60)
+		}
+	})
+	return r
+}
+
+// game returns the test's game id with suffix.
+func (r *rig) game(suffix string) string { return r.prefix + "-" + suffix }
+
+func (r *rig) removeContainers(ctx context.Context) {
+	list, err := suite.docker.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("name", "galaxy-game-"+r.prefix))})
+	if err != nil {
+		r.t.Logf("listing containers to remove: %v", err)
+		return
+	}
+	for _, c := range list {
+		_ = suite.docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+	}
+}
+
+// ---- RTM processes ----
+
+// rtmProc is one running rtmanager binary.
+type rtmProc struct {
+	name    string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	code    int
+	logPath string
+	API     string // http://host:port of its internal listener
+}
+
+var listening = regexp.MustCompile(`"msg":"internal http listening".*?"addr":"([^"]+)"`)
+
+// backgroundWorkers is how many `worker started` lines a ready RTM has logged.
+const backgroundWorkers = 7
+
+// startRTM runs the binary with the rig's environment plus extra, and waits until it is ready:
+// its seven workers started (the boot pass is over) and /readyz answers 200.
+func (r *rig) startRTM(name string, extra map[string]string) *rtmProc {
+	r.t.Helper()
+	p := r.spawnRTM(name, extra)
+	if err := p.waitReady(60 * time.Second); err != nil {
+		r.t.Fatalf("%s: %v\n%s", name, err, tailFile(p.logPath, 30))
+	}
+	return p
+}
+
+func (r *rig) spawnRTM(name string, extra map[string]string) *rtmProc {
+	r.t.Helper()
+	env := os.Environ()
+	var clean []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "RTMANAGER_") {
+			clean = append(clean, kv)
+		}
+	}
+	for k, v := range r.env {
+		if _, over := extra[k]; !over {
+			clean = append(clean, k+"="+v)
+		}
+	}
+	for k, v := range extra {
+		clean = append(clean, k+"="+v)
+	}
+	r.mu.Lock()
+	n := len(r.procs)
+	r.mu.Unlock()
+	logPath := filepath.Join(r.t.TempDir(), fmt.Sprintf("%02d-%s.log", n, name))
+	logf, err := os.Create(logPath)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(suite.bin)
+	cmd.Env = clean
+	cmd.Stdout, cmd.Stderr = logf, logf // a file: go test waits for inherited pipes
+	if err := cmd.Start(); err != nil {
+		r.t.Fatalf("starting rtmanager: %v", err)
+	}
+	p := &rtmProc{name: name, cmd: cmd, done: make(chan struct{}), logPath: logPath}
+	go func() {
+		_ = cmd.Wait()
+		p.code = cmd.ProcessState.ExitCode()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			p.code = 128 + int(ws.Signal())
+		}
+		close(p.done)
+	}()
+	r.mu.Lock()
+	r.procs = append(r.procs, p)
+	r.mu.Unlock()
+	r.t.Cleanup(p.kill9)
+	return p
+}
+
+func (p *rtmProc) waitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if p.API == "" {
+			if m := listening.FindStringSubmatch(readFile(p.logPath)); m != nil {
+				p.API = "http://" + m[1]
+			}
+		}
+		if p.API != "" && strings.Count(readFile(p.logPath), `"msg":"worker started"`) >= backgroundWorkers {
+			if code, _ := p.readyz(); code == http.StatusOK {
+				return nil
+			}
+		}
+		if !p.alive() {
+			return fmt.Errorf("exited with %d during start-up", p.code)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready within %s", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *rtmProc) alive() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// kill9 kills the process with SIGKILL (nothing runs on the way out) and waits for it.
+func (p *rtmProc) kill9() {
+	if p.alive() {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	}
+	<-p.done
+}
+
+// term sends SIGTERM and waits up to 40s for the exit; it returns the exit code.
+func (p *rtmProc) term(t *testing.T) int {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(40 * time.Second):
+		p.kill9()
+		t.Errorf("%s did not exit within 40s of SIGTERM", p.name)
+	}
+	return p.code
+}
+
+var httpClient = &http.Client{Timeout: 60 * time.Second}
+
+// readyz returns /readyz's status and body (status 0 when the listener does not answer).
+func (p *rtmProc) readyz() (int, string) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(p.API + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// call sends a REST request to the process's /api/v1/internal<path> as caller admin; body "" sends
+// none. It returns the status (0 on a transport error), the body and the X-Request-Id.
+func (p *rtmProc) call(method, path, body string) (int, string, string) {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, p.API+"/api/v1/internal"+path, rd)
+	if err != nil {
+		return 0, err.Error(), ""
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("X-Galaxy-Caller", "admin")
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, err.Error(), ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header.Get("X-Request-Id")
+}
+
+// metric sums the samples of the process's /metrics whose line starts with prefix and contains
+// every label in labels (-1 when /metrics does not answer).
+func (p *rtmProc) metric(prefix string, labels ...string) float64 {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(p.API + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var sum float64
+next:
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				continue next
+			}
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+func (r *rig) dumpLogs(lines int) {
+	r.mu.Lock()
+	procs := append([]*rtmProc(nil), r.procs...)
+	r.mu.Unlock()
+	for _, p := range procs {
+		r.t.Logf("---- %s (%s) last %d lines ----\n%s", p.name, filepath.Base(p.logPath), lines, tailFile(p.logPath, lines))
+	}
+}
+
+// logLines returns the process's log lines whose msg is msg and whose game_id is gameID ("" for
+// any game).
+func (p *rtmProc) logLines(msg, gameID string) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(readFile(p.logPath), "\n") {
+		if !strings.Contains(line, `"msg":"`+msg+`"`) {
+			continue
+		}
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		if gameID != "" && m["game_id"] != gameID {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+func tailFile(path string, n int) string {
+	lines := strings.Split(strings.TrimRight(readFile(path), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ---- jobs ----
+
+// sendStart adds a start job for game and image with a fresh request id, which it returns.
+func (r *rig) sendStart(game, image string) string {
+	return r.send(startJobs, game, "image_ref", image)
+}
+
+// sendStop adds a stop job for game with a fresh request id, which it returns.
+func (r *rig) sendStop(game string) string {
+	return r.send(stopJobs, game, "reason", "chaos")
+}
+
+func (r *rig) send(stream, game string, kv ...any) string {
+	r.t.Helper()
+	r.mu.Lock()
+	r.seq++
+	id := fmt.Sprintf("%s-%s-%04d", r.prefix, strings.TrimPrefix(stream, "runtime:"), r.seq)
+	r.mu.Unlock()
+	fields := append([]any{"game_id", game, "request_id", id}, kv...)
+	r.xadd(stream, fields)
+	r.mu.Lock()
+	r.sent[id] = job{stream: stream, game: game, fields: fields}
+	r.order = append(r.order, id)
+	r.mu.Unlock()
+	return id
+}
+
+// redeliver adds the entry of an earlier job again (the same request id), as a producer that
+// retries would: it must get no second result.
+func (r *rig) redeliver(id string) {
+	r.t.Helper()
+	r.mu.Lock()
+	j, ok := r.sent[id]
+	r.mu.Unlock()
+	if !ok {
+		r.t.Fatalf("redelivering unknown job %s", id)
+	}
+	r.xadd(j.stream, j.fields)
+}
+
+func (r *rig) xadd(stream string, fields []any) {
+	r.t.Helper()
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		err = r.rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: fields}).Err()
+		cancel()
+		if err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r.t.Fatalf("XADD %s: %v", stream, err)
+}
+
+// ---- results ----
+
+// collector follows the results stream from a start id and keeps every entry it reads; after a
+// Redis restart the test stops it, drains it and starts it again from 0-0 on the new stream.
+type collector struct {
+	rdb *redis.Client
+
+	mu      sync.Mutex
+	entries []map[string]string
+	last    string
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+func newCollector(rdb *redis.Client) *collector { return &collector{rdb: rdb} }
+
+func (c *collector) start(from string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.mu.Lock()
+	c.last, c.cancel, c.done = from, cancel, make(chan struct{})
+	done := c.done
+	c.mu.Unlock()
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			if err := c.read(ctx, 500*time.Millisecond); err != nil && ctx.Err() == nil {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	}()
+}
+
+// read adds the entries after the last one seen; block 0 does not block.
+func (c *collector) read(ctx context.Context, block time.Duration) error {
+	c.mu.Lock()
+	last := c.last
+	c.mu.Unlock()
+	var msgs []redis.XMessage
+	if block > 0 {
+		res, err := c.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{jobResults, last}, Count: 1000, Block: block}).Result()
+		if err == redis.Nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		for _, s := range res {
+			msgs = append(msgs, s.Messages...)
+		}
+	} else {
+		res, err := c.rdb.XRange(ctx, jobResults, "("+last, "+").Result()
+		if err != nil {
+			return err
+		}
+		msgs = res
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range msgs {
+		f := map[string]string{}
+		for k, v := range m.Values {
+			if s, ok := v.(string); ok {
+				f[k] = s
+			}
+		}
+		c.entries = append(c.entries, f)
+		c.last = m.ID
+	}
+	return nil
+}
+
+func (c *collector) stop() {
+	c.mu.Lock()
+	cancel, done := c.cancel, c.done
+	c.cancel = nil
+	c.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// drain stops the collector and reads whatever is left after its last entry.
+func (c *collector) drain(t *testing.T) {
+	t.Helper()
+	c.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.read(ctx, 0); err != nil {
+		t.Fatalf("draining %s: %v", jobResults, err)
+	}
+}
+
+// byRequest groups the collected results by request id.
+func (c *collector) byRequest() map[string][]map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string][]map[string]string{}
+	for _, e := range c.entries {
+		out[e["request_id"]] = append(out[e["request_id"]], e)
+	}
+	return out
+}
+
+// counts is the fault report's arithmetic.
+type counts struct {
+	sent, answered, duplicated, lost int
+	missing                          []string // request ids with no result
+	problems                         []string // results that do not match their job
+}
+
+func (r *rig) counts() counts {
+	by := r.results.byRequest()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var c counts
+	c.sent = len(r.order)
+	for _, id := range r.order {
+		got := by[id]
+		j := r.sent[id]
+		switch {
+		case len(got) == 0:
+			c.lost++
+			c.missing = append(c.missing, id)
+			continue
+		case len(got) > 1:
+			c.duplicated += len(got) - 1
+		}
+		c.answered++
+		res := got[0]
+		wantJob := "start"
+		if j.stream == stopJobs {
+			wantJob = "stop"
+		}
+		if res["job"] != wantJob || res["game_id"] != j.game ||
+			(res["outcome"] != "succeeded" && res["outcome"] != "failed") || res["finished_at"] == "" {
+			c.problems = append(c.problems, fmt.Sprintf("%s: result %v for a %s of %s", id, res, wantJob, j.game))
+		}
+	}
+	for id, got := range by {
+		if _, ok := r.sent[id]; !ok {
+			c.duplicated += len(got)
+			c.problems = append(c.problems, fmt.Sprintf("result for a request id never sent: %q", id))
+		}
+	}
+	return c
+}
+
+// waitAnswered waits until every job sent has a result.
+func (r *rig) waitAnswered(timeout time.Duration) {
+	r.t.Helper()
+	eventually(r.t, timeout, "every job answered", func() (bool, string) {
+		c := r.counts()
+		if c.lost == 0 {
+			return true, ""
+		}
+		return false, fmt.Sprintf("%d of %d jobs without a result, e.g. %v; %s", c.lost, c.sent, head(c.missing, 5), r.pgSummary())
+	})
+}
+
+// pgSummary describes what PostgreSQL still holds undone, for failure messages.
+func (r *rig) pgSummary() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var pending, backlog int
+	err := r.pg.QueryRow(ctx, `SELECT (SELECT count(*) FROM requests WHERE answered_at IS NULL),
+		(SELECT count(*) FROM outbox WHERE published_at IS NULL)`).Scan(&pending, &backlog)
+	if err != nil {
+		return "postgres: " + err.Error()
+	}
+	return fmt.Sprintf("postgres: %d requests unanswered, %d outbox rows unpublished", pending, backlog)
+}
+
+// ---- convergence and the invariants ----
+
+type recordRow struct {
+	game, status, desired, desiredImage, currentImage, containerID string
+	gen, observed                                                  int64
+}
+
+func (r *rig) records(ctx context.Context) (map[string]recordRow, error) {
+	rows, err := r.pg.Query(ctx, `SELECT game_id, status, desired_state, desired_image_ref, current_image_ref,
+		current_container_id, generation, observed_generation FROM runtime_records WHERE game_id LIKE $1 || '%'`, r.prefix)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]recordRow{}
+	for rows.Next() {
+		var x recordRow
+		if err := rows.Scan(&x.game, &x.status, &x.desired, &x.desiredImage, &x.currentImage, &x.containerID, &x.gen, &x.observed); err != nil {
+			return nil, err
+		}
+		out[x.game] = x
+	}
+	return out, rows.Err()
+}
+
+type seenContainer struct {
+	id, state, image string
+	running          bool
+}
+
+// containers lists the containers of the rig's games by game id (all of them, in any state).
+func (r *rig) containers(ctx context.Context) (map[string][]seenContainer, error) {
+	list, err := suite.docker.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", "com.galaxy.owner=rtmanager"), filters.Arg("name", "galaxy-game-"+r.prefix))})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]seenContainer{}
+	for _, c := range list {
+		g := c.Labels["com.galaxy.game_id"]
+		out[g] = append(out[g], seenContainer{id: c.ID, state: c.State, image: c.Labels["com.galaxy.image_ref"],
+			running: c.State == "running" || c.State == "paused" || c.State == "restarting"})
+	}
+	return out, nil
+}
+
+// mismatches compares every record of the rig's games with Docker and reports what differs, and
+// whether RTM still has work pending (unanswered requests, unpublished outbox rows, unsettled
+// or transitional records).
+func (r *rig) mismatches() []string {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var out []string
+	var pending, backlog int
+	if err := r.pg.QueryRow(ctx, `SELECT (SELECT count(*) FROM requests WHERE answered_at IS NULL),
+		(SELECT count(*) FROM outbox WHERE published_at IS NULL)`).Scan(&pending, &backlog); err != nil {
+		return []string{"postgres: " + err.Error()}
+	}
+	if pending > 0 {
+		out = append(out, fmt.Sprintf("%d requests unanswered", pending))
+	}
+	if backlog > 0 {
+		out = append(out, fmt.Sprintf("%d outbox rows unpublished", backlog))
+	}
+	recs, err := r.records(ctx)
+	if err != nil {
+		return append(out, "postgres: "+err.Error())
+	}
+	cs, err := r.containers(ctx)
+	if err != nil {
+		return append(out, "docker: "+err.Error())
+	}
+	for g, list := range cs {
+		if len(list) > 1 {
+			out = append(out, fmt.Sprintf("%s: %d containers", g, len(list)))
+		}
+		if _, ok := recs[g]; !ok {
+			out = append(out, fmt.Sprintf("%s: container %.12s (%s) without a record", g, list[0].id, list[0].state))
+		}
+	}
+	for g, rec := range recs {
+		var c *seenContainer
+		if list := cs[g]; len(list) > 0 {
+			c = &list[0]
+		}
+		if rec.observed < rec.gen {
+			out = append(out, fmt.Sprintf("%s: unsettled (generation %d, observed %d)", g, rec.gen, rec.observed))
+			continue
+		}
+		switch rec.status {
+		case "running":
+			if c == nil || !c.running || c.id != rec.containerID || c.image != rec.currentImage {
+				out = append(out, fmt.Sprintf("%s: record running %.12s %s, docker %s", g, rec.containerID, rec.currentImage, describe(c)))
+			}
+			if rec.desired != "running" {
+				out = append(out, fmt.Sprintf("%s: running but desired %s", g, rec.desired))
+			}
+		case "stopped", "exited":
+			if c == nil || c.running || c.id != rec.containerID {
+				out = append(out, fmt.Sprintf("%s: record %s %.12s, docker %s", g, rec.status, rec.containerID, describe(c)))
+			}
+			if rec.desired != "stopped" {
+				out = append(out, fmt.Sprintf("%s: %s but desired %s", g, rec.status, rec.desired))
+			}
+		case "removed", "failed":
+			if c != nil {
+				out = append(out, fmt.Sprintf("%s: record %s, docker %s", g, rec.status, describe(c)))
+			}
+		default:
+			out = append(out, fmt.Sprintf("%s: status %s", g, rec.status))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func describe(c *seenContainer) string {
+	if c == nil {
+		return "no container"
+	}
+	return fmt.Sprintf("%.12s %s %s", c.id, c.state, c.image)
+}
+
+// waitConverged waits until RTM has nothing pending and every record equals what Docker shows.
+func (r *rig) waitConverged(timeout time.Duration) {
+	r.t.Helper()
+	eventually(r.t, timeout, "records converged with docker", func() (bool, string) {
+		m := r.mismatches()
+		return len(m) == 0, strings.Join(head(m, 12), "; ")
+	})
+}
+
+// logOperations logs the game's operation_log, oldest first.
+func (r *rig) logOperations(game string) {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rows, err := r.pg.Query(ctx, `SELECT op_kind, op_source, outcome, error_code, request_id, new_image_ref,
+		left(container_id, 12), finished_at FROM operation_log WHERE game_id = $1 ORDER BY id`, game)
+	if err != nil {
+		r.t.Logf("operation_log of %s: %v", game, err)
+		return
+	}
+	defer rows.Close()
+	var lines []string
+	for rows.Next() {
+		var kind, source, outcome, code, req, image, cid string
+		var at time.Time
+		if err := rows.Scan(&kind, &source, &outcome, &code, &req, &image, &cid, &at); err != nil {
+			r.t.Logf("operation_log of %s: %v", game, err)
+			return
+		}
+		lines = append(lines, fmt.Sprintf("%s %s %s/%s %s %s %s %s", at.Format("15:04:05.000"), kind, source, outcome, code, req, image, cid))
+	}
+	r.t.Logf("operation_log of %s:\n  %s", game, strings.Join(lines, "\n  "))
+}
+
+// checkExactlyOnce checks the exactly-once properties PostgreSQL can show: one job result row
+// in the outbox per job, at most one operation_log row per request id, every request answered.
+func (r *rig) checkExactlyOnce() {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	rows, err := r.pg.Query(ctx, `SELECT fields[array_position(fields, 'request_id') + 1], count(*) FROM outbox
+		WHERE stream = 'job_results' GROUP BY 1 HAVING count(*) > 1`)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		var n int
+		_ = rows.Scan(&id, &n)
+		r.t.Errorf("request %s has %d job results in the outbox", id, n)
+	}
+	rows.Close()
+	rows, err = r.pg.Query(ctx, `SELECT request_id, count(*) FROM operation_log WHERE request_id <> ''
+		GROUP BY 1 HAVING count(*) > 1`)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		var n int
+		_ = rows.Scan(&id, &n)
+		r.t.Errorf("request %s has %d operation_log rows (a double operation)", id, n)
+	}
+	rows.Close()
+	var outboxResults int
+	if err := r.pg.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE stream = 'job_results'`).Scan(&outboxResults); err != nil {
+		r.t.Fatal(err)
+	}
+	if c := r.counts(); outboxResults != c.sent {
+		r.t.Errorf("%d job results in the outbox for %d jobs sent", outboxResults, c.sent)
+	}
+}
+
+// settle waits for every job sent so far to be answered and for convergence, then fails the
+// test on a duplicated result or a broken Docker invariant so far. It returns the counts.
+func (r *rig) settle(timeout time.Duration) counts {
+	r.t.Helper()
+	r.waitAnswered(timeout)
+	r.waitConverged(timeout)
+	c := r.counts()
+	if c.duplicated != 0 {
+		r.t.Errorf("%d duplicated results so far: %v", c.duplicated, head(c.problems, 5))
+	}
+	for _, v := range r.watch.violations() {
+		r.t.Errorf("docker: %s", v)
+	}
+	return c
+}
+
+// finish ends a fault test: it waits for every job to be answered and for convergence, checks
+// every invariant, and prints the fault's report line.
+func (r *rig) finish(fault string, timeout time.Duration) {
+	r.t.Helper()
+	r.waitAnswered(timeout)
+	r.waitConverged(timeout)
+	// Nothing is left to publish: whatever reached the stream is all there will be.
+	r.results.drain(r.t)
+	c := r.counts()
+	r.checkExactlyOnce()
+	for _, p := range head(c.problems, 10) {
+		r.t.Errorf("result problem: %s", p)
+	}
+	for _, v := range r.watch.violations() {
+		r.t.Errorf("docker: %s", v)
+	}
+	report(r.t, fmt.Sprintf("fault %s: jobs sent %d / answered %d / duplicated %d / lost %d", fault, c.sent, c.answered, c.duplicated, c.lost))
+	r.t.Logf("fault %s took %s; docker saw %s", fault, time.Since(r.begin).Round(100*time.Millisecond), r.watch.summary())
+	if c.duplicated != 0 || c.lost != 0 {
+		r.t.Errorf("fault %s: %d duplicated, %d lost (missing %v)", fault, c.duplicated, c.lost, head(c.missing, 10))
+	}
+}
+
+// eventually polls cond every 200ms until it holds or timeout passes, then fails the test.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %s", what, timeout, msg)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func head(s []string, n int) []string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
