@@ -11,7 +11,9 @@ GOBIN_DIR   := $(or $(shell $(GO) env GOBIN),$(shell $(GO) env GOPATH)/bin)
 STATICCHECK := $(or $(shell command -v staticcheck 2>/dev/null),$(GOBIN_DIR)/staticcheck)
 
 # Fuzz targets as package:FuzzName, e.g. FUZZ_TARGETS="./sources:FuzzParseStartJob".
-FUZZ_TARGETS ?=
+FUZZ_TARGETS ?= .:FuzzValidateGameID .:FuzzParseImageRef .:FuzzValidateStartImage .:FuzzCheckPatch \
+	./sources:FuzzJobConsumer_handle ./sources:FuzzInvalidJob \
+	./httpapi:FuzzAPI_mutation ./httpapi:FuzzAPI_gameIDPath
 FUZZTIME     ?= 60s
 
 .DEFAULT_GOAL := build
@@ -41,6 +43,9 @@ integration: e2e ## alias of e2e (the runbook's name)
 bench: ## start-path benchmark, prints ratios to Docker's own cost
 	$(GO) run ./test/bench
 
+soak: ## 200 engines probed every second for 10 minutes under traffic; writes docs/soak.md
+	$(GO) run ./test/soak
+
 lint: ## gofmt, go vet, staticcheck (also over the integration/chaos-tagged suites)
 	@unformatted=$$(gofmt -l .); if [[ -n $$unformatted ]]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
@@ -49,8 +54,8 @@ lint: ## gofmt, go vet, staticcheck (also over the integration/chaos-tagged suit
 	$(STATICCHECK) ./...
 	$(STATICCHECK) -tags integration,chaos ./test/...
 
-chaos: ## fault-injection suite (Docker/PostgreSQL/Redis outages)
-	$(GO) test -count=1 -tags chaos -timeout 20m ./test/chaos/...
+chaos: ## fault-injection suite (Docker/PostgreSQL/Redis outages); -v shows each fault's report line
+	$(GO) test -count=1 -tags chaos -timeout 20m -v ./test/chaos/...
 
 fuzz: ## run each FUZZ_TARGETS entry (package:FuzzName) for FUZZTIME
 	@set -e; for t in $(FUZZ_TARGETS); do \
