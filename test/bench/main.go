@@ -1,0 +1,365 @@
+// Command bench is Runtime Manager's benchmark (`make bench`): it runs the real rtmanager binary
+// against a throwaway PostgreSQL and Redis (test/testenv) and the real Docker daemon, measures
+// RTM against Docker's own cost of the same work, prints one table with each target's pass or
+// miss, and writes docs/benchmarks.md.
+//
+// Every comparison is measured in one run, alternating RTM and the raw baseline, so that the
+// machine's noise falls on both. What is measured and how is described in docs/benchmarks.md.
+//
+// Flags: -quick runs small sizes for development (and writes no document unless -out is given);
+// -scale (or BENCH_SCALE) lists the numbers of real engines; -only runs some phases.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"maps"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// params are the sizes of one run.
+type params struct {
+	quick        bool
+	rounds       int
+	burstN       int
+	burstRounds  int
+	calibN       int
+	calibLevels  []int
+	restRate     int
+	restWarm     time.Duration
+	restDur      time.Duration
+	standin      []int
+	standinPass  int
+	scale        []int
+	restarts     int
+	settle       time.Duration
+	window       time.Duration
+	startBatch   int
+	only         map[string]bool
+	keep         bool
+	logLevel     string
+	rtmEnv       map[string]string
+	out          string
+	writeDocFile bool
+}
+
+func (p params) runs(phase string) bool { return len(p.only) == 0 || p.only[phase] }
+
+func main() {
+	quick := flag.Bool("quick", false, "small sizes, for development")
+	scale := flag.String("scale", "", "numbers of real running engines, comma-separated (default 10,100,1000; env BENCH_SCALE)")
+	only := flag.String("only", "", "run only these phases: latency,burst,rest,standin,scale")
+	out := flag.String("out", "", "where to write the report (default docs/benchmarks.md; none with -quick)")
+	keep := flag.Bool("keep", false, "keep the work dir (RTM's logs) for inspection")
+	logLevel := flag.String("rtm-log-level", "info", "RTMANAGER_LOG_LEVEL of the RTM processes")
+	rtmEnv := flag.String("rtm-env", "", "extra RTM environment, K=V,K=V (for profiling runs)")
+	rounds := flag.Int("rounds", 0, "rounds of single start/stop/exit (default 15, 5 with -quick)")
+	burstN := flag.Int("burst", 0, "jobs per burst (default 50, 10 with -quick)")
+	burstRounds := flag.Int("burst-rounds", 0, "burst rounds (default 3, 1 with -quick)")
+	cpuProfile := flag.String("cpuprofile", "", "write the benchmark process's CPU profile here (the stand-in passes run in it)")
+	flag.Parse()
+
+	p := params{rounds: 15, burstN: 50, burstRounds: 3, calibN: 16, calibLevels: []int{4, 8, 16},
+		restRate: 1000, restWarm: 2 * time.Second, restDur: 10 * time.Second,
+		standin: []int{1000, 10000}, standinPass: 5, scale: []int{10, 100, 1000}, restarts: 3,
+		settle: 8 * time.Second, startBatch: 250, out: "docs/benchmarks.md", writeDocFile: true,
+		// 30 s holds exactly one inspector sweep (RTMANAGER_INSPECT_INTERVAL) and six probe
+		// rounds, wherever it starts.
+		window: 30 * time.Second}
+	if *quick {
+		p.quick = true
+		p.rounds, p.burstN, p.burstRounds, p.calibN, p.calibLevels = 5, 10, 1, 10, []int{4, 16}
+		p.restWarm, p.restDur = time.Second, 3*time.Second
+		p.standin, p.standinPass = []int{1000, 2000}, 3
+		p.scale, p.restarts, p.settle = []int{10, 50}, 2, 8*time.Second
+		p.window = 20 * time.Second
+		p.writeDocFile = false
+	}
+	if s := os.Getenv("BENCH_SCALE"); s != "" && *scale == "" {
+		*scale = s
+	}
+	if *scale != "" {
+		p.scale = nil
+		for _, f := range strings.Split(*scale, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n <= 0 {
+				fmt.Fprintf(os.Stderr, "bench: bad scale %q\n", f)
+				os.Exit(2)
+			}
+			p.scale = append(p.scale, n)
+		}
+	}
+	if *only != "" {
+		p.writeDocFile = false // a partial run does not replace the document
+		p.only = map[string]bool{}
+		for _, f := range strings.Split(*only, ",") {
+			p.only[strings.TrimSpace(f)] = true
+		}
+	}
+	p.keep, p.logLevel = *keep, *logLevel
+	if *rounds > 0 {
+		p.rounds = *rounds
+	}
+	if *burstN > 0 {
+		p.burstN, p.calibN = *burstN, *burstN/2
+	}
+	if *burstRounds > 0 {
+		p.burstRounds = *burstRounds
+	}
+	if *rtmEnv != "" {
+		p.rtmEnv = map[string]string{}
+		for _, kv := range strings.Split(*rtmEnv, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			p.rtmEnv[k] = v
+		}
+	}
+	if len(p.rtmEnv) > 0 || p.logLevel != "info" {
+		p.writeDocFile = false // a profiling run is not the product's figures
+	}
+	if *out != "" {
+		p.out, p.writeDocFile = *out, true
+	}
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: cpu profile: %v\n", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // a second Ctrl-C kills at once
+	}()
+	code := run(ctx, p)
+	pprof.StopCPUProfile()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, p params) int {
+	began := time.Now()
+	w := &world{keep: p.keep, logLevel: p.logLevel, extraEnv: p.rtmEnv}
+	defer w.close()
+	logf("setting up: PostgreSQL, Redis, engine image %s, rtmanager binary, network", engineImage)
+	if err := setUp(ctx, w); err != nil {
+		logf("set-up failed: %v", err)
+		return 1
+	}
+	r := &report{params: p, began: began, dockerVer: w.dockerVer}
+	if err := measure(ctx, w, p, r); err != nil {
+		if errors.Is(err, context.Canceled) {
+			logf("interrupted")
+		} else {
+			logf("benchmark failed: %v", err)
+		}
+		return 1
+	}
+	cleanStart := time.Now()
+	w.close()
+	r.cleanup = time.Since(cleanStart)
+	r.elapsed = time.Since(began)
+	r.machine, r.commit, r.goVer = machine(), commit(w.root), goVersion()
+	table := r.table()
+	fmt.Println(table)
+	fmt.Printf("run time %s (clean-up %s)\n", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
+	if p.writeDocFile {
+		path := p.out
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(w.root, path)
+		}
+		if err := os.WriteFile(path, []byte(r.markdown()), 0o644); err != nil {
+			logf("writing %s: %v", path, err)
+			return 1
+		}
+		logf("wrote %s", path)
+	}
+	if r.missed() > 0 {
+		logf("%d target(s) missed", r.missed())
+	}
+	return 0
+}
+
+// measure runs the phases in order and fills r.
+func measure(ctx context.Context, w *world, p params, r *report) error {
+	dsn, err := w.newDatabase("bench_rtm")
+	if err != nil {
+		return err
+	}
+	env := w.rtmEnv(dsn)
+	cfg, err := rtmConfig(env)
+	if err != nil {
+		return err
+	}
+	watch := newWatcher(w.rdb)
+	wctx, cancelWatch := context.WithCancel(ctx)
+	defer cancelWatch()
+	go watch.run(wctx)
+
+	d := &driver{w: w, watch: watch, raw: newRawStarter(w.docker, cfg)}
+	if p.runs("latency") || p.runs("burst") || p.runs("rest") {
+		logf("starting rtmanager")
+		if d.rtm, err = w.startRTM(ctx, env, "rtmanager-1.log"); err != nil {
+			return err
+		}
+	}
+	if p.runs("latency") {
+		logf("single start, stop and exit detection: %d rounds, RTM and raw alternating", p.rounds)
+		if err := r.phase("single start, stop, exit", func() (err error) {
+			r.lat, err = d.measureLatency(ctx, p.rounds)
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	if p.runs("burst") {
+		logf("burst: %d start jobs at once versus %d raw create+starts", p.burstN, p.burstN)
+		if err := r.phase("burst", func() (err error) {
+			r.burst, err = d.measureBurst(ctx, p.burstN, p.burstRounds, p.calibN, p.calibLevels)
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	if p.runs("rest") {
+		games := []string{}
+		if r.lat != nil {
+			games = r.lat.rtmGames
+		} else {
+			for i := 0; i < 5; i++ {
+				g := fmt.Sprintf("%s-t%02d", w.run, i)
+				if _, _, err := d.rtmStart(ctx, g); err != nil {
+					return err
+				}
+				games = append(games, g)
+			}
+		}
+		d.quiesce(ctx)
+		logf("REST: GET /api/v1/internal/runtimes/{id} at %d requests/s for %s", p.restRate, p.restDur)
+		if err := r.phase("REST", func() (err error) {
+			r.rest, err = measureREST(ctx, d.rtm.api, games, p.restRate, p.restWarm, p.restDur)
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	if d.rtm != nil {
+		d.rtm.stop(30 * time.Second)
+	}
+
+	if p.runs("standin") {
+		sdsn, err := w.newDatabase("bench_standin")
+		if err != nil {
+			return err
+		}
+		if err := r.phase("stand-in passes", func() error {
+			for _, n := range p.standin {
+				logf("stand-in runtime: full pass over %d games (%d passes)", n, p.standinPass)
+				pt, err := measureStandin(ctx, sdsn, w.run, n, p.standinPass)
+				if err != nil {
+					return fmt.Errorf("stand-in pass over %d games: %w", n, err)
+				}
+				r.standin = append(r.standin, pt)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+
+	if p.runs("scale") {
+		if err := measureScale(ctx, w, d, p, r); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// measureScale brings up each number of real engines through RTM, measures its boot pass over
+// them and its cost at rest.
+func measureScale(ctx context.Context, w *world, d *driver, p params, r *report) error {
+	// A clean slate: no containers, empty Redis, a fresh database, RTM behind the counting proxy.
+	if _, err := w.removeContainers(ctx); err != nil {
+		return err
+	}
+	if err := w.rdb.FlushAll(ctx).Err(); err != nil {
+		return err
+	}
+	d.watch.reset()
+	dsn, err := w.newDatabase("bench_scale")
+	if err != nil {
+		return err
+	}
+	proxy, err := startDockerProxy(filepath.Join(w.work, "docker.sock"), w.run)
+	if err != nil {
+		return err
+	}
+	defer proxy.close()
+	env := w.rtmEnv(dsn)
+	env["RTMANAGER_DOCKER_HOST"] = "unix://" + proxy.path
+	// While engines are brought up (not measured), RTM sweeps and probes rarely, so that the
+	// daemon spends itself on creating them; every measurement below runs on the defaults.
+	bringUp := maps.Clone(env)
+	bringUp["RTMANAGER_INSPECT_INTERVAL"] = "1h"
+	bringUp["RTMANAGER_PROBE_INTERVAL"] = "1m"
+	have := 0
+	for _, n := range p.scale {
+		if n > have {
+			logf("scale %d: starting %d engines through RTM", n, n-have)
+			if d.rtm != nil {
+				d.rtm.stop(30 * time.Second)
+			}
+			if d.rtm, err = w.startRTM(ctx, bringUp, fmt.Sprintf("rtmanager-scale-%d-up.log", n)); err != nil {
+				return err
+			}
+			t0 := time.Now()
+			if err := r.phase(fmt.Sprintf("scale %d: start %d engines (not measured)", n, n-have), func() error {
+				_, err := d.startGames(ctx, have, n-have, p.startBatch)
+				return err
+			}); err != nil {
+				return err
+			}
+			logf("  %d engines up in %s", n-have, time.Since(t0).Round(100*time.Millisecond))
+			have = n
+		}
+		d.rtm.waitIdle(ctx, time.Minute)
+		pt := &scalePoint{n: n}
+		for i := 0; i < p.restarts; i++ {
+			sleepCtx(ctx, time.Second)
+			dur, games, calls, err := d.bootPass(ctx, env, proxy, fmt.Sprintf("rtmanager-scale-%d-%d.log", n, i))
+			if err != nil {
+				return err
+			}
+			pt.pass = append(pt.pass, ms(dur))
+			pt.passGames = append(pt.passGames, games)
+			pt.passCalls = append(pt.passCalls, calls)
+			logf("  boot pass over %d games: %.1f ms, docker calls: %s", games, ms(dur), formatCalls(calls))
+		}
+		d.settle(ctx, proxy, p.settle)
+		win := p.window
+		logf("  at rest for %s", win)
+		if err := r.phase(fmt.Sprintf("scale %d: at rest", n), func() error {
+			return d.atRest(ctx, pt, proxy, win, 10*time.Second)
+		}); err != nil {
+			return err
+		}
+		logf("  RSS %.1f MB, CPU %.2f s/min, goroutines %.0f", pt.rss.median(), pt.cpuPerMin, pt.goroutines.median())
+		r.scale = append(r.scale, pt)
+	}
+	d.rtm.stop(30 * time.Second)
+	return nil
+}

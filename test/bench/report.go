@@ -1,0 +1,429 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// report collects a run's results and renders them.
+type report struct {
+	params    params
+	began     time.Time
+	elapsed   time.Duration
+	cleanup   time.Duration
+	machine   string
+	commit    string
+	goVer     string
+	dockerVer string
+
+	lat     *latencyResult
+	burst   *burstResult
+	rest    *restResult
+	standin []*standinPoint
+	scale   []*scalePoint
+	phases  []phaseLoad
+}
+
+// Targets of issue 9.
+const (
+	targetStartRatio = 1.10
+	targetBurstRatio = 1.15
+	targetStopRatio  = 1.10
+	targetExitMedian = 50.0  // ms
+	targetExitP95    = 100.0 // ms
+	targetPass       = 1000.0
+	targetRSS        = 150.0 // MB
+	targetCPU        = 5.0   // % of one core
+	targetRESTP99    = 5.0   // ms
+	targetScaleN     = 1000
+	targetStandinN   = 10000
+)
+
+// rows builds the table.
+func (r *report) rows() []row {
+	var rows []row
+	add := func(x row) { rows = append(rows, x) }
+	if l := r.lat; l != nil {
+		ratio := ratios(l.startRTM, l.startRaw)
+		over := diffs(l.startRTM, l.startRaw)
+		add(row{Figure: "single start, RTM: XADD → succeeded result", Median: f0(l.startRTM.median()) + " ms", Spread: spread(l.startRTM, "%.0f")})
+		add(row{Figure: "single start, raw: state dir + create + start", Median: f0(l.startRaw.median()) + " ms", Spread: spread(l.startRaw, "%.0f")})
+		add(row{Figure: "single start ratio RTM/raw", Median: f2(ratio.median()), Spread: spread(ratio, "%.2f"),
+			Target: fmt.Sprintf("≤ %.2f", targetStartRatio), Verdict: check(ratio.median() <= targetStartRatio)})
+		add(row{Figure: "single start overhead RTM−raw, p95", Median: f1(over.quantile(0.95)) + " ms",
+			Spread: fmt.Sprintf("median %.1f ms", over.median())})
+		sratio := ratios(l.stopRTM, l.stopRaw)
+		add(row{Figure: "stop, RTM: XADD → succeeded result", Median: f0(l.stopRTM.median()) + " ms", Spread: spread(l.stopRTM, "%.0f")})
+		add(row{Figure: "stop, raw: docker stop", Median: f0(l.stopRaw.median()) + " ms", Spread: spread(l.stopRaw, "%.0f")})
+		add(row{Figure: "stop ratio RTM/raw", Median: f2(sratio.median()), Spread: spread(sratio, "%.2f"),
+			Target: fmt.Sprintf("≤ %.2f", targetStopRatio), Verdict: check(sratio.median() <= targetStopRatio)})
+		add(row{Figure: "exit detection: API kill → container_exited readable", Median: f1(l.exit.median()) + " ms",
+			Spread: spread(l.exit, "%.1f"), Target: fmt.Sprintf("median ≤ %.0f ms", targetExitMedian), Verdict: check(l.exit.median() <= targetExitMedian)})
+		add(row{Figure: "exit detection p95", Median: f1(l.exit.quantile(0.95)) + " ms", Spread: "",
+			Target: fmt.Sprintf("≤ %.0f ms", targetExitP95), Verdict: check(l.exit.quantile(0.95) <= targetExitP95)})
+		add(row{Figure: "  (Docker's die event after the kill)", Median: f1(l.die.median()) + " ms", Spread: spread(l.die, "%.1f")})
+	}
+	if b := r.burst; b != nil {
+		ratio := ratios(b.rtm, b.raw)
+		add(row{Figure: fmt.Sprintf("burst, RTM: %d start jobs → all results", b.n), Median: f0(b.rtm.median()) + " ms", Spread: spread(b.rtm, "%.0f")})
+		add(row{Figure: fmt.Sprintf("burst, raw: %d create+starts at concurrency %d", b.n, b.concurrency), Median: f0(b.raw.median()) + " ms", Spread: spread(b.raw, "%.0f")})
+		add(row{Figure: "burst ratio RTM/raw", Median: f2(ratio.median()), Spread: spread(ratio, "%.2f"),
+			Target: fmt.Sprintf("≤ %.2f", targetBurstRatio), Verdict: check(ratio.median() <= targetBurstRatio)})
+	}
+	for _, pt := range r.scale {
+		target := pt.n == targetScaleN
+		tgt := func(s string) string {
+			if target {
+				return s
+			}
+			return ""
+		}
+		verdict := func(ok bool) string {
+			if target {
+				return check(ok)
+			}
+			return ""
+		}
+		calls := pt.passCalls[len(pt.passCalls)-1]
+		perGame := sumCalls(calls) - calls["list"]
+		maxList := 0
+		for _, c := range pt.passCalls {
+			maxList = max(maxList, c["list"])
+			perGame = max(perGame, sumCalls(c)-c["list"])
+		}
+		add(row{Figure: fmt.Sprintf("%d engines: full reconcile pass (boot pass)", pt.n), Median: f1(pt.pass.median()) + " ms",
+			Spread: spread(pt.pass, "%.1f"), Target: tgt(fmt.Sprintf("≤ %.0f ms", targetPass)), Verdict: verdict(pt.pass.median() <= targetPass)})
+		add(row{Figure: fmt.Sprintf("%d engines: Docker API calls per pass", pt.n), Median: formatCalls(calls),
+			Spread: fmt.Sprintf("list ≤ %d, other calls ≤ %d (n=%d)", maxList, perGame, len(pt.passCalls)),
+			Target: tgt("O(1): list ≤ 1, none per game"), Verdict: verdict(maxList <= 1 && perGame == 0)})
+		add(row{Figure: fmt.Sprintf("%d engines: RSS at rest", pt.n), Median: f1(pt.rss.median()) + " MB", Spread: spread(pt.rss, "%.1f"),
+			Target: tgt(fmt.Sprintf("≤ %.0f MB", targetRSS)), Verdict: verdict(pt.rss.max() <= targetRSS)})
+		pct := pt.cpuPerMin / 60 * 100
+		add(row{Figure: fmt.Sprintf("%d engines: CPU at rest (%s window)", pt.n, pt.window.Round(time.Second)),
+			Median: fmt.Sprintf("%.2f s/min = %.2f%% of a core", pt.cpuPerMin, pct),
+			Spread: "10-s slices " + spread(pt.cpuSlices, "%.2f") + " s/min",
+			Target: tgt(fmt.Sprintf("≤ %.0f%% of a core", targetCPU)), Verdict: verdict(pct <= targetCPU)})
+		add(row{Figure: fmt.Sprintf("%d engines: goroutines at rest", pt.n), Median: f0(pt.goroutines.median()), Spread: spread(pt.goroutines, "%.0f")})
+		add(row{Figure: fmt.Sprintf("%d engines: Docker API calls at rest", pt.n),
+			Median: fmt.Sprintf("%.0f/min", float64(sumOwn(pt.restCalls))/pt.window.Minutes()),
+			Spread: fmt.Sprintf("in the %s window: %s", pt.window.Round(time.Second), formatCalls(pt.restCalls))})
+	}
+	for _, s := range r.standin {
+		target := s.n == targetStandinN
+		perGame := sample{}
+		for _, v := range s.pass {
+			perGame = append(perGame, v*1000/float64(s.n))
+		}
+		row1 := row{Figure: fmt.Sprintf("stand-in runtime, %d games: full pass", s.n), Median: f1(s.pass.median()) + " ms", Spread: spread(s.pass, "%.1f")}
+		if target {
+			row1.Target, row1.Verdict = fmt.Sprintf("≤ %.0f ms", targetPass), check(s.pass.median() <= targetPass)
+		}
+		add(row1)
+		add(row{Figure: fmt.Sprintf("stand-in runtime, %d games: per game", s.n),
+			Median: fmt.Sprintf("%.1f µs, %.0f allocs, %.1f KB", perGame.median(), s.allocs.median()/float64(s.n), s.bytes.median()/float64(s.n)/1024),
+			Spread: spread(perGame, "%.1f") + " µs",
+			Target: "flat; no Docker call, no lease", Verdict: check(s.dockerCalls == 0 && s.leases == 0 && s.lists == int64(len(s.pass)))})
+	}
+	if x := r.rest; x != nil {
+		add(row{Figure: fmt.Sprintf("REST GET runtime at %d req/s: p50", x.rate), Median: f2(x.lat.median()) + " ms",
+			Spread: "1-s windows " + spread(x.p50s, "%.2f")})
+		add(row{Figure: fmt.Sprintf("REST GET runtime at %d req/s: p99", x.rate), Median: f2(x.lat.quantile(0.99)) + " ms",
+			Spread: "1-s windows " + spread(x.p99s, "%.2f"), Target: fmt.Sprintf("≤ %.0f ms", targetRESTP99),
+			Verdict: check(x.lat.quantile(0.99) <= targetRESTP99 && x.errors == 0)})
+		add(row{Figure: "  (achieved rate, errors, generator lag p99)", Median: fmt.Sprintf("%.0f req/s", x.achieved),
+			Spread: fmt.Sprintf("%d errors, lag p99 %.2f ms (n=%d)", x.errors, x.lag.quantile(0.99), len(x.lat))})
+	}
+	return rows
+}
+
+func (r *report) missed() int {
+	n := 0
+	for _, x := range r.rows() {
+		if x.Verdict == "MISS" {
+			n++
+		}
+	}
+	return n
+}
+
+func f0(v float64) string { return fmt.Sprintf("%.0f", v) }
+func f1(v float64) string { return fmt.Sprintf("%.1f", v) }
+func f2(v float64) string { return fmt.Sprintf("%.2f", v) }
+
+// table renders the rows as aligned text.
+func (r *report) table() string {
+	rows := append([]row{{Figure: "figure", Median: "median", Spread: "spread (min – max)", Target: "target", Verdict: "result"}}, r.rows()...)
+	width := [5]int{}
+	cells := func(x row) [5]string { return [5]string{x.Figure, x.Median, x.Spread, x.Target, x.Verdict} }
+	for _, x := range rows {
+		for i, c := range cells(x) {
+			width[i] = max(width[i], len([]rune(c)))
+		}
+	}
+	var b strings.Builder
+	for k, x := range rows {
+		for i, c := range cells(x) {
+			b.WriteString(c)
+			if i < 4 {
+				b.WriteString(strings.Repeat(" ", width[i]-len([]rune(c))+2))
+			}
+		}
+		b.WriteString("\n")
+		if k == 0 {
+			total := 0
+			for _, w := range width {
+				total += w + 2
+			}
+			b.WriteString(strings.Repeat("-", total) + "\n")
+		}
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+// markdown renders the report document.
+func (r *report) markdown() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	p("# Benchmarks")
+	p("")
+	p("Written by `make bench` (`go run ./test/bench`); do not edit by hand. Every figure below is from")
+	p("the one run described here; rerun `make bench` to refresh it.")
+	p("")
+	p("| | |")
+	p("|---|---|")
+	p("| machine | %s |", r.machine)
+	p("| date | %s |", r.began.UTC().Format("2006-01-02 15:04 MST"))
+	p("| commit | %s |", r.commit)
+	p("| Docker | %s |", r.dockerVer)
+	p("| Go | %s |", r.goVer)
+	p("| run time | %s (of which clean-up %s) |", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
+	p("| targets missed | %d |", r.missed())
+	p("")
+	p("The host is shared: how busy it was (all processes) while each phase ran.")
+	p("")
+	p("| phase | took | host |")
+	p("|---|---|---|")
+	for _, ph := range r.phases {
+		p("| %s | %s | %s |", ph.phase, ph.took.Round(time.Second), ph.load)
+	}
+	p("")
+	p("## Results")
+	p("")
+	p("Median and spread of each figure; the spread is min – max over the samples (n) unless it says")
+	p("otherwise. Ratios are taken per round (RTM and raw measured back to back) and then summarised.")
+	p("")
+	p("| figure | median | spread | target | result |")
+	p("|---|---|---|---|---|")
+	for _, x := range r.rows() {
+		p("| %s | %s | %s | %s | %s |", strings.TrimSpace(x.Figure), x.Median, x.Spread, x.Target, x.Verdict)
+	}
+	p("")
+	r.details(&b)
+	p("## Method")
+	p("")
+	b.WriteString(method)
+	p("")
+	b.WriteString(findings)
+	p("")
+	b.WriteString(running)
+	return b.String()
+}
+
+// details adds the samples behind the table.
+func (r *report) details(b *strings.Builder) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format+"\n", args...) }
+	list := func(s sample, format string) string {
+		parts := make([]string, len(s))
+		for i, v := range s {
+			parts[i] = fmt.Sprintf(format, v)
+		}
+		return strings.Join(parts, " ")
+	}
+	p("## Samples")
+	p("")
+	if l := r.lat; l != nil {
+		p("- single start, ms (RTM / raw per round): %s / %s", list(l.startRTM, "%.0f"), list(l.startRaw, "%.0f"))
+		p("- stop, ms (RTM / raw per round): %s / %s", list(l.stopRTM, "%.0f"), list(l.stopRaw, "%.0f"))
+		p("- exit detection, ms: %s", list(l.exit, "%.1f"))
+		p("- Docker die event after the kill, ms: %s", list(l.die, "%.1f"))
+	}
+	if x := r.burst; x != nil {
+		var cal []string
+		for _, c := range r.params.calibLevels {
+			if v, ok := x.calib[c]; ok {
+				cal = append(cal, fmt.Sprintf("%d → %.0f ms", c, v))
+			}
+		}
+		p("- raw burst calibration (%d create+starts, concurrency → time): %s; best %d", r.params.calibN, strings.Join(cal, ", "), x.concurrency)
+		p("- burst, ms (RTM / raw per round): %s / %s", list(x.rtm, "%.0f"), list(x.raw, "%.0f"))
+	}
+	for _, pt := range r.scale {
+		p("- %d engines: boot passes %s ms over %v games; RSS MB %s; CPU s/min per 10-s slice %s; goroutines %s",
+			pt.n, list(pt.pass, "%.1f"), pt.passGames, list(pt.rss, "%.1f"), list(pt.cpuSlices, "%.2f"), list(pt.goroutines, "%.0f"))
+	}
+	for _, s := range r.standin {
+		p("- stand-in %d games: passes %s ms; allocations per pass %s; bytes per pass %s; Docker calls besides List %d, leases %d",
+			s.n, list(s.pass, "%.1f"), list(s.allocs, "%.0f"), list(s.bytes, "%.0f"), s.dockerCalls, s.leases)
+	}
+	if x := r.rest; x != nil {
+		p("- REST: %d measured requests after a %s warm-up; p50 per second %s ms; p99 per second %s ms; p99.9 %.2f ms; max %.2f ms",
+			len(x.lat), r.params.restWarm, list(x.p50s, "%.2f"), list(x.p99s, "%.2f"), x.lat.quantile(0.999), x.lat.max())
+	}
+	p("")
+}
+
+// machine describes the host: CPU model, cores, memory.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "MemTotal:") {
+				var kb int64
+				fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "MemTotal:")), "%d", &kb)
+				mem = fmt.Sprintf(", %.1f GiB RAM", float64(kb)/1024/1024)
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d cores (nproc)%s, %s/%s", model, runtime.NumCPU(), mem, runtime.GOOS, runtime.GOARCH)
+}
+
+// commit returns the short HEAD, marked when the tree has uncommitted changes.
+func commit(root string) string {
+	out, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	c := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		c += " (with uncommitted changes)"
+	}
+	return c
+}
+
+func goVersion() string { return runtime.Version() }
+
+// method is the fixed part of docs/benchmarks.md.
+const method = `Everything runs on one host: a throwaway PostgreSQL cluster and redis-server started by
+test/testenv, the Docker daemon, the rtmanager binary built from ./cmd/manager (RTM's defaults
+everywhere but the addresses, the image allow-list and RTMANAGER_PPROF=1), and the stand-in
+engine image rtm-bench/game:1.0.0 (test/engine, FROM scratch) from testenv.BuildEngineImages. The
+benchmark creates its own Docker network and removes every container on it, the network and the
+servers when it ends, also on Ctrl-C.
+
+- **Single start.** RTM: the time from the XADD of a start job to the moment its ` + "`succeeded`" + `
+  result is readable on runtime:job_results (the benchmark follows the stream with a blocking
+  XREAD). Raw: RTM's own state-dir code (runtime.StateDirs) and then ContainerCreate and
+  ContainerStart through the Docker SDK with the container RTM creates (name, labels, network and
+  alias, bind mount, limits, security options, tmpfs, read-only root); the only difference is the
+  value of the owner label, so that RTM neither hears of nor adopts the raw containers. The first
+  round inspects one container of each kind and fails the run if they differ in anything that
+  costs Docker work. Rounds alternate which side goes first; after each measurement the benchmark
+  waits until RTM's workqueue is empty and idle (what RTM does after a start because of its own
+  Docker events is not part of the measurement, and neither side runs during the other's). A
+  warm-up round (one of each, not recorded) comes first: the first container on a new network
+  makes the daemon set the bridge up.
+  The ratio is taken per round, and the p95 overhead is the 95th percentile of RTM − raw.
+- **Stop.** RTM: stop job to result. Raw: ContainerStop with RTM's grace (RTMANAGER_ENGINE_STOP_TIMEOUT);
+  the engine exits on SIGTERM.
+- **Exit detection.** A game is started through RTM; then ContainerKill (SIGKILL) through the
+  API, and the time until its ` + "`container_exited`" + ` health event is readable on
+  runtime:health_events. The die event as the benchmark's own Docker event stream saw it is
+  shown beside it: it is the physical floor.
+- **Burst.** RTM: 50 start jobs added in one pipeline, until the last result is readable. Raw: 50
+  state dirs plus create+starts from a worker pool. The pool size is the best of a calibration
+  run at several concurrencies on this host. Rounds alternate; containers are removed between
+  rounds.
+- **Scale (real engines).** Engines are started through RTM (start jobs; while they are brought
+  up, which is not measured, RTM runs with rare inspect and probe sweeps so that the daemon spends
+  itself on creating them; every measurement then runs on the defaults). RTM runs behind a
+  counting proxy of the Docker socket (a reverse proxy in the benchmark process that notes each
+  API call). The full reconcile pass measured is the boot pass: RTM is restarted with the engines
+  running, and the pass lasts from RTM's log line ` + "`internal http listening`" + ` to
+  ` + "`reconciler initial pass completed`" + ` (RTM's own timestamps; the line's ` + "`games`" + ` attribute
+  says how many games it covered). That span holds the one Docker list and the one query of
+  AllGames and the reconcile of every game, 16 at a time. No worker runs yet, so the Docker calls
+  the proxy saw in that span are the pass's. Nothing was added to the product for this. At rest:
+  after the last restart, once the new process's first probe round is over (it inspects every
+  running container once, having seen none; the window starts when the proxy has seen no
+  inspection for 1.5 s), RTM's RSS and CPU (utime+stime) are read from /proc/<pid> and its
+  goroutines from /debug/pprof/goroutine?debug=1 every 10 s over a 30-s window, which holds
+  exactly one inspector sweep and six probe rounds; CPU per minute is the window's CPU time
+  scaled to a minute. Probe interval 5 s, inspect interval 30 s, reconcile interval 5 m (the
+  defaults). RTM hears the events of every RTM-labelled container on the daemon, also other
+  RTMs' on other networks (tests running beside the benchmark); the proxy counts the calls those
+  cause apart.
+- **Scale (stand-in runtime).** In the benchmark process: the real store (records inserted with
+  one INSERT … SELECT generate_series), the real GameReconciler and Controller, runtime.NewCache,
+  and an in-memory Docker side that counts every call. A pass is what the boot pass runs:
+  sources.AllGames (one List of the stand-in, one query, refilling the cache) and
+  Controller.InitialPass over every id (16 workers). One warm-up pass, then timed passes;
+  allocations are runtime.MemStats deltas per pass (the whole process).
+- **REST.** An open-loop generator in the benchmark process schedules a GET
+  /api/v1/internal/runtimes/{id} every millisecond (128 workers, keep-alive connections, games
+  cycled), after a warm-up; the latency is from sending to the end of the body. The generator's
+  lag (schedule to send) is reported beside it.
+`
+
+// findings is what profiling showed and what was changed (fixed text; the numbers above are
+// the current run's).
+const findings = `## What the profiles showed
+
+Found with RTM's traces (RTMANAGER_TELEMETRY_EXPORTER=stdout), /debug/pprof (RTMANAGER_PPROF=1),
+the counting Docker proxy and the benchmark's own CPU profile (-cpuprofile, for the stand-in
+passes), and changed:
+
+- **Exit detection waited for Docker's clean-up.** Docker 20.10 sends ` + "`die`" + ` before it has
+  cleaned the container up (network, mounts), holding the container's lock, and an inspection
+  made then waits for the clean-up: 70–500 ms measured. RTM invalidated its cache on every event,
+  so each exit cost such an inspection (exit detection ~180 ms median). Now a ` + "`die`" + ` sets the
+  game's cache entry to exited with the event's exit code (runtime.Cache.Exited) when the cache's
+  word on the game is that very container; the reconciler decides from it and, under the lease,
+  trusts it as it trusts an inspection made less than a second before when the record did not
+  move. ` + "`oom`" + ` still invalidates (an OOM kill is learnt from an inspection) and ` + "`kill`" + ` no longer
+  does (a signal changes nothing by itself). RTM now adds about 5–10 ms to Docker's own die event.
+- **The boot pass started a goroutine per game.** Each grew a fresh stack through pgx's call chain
+  (runtime.newstack and copystack were a tenth of the pass's CPU); Controller.InitialPass now
+  runs a fixed pool of workers. Stand-in pass over 10,000 games: ~0.8 s → ~0.38 s on the same
+  (busy) host.
+- **A query for a trace nobody keeps.** The reconciler read a game's pending requests before
+  every start and stop to continue the request's trace, also with tracing off; it now skips that
+  when the reconcile span does not record.
+
+What dominates now: on the start and stop paths RTM's own time is about 23 PostgreSQL round
+trips in sequence (job Submit 7, two record reads, the stop's "stopping" commit 4, the outcome
+Commit 8, the publisher's claim 2) and two or three Docker inspections. That is a few
+milliseconds on an idle host, and 20–30 ms when other work keeps every core busy, because each
+round trip then waits for the scheduler twice; it is what the stop ratio (Docker's stop is only
+~100 ms) is most sensitive to. Pipelining the trailing writes of Submit and Commit in one
+pgx.Batch would remove about six of them. Exit detection is bounded by Docker's own die event
+(~34 ms on an idle host; see the die row above for this run). A full pass over converged games
+costs one record read per game (one Docker list in all); the CPU of a pass is pgx and its
+syscalls.
+`
+
+// running is how to run the benchmark (fixed text).
+const running = `## Running it
+
+` + "`make bench`" + ` (= ` + "`go run ./test/bench`" + `) needs Docker, PostgreSQL server binaries and
+redis-server, as the test harness does, and rewrites this file. Flags: ` + "`-quick`" + ` (small sizes,
+no document), ` + "`-scale 10,100`" + ` or ` + "`BENCH_SCALE=10,100`" + ` (real engines), ` + "`-only`" + `
+latency,burst,rest,standin,scale (a partial run writes no document), ` + "`-keep`" + ` (keep RTM's logs),
+` + "`-rtm-log-level`" + `, ` + "`-rtm-env K=V,…`" + ` (for example RTMANAGER_TELEMETRY_EXPORTER=stdout to get
+RTM's spans in its log), ` + "`-cpuprofile`" + `, ` + "`-rounds`" + `, ` + "`-burst`" + `, ` + "`-burst-rounds`" + `. RTM
+runs with RTMANAGER_PPROF=1, so /debug/pprof on its internal listener (address in its log line
+` + "`internal http listening`" + `) can be profiled while a phase runs. Ctrl-C stops the run and
+cleans up.
+`

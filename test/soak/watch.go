@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RTM's streams (the defaults of CONTRACT §1).
+const (
+	startJobs    = "runtime:start_jobs"
+	stopJobs     = "runtime:stop_jobs"
+	jobResults   = "runtime:job_results"
+	healthEvents = "runtime:health_events"
+)
+
+// watcher follows runtime:job_results and runtime:health_events from their beginning with a
+// blocking XREAD. It counts the results of every request id (the exactly-once check) and the
+// health events by type.
+type watcher struct {
+	rdb *redis.Client
+
+	mu      sync.Mutex
+	results map[string]*result
+	health  map[string]int // event_type → events
+	total   int64          // results read
+}
+
+// result is what the watcher saw for one request id.
+type result struct {
+	count  int
+	done   chan struct{} // closed at the first result
+	fields map[string]string
+}
+
+func newWatcher(rdb *redis.Client) *watcher {
+	return &watcher{rdb: rdb, results: map[string]*result{}, health: map[string]int{}}
+}
+
+func (w *watcher) slot(requestID string) *result {
+	r := w.results[requestID]
+	if r == nil {
+		r = &result{done: make(chan struct{})}
+		w.results[requestID] = r
+	}
+	return r
+}
+
+// run reads both streams until ctx ends.
+func (w *watcher) run(ctx context.Context) {
+	ids := map[string]string{jobResults: "0-0", healthEvents: "0-0"}
+	for ctx.Err() == nil {
+		res, err := w.rdb.XRead(ctx, &redis.XReadArgs{
+			Streams: []string{jobResults, healthEvents, ids[jobResults], ids[healthEvents]},
+			Count:   1000, Block: 2 * time.Second}).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				logf("watcher: %v", err)
+				sleepCtx(ctx, 200*time.Millisecond)
+			}
+			continue
+		}
+		w.mu.Lock()
+		for _, s := range res {
+			for _, m := range s.Messages {
+				ids[s.Stream] = m.ID
+				f := make(map[string]string, len(m.Values))
+				for k, v := range m.Values {
+					f[k], _ = v.(string)
+				}
+				if s.Stream == healthEvents {
+					w.health[f["event_type"]]++
+					continue
+				}
+				w.total++
+				r := w.slot(f["request_id"])
+				r.count++
+				if r.count == 1 {
+					r.fields = f
+					close(r.done)
+				}
+			}
+		}
+		w.mu.Unlock()
+	}
+}
+
+// wait returns the first result of a request id.
+func (w *watcher) wait(ctx context.Context, requestID string, timeout time.Duration) (map[string]string, error) {
+	w.mu.Lock()
+	r := w.slot(requestID)
+	w.mu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-r.done:
+		return r.fields, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, fmt.Errorf("no result for %s within %s", requestID, timeout)
+	}
+}
+
+// healthCounts returns the health events seen so far by type.
+func (w *watcher) healthCounts() map[string]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[string]int, len(w.health))
+	for k, v := range w.health {
+		out[k] = v
+	}
+	return out
+}
+
+// resultsRead is the number of job results read so far.
+func (w *watcher) resultsRead() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.total
+}
+
+// onceCheck is the outcome of the exactly-once check.
+type onceCheck struct {
+	sent       int      // distinct request ids sent
+	missing    []string // sent, no result
+	doubled    []string // sent, more than one result
+	unexpected []string // a result for a request id never sent
+}
+
+func (c onceCheck) ok() bool {
+	return c.sent > 0 && len(c.missing) == 0 && len(c.doubled) == 0 && len(c.unexpected) == 0
+}
+
+// check compares the request ids sent with the results read.
+func (w *watcher) check(sent map[string]bool) onceCheck {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := onceCheck{sent: len(sent)}
+	for id := range sent {
+		r := w.results[id]
+		switch {
+		case r == nil || r.count == 0:
+			c.missing = append(c.missing, id)
+		case r.count > 1:
+			c.doubled = append(c.doubled, id)
+		}
+	}
+	for id, r := range w.results {
+		if r.count > 0 && !sent[id] {
+			c.unexpected = append(c.unexpected, id)
+		}
+	}
+	return c
+}
