@@ -67,15 +67,21 @@ func (p *Prober) Run(ctx context.Context) error {
 		p.Concurrency = 64
 	}
 	p.state = map[string]*probeState{}
-	t := time.NewTicker(p.Interval)
+	every(ctx, p.Interval, p.round, p.Log, "prober", "probe round failed")
+	return nil
+}
+
+// every runs fn each interval until ctx ends, logging its failures (unless ctx ended).
+func every(ctx context.Context, interval time.Duration, fn func(context.Context) error, log *slog.Logger, worker, msg string) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
-			if err := p.round(ctx); err != nil && ctx.Err() == nil {
-				p.Log.Warn("probe round failed", "worker", "prober", "error", err)
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				log.Warn(msg, "worker", worker, "error", err)
 			}
 		}
 	}
@@ -209,18 +215,8 @@ func (s *InspectSweep) Run(ctx context.Context) error {
 		s.Concurrency = 8
 	}
 	s.bad = map[string]string{}
-	t := time.NewTicker(s.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := s.sweep(ctx); err != nil && ctx.Err() == nil {
-				s.Log.Warn("inspect sweep failed", "worker", "inspector", "error", err)
-			}
-		}
-	}
+	every(ctx, s.Interval, s.sweep, s.Log, "inspector", "inspect sweep failed")
+	return nil
 }
 
 func (s *InspectSweep) sweep(ctx context.Context) error {
