@@ -39,6 +39,15 @@ func NewController(r reconcile.TypedReconciler[string], workers int, log logr.Lo
 		SkipNameValidation:      &skip,
 		UsePriorityQueue:        &noPQ,
 		Logger:                  log,
+		// Every line controller-runtime logs about a reconcile (its "Reconciler error" among
+		// them) names the game.
+		LogConstructor: func(gameID *string) logr.Logger {
+			l := log.WithValues("controller", "game")
+			if gameID != nil {
+				l = l.WithValues("game_id", *gameID)
+			}
+			return l
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating controller: %w", err)

@@ -272,8 +272,21 @@ func (w *world) teardown() {
 		if n > 0 {
 			logf("removed %d containers in %s", n, time.Since(start).Round(100*time.Millisecond))
 		}
-		if err := w.docker.NetworkRemove(ctx, w.net); err != nil && !strings.Contains(err.Error(), "not found") {
-			logf("removing network %s: %v", w.net, err)
+		// A busy daemon may still be releasing the endpoints of the containers just removed
+		// ("has active endpoints"), or one may have been created while we listed: retry.
+		for attempt := 0; ; attempt++ {
+			err := w.docker.NetworkRemove(ctx, w.net)
+			if err == nil || strings.Contains(err.Error(), "not found") {
+				break
+			}
+			if attempt == 10 || ctx.Err() != nil {
+				logf("removing network %s: %v", w.net, err)
+				break
+			}
+			sleepCtx(ctx, 2*time.Second)
+			if _, err := w.removeContainers(ctx); err != nil {
+				logf("removing containers: %v", err)
+			}
 		}
 	}
 	if w.rdb != nil {
