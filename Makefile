@@ -31,10 +31,9 @@ bin/rtmanager-linux: FORCE
 dev: ## run rtmanager locally with throwaway PostgreSQL, Redis and demo engines (hack/dev.sh)
 	hack/dev.sh
 
-test: lint ## lint, unit and integration tests with -race, then the e2e and fault suites
+test: lint ## lint, unit and integration tests with -race, then the e2e suite (make chaos runs the fault suite)
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) e2e
-	$(MAKE) chaos
 
 e2e: ## end-to-end suite against the built binary and the real Docker daemon
 	$(GO) test -race -count=1 -v -tags integration -timeout 15m ./test/e2e/...
