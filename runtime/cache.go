@@ -23,6 +23,7 @@ type Cache struct {
 	byGame map[string]rtm.Container
 	dirty  map[string]uint64   // game id → seq of its last invalidation
 	exits  map[string]exitMark // game id → the die event that set its entry
+	ooms   map[string]string   // game id → container an oom event was seen for
 }
 
 // exitMark is when (seq and time) a die event set a game's entry.
@@ -33,7 +34,7 @@ type exitMark struct {
 
 // NewCache returns an empty, unsynced cache: every Lookup misses until the first Replace.
 func NewCache() *Cache {
-	return &Cache{byGame: map[string]rtm.Container{}, dirty: map[string]uint64{}, exits: map[string]exitMark{}}
+	return &Cache{byGame: map[string]rtm.Container{}, dirty: map[string]uint64{}, exits: map[string]exitMark{}, ooms: map[string]string{}}
 }
 
 // Begin marks the start of a List call; pass its result to Replace with the mark.
@@ -93,7 +94,8 @@ func (c *Cache) Exited(gameID, id string, exitCode int, at time.Time) bool {
 	c.seq++
 	ct, ok := c.byGame[gameID]
 	_, dirty := c.dirty[gameID]
-	if !c.synced || dirty || !ok || ct.ID != id {
+	// After an oom event only an inspection can confirm State.OOMKilled: never infer it.
+	if !c.synced || dirty || !ok || ct.ID != id || c.ooms[gameID] == id {
 		c.dirty[gameID] = c.seq
 		delete(c.exits, gameID)
 		return false
@@ -102,6 +104,14 @@ func (c *Cache) Exited(gameID, id string, exitCode int, at time.Time) bool {
 	c.byGame[gameID] = ct
 	c.exits[gameID] = exitMark{seq: c.seq, at: at}
 	return true
+}
+
+// SawOOM notes an oom event for a game's container, so that its die event is not taken from the
+// event alone: the reconciler inspects to read State.OOMKilled.
+func (c *Cache) SawOOM(gameID, id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ooms[gameID] = id
 }
 
 // Reset makes the whole cache unsynced (the event stream broke: events were missed).

@@ -100,3 +100,15 @@ func TestCache_Exited(t *testing.T) {
 		}
 	})
 }
+
+func TestCache_Exited_afterOOMLeavesItToAnInspection(t *testing.T) {
+	c := NewCache()
+	c.Replace(c.Begin(), []rtm.Container{{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}})
+	c.SawOOM("g1", "c1")
+	if c.Exited("g1", "c1", 137, time.Now()) {
+		t.Fatal("a die after an oom event was taken from the event alone")
+	}
+	if _, _, known, _ := c.Lookup("g1"); known {
+		t.Fatal("the game must be inspected to confirm State.OOMKilled")
+	}
+}

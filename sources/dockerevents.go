@@ -20,6 +20,7 @@ type EventCache interface {
 	ListCache
 	Invalidate(gameID string)
 	Exited(gameID, containerID string, exitCode int, at time.Time) bool
+	SawOOM(gameID, containerID string)
 	Reset()
 }
 
@@ -101,7 +102,11 @@ func (d *DockerEvents) follow(ctx context.Context, events <-chan rtm.DockerEvent
 			case "kill":
 				// A signal changes nothing by itself; the die that may follow does.
 				d.Enqueue(ev.GameID)
-			case "start", "oom", "destroy", "stop", "pause", "unpause", "create", "rename", "health_status":
+			case "oom":
+				d.Cache.SawOOM(ev.GameID, ev.ContainerID)
+				d.Cache.Invalidate(ev.GameID)
+				d.Enqueue(ev.GameID)
+			case "start", "destroy", "stop", "pause", "unpause", "create", "rename", "health_status":
 				d.Cache.Invalidate(ev.GameID)
 				d.Enqueue(ev.GameID)
 			}
