@@ -321,7 +321,10 @@ test/testenv, the Docker daemon, the rtmanager binary built from ./cmd/manager (
 everywhere but the addresses, the image allow-list and RTMANAGER_PPROF=1), and the stand-in
 engine image rtm-bench/game:1.0.0 (test/engine, FROM scratch) from testenv.BuildEngineImages. The
 benchmark creates its own Docker network and removes every container on it, the network and the
-servers when it ends, also on Ctrl-C.
+servers when it ends, also on Ctrl-C. The network is always named rtm-bench, so that one the
+daemon refuses to remove is taken over by the next run rather than left behind for good: Docker
+20.10 sometimes leaks a network's endpoint count when a thousand containers go (moby/moby#42119,
+"has active endpoints" with none attached; only a daemon restart clears it).
 
 - **Single start.** RTM: the time from the XADD of a start job to the moment its ` + "`succeeded`" + `
   result is readable on runtime:job_results (the benchmark follows the stream with a blocking
@@ -357,8 +360,9 @@ servers when it ends, also on Ctrl-C.
   AllGames and the reconcile of every game, 16 at a time. No worker runs yet, so the Docker calls
   the proxy saw in that span are the pass's. Nothing was added to the product for this. At rest:
   after the last restart, once the new process's first probe round is over (it inspects every
-  running container once, having seen none; the window starts when the proxy has seen no
-  inspection for 1.5 s), RTM's RSS and CPU (utime+stime) are read from /proc/<pid> and its
+  running container once, having seen none, and opens a connection to every engine; the window
+  starts when the proxy has seen no inspection for 1.5 s and RTM's goroutine count has held
+  steady for 5 s), RTM's RSS and CPU (utime+stime) are read from /proc/<pid> and its
   goroutines from /debug/pprof/goroutine?debug=1 every 10 s over a 30-s window, which holds
   exactly one inspector sweep and six probe rounds; CPU per minute is the window's CPU time
   scaled to a minute. Probe interval 5 s, inspect interval 30 s, reconcile interval 5 m (the

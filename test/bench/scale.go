@@ -93,8 +93,9 @@ func (d *driver) bootPass(ctx context.Context, env map[string]string, proxy *doc
 }
 
 // settle waits until RTM is at rest after a restart: its prober's first round (5 s after the
-// start) inspects every running container once, since a new process has seen none; the window
-// starts once that is over (no inspection of ours for 1.5 s), so that it shows the steady state.
+// start) inspects every running container once, since a new process has seen none, and opens a
+// connection to every engine. The window starts once that is over: no inspection of ours for
+// 1.5 s, and the goroutine count (two per open probe connection) steady over 5 s.
 func (d *driver) settle(ctx context.Context, proxy *dockerProxy, min time.Duration) {
 	sleepCtx(ctx, min)
 	deadline := time.Now().Add(time.Minute)
@@ -104,7 +105,23 @@ func (d *driver) settle(ctx context.Context, proxy *dockerProxy, min time.Durati
 		}
 		sleepCtx(ctx, 250*time.Millisecond)
 	}
+	prev, _ := d.rtm.goroutines(ctx)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		sleepCtx(ctx, 5*time.Second)
+		g, err := d.rtm.goroutines(ctx)
+		if err != nil || abs(g-prev) <= max(5, prev/100) {
+			break
+		}
+		prev = g
+	}
 	d.rtm.waitIdle(ctx, time.Minute)
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
 }
 
 // atRest samples RTM every step for window: RSS, goroutines, CPU.
