@@ -25,8 +25,13 @@ import (
 
 // DesiredStore is the PostgreSQL side the reconciler reads and writes.
 type DesiredStore interface {
+	// Get returns a game's record; a game without one is an error wrapping rtm.ErrNotFound.
 	Get(ctx context.Context, gameID string) (*rtm.Record, error)
-	PendingRequests(ctx context.Context, gameID string) ([]rtm.Request, error)
+	// Load returns a game's record (nil when it has none) and its unanswered requests, oldest
+	// first, in one round trip.
+	Load(ctx context.Context, gameID string) (*rtm.Record, []rtm.Request, error)
+	// MarkStopping sets a game's status to stopping.
+	MarkStopping(ctx context.Context, gameID string) error
 	Commit(ctx context.Context, c rtm.Change) (*rtm.Record, error)
 }
 
@@ -173,36 +178,63 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	defer release()
 	// The world may have moved before we held the lease: decide again on fresh reads. An
 	// inspection made just now stays good if no one committed anything to the game meanwhile
-	// (every action commits, and actions need the lease we now hold).
-	fresh, err := r.record(lctx, gameID)
-	if err != nil {
-		return reconcile.Result{}, err
-	}
-	if inspectedAt.IsZero() || time.Since(inspectedAt) > time.Second || !sameVersion(rec, fresh) {
-		if c, err = r.inspect(lctx, gameID); err != nil {
+	// (every action commits, and actions need the lease we now hold). The pending requests come
+	// with the record: an interrupted patch and a job's trace are read from them.
+	//
+	// An action that only records what it observed (adopt, dispose, observed_exited, sync) on an
+	// observation made just now skips the second read: its commit applies only if the record is
+	// still the one it decided on (Commit checks that under the row lock), and a record that moved
+	// sends the game round again (errRecordMoved). That is one round trip less between a die
+	// event and its container_exited event.
+	var pending []rtm.Request
+	if fresh := time.Since(inspectedAt) <= time.Second; !recordsOnly(act) || !fresh {
+		latest, p, err := r.store.Load(lctx, gameID)
+		if err != nil {
 			return reconcile.Result{}, err
 		}
+		if !fresh || !sameVersion(rec, latest) {
+			if c, err = r.inspect(lctx, gameID); err != nil {
+				return reconcile.Result{}, err
+			}
+		}
+		rec, pending = latest, p
 	}
-	rec = fresh
 	act = Decide(rec, c)
 	span.SetAttributes(attribute.String("action", string(act)))
 	if act == ActNone {
 		return reconcile.Result{}, nil
 	}
-	lctx, endSpan := r.continueRequestTrace(lctx, rec)
+	lctx, endSpan := r.continueRequestTrace(lctx, rec, pending)
 	defer endSpan()
 	log := r.log.With("game_id", gameID, "action", string(act))
 	if r.opts.Cache != nil {
 		defer r.opts.Cache.Invalidate(gameID) // what we did is not in the cache yet
 	}
-	if err := r.act(lctx, log, act, rec, c); err != nil {
+	if err := r.act(lctx, log, act, rec, c, pending); err != nil {
 		if ctx.Err() == nil && lctx.Err() != nil {
 			return reconcile.Result{RequeueAfter: r.opts.LeaseRetry}, nil // lease lost mid-way
+		}
+		if errors.Is(err, rtm.ErrConflict) && recordsOnly(act) {
+			return reconcile.Result{RequeueAfter: recordMovedRetry}, nil // decide again on what it is now
 		}
 		return reconcile.Result{}, err
 	}
 	return reconcile.Result{}, nil
 }
+
+// recordsOnly reports whether act changes nothing but the record (and what it publishes): its
+// commit is conditional on the record it was decided on (rtm.Change.Expect).
+func recordsOnly(act Action) bool {
+	switch act {
+	case ActAdopt, ActDispose, ActObservedExited, ActSync:
+		return true
+	}
+	return false
+}
+
+// recordMovedRetry is how soon a game whose record moved under a conditional commit is
+// reconciled again.
+const recordMovedRetry = time.Millisecond
 
 // record reads a game's record; nil when it has none.
 func (r *GameReconciler) record(ctx context.Context, gameID string) (*rtm.Record, error) {
@@ -262,8 +294,9 @@ func (r *GameReconciler) inspect(ctx context.Context, gameID string) (*rtm.Conta
 	return &c, nil
 }
 
-// act runs one decided action and records its result.
-func (r *GameReconciler) act(ctx context.Context, log *slog.Logger, act Action, rec *rtm.Record, c *rtm.Container) error {
+// act runs one decided action and records its result; pending are the game's unanswered
+// requests.
+func (r *GameReconciler) act(ctx context.Context, log *slog.Logger, act Action, rec *rtm.Record, c *rtm.Container, pending []rtm.Request) error {
 	if c != nil && !c.Owned {
 		c = nil
 	}
@@ -277,10 +310,7 @@ func (r *GameReconciler) act(ctx context.Context, log *slog.Logger, act Action, 
 	case ActSync:
 		return r.sync(ctx, rec, c)
 	case ActSettle, ActCreate, ActStartExisting, ActReplace:
-		if old, err := r.pendingPatch(ctx, rec); err != nil || old != "" {
-			if err != nil {
-				return err
-			}
+		if old := pendingPatch(rec, pending); old != "" {
 			return r.resumePatch(ctx, log, rec, c, old)
 		}
 		if act == ActSettle {
@@ -330,7 +360,7 @@ func (r *GameReconciler) adopt(ctx context.Context, log *slog.Logger, old *rtm.R
 		GameID: c.GameID, Kind: rtm.OpReconcileAdopt, Source: rtm.SourceReconciler, Outcome: rtm.OutcomeSucceeded,
 		NewImageRef: c.ImageRef, ContainerID: c.ID, StartedAt: now, FinishedAt: now}}}
 	if old != nil {
-		ch.Insert, ch.Gen = nil, old.Generation
+		ch.Insert, ch.Gen, ch.Expect = nil, old.Generation, old
 		ch.Apply = func(x *rtm.Record, _ bool) {
 			gen := x.Generation + 1
 			rec.GameID, rec.Generation, rec.ObservedGeneration = x.GameID, gen, gen
@@ -351,7 +381,7 @@ func (r *GameReconciler) adopt(ctx context.Context, log *slog.Logger, old *rtm.R
 
 func (r *GameReconciler) dispose(ctx context.Context, log *slog.Logger, rec *rtm.Record) error {
 	now := time.Now().UTC()
-	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation,
+	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Expect: rec,
 		Apply: func(x *rtm.Record, current bool) {
 			x.Status = rtm.StatusRemoved
 			if current {
@@ -374,7 +404,7 @@ func (r *GameReconciler) dispose(ctx context.Context, log *slog.Logger, rec *rtm
 
 func (r *GameReconciler) observedExited(ctx context.Context, log *slog.Logger, rec *rtm.Record, c *rtm.Container) error {
 	now := time.Now().UTC()
-	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation,
+	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Expect: rec,
 		Apply: func(x *rtm.Record, current bool) {
 			x.Status, x.ExitCode, x.CurrentContainerID, x.ExitReportedContainer = rtm.StatusExited, rtm.IntPtr(c.ExitCode), c.ID, c.ID
 			if current {
@@ -405,7 +435,7 @@ func (r *GameReconciler) observedExited(ctx context.Context, log *slog.Logger, r
 // sync brings the record in line with a container nobody asked to change (started or replaced by
 // hand): no operation row, but a started event when the game comes up.
 func (r *GameReconciler) sync(ctx context.Context, rec *rtm.Record, c *rtm.Container) error {
-	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Apply: func(x *rtm.Record, _ bool) {
+	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Expect: rec, Apply: func(x *rtm.Record, _ bool) {
 		x.CurrentContainerID, x.CurrentImageRef = c.ID, c.ImageRef
 		if c.Running() {
 			x.Status, x.ExitCode = rtm.StatusRunning, nil
@@ -470,9 +500,7 @@ func transient(err error) bool {
 // markStopping records that RTM itself is about to stop the game's container, so that its exit
 // is not taken for an incident.
 func (r *GameReconciler) markStopping(ctx context.Context, rec *rtm.Record) error {
-	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation,
-		Apply: func(x *rtm.Record, _ bool) { x.Status = rtm.StatusStopping }})
-	return err
+	return r.store.MarkStopping(ctx, rec.GameID)
 }
 
 // run creates (or starts, or recreates) the game's container and records it running.
@@ -519,14 +547,12 @@ func (r *GameReconciler) run(ctx context.Context, log *slog.Logger, act Action, 
 	return err
 }
 
-// launch prepares the state dir and image and creates and starts a container of image. A
-// container that was created but would not start is removed again.
+// launch prepares the state dir and creates and starts a container of image, pulling the image
+// first only when the daemon does not have it (the create says so): a start of a local image
+// costs no image call. A container that was created but would not start is removed again.
 func (r *GameReconciler) launch(ctx context.Context, rec *rtm.Record, image string) (string, error) {
 	dir, err := r.dirs.Ensure(rec.GameID)
 	if err != nil {
-		return "", err
-	}
-	if err := r.runtime.EnsureImage(ctx, image); err != nil {
 		return "", err
 	}
 	spec := rtm.ContainerSpec{
@@ -536,6 +562,12 @@ func (r *GameReconciler) launch(ctx context.Context, rec *rtm.Record, image stri
 		Env: map[string]string{"GALAXY_GAME_ID": rec.GameID, "GALAXY_STATE_DIR": r.opts.StateMount},
 	}
 	id, err := r.runtime.Create(ctx, spec)
+	if rtm.CodeOf(err, "") == rtm.CodeImagePullFailed {
+		if err := r.runtime.EnsureImage(ctx, image); err != nil {
+			return "", err
+		}
+		id, err = r.runtime.Create(ctx, spec)
+	}
 	if errors.Is(err, rtm.ErrConflict) {
 		// The name is taken: by a container RTM does not own (terminal), or by one of ours that
 		// appeared meanwhile (transient: the next pass observes it).
@@ -623,14 +655,9 @@ func (r *GameReconciler) remove(ctx context.Context, log *slog.Logger, rec *rtm.
 
 // continueRequestTrace makes the action part of the trace of the newest pending request that
 // carries one (a job sent with a traceparent), so that its Docker calls show under the job.
-// With tracing off (the reconcile span records nothing) it costs nothing: no query on the
-// start and stop paths for a trace nobody keeps.
-func (r *GameReconciler) continueRequestTrace(ctx context.Context, rec *rtm.Record) (context.Context, func()) {
+// With tracing off (the reconcile span records nothing) it costs nothing.
+func (r *GameReconciler) continueRequestTrace(ctx context.Context, rec *rtm.Record, pending []rtm.Request) (context.Context, func()) {
 	if rec == nil || rec.Settled() || !trace.SpanFromContext(ctx).IsRecording() {
-		return ctx, func() {}
-	}
-	pending, err := r.store.PendingRequests(ctx, rec.GameID)
-	if err != nil {
 		return ctx, func() {}
 	}
 	for i := len(pending) - 1; i >= 0; i-- {

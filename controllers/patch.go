@@ -53,21 +53,17 @@ func (r *GameReconciler) patch(ctx context.Context, log *slog.Logger, rec *rtm.R
 // image, create or start one) is finishing a patch whose own reconcile never completed (its
 // process died or lost the lease): it must verify the new engine as the patch would have, or it
 // would report an engine that never passed its probe as patched.
-func (r *GameReconciler) pendingPatch(ctx context.Context, rec *rtm.Record) (string, error) {
+func pendingPatch(rec *rtm.Record, pending []rtm.Request) string {
 	if rec.DesiredState != rtm.DesiredRunning {
-		return "", nil
-	}
-	pending, err := r.store.PendingRequests(ctx, rec.GameID)
-	if err != nil {
-		return "", err
+		return ""
 	}
 	for _, q := range pending {
 		if q.Kind == rtm.OpPatch && q.ImageRef == rec.DesiredImageRef && q.OldImageRef != "" && q.OldImageRef != q.ImageRef &&
 			q.Generation <= rec.Generation {
-			return q.OldImageRef, nil
+			return q.OldImageRef
 		}
 	}
-	return "", nil
+	return ""
 }
 
 // resumePatch finishes an interrupted patch from oldImage: the running engine of the new image

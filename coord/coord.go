@@ -239,9 +239,9 @@ func (c *Coord) Lag(ctx context.Context, stream, after string) (int64, error) {
 }
 
 // Publish adds entries to their streams in order, each exactly once per outbox id (sentTTL keeps
-// the marker). streamOf maps an entry's logical stream to a Redis stream name. It returns how many
-// leading entries were published (or found already published).
-func (c *Coord) Publish(ctx context.Context, entries []OutboxEntry, sentTTL time.Duration) (int, error) {
+// the marker). It returns, for each leading entry it got through (published now, or found
+// published before), whether it was added now; an error stops it at the first entry that failed.
+func (c *Coord) Publish(ctx context.Context, entries []OutboxEntry, sentTTL time.Duration) ([]bool, error) {
 	pipe := c.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(entries))
 	for i, e := range entries {
@@ -253,19 +253,25 @@ func (c *Coord) Publish(ctx context.Context, entries []OutboxEntry, sentTTL time
 		cmds[i] = publishScript.EvalSha(ctx, pipe, []string{e.Stream, sentPrefix + strconv.FormatInt(e.ID, 10)}, args...)
 	}
 	_, _ = pipe.Exec(ctx)
+	added := make([]bool, 0, len(entries))
 	for i, cmd := range cmds {
-		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
-			if redis.HasErrorPrefix(err, "NOSCRIPT") {
-				if err := publishScript.Load(ctx, c.rdb).Err(); err != nil {
-					return i, fmt.Errorf("loading publish script: %w", err)
-				}
-				n, err := c.Publish(ctx, entries[i:], sentTTL)
-				return i + n, err
+		err := cmd.Err()
+		switch {
+		case err == nil:
+			added = append(added, true)
+		case errors.Is(err, redis.Nil): // the marker was there: published before
+			added = append(added, false)
+		case redis.HasErrorPrefix(err, "NOSCRIPT"):
+			if err := publishScript.Load(ctx, c.rdb).Err(); err != nil {
+				return added, fmt.Errorf("loading publish script: %w", err)
 			}
-			return i, fmt.Errorf("publishing to %s: %w", entries[i].Stream, err)
+			rest, err := c.Publish(ctx, entries[i:], sentTTL)
+			return append(added, rest...), err
+		default:
+			return added, fmt.Errorf("publishing to %s: %w", entries[i].Stream, err)
 		}
 	}
-	return len(entries), nil
+	return added, nil
 }
 
 // OutboxEntry is an entry to publish: its outbox id, the Redis stream and the fields.

@@ -17,23 +17,21 @@ type OutboxEntry struct {
 
 // RelayOutbox claims up to limit unsent entries in id order (rows another process holds are
 // skipped), hands them to publish, and marks sent the first n it reports published, all in one
-// transaction: a row is never handed to two publishers at once. It returns n.
+// transaction: a row is never handed to two publishers at once. It returns n. The claim travels
+// with BEGIN and the marking with COMMIT: two round trips around publish.
 func (s *Store) RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []OutboxEntry) (int, error)) (int, error) {
 	var sent int
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.pipeOnce(ctx, func(p *pipe) error {
 		sent = 0
-		rows, err := tx.Query(ctx, `SELECT id, stream, fields FROM outbox WHERE published_at IS NULL
-			ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
-		if err != nil {
-			return fmt.Errorf("claiming outbox rows: %w", err)
-		}
-		entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (OutboxEntry, error) {
+		var entries []OutboxEntry
+		p.query("claiming outbox rows", func(rows pgx.Rows) error {
 			var e OutboxEntry
-			err := r.Scan(&e.ID, &e.Stream, &e.Fields)
-			return e, err
-		})
-		if err != nil {
-			return fmt.Errorf("claiming outbox rows: %w", err)
+			err := rows.Scan(&e.ID, &e.Stream, &e.Fields)
+			entries = append(entries, e)
+			return err
+		}, `SELECT id, stream, fields FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
+		if err := p.flush(ctx); err != nil {
+			return err
 		}
 		if len(entries) == 0 {
 			return nil
@@ -44,9 +42,7 @@ func (s *Store) RelayOutbox(ctx context.Context, limit int, publish func(context
 			for i := range ids {
 				ids[i] = entries[i].ID
 			}
-			if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE id = ANY($1)`, ids); err != nil {
-				return fmt.Errorf("marking outbox rows sent: %w", err)
-			}
+			p.exec("marking outbox rows sent", `UPDATE outbox SET published_at = now() WHERE id = ANY($1)`, ids)
 		}
 		sent = n
 		if pubErr != nil && n == 0 {
@@ -55,6 +51,18 @@ func (s *Store) RelayOutbox(ctx context.Context, limit int, publish func(context
 		return nil
 	})
 	return sent, err
+}
+
+// MarkSent marks outbox rows published (rows a publisher relayed straight from their commit,
+// without claiming them).
+func (s *Store) MarkSent(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := s.pool.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL`, ids); err != nil {
+		return fmt.Errorf("marking outbox rows sent: %w", err)
+	}
+	return nil
 }
 
 // OutboxBacklog returns how many entries wait to be published.

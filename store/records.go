@@ -170,34 +170,51 @@ func (s *Store) Health(ctx context.Context, gameID string) (*rtm.HealthSnapshot,
 
 // PendingRequests returns a game's unanswered requests, oldest first.
 func (s *Store) PendingRequests(ctx context.Context, gameID string) ([]rtm.Request, error) {
-	return pendingRequests(ctx, s.pool, gameID, false)
-}
-
-type querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
-
-func pendingRequests(ctx context.Context, q querier, gameID string, lock bool) ([]rtm.Request, error) {
-	sql := `SELECT channel, request_id, game_id, op_kind, op_source, image_ref, old_image_ref, reason,
-		generation, traceparent, received_at FROM requests
-		WHERE game_id = $1 AND answered_at IS NULL ORDER BY received_at, request_id`
-	if lock {
-		sql += ` FOR UPDATE`
-	}
-	rows, err := q.Query(ctx, sql, gameID)
+	rows, err := s.pool.Query(ctx, pendingSQL, gameID)
 	if err != nil {
 		return nil, fmt.Errorf("reading pending requests of %s: %w", gameID, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rtm.Request, error) {
-		var q rtm.Request
-		err := r.Scan(&q.Channel, &q.RequestID, &q.GameID, &q.Kind, &q.Source, &q.ImageRef, &q.OldImageRef,
-			&q.Reason, &q.Generation, &q.TraceParent, &q.ReceivedAt)
-		return q, err
-	})
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rtm.Request, error) { return scanRequest(r) })
 	if err != nil {
 		return nil, fmt.Errorf("reading pending requests of %s: %w", gameID, err)
 	}
 	return out, nil
+}
+
+// Load returns a game's record (nil when it has none) and its unanswered requests, oldest first,
+// read in one round trip.
+func (s *Store) Load(ctx context.Context, gameID string) (*rtm.Record, []rtm.Request, error) {
+	var rec *rtm.Record
+	var pending []rtm.Request
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+recordColumns+` FROM runtime_records WHERE game_id = $1`, gameID).QueryRow(func(row pgx.Row) error {
+		r, err := scanRecord(row)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		rec = r
+		return err
+	})
+	b.Queue(pendingSQL, gameID).Query(func(rows pgx.Rows) error {
+		var err error
+		pending, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (rtm.Request, error) { return scanRequest(r) })
+		return err
+	})
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, nil, fmt.Errorf("reading record and pending requests of %s: %w", gameID, err)
+	}
+	return rec, pending, nil
+}
+
+const pendingSQL = `SELECT channel, request_id, game_id, op_kind, op_source, image_ref, old_image_ref, reason,
+	generation, traceparent, received_at FROM requests
+	WHERE game_id = $1 AND answered_at IS NULL ORDER BY received_at, request_id`
+
+func scanRequest(row pgx.Row) (rtm.Request, error) {
+	var q rtm.Request
+	err := row.Scan(&q.Channel, &q.RequestID, &q.GameID, &q.Kind, &q.Source, &q.ImageRef, &q.OldImageRef,
+		&q.Reason, &q.Generation, &q.TraceParent, &q.ReceivedAt)
+	return q, err
 }
 
 // RequestAnswer returns the answer of a request, or nil while it is pending; an unknown request

@@ -27,15 +27,16 @@ const Schema = "rtmanager"
 // Store is the PostgreSQL side of RTM. It is safe for concurrent use.
 type Store struct {
 	pool *pgxpool.Pool
-	// wake is called after a transaction that added outbox rows commits, so the publisher
-	// relays them without polling.
-	wake func()
+	// onOutbox is handed the rows a transaction added to the outbox once it has committed, so
+	// that the publisher relays them at once, without reading them back.
+	onOutbox func([]OutboxEntry)
 }
 
 // Options tune a Store.
 type Options struct {
-	// OnOutbox is called after every commit that added outbox rows; may be nil.
-	OnOutbox func()
+	// OnOutbox is called after every commit that added outbox rows, with those rows; may be nil.
+	// It must not block: it runs on the committing goroutine.
+	OnOutbox func([]OutboxEntry)
 	// MaxConns bounds the pool (default 20).
 	MaxConns int32
 }
@@ -56,9 +57,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening postgres pool: %w", redactErr(err))
 	}
-	s := &Store{pool: pool, wake: opts.OnOutbox}
-	if s.wake == nil {
-		s.wake = func() {}
+	s := &Store{pool: pool, onOutbox: opts.OnOutbox}
+	if s.onOutbox == nil {
+		s.onOutbox = func([]OutboxEntry) {}
 	}
 	return s, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"time"
 
@@ -38,60 +39,51 @@ type Admitter func(rec *rtm.Record, busy bool) rtm.Admission
 // Submit records req and its effect on the game's desired state in one transaction. A request
 // already recorded on the same channel is a duplicate and changes nothing. req's game id must be
 // valid; AnswerInvalid takes the others.
+//
+// The transaction costs two round trips: the request's insert with the reads admission needs
+// (the record, locked, and whether other work is pending), then the writes admission asks for.
 func (s *Store) Submit(ctx context.Context, req rtm.Request, admit Admitter) (Submission, error) {
 	var sub Submission
-	var woke bool
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		sub, woke = Submission{}, false
-		tag, err := tx.Exec(ctx, `INSERT INTO requests (channel, request_id, game_id, op_kind, op_source, image_ref,
+	err := s.inPipe(ctx, func(p *pipe) error {
+		sub = Submission{}
+		var inserted, busy bool
+		var rec *rtm.Record
+		p.execTag("recording request "+req.RequestID, func(t pgconn.CommandTag) { inserted = t.RowsAffected() > 0 },
+			`INSERT INTO requests (channel, request_id, game_id, op_kind, op_source, image_ref,
 			old_image_ref, reason, generation, traceparent, received_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,0,$9,$10)
 			ON CONFLICT DO NOTHING`, string(req.Channel), req.RequestID, req.GameID, string(req.Kind), string(req.Source),
 			req.ImageRef, req.OldImageRef, req.Reason, req.TraceParent, req.ReceivedAt)
-		if err != nil {
-			return fmt.Errorf("recording request %s: %w", req.RequestID, err)
+		queueLockRecord(p, req.GameID, &rec)
+		p.queryRow("reading pending requests of "+req.GameID, func(row pgx.Row) error { return row.Scan(&busy) },
+			`SELECT EXISTS (SELECT 1 FROM requests WHERE game_id = $1 AND answered_at IS NULL AND op_kind <> $2)`,
+			req.GameID, string(req.Kind))
+		if err := p.flush(ctx); err != nil {
+			return err
 		}
-		if tag.RowsAffected() == 0 {
+		if !inserted {
 			sub.Duplicate = true
 			return nil
 		}
-		rec, err := scanRecord(tx.QueryRow(ctx, `SELECT `+recordColumns+` FROM runtime_records WHERE game_id = $1 FOR UPDATE`, req.GameID))
-		if errors.Is(err, pgx.ErrNoRows) {
-			rec = nil
-		} else if err != nil {
-			return fmt.Errorf("reading record of %s: %w", req.GameID, err)
-		}
-		var busy bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM requests WHERE game_id = $1 AND answered_at IS NULL
-			AND op_kind <> $2)`, req.GameID, string(req.Kind)).Scan(&busy); err != nil {
-			return fmt.Errorf("reading pending requests of %s: %w", req.GameID, err)
-		}
 		adm := admit(rec, busy)
+		sub.Record = rec
 		if adm.Write {
-			rec, err = writeRecord(ctx, tx, &adm.Record, rec == nil)
-			if err != nil {
-				return err
-			}
+			queueRecord(p, &adm.Record, rec == nil, &sub.Record)
+			rec = &adm.Record // as written: the answer below reports it
 		}
 		if rec != nil {
 			req.Generation = rec.Generation
 		}
-		if _, err := tx.Exec(ctx, `UPDATE requests SET generation = $3 WHERE channel = $1 AND request_id = $2`,
-			string(req.Channel), req.RequestID, req.Generation); err != nil {
-			return fmt.Errorf("recording request %s: %w", req.RequestID, err)
-		}
-		sub.Request, sub.Record = req, rec
+		p.exec("recording request "+req.RequestID, `UPDATE requests SET generation = $3 WHERE channel = $1 AND request_id = $2`,
+			string(req.Channel), req.RequestID, req.Generation)
+		sub.Request = req
 		if adm.Answer != nil {
 			sub.Answer = adm.Answer
-			woke, err = answer(ctx, tx, rec, req, *adm.Answer, "")
-			return err
+			queueAnswer(p, rec, req, *adm.Answer, "")
 		}
 		return nil
 	})
 	if err != nil {
 		return Submission{}, err
-	}
-	if woke {
-		s.wake()
 	}
 	return sub, nil
 }
@@ -100,43 +92,53 @@ func (s *Store) Submit(ctx context.Context, req rtm.Request, admit Admitter) (Su
 // answers it at once; a duplicate changes nothing. No operation_log row is written for it, since
 // it names no game RTM could know.
 func (s *Store) AnswerInvalid(ctx context.Context, req rtm.Request, a rtm.Answer) (duplicate bool, err error) {
-	var woke bool
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO requests (channel, request_id, game_id, op_kind, op_source, generation,
+	err = s.inPipe(ctx, func(p *pipe) error {
+		var inserted bool
+		p.execTag("recording request "+req.RequestID, func(t pgconn.CommandTag) { inserted = t.RowsAffected() > 0 },
+			`INSERT INTO requests (channel, request_id, game_id, op_kind, op_source, generation,
 			traceparent, received_at) VALUES ($1,$2,$3,$4,$5,0,$6,$7) ON CONFLICT DO NOTHING`, string(req.Channel),
 			req.RequestID, req.GameID, string(req.Kind), string(req.Source), req.TraceParent, req.ReceivedAt)
-		if err != nil {
-			return fmt.Errorf("recording request %s: %w", req.RequestID, err)
+		if err := p.flush(ctx); err != nil {
+			return err
 		}
-		if duplicate = tag.RowsAffected() == 0; duplicate {
+		if duplicate = !inserted; duplicate {
 			return nil
 		}
-		woke, err = answer(ctx, tx, nil, req, a, "")
-		return err
+		queueAnswer(p, nil, req, a, "")
+		return nil
 	})
-	if woke {
-		s.wake()
-	}
 	return duplicate, err
 }
 
 // Commit writes c and returns the record as committed (nil when the game has none).
+//
+// The transaction costs two round trips: the reads (the record, locked; its pending requests
+// when c answers them; the last health transitions c's probe and inspect events depend on),
+// then every write with COMMIT.
 func (s *Store) Commit(ctx context.Context, c rtm.Change) (*rtm.Record, error) {
 	var out *rtm.Record
-	var woke bool
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		out, woke = nil, false
-		rec, err := scanRecord(tx.QueryRow(ctx, `SELECT `+recordColumns+` FROM runtime_records WHERE game_id = $1 FOR UPDATE`, c.GameID))
+	err := s.inPipe(ctx, func(p *pipe) error {
+		out = nil
+		var rec *rtm.Record
+		var pending []rtm.Request
+		queueLockRecord(p, c.GameID, &rec)
+		if c.Answer != nil {
+			queuePending(p, c.GameID, true, &pending)
+		}
+		last := queueLastTransitions(p, c.Events)
+		if err := p.flush(ctx); err != nil {
+			return err
+		}
+		if e := c.Expect; e != nil && (rec == nil || rec.Generation != e.Generation || !rec.UpdatedAt.Equal(e.UpdatedAt)) {
+			return fmt.Errorf("record of %s changed since it was read: %w", c.GameID, rtm.ErrConflict)
+		}
 		switch {
-		case errors.Is(err, pgx.ErrNoRows) && c.Insert != nil:
-			rec, err = writeRecord(ctx, tx, c.Insert, true)
-			if err != nil {
-				return err
-			}
-		case errors.Is(err, pgx.ErrNoRows):
+		case rec == nil && c.Insert != nil:
+			ins := *c.Insert
+			rec = &ins
+			queueRecord(p, rec, true, &out)
+		case rec == nil:
 			return nil
-		case err != nil:
-			return fmt.Errorf("reading record of %s: %w", c.GameID, err)
 		case c.Insert != nil:
 			out = rec // someone else recorded it first
 			return nil
@@ -144,52 +146,39 @@ func (s *Store) Commit(ctx context.Context, c rtm.Change) (*rtm.Record, error) {
 			if c.Apply != nil {
 				c.Apply(rec, rec.Generation == c.Gen)
 			}
-			if rec, err = writeRecord(ctx, tx, rec, false); err != nil {
-				return err
-			}
+			queueRecord(p, rec, false, &out)
 		}
-		out = rec
-		if c.Answer != nil {
-			pending, err := pendingRequests(ctx, tx, c.GameID, true)
-			if err != nil {
-				return err
+		for _, req := range pending {
+			if req.Generation > c.Gen {
+				continue
 			}
-			for _, req := range pending {
-				if req.Generation > c.Gen {
-					continue
-				}
-				a := *c.Answer
-				if req.Generation < c.Gen && rtm.TargetOf(req.Kind) != rec.DesiredState {
-					a = rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeConflict,
-						Message: "superseded by a later request for game " + c.GameID}
-				}
-				w, err := answer(ctx, tx, rec, req, a, c.ContainerID)
-				if err != nil {
-					return err
-				}
-				woke = woke || w
+			a := *c.Answer
+			if req.Generation < c.Gen && rtm.TargetOf(req.Kind) != rec.DesiredState {
+				a = rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeConflict,
+					Message: "superseded by a later request for game " + c.GameID}
 			}
+			queueAnswer(p, rec, req, a, c.ContainerID)
 		}
 		for _, op := range c.Ops {
-			if err := insertOp(ctx, tx, op); err != nil {
-				return err
-			}
+			queueOp(p, op)
 		}
-		if len(c.Events) > 0 {
-			if err := insertEvents(ctx, tx, c.Events); err != nil {
-				return err
-			}
-			woke = true
-		}
+		queueEvents(p, c.Events, last)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	if woke {
-		s.wake()
-	}
 	return out, nil
+}
+
+// MarkStopping records that RTM is about to stop a game's container (status stopping), in one
+// statement; a game without a record is left alone.
+func (s *Store) MarkStopping(ctx context.Context, gameID string) error {
+	if _, err := s.pool.Exec(ctx, `UPDATE runtime_records SET status = 'stopping', updated_at = now() WHERE game_id = $1`,
+		gameID); err != nil {
+		return fmt.Errorf("marking %s stopping: %w", gameID, err)
+	}
+	return nil
 }
 
 // RecordHealth publishes health events (through the outbox) and updates the snapshots.
@@ -197,11 +186,14 @@ func (s *Store) RecordHealth(ctx context.Context, events []rtm.HealthEvent) erro
 	if len(events) == 0 {
 		return nil
 	}
-	err := s.inTx(ctx, func(tx pgx.Tx) error { return insertEvents(ctx, tx, events) })
-	if err == nil {
-		s.wake()
-	}
-	return err
+	return s.inPipe(ctx, func(p *pipe) error {
+		last := queueLastTransitions(p, events)
+		if err := p.flush(ctx); err != nil {
+			return err
+		}
+		queueEvents(p, events, last)
+		return nil
+	})
 }
 
 // RecordProbes stores the latest probe of each game (failure count and time) in one statement.
@@ -228,7 +220,21 @@ func (s *Store) RecordProbes(ctx context.Context, results []rtm.ProbeResult) err
 	return nil
 }
 
-func writeRecord(ctx context.Context, tx pgx.Tx, r *rtm.Record, insert bool) (*rtm.Record, error) {
+// queueLockRecord queues the read of a game's record, locked for the transaction; *rec is nil
+// when it has none.
+func queueLockRecord(p *pipe, gameID string, rec **rtm.Record) {
+	p.queryRow("reading record of "+gameID, func(row pgx.Row) error {
+		r, err := scanRecord(row)
+		if errors.Is(err, pgx.ErrNoRows) {
+			r, err = nil, nil
+		}
+		*rec = r
+		return err
+	}, `SELECT `+recordColumns+` FROM runtime_records WHERE game_id = $1 FOR UPDATE`, gameID)
+}
+
+// queueRecord queues the insert or update of r; *out receives the record as written.
+func queueRecord(p *pipe, r *rtm.Record, insert bool, out **rtm.Record) {
 	args := []any{r.GameID, string(r.Status), string(r.DesiredState), r.DesiredImageRef, r.CurrentImageRef,
 		r.CurrentContainerID, r.EngineEndpoint, r.StateDir, string(r.LastErrorCode), r.LastErrorMessage, r.ExitCode,
 		r.Generation, r.ObservedGeneration, r.ContainerGeneration, r.ExitReportedContainer}
@@ -244,22 +250,33 @@ func writeRecord(ctx context.Context, tx pgx.Tx, r *rtm.Record, insert bool) (*r
 			exit_code=$11, generation=$12, observed_generation=$13, container_generation=$14, exit_reported_container=$15,
 			updated_at=now() WHERE game_id=$1 RETURNING ` + recordColumns
 	}
-	out, err := scanRecord(tx.QueryRow(ctx, sql, args...))
-	if err != nil {
-		return nil, fmt.Errorf("writing record of %s: %w", r.GameID, err)
-	}
-	return out, nil
+	p.queryRow("writing record of "+r.GameID, func(row pgx.Row) error {
+		w, err := scanRecord(row)
+		*out = w
+		return err
+	}, sql, args...)
 }
 
-// answer marks req answered with a, logs its operation and queues its job result and, for a
-// failed start, its notification intent. It reports whether it added outbox rows.
-func answer(ctx context.Context, tx pgx.Tx, rec *rtm.Record, req rtm.Request, a rtm.Answer, containerID string) (bool, error) {
-	now := time.Now().UTC()
-	if _, err := tx.Exec(ctx, `UPDATE requests SET answered_at = $3, outcome = $4, error_code = $5, error_message = $6
-		WHERE channel = $1 AND request_id = $2`, string(req.Channel), req.RequestID, now, string(a.Outcome),
-		string(a.Code), a.Message); err != nil {
-		return false, fmt.Errorf("answering request %s: %w", req.RequestID, err)
+// queuePending queues the read of a game's unanswered requests, oldest first, locked when lock.
+func queuePending(p *pipe, gameID string, lock bool, out *[]rtm.Request) {
+	sql := pendingSQL
+	if lock {
+		sql += ` FOR UPDATE`
 	}
+	p.query("reading pending requests of "+gameID, func(rows pgx.Rows) error {
+		q, err := scanRequest(rows)
+		*out = append(*out, q)
+		return err
+	}, sql, gameID)
+}
+
+// queueAnswer queues marking req answered with a, its operation row, its job result and, for a
+// failed start, its notification intent.
+func queueAnswer(p *pipe, rec *rtm.Record, req rtm.Request, a rtm.Answer, containerID string) {
+	now := time.Now().UTC()
+	p.exec("answering request "+req.RequestID, `UPDATE requests SET answered_at = $3, outcome = $4, error_code = $5,
+		error_message = $6 WHERE channel = $1 AND request_id = $2`, string(req.Channel), req.RequestID, now,
+		string(a.Outcome), string(a.Code), a.Message)
 	endpoint, image := "", req.ImageRef
 	if rec != nil {
 		endpoint = rec.EngineEndpoint
@@ -279,14 +296,11 @@ func answer(ctx context.Context, tx pgx.Tx, rec *rtm.Record, req rtm.Request, a 
 		if received.IsZero() {
 			received = now
 		}
-		if err := insertOp(ctx, tx, rtm.Operation{GameID: req.GameID, Kind: req.Kind, Source: req.Source,
+		queueOp(p, rtm.Operation{GameID: req.GameID, Kind: req.Kind, Source: req.Source,
 			Outcome: a.Outcome, ErrorCode: a.Code, ErrorMessage: a.Message, RequestID: req.RequestID,
 			OldImageRef: req.OldImageRef, NewImageRef: newImage, ContainerID: containerID,
-			StartedAt: received, FinishedAt: now}); err != nil {
-			return false, err
-		}
+			StartedAt: received, FinishedAt: now})
 	}
-	added := false
 	if job := req.Job(); job != "" {
 		f := []string{"request_id", req.RequestID, "job", job, "game_id", req.GameID, "outcome", string(a.Outcome),
 			"error_code", string(a.Code), "error_message", a.Message, "container_id", containerID,
@@ -294,54 +308,103 @@ func answer(ctx context.Context, tx pgx.Tx, rec *rtm.Record, req rtm.Request, a 
 		if req.TraceParent != "" {
 			f = append(f, "traceparent", req.TraceParent)
 		}
-		if err := insertOutbox(ctx, tx, StreamJobResults, f); err != nil {
-			return false, err
-		}
-		added = true
+		queueOutbox(p, StreamJobResults, f)
 	}
 	if intent := rtm.IntentFor(a.Code); intent != "" && req.Kind == rtm.OpStart && a.Outcome == rtm.OutcomeFailed {
 		f := []string{"intent", string(intent), "game_id", req.GameID, "image_ref", req.ImageRef,
 			"error_code", string(a.Code), "message", a.Message, "created_at", now.Format(time.RFC3339Nano)}
-		if err := insertOutbox(ctx, tx, StreamNotificationIntents, f); err != nil {
-			return false, err
-		}
-		added = true
+		queueOutbox(p, StreamNotificationIntents, f)
 	}
-	return added, nil
 }
 
-func insertOp(ctx context.Context, tx pgx.Tx, op rtm.Operation) error {
+func queueOp(p *pipe, op rtm.Operation) {
 	if op.StartedAt.IsZero() {
 		op.StartedAt = time.Now().UTC()
 	}
 	if op.FinishedAt.IsZero() {
 		op.FinishedAt = time.Now().UTC()
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO operation_log (game_id, op_kind, op_source, outcome, error_code, error_message,
-		request_id, old_image_ref, new_image_ref, container_id, started_at, finished_at)
+	p.exec(fmt.Sprintf("logging %s of %s", op.Kind, op.GameID), `INSERT INTO operation_log (game_id, op_kind, op_source,
+		outcome, error_code, error_message, request_id, old_image_ref, new_image_ref, container_id, started_at, finished_at)
 		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)`, op.GameID, string(op.Kind), string(op.Source),
 		string(op.Outcome), string(op.ErrorCode), op.ErrorMessage, op.RequestID, op.OldImageRef, op.NewImageRef,
 		op.ContainerID, op.StartedAt, op.FinishedAt)
-	if err != nil {
-		return fmt.Errorf("logging %s of %s: %w", op.Kind, op.GameID, err)
-	}
-	return nil
 }
 
-func insertOutbox(ctx context.Context, tx pgx.Tx, stream string, fields []string) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO outbox (stream, fields) VALUES ($1, $2)`, stream, fields); err != nil {
-		return fmt.Errorf("queueing %s entry: %w", stream, err)
-	}
-	return nil
-}
-
-func insertEvents(ctx context.Context, tx pgx.Tx, events []rtm.HealthEvent) error {
-	for _, e := range events {
-		if repeat, err := repeatedTransition(ctx, tx, e); err != nil {
+// queueOutbox queues an outbox row; once written it is in p.added.
+func queueOutbox(p *pipe, stream string, fields []string) {
+	p.queryRow("queueing "+stream+" entry", func(row pgx.Row) error {
+		e := OutboxEntry{Stream: stream, Fields: fields}
+		if err := row.Scan(&e.ID); err != nil {
 			return err
-		} else if repeat {
+		}
+		p.added = append(p.added, e)
+		return nil
+	}, `INSERT INTO outbox (stream, fields) VALUES ($1, $2) RETURNING id`, stream, fields)
+}
+
+// transitionEvent reports whether events of type t are published once per transition: probe and
+// inspect events, which any RTM process (or this one before a restart) may observe again.
+func transitionEvent(t rtm.HealthEventType) bool {
+	switch t {
+	case rtm.EventProbeFailed, rtm.EventProbeRecovered, rtm.EventInspectUnhealthy:
+		return true
+	}
+	return false
+}
+
+// queueLastTransitions queues the read, locked, of the last health event type of every game a
+// transition event of events is about. The map it returns holds them once the pipe is flushed
+// (a game without a snapshot is absent).
+func queueLastTransitions(p *pipe, events []rtm.HealthEvent) map[string]string {
+	last := map[string]string{}
+	var ids []string
+	seen := map[string]bool{}
+	for _, e := range events {
+		if transitionEvent(e.Type) && !seen[e.GameID] {
+			seen[e.GameID] = true
+			ids = append(ids, e.GameID)
+		}
+	}
+	if len(ids) == 0 {
+		return last
+	}
+	sort.Strings(ids) // one lock order for every transaction
+	p.query("reading health snapshots", func(rows pgx.Rows) error {
+		var id, t string
+		if err := rows.Scan(&id, &t); err != nil {
+			return err
+		}
+		last[id] = t
+		return nil
+	}, `SELECT game_id, last_event_type FROM health_snapshots WHERE game_id = ANY($1) ORDER BY game_id FOR UPDATE`, ids)
+	return last
+}
+
+// repeated reports whether a transition event repeats the snapshot's last transition (another
+// RTM process, or this one before a restart, already published it): such events are published
+// once per transition, whoever observes them. last is the snapshot's last event type, "" when
+// the game has none.
+func repeated(e rtm.HealthEvent, last string) bool {
+	switch {
+	case !transitionEvent(e.Type):
+		return false
+	case e.Type == rtm.EventProbeRecovered:
+		return last != string(rtm.EventProbeFailed)
+	default:
+		return last == string(e.Type)
+	}
+}
+
+// queueEvents queues each event's outbox row and snapshot update, skipping transition events
+// that repeat the last transition (last, from queueLastTransitions, is kept up to date as events
+// are queued).
+func queueEvents(p *pipe, events []rtm.HealthEvent, last map[string]string) {
+	for _, e := range events {
+		if repeated(e, last[e.GameID]) {
 			continue
 		}
+		last[e.GameID] = string(e.Type)
 		at := e.ObservedAt
 		if at.IsZero() {
 			at = time.Now()
@@ -351,12 +414,10 @@ func insertEvents(ctx context.Context, tx pgx.Tx, events []rtm.HealthEvent) erro
 			f = append(f, "exit_code", strconv.Itoa(*e.ExitCode))
 		}
 		f = append(f, "message", e.Message, "observed_at", at.UTC().Format(time.RFC3339Nano))
-		if err := insertOutbox(ctx, tx, StreamHealthEvents, f); err != nil {
-			return err
-		}
+		queueOutbox(p, StreamHealthEvents, f)
 		started := e.Type == rtm.EventContainerStarted
-		_, err := tx.Exec(ctx, `INSERT INTO health_snapshots (game_id, status, last_event_type, exit_code, oom_killed,
-			docker_state, updated_at) VALUES ($1, $2, $3, $4, $5, $6, now())
+		p.exec("updating health snapshot of "+e.GameID, `INSERT INTO health_snapshots (game_id, status, last_event_type,
+			exit_code, oom_killed, docker_state, updated_at) VALUES ($1, $2, $3, $4, $5, $6, now())
 			ON CONFLICT (game_id) DO UPDATE SET status = EXCLUDED.status, last_event_type = EXCLUDED.last_event_type,
 				exit_code = CASE WHEN $7 THEN NULL ELSE COALESCE(EXCLUDED.exit_code, health_snapshots.exit_code) END,
 				oom_killed = CASE WHEN $7 THEN false ELSE EXCLUDED.oom_killed OR health_snapshots.oom_killed END,
@@ -365,48 +426,5 @@ func insertEvents(ctx context.Context, tx pgx.Tx, events []rtm.HealthEvent) erro
 				docker_state = COALESCE(NULLIF(EXCLUDED.docker_state, ''), health_snapshots.docker_state),
 				updated_at = now()`,
 			e.GameID, string(e.Status()), string(e.Type), e.ExitCode, e.OOMKilled, e.DockerState, started)
-		if err != nil {
-			return fmt.Errorf("updating health snapshot of %s: %w", e.GameID, err)
-		}
-	}
-	return nil
-}
-
-// inTx runs fn in a transaction, retrying a few times when PostgreSQL reports a serialization
-// failure, a deadlock or a unique violation from a concurrent insert of the same game.
-func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	var err error
-	for attempt := 0; attempt < 4; attempt++ {
-		err = pgx.BeginFunc(ctx, s.pool, fn)
-		var pe *pgconn.PgError
-		if err == nil || !errors.As(err, &pe) || (pe.Code != "40001" && pe.Code != "40P01" && pe.Code != "23505") {
-			return err
-		}
-	}
-	return err
-}
-
-// repeatedTransition reports whether a probe or inspect event repeats the snapshot's last
-// transition (another RTM process, or this one before a restart, already published it): such
-// events are published once per transition, whoever observes them.
-func repeatedTransition(ctx context.Context, tx pgx.Tx, e rtm.HealthEvent) (bool, error) {
-	switch e.Type {
-	case rtm.EventProbeFailed, rtm.EventProbeRecovered, rtm.EventInspectUnhealthy:
-	default:
-		return false, nil
-	}
-	var last string
-	err := tx.QueryRow(ctx, `SELECT last_event_type FROM health_snapshots WHERE game_id = $1 FOR UPDATE`, e.GameID).Scan(&last)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return e.Type == rtm.EventProbeRecovered, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("reading health snapshot of %s: %w", e.GameID, err)
-	}
-	switch e.Type {
-	case rtm.EventProbeRecovered:
-		return last != string(rtm.EventProbeFailed), nil
-	default:
-		return last == string(e.Type), nil
 	}
 }

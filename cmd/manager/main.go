@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -119,10 +120,12 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return step("postgres migrations", err)
 	}
 	log.Info("migrations applied")
-	var pub *publisher.Publisher
-	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{OnOutbox: func() {
-		if pub != nil {
-			pub.Wake()
+	// Rows committed before the publisher exists (the boot pass) wait in the outbox for its
+	// first poll.
+	var pub atomic.Pointer[publisher.Publisher]
+	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{OnOutbox: func(rows []store.OutboxEntry) {
+		if p := pub.Load(); p != nil {
+			p.Offer(rows)
 		}
 	}})
 	if err != nil {
@@ -240,13 +243,13 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	log.Info("reconciler initial pass completed", "games", len(ids), "retrying", failed)
 
 	// 7. Background workers.
-	pub = publisher.New(publisher.Publisher{Outbox: st, Redis: co, Log: log, Observer: metrics,
+	relay := publisher.New(publisher.Publisher{Outbox: st, Redis: co, Log: log, Observer: metrics,
 		Names: map[string]string{
 			store.StreamJobResults:          cfg.JobResultsStream,
 			store.StreamHealthEvents:        cfg.HealthEventsStream,
 			store.StreamNotificationIntents: cfg.NotificationIntentsStream,
 		}})
-	pub.Wake()
+	pub.Store(relay)
 	workers := []struct {
 		name string
 		run  func(context.Context) error
@@ -265,7 +268,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: dk, Store: st,
 			Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run},
-		{"publisher", pub.Run},
+		{"publisher", relay.Run},
 	}
 	wctx, cancelWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWorkers()

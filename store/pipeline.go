@@ -1,0 +1,143 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// pipe is one transaction sent to PostgreSQL as pipelined batches: statements are queued, and
+// flush sends everything queued in one round trip. BEGIN travels with the first flush and COMMIT
+// with the statements still queued when the transaction's function returns, so a transaction
+// that reads, decides in Go and then writes costs two round trips however many statements it
+// holds (one per statement, plus BEGIN and COMMIT, as a pgx.Tx would send them).
+//
+// Each statement is queued with what it does, which its error names. When a statement fails,
+// PostgreSQL skips the rest of its batch; flush returns that statement's error and inPipe rolls
+// the transaction back.
+type pipe struct {
+	conn  *pgxpool.Conn
+	batch *pgx.Batch
+	// added are the outbox rows the transaction inserted (queueOutbox), as they were written.
+	added []OutboxEntry
+}
+
+func newPipe(conn *pgxpool.Conn) *pipe {
+	p := &pipe{conn: conn, batch: &pgx.Batch{}}
+	p.batch.Queue("BEGIN")
+	return p
+}
+
+// exec queues a statement whose result is not needed.
+func (p *pipe) exec(what, sql string, args ...any) {
+	p.execTag(what, nil, sql, args...)
+}
+
+// execTag queues a statement and hands its command tag to fn (which may be nil).
+func (p *pipe) execTag(what string, fn func(pgconn.CommandTag), sql string, args ...any) {
+	p.batch.Queue(sql, args...).Fn = func(br pgx.BatchResults) error {
+		tag, err := br.Exec()
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if fn != nil {
+			fn(tag)
+		}
+		return nil
+	}
+}
+
+// queryRow queues a query of at most one row and hands the row to scan, whose Scan returns
+// pgx.ErrNoRows when there is none; scan's error, if any, fails the transaction.
+func (p *pipe) queryRow(what string, scan func(pgx.Row) error, sql string, args ...any) {
+	p.batch.Queue(sql, args...).Fn = func(br pgx.BatchResults) error {
+		if err := scan(br.QueryRow()); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	}
+}
+
+// query queues a query and hands each of its rows to scan.
+func (p *pipe) query(what string, scan func(pgx.Rows) error, sql string, args ...any) {
+	p.batch.Queue(sql, args...).Fn = func(br pgx.BatchResults) error {
+		rows, err := br.Query()
+		if err == nil {
+			for rows.Next() {
+				if err = scan(rows); err != nil {
+					break
+				}
+			}
+			rows.Close()
+			if err == nil {
+				err = rows.Err()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	}
+}
+
+// flush sends what is queued in one round trip and runs the queued callbacks in order.
+func (p *pipe) flush(ctx context.Context) error {
+	b := p.batch
+	p.batch = &pgx.Batch{}
+	if b.Len() == 0 {
+		return nil
+	}
+	return p.conn.SendBatch(ctx, b).Close()
+}
+
+// inPipe runs fn as one pipelined transaction (see pipe), retrying it a few times when
+// PostgreSQL reports a serialization failure, a deadlock or a unique violation from a concurrent
+// insert of the same game. fn may run more than once: it must start from scratch each time.
+// Once committed, the outbox rows it added are handed to Options.OnOutbox.
+func (s *Store) inPipe(ctx context.Context, fn func(p *pipe) error) error {
+	var err error
+	for attempt := 0; attempt < 4; attempt++ {
+		if err = s.pipeOnce(ctx, fn); !retryable(err) {
+			return err
+		}
+	}
+	return err
+}
+
+// pipeOnce runs fn as one pipelined transaction: committed when fn returns nil and the final
+// batch succeeds, rolled back otherwise. Once committed, the outbox rows it added are handed to
+// Options.OnOutbox.
+func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipe) error) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("acquiring a postgres connection: %w", err)
+	}
+	defer conn.Release() // a connection still inside a transaction is closed, not reused
+	p := newPipe(conn)
+	if err = fn(p); err == nil {
+		p.batch.Queue("COMMIT")
+		if err = p.flush(ctx); err == nil {
+			if len(p.added) > 0 {
+				s.onOutbox(p.added)
+			}
+			return nil
+		}
+	}
+	if conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_, _ = conn.Exec(rctx, "ROLLBACK")
+		cancel()
+	}
+	return err
+}
+
+// retryable reports whether a transaction that failed with err is worth running again.
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01" || pe.Code == "23505")
+}
