@@ -151,10 +151,6 @@ type Change struct {
 	Gen int64
 	// Insert adopts a container: the record is created (nothing happens if one exists by then).
 	Insert *Record
-	// Expect, when set, makes the change conditional on the record still being the one read: if
-	// the game's record has another generation or updated_at (or none at all), Commit writes
-	// nothing and returns an error wrapping ErrConflict.
-	Expect *Record
 	// Apply mutates the record; current reports that no request arrived since Gen was read, so
 	// desired state may be changed too. It may be nil.
 	Apply func(r *Record, current bool)

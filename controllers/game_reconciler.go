@@ -32,7 +32,11 @@ type DesiredStore interface {
 	Load(ctx context.Context, gameID string) (*rtm.Record, []rtm.Request, error)
 	// MarkStopping sets a game's status to stopping.
 	MarkStopping(ctx context.Context, gameID string) error
+	// Commit writes c and returns the record as committed (nil when the game has none).
 	Commit(ctx context.Context, c rtm.Change) (*rtm.Record, error)
+	// Update commits the change decide makes of the game's record, read and locked in the same
+	// transaction (nil: no change); it returns the record as committed, nil when nothing was.
+	Update(ctx context.Context, gameID string, decide func(rec *rtm.Record) *rtm.Change) (*rtm.Record, error)
 }
 
 // ContainerRuntime is the Docker side the reconciler observes and acts on.
@@ -134,10 +138,12 @@ func New(store DesiredStore, rt ContainerRuntime, leases Leaser, dirs StateDirs,
 		log: log, tracer: tracer, drift: drift}, nil
 }
 
-// Reconcile brings one game closer to its desired state: load, observe, decide, then (under the
-// game's lease, after loading and observing again) act and record. A transient failure is
-// returned so the rate-limited queue retries it; a terminal one is recorded on the game and not
-// retried until its desired state changes; a lease held elsewhere requeues the game.
+// Reconcile brings one game closer to its desired state: observe, load, decide, then act and
+// record. What only needs recording (adopt, dispose, observed_exited, sync) is decided again and
+// recorded in one transaction on the record locked in it, without the game's lease (recordDrift);
+// every other action is taken under the lease, after loading and observing again. A transient
+// failure is returned so the rate-limited queue retries it; a terminal one is recorded on the
+// game and not retried until its desired state changes; a lease held elsewhere requeues the game.
 func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reconcile.Result, err error) {
 	ctx, span := r.tracer.Start(ctx, "reconcile", trace.WithAttributes(attribute.String("game_id", gameID)))
 	defer func() {
@@ -150,23 +156,39 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	if rtm.ValidateGameID(gameID) != nil {
 		return reconcile.Result{}, reconcile.TerminalError(fmt.Errorf("invalid game id %q", gameID))
 	}
-	rec, err := r.record(ctx, gameID)
+	c, seen, err := r.cachedContainer(ctx, gameID)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	c, inspectedAt, err := r.cachedContainer(ctx, gameID)
-	if err != nil {
-		return reconcile.Result{}, err
+	var rec *rtm.Record
+	var act Action
+	if seen.died {
+		// A die event: the engine exited, by itself unless RTM stopped it. Decided and recorded in
+		// one transaction, two round trips from the event to its container_exited event.
+		act, rec, err = r.recordDrift(ctx, gameID, c)
+	} else {
+		if rec, err = r.record(ctx, gameID); err != nil {
+			return reconcile.Result{}, err
+		}
+		if act = Decide(rec, c); recordsOnly(act) {
+			if !seen.fresh() { // decided on the cached view: look afresh before recording it
+				if c, err = r.inspect(ctx, gameID); err != nil {
+					return reconcile.Result{}, err
+				}
+			}
+			act, rec, err = r.recordDrift(ctx, gameID, c)
+		}
 	}
-	act := Decide(rec, c)
 	span.SetAttributes(attribute.String("action", string(act)))
-	if act == ActNone {
-		return reconcile.Result{}, nil
-	}
-	if act == ActAdopt && c.State == rtm.StateCreated && time.Since(c.Created) < adoptGrace {
+	switch {
+	case err != nil:
+		return reconcile.Result{}, err
+	case act == ActAdopt && creating(c):
 		// Someone is creating it right now (docker run creates, then starts): adopt it as it
 		// will be, not as it is for this instant.
 		return reconcile.Result{RequeueAfter: time.Second}, nil
+	case act == ActNone || recordsOnly(act):
+		return reconcile.Result{}, nil
 	}
 	lctx, release, err := r.leases.Acquire(ctx, gameID)
 	if errors.Is(err, rtm.ErrConflict) {
@@ -180,29 +202,24 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	// inspection made just now stays good if no one committed anything to the game meanwhile
 	// (every action commits, and actions need the lease we now hold). The pending requests come
 	// with the record: an interrupted patch and a job's trace are read from them.
-	//
-	// An action that only records what it observed (adopt, dispose, observed_exited, sync) on an
-	// observation made just now skips the second read: its commit applies only if the record is
-	// still the one it decided on (Commit checks that under the row lock), and a record that moved
-	// sends the game round again (errRecordMoved). That is one round trip less between a die
-	// event and its container_exited event.
-	var pending []rtm.Request
-	if fresh := time.Since(inspectedAt) <= time.Second; !recordsOnly(act) || !fresh {
-		latest, p, err := r.store.Load(lctx, gameID)
-		if err != nil {
+	fresh, pending, err := r.store.Load(lctx, gameID)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if !seen.fresh() || !sameVersion(rec, fresh) {
+		if c, err = r.inspect(lctx, gameID); err != nil {
 			return reconcile.Result{}, err
 		}
-		if !fresh || !sameVersion(rec, latest) {
-			if c, err = r.inspect(lctx, gameID); err != nil {
-				return reconcile.Result{}, err
-			}
-		}
-		rec, pending = latest, p
 	}
+	rec = fresh
 	act = Decide(rec, c)
 	span.SetAttributes(attribute.String("action", string(act)))
-	if act == ActNone {
+	switch {
+	case act == ActNone:
 		return reconcile.Result{}, nil
+	case recordsOnly(act):
+		// Moved to something that only needs recording: that is recordDrift's, at once.
+		return reconcile.Result{RequeueAfter: time.Millisecond}, nil
 	}
 	lctx, endSpan := r.continueRequestTrace(lctx, rec, pending)
 	defer endSpan()
@@ -214,16 +231,13 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 		if ctx.Err() == nil && lctx.Err() != nil {
 			return reconcile.Result{RequeueAfter: r.opts.LeaseRetry}, nil // lease lost mid-way
 		}
-		if errors.Is(err, rtm.ErrConflict) && recordsOnly(act) {
-			return reconcile.Result{RequeueAfter: recordMovedRetry}, nil // decide again on what it is now
-		}
 		return reconcile.Result{}, err
 	}
 	return reconcile.Result{}, nil
 }
 
-// recordsOnly reports whether act changes nothing but the record (and what it publishes): its
-// commit is conditional on the record it was decided on (rtm.Change.Expect).
+// recordsOnly reports whether act changes nothing but the record and what it publishes: no
+// Docker call, so no lease (see recordDrift).
 func recordsOnly(act Action) bool {
 	switch act {
 	case ActAdopt, ActDispose, ActObservedExited, ActSync:
@@ -232,9 +246,63 @@ func recordsOnly(act Action) bool {
 	return false
 }
 
-// recordMovedRetry is how soon a game whose record moved under a conditional commit is
-// reconciled again.
-const recordMovedRetry = time.Millisecond
+// creating reports whether c is a container someone is creating right now (created, never
+// started, younger than adoptGrace): it is adopted once started, not before.
+func creating(c *rtm.Container) bool {
+	return c != nil && c.State == rtm.StateCreated && time.Since(c.Created) < adoptGrace
+}
+
+// recordDrift decides on the game's record as read and locked in the transaction that records the
+// outcome, with c observed just now. An action that only records what was observed (adopt,
+// dispose, observed_exited, sync) is committed there and then; any other is only returned, with
+// the record it was decided on, for the caller to take under the game's lease.
+//
+// It needs no lease: every Docker action is taken under the lease while the record is pending
+// (its generation ahead of the observed one) and stays so until the action's own last commit,
+// while these actions are decided only on records that are settled (or absent), under the row
+// lock. So one never runs into the other, and of two processes recording the same drift the
+// second finds it recorded.
+func (r *GameReconciler) recordDrift(ctx context.Context, gameID string, c *rtm.Container) (Action, *rtm.Record, error) {
+	if c != nil && !c.Owned {
+		c = nil
+	}
+	var (
+		act  Action
+		read *rtm.Record
+		done func(context.Context, *rtm.Record)
+	)
+	got, err := r.store.Update(ctx, gameID, func(rec *rtm.Record) *rtm.Change {
+		act, read, done = Decide(rec, c), rec, nil
+		if !recordsOnly(act) || act == ActAdopt && creating(c) {
+			return nil
+		}
+		var ch rtm.Change
+		ch, done = r.driftChange(gameID, act, rec, c)
+		return &ch
+	})
+	if err != nil {
+		return act, nil, err
+	}
+	if done != nil {
+		done(ctx, got)
+	}
+	return act, read, nil
+}
+
+// driftChange returns the change that records act for rec and c, and what to do once it is
+// committed (count and log the drift).
+func (r *GameReconciler) driftChange(gameID string, act Action, rec *rtm.Record, c *rtm.Container) (rtm.Change, func(context.Context, *rtm.Record)) {
+	log := r.log.With("game_id", gameID, "action", string(act))
+	switch act {
+	case ActAdopt:
+		return r.adopt(log, rec, c)
+	case ActDispose:
+		return r.dispose(log, rec)
+	case ActObservedExited:
+		return r.observedExited(log, rec, c)
+	}
+	return r.sync(rec, c), nil
+}
 
 // record reads a game's record; nil when it has none.
 func (r *GameReconciler) record(ctx context.Context, gameID string) (*rtm.Record, error) {
@@ -253,21 +321,29 @@ func sameVersion(a, b *rtm.Record) bool {
 	return a.UpdatedAt.Equal(b.UpdatedAt) && a.Generation == b.Generation
 }
 
+// sight is how the reconciler came by its view of a container.
+type sight struct {
+	at   time.Time // when it was observed (an inspection, or the die event that set a cache entry); zero for other cache hits
+	died bool      // a die event set it
+}
+
+// fresh reports whether the observation is as good as an inspection made now.
+func (s sight) fresh() bool { return !s.at.IsZero() && time.Since(s.at) <= time.Second }
+
 // cachedContainer returns the game's container from the cache, inspecting (and filling the
-// cache) only when the cache cannot tell; inspectedAt is when it inspected, or when the die event
-// that set the cached entry came (as fresh as an inspection then), zero for other cache hits.
-func (r *GameReconciler) cachedContainer(ctx context.Context, gameID string) (c *rtm.Container, inspectedAt time.Time, err error) {
+// cache) only when the cache cannot tell.
+func (r *GameReconciler) cachedContainer(ctx context.Context, gameID string) (*rtm.Container, sight, error) {
 	if r.opts.Cache != nil {
 		if ct, found, known, exitedAt := r.opts.Cache.Lookup(gameID); known {
 			if !found {
-				return nil, time.Time{}, nil
+				return nil, sight{}, nil
 			}
-			return &ct, exitedAt, nil
+			return &ct, sight{at: exitedAt, died: !exitedAt.IsZero()}, nil
 		}
 	}
 	at := time.Now()
-	c, err = r.inspect(ctx, gameID)
-	return c, at, err
+	c, err := r.inspect(ctx, gameID)
+	return c, sight{at: at}, err
 }
 
 // inspect observes the game's container afresh (nil when it has none) and records what it saw
@@ -294,21 +370,13 @@ func (r *GameReconciler) inspect(ctx context.Context, gameID string) (*rtm.Conta
 	return &c, nil
 }
 
-// act runs one decided action and records its result; pending are the game's unanswered
-// requests.
+// act runs one decided action that needs the lease and records its result; pending are the
+// game's unanswered requests.
 func (r *GameReconciler) act(ctx context.Context, log *slog.Logger, act Action, rec *rtm.Record, c *rtm.Container, pending []rtm.Request) error {
 	if c != nil && !c.Owned {
 		c = nil
 	}
 	switch act {
-	case ActAdopt:
-		return r.adopt(ctx, log, rec, c)
-	case ActDispose:
-		return r.dispose(ctx, log, rec)
-	case ActObservedExited:
-		return r.observedExited(ctx, log, rec, c)
-	case ActSync:
-		return r.sync(ctx, rec, c)
 	case ActSettle, ActCreate, ActStartExisting, ActReplace:
 		if old := pendingPatch(rec, pending); old != "" {
 			return r.resumePatch(ctx, log, rec, c, old)
@@ -331,8 +399,9 @@ func (r *GameReconciler) countDrift(ctx context.Context, kind string) {
 	r.drift.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
 }
 
-// adopt records an owned container RTM has no live record of, as it is; it never touches it.
-func (r *GameReconciler) adopt(ctx context.Context, log *slog.Logger, old *rtm.Record, c *rtm.Container) error {
+// adopt records an owned container RTM has no live record of (old is nil, or settled), as it
+// is; it never touches it.
+func (r *GameReconciler) adopt(log *slog.Logger, old *rtm.Record, c *rtm.Container) (rtm.Change, func(context.Context, *rtm.Record)) {
 	rec := rtm.Record{
 		GameID:              c.GameID,
 		DesiredImageRef:     c.ImageRef,
@@ -360,28 +429,26 @@ func (r *GameReconciler) adopt(ctx context.Context, log *slog.Logger, old *rtm.R
 		GameID: c.GameID, Kind: rtm.OpReconcileAdopt, Source: rtm.SourceReconciler, Outcome: rtm.OutcomeSucceeded,
 		NewImageRef: c.ImageRef, ContainerID: c.ID, StartedAt: now, FinishedAt: now}}}
 	if old != nil {
-		ch.Insert, ch.Gen, ch.Expect = nil, old.Generation, old
+		ch.Insert, ch.Gen = nil, old.Generation
 		ch.Apply = func(x *rtm.Record, _ bool) {
 			gen := x.Generation + 1
-			rec.GameID, rec.Generation, rec.ObservedGeneration = x.GameID, gen, gen
-			rec.CreatedAt = x.CreatedAt
-			*x = rec
+			adopted := rec
+			adopted.GameID, adopted.Generation, adopted.ObservedGeneration = x.GameID, gen, gen
+			adopted.CreatedAt = x.CreatedAt
+			*x = adopted
 		}
 	}
-	got, err := r.store.Commit(ctx, ch)
-	if err != nil {
-		return err
+	return ch, func(ctx context.Context, got *rtm.Record) {
+		if got != nil && got.CurrentContainerID == c.ID {
+			r.countDrift(ctx, "adopt")
+			log.InfoContext(ctx, "adopted container", "container_id", c.ID, "status", string(rec.Status))
+		}
 	}
-	if got != nil && got.CurrentContainerID == c.ID {
-		r.countDrift(ctx, "adopt")
-		log.InfoContext(ctx, "adopted container", "container_id", c.ID, "status", string(rec.Status))
-	}
-	return nil
 }
 
-func (r *GameReconciler) dispose(ctx context.Context, log *slog.Logger, rec *rtm.Record) error {
+func (r *GameReconciler) dispose(log *slog.Logger, rec *rtm.Record) (rtm.Change, func(context.Context, *rtm.Record)) {
 	now := time.Now().UTC()
-	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Expect: rec,
+	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation,
 		Apply: func(x *rtm.Record, current bool) {
 			x.Status = rtm.StatusRemoved
 			if current {
@@ -393,18 +460,16 @@ func (r *GameReconciler) dispose(ctx context.Context, log *slog.Logger, rec *rtm
 			StartedAt: now, FinishedAt: now}},
 		Events: []rtm.HealthEvent{{GameID: rec.GameID, Type: rtm.EventContainerDisappeared,
 			ContainerID: rec.CurrentContainerID, Message: "the container is gone", ObservedAt: now}},
-	})
-	if err != nil {
-		return err
 	}
-	r.countDrift(ctx, "dispose")
-	log.InfoContext(ctx, "disposed record of vanished container", "container_id", rec.CurrentContainerID)
-	return nil
+	return ch, func(ctx context.Context, _ *rtm.Record) {
+		r.countDrift(ctx, "dispose")
+		log.InfoContext(ctx, "disposed record of vanished container", "container_id", rec.CurrentContainerID)
+	}
 }
 
-func (r *GameReconciler) observedExited(ctx context.Context, log *slog.Logger, rec *rtm.Record, c *rtm.Container) error {
+func (r *GameReconciler) observedExited(log *slog.Logger, rec *rtm.Record, c *rtm.Container) (rtm.Change, func(context.Context, *rtm.Record)) {
 	now := time.Now().UTC()
-	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Expect: rec,
+	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation,
 		Apply: func(x *rtm.Record, current bool) {
 			x.Status, x.ExitCode, x.CurrentContainerID, x.ExitReportedContainer = rtm.StatusExited, rtm.IntPtr(c.ExitCode), c.ID, c.ID
 			if current {
@@ -424,18 +489,16 @@ func (r *GameReconciler) observedExited(ctx context.Context, log *slog.Logger, r
 		}
 		ch.Events = append(ch.Events, ev)
 	}
-	if _, err := r.store.Commit(ctx, ch); err != nil {
-		return err
+	return ch, func(ctx context.Context, _ *rtm.Record) {
+		r.countDrift(ctx, "observed_exited")
+		log.InfoContext(ctx, "observed engine exit", "container_id", c.ID, "exit_code", c.ExitCode, "oom_killed", c.OOMKilled)
 	}
-	r.countDrift(ctx, "observed_exited")
-	log.InfoContext(ctx, "observed engine exit", "container_id", c.ID, "exit_code", c.ExitCode, "oom_killed", c.OOMKilled)
-	return nil
 }
 
 // sync brings the record in line with a container nobody asked to change (started or replaced by
 // hand): no operation row, but a started event when the game comes up.
-func (r *GameReconciler) sync(ctx context.Context, rec *rtm.Record, c *rtm.Container) error {
-	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Expect: rec, Apply: func(x *rtm.Record, _ bool) {
+func (r *GameReconciler) sync(rec *rtm.Record, c *rtm.Container) rtm.Change {
+	ch := rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Apply: func(x *rtm.Record, _ bool) {
 		x.CurrentContainerID, x.CurrentImageRef = c.ID, c.ImageRef
 		if c.Running() {
 			x.Status, x.ExitCode = rtm.StatusRunning, nil
@@ -446,8 +509,7 @@ func (r *GameReconciler) sync(ctx context.Context, rec *rtm.Record, c *rtm.Conta
 	if c.Running() && rec.Status != rtm.StatusRunning {
 		ch.Events = []rtm.HealthEvent{startedEvent(rec.GameID, c.ID)}
 	}
-	_, err := r.store.Commit(ctx, ch)
-	return err
+	return ch
 }
 
 func startedEvent(gameID, containerID string) rtm.HealthEvent {
@@ -614,12 +676,8 @@ func (r *GameReconciler) stop(ctx context.Context, log *slog.Logger, rec *rtm.Re
 		}
 		return r.fail(ctx, log, rec, err)
 	}
-	after, err := r.runtime.Inspect(ctx, rec.GameID)
-	exit := rtm.IntPtr(0)
-	if err == nil {
-		exit = rtm.IntPtr(after.ExitCode)
-	}
-	_, err = r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Answer: &rtm.Succeeded, ContainerID: c.ID,
+	exit := rtm.IntPtr(r.exitCode(ctx, rec.GameID, c.ID))
+	_, err := r.store.Commit(ctx, rtm.Change{GameID: rec.GameID, Gen: rec.Generation, Answer: &rtm.Succeeded, ContainerID: c.ID,
 		Apply: func(x *rtm.Record, _ bool) {
 			x.Status, x.ExitCode, x.ExitReportedContainer = rtm.StatusStopped, exit, c.ID
 			x.ObservedGeneration = max(x.ObservedGeneration, rec.Generation)
@@ -628,6 +686,21 @@ func (r *GameReconciler) stop(ctx context.Context, log *slog.Logger, rec *rtm.Re
 		log.InfoContext(ctx, "engine stopped", "container_id", c.ID)
 	}
 	return err
+}
+
+// exitCode returns the exit code of the stopped container id: the one its die event carried when
+// that has reached the cache (usually by the time the stop call returns), else an inspection's;
+// 0 when neither can tell.
+func (r *GameReconciler) exitCode(ctx context.Context, gameID, id string) int {
+	if r.opts.Cache != nil {
+		if ct, found, known, exitedAt := r.opts.Cache.Lookup(gameID); known && found && ct.ID == id && !exitedAt.IsZero() {
+			return ct.ExitCode
+		}
+	}
+	if after, err := r.runtime.Inspect(ctx, gameID); err == nil {
+		return after.ExitCode
+	}
+	return 0
 }
 
 func (r *GameReconciler) remove(ctx context.Context, log *slog.Logger, rec *rtm.Record, c *rtm.Container) error {
