@@ -317,7 +317,9 @@ func goVersion() string { return runtime.Version() }
 
 // method is the fixed part of docs/benchmarks.md.
 const method = `Everything runs on one host: a throwaway PostgreSQL cluster and redis-server started by
-test/testenv, the Docker daemon, the rtmanager binary built from ./cmd/manager (RTM's defaults
+test/testenv (PostgreSQL with fsync, synchronous_commit and full_page_writes turned back on, so
+that every commit is flushed to disk as in production; the test harness turns them off), the
+Docker daemon, the rtmanager binary built from ./cmd/manager (RTM's defaults
 everywhere but the addresses, the image allow-list and RTMANAGER_PPROF=1), and the stand-in
 engine image rtm-bench/game:1.0.0 (test/engine, FROM scratch) from testenv.BuildEngineImages. The
 benchmark creates its own Docker network and removes every container on it, the network and the

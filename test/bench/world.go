@@ -18,6 +18,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/galaxy-platform/rtmanager/config"
@@ -118,6 +119,9 @@ func setUp(ctx context.Context, w *world) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	if err := durable(ctx, w.env.AdminDSN); err != nil {
+		return err
+	}
 
 	if err := w.createNetwork(ctx); err != nil {
 		return err
@@ -158,6 +162,33 @@ func (w *world) createNetwork(ctx context.Context) error {
 		return fmt.Errorf("creating network %s: %w", w.net, err)
 	}
 	return nil
+}
+
+// durable turns PostgreSQL's durability back on (the test harness turns it off for speed): every
+// commit RTM makes in the benchmark is flushed to disk, as in production.
+func durable(ctx context.Context, adminDSN string) error {
+	conn, err := pgx.Connect(ctx, adminDSN)
+	if err != nil {
+		return fmt.Errorf("connecting to postgres as admin: %w", err)
+	}
+	defer conn.Close(ctx)
+	for _, q := range []string{`ALTER SYSTEM SET fsync = on`, `ALTER SYSTEM SET synchronous_commit = on`,
+		`ALTER SYSTEM SET full_page_writes = on`, `SELECT pg_reload_conf()`} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("making postgres durable (%s): %w", q, err)
+		}
+	}
+	// The reload reaches the backends asynchronously.
+	var fsync, sync string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err := conn.QueryRow(ctx, `SELECT current_setting('fsync'), current_setting('synchronous_commit')`).Scan(&fsync, &sync); err != nil {
+			return fmt.Errorf("reading postgres durability settings: %w", err)
+		}
+		if fsync == "on" && sync == "on" {
+			return nil
+		}
+	}
+	return fmt.Errorf("postgres kept fsync=%s synchronous_commit=%s after reload", fsync, sync)
 }
 
 // newDatabase returns the DSN of a fresh database provisioned like production.
