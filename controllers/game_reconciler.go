@@ -139,9 +139,9 @@ func New(store DesiredStore, rt ContainerRuntime, leases Leaser, dirs StateDirs,
 }
 
 // Reconcile brings one game closer to its desired state: observe, load, decide, then act and
-// record. What only needs recording (adopt, dispose, observed_exited, sync) is decided again and
-// recorded in one transaction on the record locked in it, without the game's lease (recordDrift);
-// every other action is taken under the lease, after loading and observing again. A transient
+// record under the game's lease. What only needs recording (adopt, dispose, observed_exited,
+// sync) is decided again on the record locked in the transaction that records it (recordDrift);
+// every other action is decided again after loading and observing afresh under the lease. A transient
 // failure is returned so the rate-limited queue retries it; a terminal one is recorded on the
 // game and not retried until its desired state changes; a lease held elsewhere requeues the game.
 func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reconcile.Result, err error) {
@@ -164,7 +164,7 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	var act Action
 	if seen.died {
 		// A die event: the engine exited, by itself unless RTM stopped it. Decided and recorded in
-		// one transaction, two round trips from the event to its container_exited event.
+		// one transaction, two PostgreSQL round trips from the event to its container_exited.
 		act, rec, err = r.recordDrift(ctx, gameID, c)
 	} else {
 		if rec, err = r.record(ctx, gameID); err != nil {
@@ -172,15 +172,19 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 		}
 		if act = Decide(rec, c); recordsOnly(act) {
 			if !seen.fresh() { // decided on the cached view: look afresh before recording it
+				at := time.Now()
 				if c, err = r.inspect(ctx, gameID); err != nil {
 					return reconcile.Result{}, err
 				}
+				seen = sight{at: at}
 			}
 			act, rec, err = r.recordDrift(ctx, gameID, c)
 		}
 	}
 	span.SetAttributes(attribute.String("action", string(act)))
 	switch {
+	case errors.Is(err, rtm.ErrConflict):
+		return reconcile.Result{RequeueAfter: r.opts.LeaseRetry}, nil // the lease is held elsewhere
 	case err != nil:
 		return reconcile.Result{}, err
 	case act == ActAdopt && creating(c):
@@ -236,8 +240,8 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	return reconcile.Result{}, nil
 }
 
-// recordsOnly reports whether act changes nothing but the record and what it publishes: no
-// Docker call, so no lease (see recordDrift).
+// recordsOnly reports whether act changes nothing but the record and what it publishes (no
+// Docker call): recordDrift decides and records it in one transaction.
 func recordsOnly(act Action) bool {
 	switch act {
 	case ActAdopt, ActDispose, ActObservedExited, ActSync:
@@ -254,32 +258,66 @@ func creating(c *rtm.Container) bool {
 
 // recordDrift decides on the game's record as read and locked in the transaction that records the
 // outcome, with c observed just now. An action that only records what was observed (adopt,
-// dispose, observed_exited, sync) is committed there and then; any other is only returned, with
-// the record it was decided on, for the caller to take under the game's lease.
+// dispose, observed_exited, sync) is committed there and then, under the game's lease; any other
+// is only returned, with the record it was decided on, for the caller to take under the lease.
 //
-// It needs no lease: every Docker action is taken under the lease while the record is pending
-// (its generation ahead of the observed one) and stays so until the action's own last commit,
-// while these actions are decided only on records that are settled (or absent), under the row
-// lock. So one never runs into the other, and of two processes recording the same drift the
-// second finds it recorded.
+// The lease is taken while the record is being read, not before: the two round trips (Redis and
+// PostgreSQL) overlap, and the change is written only once both are in, so that a die event is two
+// PostgreSQL round trips from its container_exited event. Waiting for the lease with the row
+// locked cannot deadlock: taking a lease never waits. A lease held elsewhere writes nothing and
+// returns an error wrapping rtm.ErrConflict.
 func (r *GameReconciler) recordDrift(ctx context.Context, gameID string, c *rtm.Container) (Action, *rtm.Record, error) {
 	if c != nil && !c.Owned {
 		c = nil
 	}
+	type lease struct {
+		ctx     context.Context
+		release func()
+		err     error
+	}
+	taken := make(chan lease, 1)
+	go func() {
+		lctx, release, err := r.leases.Acquire(ctx, gameID)
+		taken <- lease{lctx, release, err}
+	}()
+	var held *lease
+	wait := func() *lease {
+		if held == nil {
+			l := <-taken
+			held = &l
+		}
+		return held
+	}
+	defer func() {
+		if l := wait(); l.err == nil {
+			l.release()
+		}
+	}()
 	var (
-		act  Action
-		read *rtm.Record
-		done func(context.Context, *rtm.Record)
+		act     Action
+		read    *rtm.Record
+		done    func(context.Context, *rtm.Record)
+		refused error
 	)
 	got, err := r.store.Update(ctx, gameID, func(rec *rtm.Record) *rtm.Change {
-		act, read, done = Decide(rec, c), rec, nil
+		act, read, done, refused = Decide(rec, c), rec, nil, nil
 		if !recordsOnly(act) || act == ActAdopt && creating(c) {
+			return nil
+		}
+		if l := wait(); l.err != nil || l.ctx.Err() != nil {
+			refused = l.err
+			if refused == nil {
+				refused = fmt.Errorf("lease of %s lost: %w", gameID, rtm.ErrConflict)
+			}
 			return nil
 		}
 		var ch rtm.Change
 		ch, done = r.driftChange(gameID, act, rec, c)
 		return &ch
 	})
+	if err == nil {
+		err = refused
+	}
 	if err != nil {
 		return act, nil, err
 	}

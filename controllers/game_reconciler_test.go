@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -70,6 +71,7 @@ type rig struct {
 	t      *testing.T
 	store  *store.Store
 	docker *runtime.Docker
+	rdb    *redis.Client
 	rec    *controllers.GameReconciler
 	root   string
 	prefix string
@@ -98,18 +100,10 @@ func newRig(t *testing.T) *rig {
 	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	rec, err := controllers.New(st, dk, coord.New(rdb, "test", 10*time.Second),
-		runtime.StateDirs{Root: root, Mode: 0o750}, probe.New(8080, true, time.Second),
-		controllers.Options{Network: network, EnginePort: 8080, StateMount: "/var/lib/galaxy-game",
-			StopTimeout: 5 * time.Second, MemoryBytes: 64 << 20, NanoCPUs: 1e9, PidsLimit: 64, ReadOnlyRoot: true,
-			PatchVerifyTimeout: 3 * time.Second, ProbeInterval: 200 * time.Millisecond}, log, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	prefix := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 	prefix = fmt.Sprintf("%s-%d", prefix[len(prefix)-min(len(prefix), 20):], time.Now().UnixNano()%100000)
-	r := &rig{t: t, store: st, docker: dk, rec: rec, root: root, prefix: strings.TrimLeft(prefix, "-")}
+	r := &rig{t: t, store: st, docker: dk, rdb: rdb, root: root, prefix: strings.TrimLeft(prefix, "-")}
+	r.rec = r.reconciler("test")
 	t.Cleanup(func() {
 		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "name=galaxy-game-"+r.prefix).Output()
 		for _, id := range strings.Fields(string(out)) {
@@ -117,6 +111,22 @@ func newRig(t *testing.T) *rig {
 		}
 	})
 	return r
+}
+
+// reconciler returns a reconciler on the rig's store, Docker and Redis whose leases carry owner:
+// another RTM process when owner differs from the rig's.
+func (r *rig) reconciler(owner string) *controllers.GameReconciler {
+	r.t.Helper()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	rec, err := controllers.New(r.store, r.docker, coord.New(r.rdb, owner, 10*time.Second),
+		runtime.StateDirs{Root: r.root, Mode: 0o750}, probe.New(8080, true, time.Second),
+		controllers.Options{Network: network, EnginePort: 8080, StateMount: "/var/lib/galaxy-game",
+			StopTimeout: 5 * time.Second, MemoryBytes: 64 << 20, NanoCPUs: 1e9, PidsLimit: 64, ReadOnlyRoot: true,
+			PatchVerifyTimeout: 3 * time.Second, ProbeInterval: 200 * time.Millisecond}, log, nil, nil)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return rec
 }
 
 func (r *rig) game(name string) string { return r.prefix + "-" + name }
@@ -359,5 +369,80 @@ func TestGameReconciler_Reconcile_drift(t *testing.T) {
 	}
 	if c, _ := r.inspect(foreign); !c.Running() || c.Owned {
 		t.Fatalf("a foreign container was touched: %+v", c)
+	}
+}
+
+func TestGameReconciler_Reconcile_driftIsRecordedOnceUnderTheLease(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	g := r.game("crash")
+	r.submit(start(g, repo+":1.4.1"))
+	r.reconcile(g)
+	// Another process holds the game's lease (alive: its instance key beats) while the engine
+	// dies: the exit is not recorded until the lease is free.
+	holder := coord.New(r.rdb, "holder", 30*time.Second)
+	hctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if err := holder.Heartbeat(hctx); err != nil {
+		t.Fatal(err)
+	}
+	_, release, err := holder.Acquire(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("docker", "kill", "galaxy-game-"+g).CombinedOutput(); err != nil {
+		t.Fatalf("docker kill: %v %s", err, out)
+	}
+	res, err := r.rec.Reconcile(ctx, g)
+	if err != nil || res.RequeueAfter == 0 {
+		t.Fatalf("Reconcile with the lease held elsewhere = %+v, %v; want a requeue", res, err)
+	}
+	if rec := r.record(g); rec.Status != rtm.StatusRunning || r.ops(g, rtm.OpReconcileObservedExited) != 0 {
+		t.Fatalf("exit recorded while another process held the lease: %+v", rec)
+	}
+	release()
+	// Two RTM processes see it at once: one records it, the other is refused the lease or finds
+	// it recorded.
+	second := r.reconciler("second")
+	var wg sync.WaitGroup
+	for _, rec := range []*controllers.GameReconciler{r.rec, second, r.rec, second} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				res, err := rec.Reconcile(ctx, g)
+				if err != nil {
+					t.Errorf("Reconcile: %v", err)
+					return
+				}
+				if res.RequeueAfter == 0 {
+					return
+				}
+				time.Sleep(res.RequeueAfter)
+			}
+		}()
+	}
+	wg.Wait()
+	if rec := r.record(g); rec.Status != rtm.StatusExited || rec.ExitCode == nil || *rec.ExitCode != 137 {
+		t.Fatalf("record after the kill: %+v", rec)
+	}
+	if n := r.ops(g, rtm.OpReconcileObservedExited); n != 1 {
+		t.Fatalf("%d reconcile_observed_exited rows, want 1", n)
+	}
+	exits := 0
+	if _, err := r.store.RelayOutbox(ctx, 1000, func(_ context.Context, es []store.OutboxEntry) (int, error) {
+		for _, e := range es {
+			for i := 0; i+1 < len(e.Fields); i += 2 {
+				if e.Fields[i] == "event_type" && e.Fields[i+1] == string(rtm.EventContainerExited) {
+					exits++
+				}
+			}
+		}
+		return len(es), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if exits != 1 {
+		t.Fatalf("%d container_exited events, want 1", exits)
 	}
 }
