@@ -138,8 +138,8 @@ func TestStore_Commit_aFailingStatementWritesNothing(t *testing.T) {
 	// The operation row breaks a CHECK constraint: the record change queued before it and the
 	// event queued after it must not stay.
 	_, err = s.Commit(ctx, rtm.Change{GameID: "g", Gen: before.Generation,
-		Apply: func(x *rtm.Record, _ bool) { x.Status = rtm.StatusRunning },
-		Ops:   []rtm.Operation{{GameID: "g", Kind: "no_such_kind", Source: rtm.SourceReconciler, Outcome: rtm.OutcomeSucceeded}},
+		Apply:  func(x *rtm.Record, _ bool) { x.Status = rtm.StatusRunning },
+		Ops:    []rtm.Operation{{GameID: "g", Kind: "no_such_kind", Source: rtm.SourceReconciler, Outcome: rtm.OutcomeSucceeded}},
 		Events: []rtm.HealthEvent{{GameID: "g", Type: rtm.EventContainerStarted, ContainerID: "c"}}})
 	if err == nil {
 		t.Fatal("Commit with an invalid operation row succeeded")
