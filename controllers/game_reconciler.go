@@ -205,12 +205,27 @@ func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (res reco
 	// The world may have moved before we held the lease: decide again on fresh reads. An
 	// inspection made just now stays good if no one committed anything to the game meanwhile
 	// (every action commits, and actions need the lease we now hold). The pending requests come
-	// with the record: an interrupted patch and a job's trace are read from them.
+	// with the record: an interrupted patch and a job's trace are read from them. A view from the
+	// cache is looked at again while the record is read, not after.
+	var look chan looked
+	if !seen.fresh() {
+		look = make(chan looked, 1)
+		go func() {
+			c, err := r.inspect(lctx, gameID)
+			look <- looked{c, err}
+		}()
+	}
 	fresh, pending, err := r.store.Load(lctx, gameID)
+	if look != nil {
+		l := <-look
+		if err == nil {
+			c, err = l.c, l.err
+		}
+	}
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	if !seen.fresh() || !sameVersion(rec, fresh) {
+	if look == nil && !sameVersion(rec, fresh) {
 		if c, err = r.inspect(lctx, gameID); err != nil {
 			return reconcile.Result{}, err
 		}
@@ -357,6 +372,12 @@ func sameVersion(a, b *rtm.Record) bool {
 		return a == b
 	}
 	return a.UpdatedAt.Equal(b.UpdatedAt) && a.Generation == b.Generation
+}
+
+// looked is the outcome of an inspection.
+type looked struct {
+	c   *rtm.Container
+	err error
 }
 
 // sight is how the reconciler came by its view of a container.

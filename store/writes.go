@@ -208,13 +208,18 @@ func (s *Store) commit(ctx context.Context, gameID string, decide func(*rtm.Reco
 }
 
 // MarkStopping records that RTM is about to stop a game's container (status stopping), in one
-// statement; a game without a record is left alone.
+// round trip; a game without a record is left alone.
+//
+// It is the one write that does not wait for its WAL flush (synchronous_commit off for this
+// transaction): lost in a PostgreSQL crash, it leaves the record saying running while its
+// request is still pending, which the next reconcile settles anyway. Later commits wait for the
+// flush, which covers this one too.
 func (s *Store) MarkStopping(ctx context.Context, gameID string) error {
-	if _, err := s.pool.Exec(ctx, `UPDATE runtime_records SET status = 'stopping', updated_at = now() WHERE game_id = $1`,
-		gameID); err != nil {
-		return fmt.Errorf("marking %s stopping: %w", gameID, err)
-	}
-	return nil
+	return s.pipeOnce(ctx, func(p *pipe) error {
+		p.exec("marking "+gameID+" stopping", `SET LOCAL synchronous_commit TO OFF`)
+		p.exec("marking "+gameID+" stopping", `UPDATE runtime_records SET status = 'stopping', updated_at = now() WHERE game_id = $1`, gameID)
+		return nil
+	})
 }
 
 // RecordHealth publishes health events (through the outbox) and updates the snapshots.

@@ -62,13 +62,13 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the work dir (RTM's logs) for inspection")
 	logLevel := flag.String("rtm-log-level", "info", "RTMANAGER_LOG_LEVEL of the RTM processes")
 	rtmEnv := flag.String("rtm-env", "", "extra RTM environment, K=V,K=V (for profiling runs)")
-	rounds := flag.Int("rounds", 0, "rounds of single start/stop/exit (default 15, 5 with -quick)")
+	rounds := flag.Int("rounds", 0, "rounds of single start/stop/exit (default 30, 5 with -quick)")
 	burstN := flag.Int("burst", 0, "jobs per burst (default 50, 10 with -quick)")
-	burstRounds := flag.Int("burst-rounds", 0, "burst rounds (default 3, 1 with -quick)")
+	burstRounds := flag.Int("burst-rounds", 0, "burst rounds (default 5, 1 with -quick)")
 	cpuProfile := flag.String("cpuprofile", "", "write the benchmark process's CPU profile here (the stand-in passes run in it)")
 	flag.Parse()
 
-	p := params{rounds: 15, burstN: 50, burstRounds: 3, calibN: 16, calibLevels: []int{4, 8, 16},
+	p := params{rounds: 30, burstN: 50, burstRounds: 5, calibN: 16, calibLevels: []int{4, 8, 16},
 		restRate: 1000, restWarm: 2 * time.Second, restDur: 10 * time.Second,
 		standin: []int{1000, 10000}, standinPass: 5, scale: []int{10, 100, 1000}, restarts: 3,
 		settle: 8 * time.Second, startBatch: 250, out: "docs/benchmarks.md", writeDocFile: true,

@@ -388,36 +388,46 @@ daemon refuses to remove is taken over by the next run rather than left behind f
 const findings = `## What the profiles showed
 
 Found with RTM's traces (RTMANAGER_TELEMETRY_EXPORTER=stdout), /debug/pprof (RTMANAGER_PPROF=1),
-the counting Docker proxy and the benchmark's own CPU profile (-cpuprofile, for the stand-in
-passes), and changed:
+the counting Docker proxy, the benchmark's own CPU profile (-cpuprofile, for the stand-in passes)
+and, for the start, stop and exit paths, per-step timestamps of one reconcile, and changed:
 
-- **Exit detection waited for Docker's clean-up.** Docker 20.10 sends ` + "`die`" + ` before it has
-  cleaned the container up (network, mounts), holding the container's lock, and an inspection
-  made then waits for the clean-up: 70–500 ms measured. RTM invalidated its cache on every event,
-  so each exit cost such an inspection (exit detection ~180 ms median). Now a ` + "`die`" + ` sets the
-  game's cache entry to exited with the event's exit code (runtime.Cache.Exited) when the cache's
-  word on the game is that very container; the reconciler decides from it and, under the lease,
-  trusts it as it trusts an inspection made less than a second before when the record did not
-  move. ` + "`oom`" + ` still invalidates (an OOM kill is learnt from an inspection) and ` + "`kill`" + ` no longer
-  does (a signal changes nothing by itself). RTM now adds about 5–10 ms to Docker's own die event.
-- **The boot pass started a goroutine per game.** Each grew a fresh stack through pgx's call chain
-  (runtime.newstack and copystack were a tenth of the pass's CPU); Controller.InitialPass now
-  runs a fixed pool of workers. Stand-in pass over 10,000 games: ~0.8 s → ~0.38 s on the same
-  (busy) host.
-- **A query for a trace nobody keeps.** The reconciler read a game's pending requests before
-  every start and stop to continue the request's trace, also with tracing off; it now skips that
-  when the reconcile span does not record.
+- **Round trips in sequence, each waiting for the scheduler.** After a die event Docker's
+  clean-up keeps both cores busy, and a single PostgreSQL or Redis round trip then took from 0.2 to
+  8 ms (RTM adding 5 to 10 ms to Docker's die event). Every transaction now costs two round trips
+  however many statements it holds: BEGIN travels with its reads and COMMIT with its writes, each
+  group one pipelined pgx batch (store/pipeline.go); a failed statement rolls it all back. The
+  record and its pending requests are one read; "stopping" is one statement (committed without
+  waiting for its WAL flush: losing it in a crash changes nothing the next reconcile does not
+  redo); a start creates first and pulls only when the daemon says the image is missing (no image
+  inspection); the inspection under the lease runs beside the record read; a stop takes its exit
+  code from the die event when the cache has it.
+- **The publisher read back what had just been written.** A commit now hands its outbox rows, as
+  written, to the publisher, which publishes them at once and marks them sent afterwards; its
+  poll (every 250 ms) claims only what nobody handed it. The per-row marker keeps a row relayed
+  both ways to one XADD, now also to one count in the published-entries metrics.
+- **Drift cost a read, a lease and a second read before its commit.** An observed exit (and
+  adopt, dispose, sync) is now decided on the record as read and locked in the transaction that
+  records it, with the game's lease taken while that read is on its way: a die event is two
+  PostgreSQL round trips (the lease's Redis round trip beside the first) and one Redis round trip
+  from its container_exited event.
 
-What dominates now: on the start and stop paths RTM's own time is about 23 PostgreSQL round
-trips in sequence (job Submit 7, two record reads, the stop's "stopping" commit 4, the outcome
-Commit 8, the publisher's claim 2) and two or three Docker inspections. That is a few
-milliseconds on an idle host, and 20–30 ms when other work keeps every core busy, because each
-round trip then waits for the scheduler twice; it is what the stop ratio (Docker's stop is only
-~100 ms) is most sensitive to. Pipelining the trailing writes of Submit and Commit in one
-pgx.Batch would remove about six of them. Exit detection is bounded by Docker's own die event
-(~34 ms on an idle host; see the die row above for this run). A full pass over converged games
-costs one record read per game (one Docker list in all); the CPU of a pass is pgx and its
-syscalls.
+In round trips on the critical path, before and after: a start job went through 24 to PostgreSQL,
+2 to Redis and 2 extra Docker calls, now 6, 2 and none (the one inspection runs beside a read); a
+stop job through 23, 2 and 2, now 7, 2 and none when the die event has arrived; a die event
+through 11 and 2, now 2 and 2 (one of them alongside).
+
+Earlier rounds of this work (kept because they still hold): a die event sets the game's cache
+entry to exited with the event's exit code (Docker 20.10 sends die before its clean-up and an
+inspection made then waits for it, 70-500 ms); the boot pass runs a fixed pool of workers instead
+of a goroutine per game; no query is made for a request's trace when tracing is off.
+
+What dominates now, measured on a quiet host with durable commits: a job's Submit about 1 ms (two
+round trips and the WAL flush), the reconcile before Docker's stop about 1.5 ms (record read,
+lease, record and pending read beside the inspection, "stopping"), the outcome's commit about 1 ms,
+and the publish 0.4 to 1 ms; Docker's own stop is 75 to 130 ms and its create and start 230 to 370
+ms. Exit detection is bounded by Docker's own die event (see the die row above). A full pass over
+converged games costs one record read per game (one Docker list in all); the CPU of a pass is pgx
+and its syscalls.
 `
 
 // running is how to run the benchmark (fixed text).
