@@ -168,19 +168,6 @@ func (s *Store) Health(ctx context.Context, gameID string) (*rtm.HealthSnapshot,
 	return &h, nil
 }
 
-// PendingRequests returns a game's unanswered requests, oldest first.
-func (s *Store) PendingRequests(ctx context.Context, gameID string) ([]rtm.Request, error) {
-	rows, err := s.pool.Query(ctx, pendingSQL, gameID)
-	if err != nil {
-		return nil, fmt.Errorf("reading pending requests of %s: %w", gameID, err)
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rtm.Request, error) { return scanRequest(r) })
-	if err != nil {
-		return nil, fmt.Errorf("reading pending requests of %s: %w", gameID, err)
-	}
-	return out, nil
-}
-
 // Load returns a game's record (nil when it has none) and its unanswered requests, oldest first,
 // read in one round trip.
 func (s *Store) Load(ctx context.Context, gameID string) (*rtm.Record, []rtm.Request, error) {
