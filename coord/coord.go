@@ -1,6 +1,11 @@
 // Package coord is RTM's Redis coordination: per-game leases, persisted stream offsets, and the
 // idempotent relay of outbox entries to the output streams. Redis holds no business state here:
 // losing it loses no runtime.
+//
+// A lease is trusted by its holder only until 3/4 of the lease TTL after its last renewal and
+// 3/4 of InstanceTTL after the process's last heartbeat, whichever comes first, counted from when
+// those calls were sent, by the monotonic and by the wall clock (see Acquire); another process can
+// take it only once one of those keys has expired.
 package coord
 
 import (
@@ -8,11 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // Key prefixes of CONTRACT §5.
@@ -23,16 +27,42 @@ const (
 	sentPrefix     = "rtmanager:outbox_sent:"
 )
 
-// Coord wraps a Redis client with RTM's coordination operations.
+// Coord wraps a Redis client with RTM's coordination operations. Use one Coord per process.
 type Coord struct {
-	rdb   *redis.Client
-	owner string
-	ttl   time.Duration
+	rdb         *redis.Client
+	owner       string
+	ttl         time.Duration
+	instanceTTL time.Duration
+	now         func() time.Time
+
+	mu sync.Mutex
+	// beat is when the last SET of this process's instance key that got through was sent: the
+	// key exists until at least beat+instanceTTL.
+	beat time.Time
+	// deregistered is set when Heartbeat ends: the instance key is deleted, so no lease of this
+	// process is safe any more.
+	deregistered bool
+	// held are the games whose lease this process holds (acquired and not yet released).
+	held map[string]bool
 }
 
+// Option tunes a Coord.
+type Option func(*Coord)
+
+// WithInstanceTTL sets how long the instance key outlives its last heartbeat (default
+// InstanceTTL). Tests shorten it; production keeps the default.
+func WithInstanceTTL(d time.Duration) Option { return func(c *Coord) { c.instanceTTL = d } }
+
+// WithClock replaces time.Now as the lease's clock, so that tests can jump it.
+func WithClock(now func() time.Time) Option { return func(c *Coord) { c.now = now } }
+
 // New returns a Coord whose leases carry owner (unique per process) and last ttl unless renewed.
-func New(rdb *redis.Client, owner string, ttl time.Duration) *Coord {
-	return &Coord{rdb: rdb, owner: owner, ttl: ttl}
+func New(rdb *redis.Client, owner string, ttl time.Duration, opts ...Option) *Coord {
+	c := &Coord{rdb: rdb, owner: owner, ttl: ttl, instanceTTL: InstanceTTL, now: time.Now, held: map[string]bool{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Ping checks that Redis answers.
@@ -44,15 +74,6 @@ func (c *Coord) Ping(ctx context.Context) error {
 }
 
 var (
-	// acquireScript takes a free lease, or one whose holder's instance key has expired (a process
-	// killed without releasing: its leases would otherwise block the game for a whole TTL).
-	acquireScript = redis.NewScript(`local cur = redis.call('GET', KEYS[1])
-if cur and redis.call('EXISTS', ARGV[3] .. cur) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if cur then return 2 end
-return 1`)
-	releaseScript = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
-	renewScript   = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0`)
 	// publishScript adds an entry to a stream once per outbox id: the marker key and the XADD
 	// happen atomically, so a crash between XADD and marking the row sent cannot publish twice.
 	publishScript = redis.NewScript(`if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
@@ -60,103 +81,6 @@ return 1`)
 end
 return false`)
 )
-
-// LeaseStats counts lease outcomes for telemetry.
-type LeaseStats interface {
-	LeaseAcquired(ctx context.Context, ok bool)
-}
-
-// Acquire takes gameID's lease. When another holder has it, the error wraps rtm.ErrConflict.
-// On success it returns a context that is cancelled if the lease is lost, and a release function
-// that stops renewal and deletes the key if still ours.
-//
-// The lease is lost when a renewal finds another owner, and also when no renewal has got through
-// for three quarters of the TTL (Redis unreachable from this process, or the process frozen):
-// the key may expire at any moment after that and another process take the game, so this one
-// must stop acting first. The TTL counts from when the SET or PEXPIRE was sent, so Redis's
-// expiry is never earlier than this process's reckoning.
-func (c *Coord) Acquire(ctx context.Context, gameID string) (context.Context, func(), error) {
-	key := leasePrefix + gameID
-	sent := time.Now()
-	n, err := acquireScript.Run(ctx, c.rdb, []string{key}, c.owner, c.ttl.Milliseconds(), instancePrefix).Int()
-	if err != nil {
-		return nil, nil, fmt.Errorf("taking lease of %s: %w: %w", gameID, rtm.ErrUnavailable, err)
-	}
-	if n == 0 {
-		return nil, nil, fmt.Errorf("lease of %s is held elsewhere: %w", gameID, rtm.ErrConflict)
-	}
-	lctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	safe := c.ttl - c.ttl/4 // how long a renewal sent at t keeps the lease ours: until t+safe
-	go func() {
-		defer close(done)
-		t := time.NewTicker(c.ttl / 3)
-		defer t.Stop()
-		deadline := sent.Add(safe)
-		expiry := time.NewTimer(time.Until(deadline))
-		defer expiry.Stop()
-		for {
-			select {
-			case <-lctx.Done():
-				return
-			case <-expiry.C:
-				cancel() // no renewal got through in time: the key may be gone any moment now
-				return
-			case <-t.C:
-				at := time.Now()
-				rctx, rcancel := context.WithDeadline(lctx, deadline) // a hung call must not outlast the lease
-				n, err := renewScript.Run(rctx, c.rdb, []string{key}, c.owner, c.ttl.Milliseconds()).Int()
-				rcancel()
-				switch {
-				case err == nil && n == 0:
-					cancel() // lost: someone else holds it now
-					return
-				case err == nil && at.Before(deadline):
-					deadline = at.Add(safe)
-					expiry.Reset(time.Until(deadline))
-				}
-			}
-		}
-	}()
-	release := func() {
-		cancel()
-		<-done
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer rcancel()
-		_ = releaseScript.Run(rctx, c.rdb, []string{key}, c.owner).Err()
-	}
-	return lctx, release, nil
-}
-
-// Heartbeat keeps this process's instance key alive until ctx ends, then deletes it. Leases held
-// by an instance whose key expired (InstanceTTL after its last beat) may be taken over: a killed
-// process does not block its games for a whole lease TTL. Call it before the first Acquire.
-func (c *Coord) Heartbeat(ctx context.Context) error {
-	key := instancePrefix + c.owner
-	beat := func() error { return c.rdb.Set(ctx, key, "1", InstanceTTL).Err() }
-	if err := beat(); err != nil {
-		return fmt.Errorf("registering instance: %w", err)
-	}
-	go func() {
-		t := time.NewTicker(InstanceTTL / 5)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-				_ = c.rdb.Del(dctx, key).Err()
-				cancel()
-				return
-			case <-t.C:
-				_ = beat()
-			}
-		}
-	}()
-	return nil
-}
-
-// InstanceTTL is how long an instance key outlives its last heartbeat.
-const InstanceTTL = 5 * time.Second
 
 // Offset returns the persisted offset of a consumer ("" when none).
 func (c *Coord) Offset(ctx context.Context, consumer string) (string, error) {
@@ -238,10 +162,14 @@ func (c *Coord) Lag(ctx context.Context, stream, after string) (int64, error) {
 	return int64(len(res)), nil
 }
 
-// Publish adds entries to their streams in order, each exactly once per outbox id (sentTTL keeps
-// the marker). It returns, for each leading entry it got through (published now, or found
-// published before), whether it was added now; an error stops it at the first entry that failed.
-func (c *Coord) Publish(ctx context.Context, entries []OutboxEntry, sentTTL time.Duration) ([]bool, error) {
+// Publish adds entries to their streams in order, each exactly once per outbox id of the
+// database whose epoch is given (sentTTL keeps the marker
+// rtmanager:outbox_sent:<epoch>:<outbox id>). The epoch names one life of the database (see
+// store.Store.OutboxEpoch): after a restore from backup the ids start again from an older value,
+// and rows with ids published before must not be taken for those. It returns, for each leading
+// entry it got through (published now, or found published before), whether it was added now; an
+// error stops it at the first entry that failed.
+func (c *Coord) Publish(ctx context.Context, epoch string, entries []OutboxEntry, sentTTL time.Duration) ([]bool, error) {
 	pipe := c.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(entries))
 	for i, e := range entries {
@@ -250,7 +178,7 @@ func (c *Coord) Publish(ctx context.Context, entries []OutboxEntry, sentTTL time
 		for _, f := range e.Fields {
 			args = append(args, f)
 		}
-		cmds[i] = publishScript.EvalSha(ctx, pipe, []string{e.Stream, sentPrefix + strconv.FormatInt(e.ID, 10)}, args...)
+		cmds[i] = publishScript.EvalSha(ctx, pipe, []string{e.Stream, sentPrefix + epoch + ":" + strconv.FormatInt(e.ID, 10)}, args...)
 	}
 	_, _ = pipe.Exec(ctx)
 	added := make([]bool, 0, len(entries))
@@ -265,7 +193,7 @@ func (c *Coord) Publish(ctx context.Context, entries []OutboxEntry, sentTTL time
 			if err := publishScript.Load(ctx, c.rdb).Err(); err != nil {
 				return added, fmt.Errorf("loading publish script: %w", err)
 			}
-			rest, err := c.Publish(ctx, entries[i:], sentTTL)
+			rest, err := c.Publish(ctx, epoch, entries[i:], sentTTL)
 			return append(added, rest...), err
 		default:
 			return added, fmt.Errorf("publishing to %s: %w", entries[i].Stream, err)

@@ -90,7 +90,7 @@ func TestCoord_Publish_oncePerOutboxID(t *testing.T) {
 		{ID: 2, Stream: "out", Fields: []string{"n", "2"}},
 	}
 	for i := 0; i < 2; i++ {
-		added, err := c.Publish(ctx, entries, time.Hour)
+		added, err := c.Publish(ctx, "e1", entries, time.Hour)
 		if err != nil || len(added) != 2 || added[0] != (i == 0) || added[1] != (i == 0) {
 			t.Fatalf("Publish #%d: added %v, %v; want both added the first time only", i+1, added, err)
 		}
@@ -101,7 +101,7 @@ func TestCoord_Publish_oncePerOutboxID(t *testing.T) {
 	}
 	// After a script flush (Redis restarted), publishing still works.
 	rdb.ScriptFlush(ctx)
-	if added, err := c.Publish(ctx, []coord.OutboxEntry{{ID: 3, Stream: "out", Fields: []string{"n", "3"}}}, time.Hour); err != nil || len(added) != 1 || !added[0] {
+	if added, err := c.Publish(ctx, "e1", []coord.OutboxEntry{{ID: 3, Stream: "out", Fields: []string{"n", "3"}}}, time.Hour); err != nil || len(added) != 1 || !added[0] {
 		t.Fatalf("Publish after SCRIPT FLUSH: %v %v", added, err)
 	}
 }

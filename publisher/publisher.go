@@ -3,6 +3,11 @@
 // offers them to the publisher as it commits, and the publisher relays them straight away,
 // without reading them back; it also polls the outbox, in id order, for rows another RTM process
 // added and for rows a failed relay left behind.
+//
+// The entries of one stream keep the outbox's id order, as far as this process's rows go: the
+// offered rows are relayed in id order, and once a relay of offered rows has failed (or offered
+// rows were dropped because too many waited) no offered row is relayed until a poll has emptied
+// the outbox in id order, so a later row never overtakes an earlier one left behind.
 package publisher
 
 import (
@@ -19,15 +24,17 @@ import (
 
 // Outbox is the PostgreSQL side.
 type Outbox interface {
+	OutboxEpoch(ctx context.Context) (string, error)
 	RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []store.OutboxEntry) (int, error)) (int, error)
 	MarkSent(ctx context.Context, ids []int64) error
 	PruneOutbox(ctx context.Context) (int64, error)
 }
 
-// Streams publishes entries to Redis idempotently: for each leading entry it got through, it
-// reports whether the entry was added now (false: it had been published before).
+// Streams publishes entries to Redis idempotently, once per outbox id of the database epoch: for
+// each leading entry it got through, it reports whether the entry was added now (false: it had
+// been published before).
 type Streams interface {
-	Publish(ctx context.Context, entries []coord.OutboxEntry, sentTTL time.Duration) ([]bool, error)
+	Publish(ctx context.Context, epoch string, entries []coord.OutboxEntry, sentTTL time.Duration) ([]bool, error)
 }
 
 // Observer is told what was published, for telemetry.
@@ -49,13 +56,25 @@ type Publisher struct {
 	wake    chan struct{}
 	offered *offers
 	failing bool
+	// epoch is the database's outbox epoch, read by every poll; nothing is published before the
+	// first poll has read it.
+	epoch string
 }
 
 // offers are the rows offered and not yet relayed.
 type offers struct {
 	mu   sync.Mutex
 	rows []store.OutboxEntry
+	// catchUp is set when offered rows were left unpublished (a failed relay, rows dropped): from
+	// then on offered rows wait until a poll has emptied the outbox, so as not to overtake them.
+	catchUp bool
+	// drops counts the times the queued rows were dropped.
+	drops int
 }
+
+// maxOffered bounds the offered rows kept in memory (Redis down for long); beyond it they are
+// dropped, and the poll relays them from the outbox.
+const maxOffered = 4096
 
 // sentTTL is how long a published entry's marker key outlives it: a row relayed again within it
 // (a crash between publishing and marking it sent) is not added twice.
@@ -78,7 +97,12 @@ func New(p Publisher) *Publisher {
 // and the poll relays them.
 func (p *Publisher) Offer(entries []store.OutboxEntry) {
 	p.offered.mu.Lock()
-	p.offered.rows = append(p.offered.rows, entries...)
+	if len(p.offered.rows)+len(entries) > maxOffered {
+		p.offered.rows, p.offered.catchUp = nil, true
+		p.offered.drops++
+	} else {
+		p.offered.rows = append(p.offered.rows, entries...)
+	}
 	p.offered.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -93,25 +117,54 @@ func (p *Publisher) Run(ctx context.Context) error {
 	defer poll.Stop()
 	prune := time.NewTicker(time.Hour)
 	defer prune.Stop()
-	p.report(ctx, p.drain(ctx))
+	p.report(ctx, p.poll(ctx))
 	for {
 		select {
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			_ = p.relayOffered(fctx)
-			_ = p.drain(fctx)
+			_ = p.poll(fctx)
 			cancel()
 			return nil
 		case <-p.wake:
-			p.report(ctx, p.relayOffered(ctx))
+			if tried, err := p.relayOffered(ctx); tried {
+				p.report(ctx, err)
+			}
 		case <-poll.C:
-			p.report(ctx, p.drain(ctx))
+			p.report(ctx, p.poll(ctx))
 		case <-prune.C:
 			if n, err := p.Outbox.PruneOutbox(ctx); err == nil && n > 0 {
 				p.Log.Debug("pruned published outbox rows", "worker", "publisher", "rows", n)
 			}
 		}
 	}
+}
+
+// poll reads the database's epoch, relays the outbox in id order until it is empty, and then,
+// offered rows being safe to relay again, the offered rows. It stops at the first error.
+func (p *Publisher) poll(ctx context.Context) error {
+	epoch, err := p.Outbox.OutboxEpoch(ctx)
+	switch {
+	case err != nil && p.epoch == "":
+		return err
+	case err == nil && epoch != p.epoch:
+		if p.epoch != "" {
+			p.Log.Info("database epoch changed; outbox ids count anew", "worker", "publisher", "from", p.epoch, "to", epoch)
+		}
+		p.epoch = epoch
+	}
+	p.offered.mu.Lock()
+	drops := p.offered.drops
+	p.offered.mu.Unlock()
+	if err := p.drain(ctx); err != nil {
+		return err
+	}
+	p.offered.mu.Lock()
+	if p.offered.drops == drops { // rows dropped meanwhile may have been committed after the claim
+		p.offered.catchUp = false
+	}
+	p.offered.mu.Unlock()
+	_, err = p.relayOffered(ctx)
+	return err
 }
 
 // report logs when relaying starts failing and when it works again, once each.
@@ -127,17 +180,28 @@ func (p *Publisher) report(ctx context.Context, err error) {
 }
 
 // relayOffered publishes the offered rows in id order and marks those it got through sent. Rows
-// it could not publish or mark stay unsent in the outbox, for the poll.
-func (p *Publisher) relayOffered(ctx context.Context) error {
+// it could not publish stay unsent in the outbox, and offered rows wait for the poll from then on;
+// rows it could not mark are published and the poll marks them. It reports whether it tried:
+// while catching up, or before the first poll read the epoch, it leaves the rows queued.
+func (p *Publisher) relayOffered(ctx context.Context) (bool, error) {
 	p.offered.mu.Lock()
+	if p.offered.catchUp || p.epoch == "" {
+		p.offered.mu.Unlock()
+		return false, nil
+	}
 	entries := p.offered.rows
 	p.offered.rows = nil
 	p.offered.mu.Unlock()
 	if len(entries) == 0 {
-		return nil
+		return false, nil
 	}
 	slices.SortFunc(entries, func(a, b store.OutboxEntry) int { return cmp.Compare(a.ID, b.ID) })
 	n, err := p.publish(ctx, entries)
+	if err != nil {
+		p.offered.mu.Lock()
+		p.offered.catchUp = true
+		p.offered.mu.Unlock()
+	}
 	if n > 0 {
 		ids := make([]int64, n)
 		for i := range ids {
@@ -147,13 +211,22 @@ func (p *Publisher) relayOffered(ctx context.Context) error {
 			err = merr
 		}
 	}
-	return err
+	return true, err
 }
 
-// drain relays outbox batches in id order until the outbox is empty or an error stops it.
+// drain relays outbox batches in id order until the outbox is empty or an error stops it (the
+// error of the publishing too, even when some rows of the batch got through).
 func (p *Publisher) drain(ctx context.Context) error {
 	for {
-		n, err := p.Outbox.RelayOutbox(ctx, p.Batch, p.publish)
+		var pubErr error
+		n, err := p.Outbox.RelayOutbox(ctx, p.Batch, func(ctx context.Context, entries []store.OutboxEntry) (int, error) {
+			n, err := p.publish(ctx, entries)
+			pubErr = err
+			return n, err
+		})
+		if err == nil {
+			err = pubErr
+		}
 		if err != nil {
 			return err
 		}
@@ -174,7 +247,7 @@ func (p *Publisher) publish(ctx context.Context, entries []store.OutboxEntry) (i
 		}
 		out[i] = coord.OutboxEntry{ID: e.ID, Stream: name, Fields: e.Fields}
 	}
-	added, err := p.Redis.Publish(ctx, out, sentTTL)
+	added, err := p.Redis.Publish(ctx, p.epoch, out, sentTTL)
 	if p.Observer != nil {
 		for i, e := range entries[:len(added)] {
 			if added[i] {

@@ -2,10 +2,15 @@ package publisher_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,16 +49,68 @@ func (c *counter) count(id string) int {
 	return c.seen[id]
 }
 
-// rig is a store whose commits are offered to a running publisher, and a second store on the
-// same database whose commits are not (another RTM process).
+// rig is a store whose commits are offered to a publisher, and a second store on the same
+// database whose commits are not (another RTM process).
 type rig struct {
 	st, other *store.Store
 	rdb       *redis.Client
 	pub       *publisher.Publisher
 	obs       *counter
+	outbox    *countingOutbox
+	stop      func() // stops the publisher and waits for its last flush
+}
+
+// countingOutbox counts the publisher's MarkSent calls (one per offered batch relayed) and its
+// polls of the outbox that have returned.
+type countingOutbox struct {
+	publisher.Outbox
+	marks, polls atomic.Int64
+}
+
+func (o *countingOutbox) RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []store.OutboxEntry) (int, error)) (int, error) {
+	defer o.polls.Add(1)
+	return o.Outbox.RelayOutbox(ctx, limit, publish)
+}
+
+func (o *countingOutbox) MarkSent(ctx context.Context, ids []int64) error {
+	defer o.marks.Add(1)
+	return o.Outbox.MarkSent(ctx, ids)
+}
+
+// faultyStreams fails the Publish calls fail picks (numbered from 1).
+type faultyStreams struct {
+	publisher.Streams
+	mu    sync.Mutex
+	calls int
+	fail  func(call int, entries []coord.OutboxEntry) bool
+}
+
+func (f *faultyStreams) Publish(ctx context.Context, epoch string, entries []coord.OutboxEntry, ttl time.Duration) ([]bool, error) {
+	f.mu.Lock()
+	f.calls++
+	bad := f.fail(f.calls, entries)
+	f.mu.Unlock()
+	if bad {
+		return nil, errors.New("injected publish fault")
+	}
+	return f.Streams.Publish(ctx, epoch, entries, ttl)
+}
+
+// rigOptions tune a rig: the poll period, a fault on publishing, and whether the test starts the
+// publisher itself (rig.start).
+type rigOptions struct {
+	poll   time.Duration
+	fail   func(call int, entries []coord.OutboxEntry) bool
+	manual bool
+	rdb    *redis.Client // the Redis to relay to (default: a database of its own)
 }
 
 func newRig(t *testing.T, poll time.Duration) *rig {
+	t.Helper()
+	return newRigWith(t, rigOptions{poll: poll})
+}
+
+func newRigWith(t *testing.T, o rigOptions) *rig {
 	t.Helper()
 	ctx := context.Background()
 	dsn := env.NewDatabase(t)
@@ -61,8 +118,10 @@ func newRig(t *testing.T, poll time.Duration) *rig {
 		t.Fatal(err)
 	}
 	r := &rig{obs: &counter{seen: map[string]int{}}}
-	r.rdb = redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
-	t.Cleanup(func() { r.rdb.Close() })
+	if r.rdb = o.rdb; r.rdb == nil {
+		r.rdb = redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
+		t.Cleanup(func() { r.rdb.Close() })
+	}
 	var err error
 	r.st, err = store.Open(ctx, dsn, store.Options{OnOutbox: func(rows []store.OutboxEntry) { r.pub.Offer(rows) }})
 	if err != nil {
@@ -73,14 +132,29 @@ func newRig(t *testing.T, poll time.Duration) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.other.Close)
-	r.pub = publisher.New(publisher.Publisher{Outbox: r.st, Redis: coord.New(r.rdb, "test", time.Minute),
-		Names: map[string]string{store.StreamJobResults: "results"}, Observer: r.obs, Poll: poll,
+	var streams publisher.Streams = coord.New(r.rdb, "test", time.Minute)
+	if o.fail != nil {
+		streams = &faultyStreams{Streams: streams, fail: o.fail}
+	}
+	r.outbox = &countingOutbox{Outbox: r.st}
+	r.pub = publisher.New(publisher.Publisher{Outbox: r.outbox, Redis: streams,
+		Names: map[string]string{store.StreamJobResults: "results"}, Observer: r.obs, Poll: o.poll,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	pctx, cancel := context.WithCancel(ctx)
+	if !o.manual {
+		r.start(t)
+	}
+	return r
+}
+
+// start runs the publisher until the test ends or r.stop is called.
+func (r *rig) start(t *testing.T) {
+	t.Helper()
+	pctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = r.pub.Run(pctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return r
+	var once sync.Once
+	r.stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(r.stop)
 }
 
 // stopUnknown submits a stop job for a game without a record: answered at once with a result.
@@ -153,6 +227,9 @@ func TestPublisher_poll_relaysRowsNobodyOffered(t *testing.T) {
 
 func TestPublisher_rowRelayedTwiceIsAddedAndCountedOnce(t *testing.T) {
 	r := newRig(t, time.Hour)
+	// The row is committed after the publisher's first poll, and the next is an hour away: only
+	// the test's offers relay it.
+	waitFor(t, "the publisher's first poll", func() bool { return r.outbox.polls.Load() >= 1 })
 	stopUnknown(t, r.other, "x")
 	var rows []store.OutboxEntry
 	if _, err := r.other.RelayOutbox(context.Background(), 10, func(_ context.Context, es []store.OutboxEntry) (int, error) {
@@ -162,14 +239,125 @@ func TestPublisher_rowRelayedTwiceIsAddedAndCountedOnce(t *testing.T) {
 		t.Fatalf("outbox rows %v, %v", rows, err)
 	}
 	// Offered twice (a relay that published but could not mark the row sent, then the poll).
+	// Each offer relayed ends with one MarkSent.
 	r.pub.Offer(rows)
-	r.results(t, 1, 5*time.Second)
+	waitFor(t, "the first offer relayed", func() bool { return r.outbox.marks.Load() >= 1 })
+	if ids := r.results(t, 1, 0); len(ids) != 1 {
+		t.Fatalf("results stream holds %v after the first offer, want x", ids)
+	}
 	r.pub.Offer(rows)
-	time.Sleep(200 * time.Millisecond)
+	waitFor(t, "the second offer relayed", func() bool { return r.outbox.marks.Load() >= 2 })
 	if ids := r.results(t, 2, 0); len(ids) != 1 {
 		t.Fatalf("results stream holds %v, want x once", ids)
 	}
 	if n := r.obs.count("x"); n != 1 {
 		t.Fatalf("observer told of x %d times, want 1", n)
+	}
+}
+
+// waitFor waits up to 5 s for cond.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// requestIDs returns n request ids in commit order: r001, r002, ….
+func requestIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("r%03d", i+1)
+	}
+	return ids
+}
+
+// carries reports whether entries hold the result of request id.
+func carries(entries []coord.OutboxEntry, id string) bool {
+	for _, e := range entries {
+		if slices.Contains(e.Fields, id) {
+			return true
+		}
+	}
+	return false
+}
+
+// A relay of offered rows fails: the rows committed after them must not overtake them, though
+// they are offered at once and the failed ones wait for the poll (here: the last flush).
+func TestPublisher_Offer_failedRelayIsNotOvertakenByLaterRows(t *testing.T) {
+	failed := false
+	r := newRigWith(t, rigOptions{poll: time.Hour, fail: func(_ int, es []coord.OutboxEntry) bool {
+		if !failed && carries(es, "r006") {
+			failed = true
+			return true
+		}
+		return false
+	}})
+	want := requestIDs(20)
+	for _, id := range want {
+		stopUnknown(t, r.st, id) // one game: all answered for game "nobody"
+	}
+	r.stop() // the last flush polls the outbox
+	if got := r.results(t, len(want), 0); !slices.Equal(got, want) {
+		t.Fatalf("results stream holds %v, want %v (outbox id order)", got, want)
+	}
+}
+
+// Many commits for one game while every third publish fails and the poll runs often: the
+// stream keeps outbox id order, each entry once.
+func TestPublisher_entriesOfAGameKeepIDOrderUnderPublishFaults(t *testing.T) {
+	r := newRigWith(t, rigOptions{poll: 5 * time.Millisecond, fail: func(call int, _ []coord.OutboxEntry) bool { return call%3 == 0 }})
+	want := requestIDs(40)
+	for _, id := range want {
+		stopUnknown(t, r.st, id)
+	}
+	r.results(t, len(want), 10*time.Second)
+	r.stop()
+	if got := r.results(t, len(want)+1, 0); !slices.Equal(got, want) {
+		t.Fatalf("results stream holds %v, want %v (outbox id order, each once)", got, want)
+	}
+}
+
+// Two databases (a restored one starts its ids again) relayed to one Redis: the same outbox ids
+// are published by both, since their epochs differ.
+func TestPublisher_sameOutboxIDsOfAnotherDatabaseArePublished(t *testing.T) {
+	first := newRig(t, 5*time.Millisecond)
+	second := newRigWith(t, rigOptions{poll: 5 * time.Millisecond, rdb: first.rdb})
+	stopUnknown(t, first.st, "before-restore")
+	if ids := first.results(t, 1, 5*time.Second); len(ids) != 1 {
+		t.Fatalf("results %v", ids)
+	}
+	stopUnknown(t, second.st, "after-restore") // the same outbox id, 1, in the other database
+	if ids := first.results(t, 2, 5*time.Second); !slices.Equal(ids, []string{"before-restore", "after-restore"}) {
+		t.Fatalf("results stream holds %v, want both entries", ids)
+	}
+}
+
+// The epoch is readable by the service role (not a superuser), the same for every session of one
+// database, and differs between databases.
+func TestStore_OutboxEpoch_perDatabase(t *testing.T) {
+	ctx := context.Background()
+	epoch := func(dsn string) string {
+		t.Helper()
+		st, err := store.Open(ctx, dsn, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		e, err := st.OutboxEpoch(ctx)
+		if err != nil || e == "" {
+			t.Fatalf("OutboxEpoch as %s: %q %v", testenv.ServiceRole, e, err)
+		}
+		return e
+	}
+	a, b := env.NewDatabase(t), env.NewDatabase(t)
+	ea, ea2, eb := epoch(a), epoch(a), epoch(b)
+	if ea != ea2 || ea == eb {
+		t.Fatalf("epochs %q, %q (same database) and %q (another): want equal, then different", ea, ea2, eb)
+	}
+	if strings.HasPrefix(ea, "db-") {
+		t.Fatalf("epoch %q: the service role could not read pg_control_system()", ea)
 	}
 }

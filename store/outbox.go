@@ -2,10 +2,12 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // OutboxEntry is one queued stream entry.
@@ -90,3 +92,28 @@ func (s *Store) PruneOutbox(ctx context.Context) (int64, error) {
 
 // RequestRetention is how long answered requests are kept to recognise a redelivered job.
 const RequestRetention = 7 * 24 * time.Hour
+
+// OutboxEpoch names the current life of the database, for the publisher's idempotency markers:
+// outbox ids start again from an older value after a restore from backup or in a re-created
+// database, and a new row must not be taken for the one published under its id before. It is
+// "<system identifier>-<timeline>-<database oid>": the system identifier changes when the cluster
+// is created again (initdb, a logical dump restored elsewhere), the timeline when a backup is
+// recovered to a point in time or a replica promoted, the oid when the database is re-created.
+// Not covered: a file-system snapshot brought back without archive recovery keeps all three.
+// A role without EXECUTE on pg_control_system() (some managed services) gets
+// "db-<database oid>" alone. Each call asks the database; read it again after errors, since a
+// fail-over changes it.
+func (s *Store) OutboxEpoch(ctx context.Context) (string, error) {
+	var epoch string
+	err := s.pool.QueryRow(ctx, `SELECT c.system_identifier::text || '-' ||
+	substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '-' || d.oid::text
+FROM pg_control_system() c, pg_database d WHERE d.datname = current_database()`).Scan(&epoch)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+		err = s.pool.QueryRow(ctx, `SELECT 'db-' || oid::text FROM pg_database WHERE datname = current_database()`).Scan(&epoch)
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading the database's outbox epoch: %w", err)
+	}
+	return epoch, nil
+}
