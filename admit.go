@@ -22,10 +22,13 @@ type Settings struct {
 // The rules (CONTRACT §5, §6):
 //   - start: a game running (or about to run) the same image answers succeeded at once when
 //     settled, else joins the pending work; another image for a running game is conflict; any
-//     other state asks for the game to run the image.
+//     other state asks for the game to run the image. Images are compared by SameImage, so
+//     another spelling of the image is the same image.
 //   - stop: an unknown game is runtime_not_found; a game not running is succeeded at once;
 //     otherwise the game should stop.
-//   - restart: needs a record with an image; asks for a fresh container.
+//   - restart: needs a record with an image; asks for a fresh container with the current image
+//     (CONTRACT §6): the one the game runs or last ran (kept after a dispose), not one a pending
+//     or failed start or patch asked for; the desired image only when the game never ran.
 //   - patch: needs a running game; asks for the new image (validation happened before).
 //   - cleanup_container: refused with runtime_running while running; else the container goes.
 //
@@ -66,7 +69,7 @@ func Admit(rec *Record, req Request, busy bool, s Settings) Admission {
 			next.DesiredImageRef = req.ImageRef
 			return want(DesiredRunning)
 		}
-		if rec.DesiredState == DesiredRunning && rec.DesiredImageRef == req.ImageRef {
+		if rec.DesiredState == DesiredRunning && SameImage(rec.DesiredImageRef, req.ImageRef) {
 			if rec.Settled() && rec.Status == StatusRunning {
 				return Admission{Answer: &Succeeded}
 			}
@@ -74,7 +77,7 @@ func Admit(rec *Record, req Request, busy bool, s Settings) Admission {
 				return Admission{} // joins the pending start
 			}
 		}
-		if rec.DesiredState == DesiredRunning && active && rec.DesiredImageRef != req.ImageRef {
+		if rec.DesiredState == DesiredRunning && active && !SameImage(rec.DesiredImageRef, req.ImageRef) {
 			return refuse(CodeConflict, "game %s runs %s; patch it to change the image", req.GameID, rec.DesiredImageRef)
 		}
 		next.DesiredImageRef = req.ImageRef
@@ -85,7 +88,8 @@ func Admit(rec *Record, req Request, busy bool, s Settings) Admission {
 		}
 		return want(DesiredRunning)
 	case OpStop:
-		if rec.DesiredState != DesiredRunning && rec.Settled() && !active {
+		// A game whose last stop failed (the daemon refused it) may still run: stop it again.
+		if rec.DesiredState != DesiredRunning && rec.Settled() && !active && rec.Status != StatusFailed {
 			return Admission{Answer: &Succeeded}
 		}
 		if rec.DesiredState == DesiredStopped && !rec.Settled() {
@@ -93,9 +97,9 @@ func Admit(rec *Record, req Request, busy bool, s Settings) Admission {
 		}
 		return want(DesiredStopped)
 	case OpRestart:
-		img := rec.DesiredImageRef
+		img := rec.CurrentImageRef
 		if img == "" {
-			img = rec.CurrentImageRef
+			img = rec.DesiredImageRef
 		}
 		if img == "" {
 			return refuse(CodeConflict, "game %s has no image to restart", req.GameID)
@@ -107,7 +111,7 @@ func Admit(rec *Record, req Request, busy bool, s Settings) Admission {
 		if rec.Status != StatusRunning || rec.DesiredState != DesiredRunning {
 			return refuse(CodeConflict, "game %s is %s; only a running game can be patched", req.GameID, rec.Status)
 		}
-		if rec.DesiredImageRef == req.ImageRef && rec.CurrentImageRef == req.ImageRef {
+		if SameImage(rec.DesiredImageRef, req.ImageRef) && SameImage(rec.CurrentImageRef, req.ImageRef) {
 			return Admission{Answer: &Succeeded}
 		}
 		next.DesiredImageRef = req.ImageRef

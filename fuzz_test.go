@@ -42,6 +42,7 @@ var imageSeeds = []string{
 	"galaxy/game:1.4.1@sha256:" + strings.Repeat("b", 64), "Galaxy/Game:1.4.1", "busybox:1.36.0",
 	"", ":1.4.1", "galaxy/game:1.4.1\x00", "galaxy//game:1.4.1", "galaxy/game:" + strings.Repeat("9", 130),
 	"galaxy/game:1.5.0", "galaxy/game:99999999999999999999.0.0",
+	"index.docker.io/galaxy/game:1.4.1", "docker.io/library/busybox:1.36.0", "library/busybox:1.36.0",
 }
 
 // checkAccepted checks the properties every accepted image must have: a parseable reference
@@ -67,6 +68,14 @@ func checkAccepted(t *testing.T, ref string, img ImageRef) {
 	}
 	if img.Repository == "" || img.Repository != reference.FamiliarName(named) {
 		t.Fatalf("%q: repository %q", ref, img.Repository)
+	}
+	// The canonical spelling names the same image, and is its own canonical spelling.
+	canon, err := reference.ParseNormalizedNamed(img.Ref)
+	if err != nil || canon.String() != named.String() {
+		t.Fatalf("%q: canonical spelling %q names %v (%v), want %v", ref, img.Ref, canon, err, named)
+	}
+	if again, err := ParseImageRef(img.Ref); err != nil || again.Ref != img.Ref || !SameImage(ref, img.Ref) {
+		t.Fatalf("%q: canonical spelling %q parses as %+v (%v)", ref, img.Ref, again, err)
 	}
 	v, err := semver.StrictNewVersion(strings.TrimPrefix(img.Tag, "v"))
 	if err != nil {
@@ -120,8 +129,13 @@ func splitAllowed(list string) []string {
 	return out
 }
 
+// inList reports whether repository s is in list, whose entries name repositories in any
+// spelling ("docker.io/galaxy/game" is "galaxy/game").
 func inList(s string, list []string) bool {
 	for _, v := range list {
+		if named, err := reference.ParseNormalizedNamed(v); err == nil && reference.IsNameOnly(named) {
+			v = reference.FamiliarName(named)
+		}
 		if v == s {
 			return true
 		}
@@ -135,6 +149,8 @@ func FuzzValidateStartImage(f *testing.F) {
 		f.Add(s, "galaxy/game,busybox")
 	}
 	f.Add("galaxy/game:1.4.1", "")
+	f.Add("galaxy/game:1.4.1", "docker.io/galaxy/game")
+	f.Add("index.docker.io/library/busybox:1.36.0", "busybox")
 	f.Fuzz(func(t *testing.T, ref, allowList string) {
 		allowed := splitAllowed(allowList)
 		img, err := ValidateStartImage(ref, allowed)

@@ -34,15 +34,22 @@ func ValidateGameID(id string) error {
 
 // ImageRef is a parsed, validated engine image reference.
 type ImageRef struct {
-	Raw        string // as given
+	Raw string // as given
+	// Ref is the reference in its canonical spelling: Docker's familiar form, the one `docker
+	// images` prints ("galaxy/game:1.4.2" for "docker.io/galaxy/game:1.4.2" and
+	// "index.docker.io/galaxy/game:1.4.2", "busybox:1.36.0" for "docker.io/library/busybox:1.36.0").
+	// Every spelling of one image has the same Ref; requests carry it, so records, container
+	// labels and answers name an image one way.
+	Ref        string
 	Repository string // familiar name, e.g. "galaxy/game"
 	Tag        string
 	Version    *semver.Version
 }
 
-// ParseImageRef parses ref as a Docker reference with a semver tag. It fails with
-// start_config_invalid when ref is not a reference or names no tag, and image_ref_not_semver when
-// the tag is not semver. The allow-list is checked separately by CheckAllowed.
+// ParseImageRef parses ref as a Docker reference with a semver tag and returns it with its
+// canonical spelling (ImageRef.Ref). It fails with start_config_invalid when ref is not a
+// reference or carries a digest, and image_ref_not_semver when it names no tag or the tag is not
+// semver. The allow-list is checked separately by CheckAllowed.
 func ParseImageRef(ref string) (ImageRef, error) {
 	if ref == "" {
 		return ImageRef{}, Errorf(CodeStartConfigInvalid, "image_ref is empty")
@@ -65,12 +72,33 @@ func ParseImageRef(ref string) (ImageRef, error) {
 	if err != nil {
 		return ImageRef{}, Errorf(CodeImageRefNotSemver, "tag %q of image_ref is not semver", tagged.Tag())
 	}
-	return ImageRef{Raw: ref, Repository: reference.FamiliarName(named), Tag: tagged.Tag(), Version: v}, nil
+	return ImageRef{Raw: ref, Ref: reference.FamiliarString(tagged), Repository: reference.FamiliarName(named),
+		Tag: tagged.Tag(), Version: v}, nil
 }
 
-// CheckAllowed fails with start_config_invalid unless the image's repository is in allowed.
+// CanonicalImageRef returns ref in the canonical spelling ParseImageRef gives (see ImageRef.Ref),
+// or ref unchanged when it is not a tagged reference ParseImageRef accepts.
+func CanonicalImageRef(ref string) string {
+	if img, err := ParseImageRef(ref); err == nil {
+		return img.Ref
+	}
+	return ref
+}
+
+// SameImage reports whether a and b name the same image: equal once both are in their canonical
+// spelling. Records written before references were normalised may hold another spelling.
+func SameImage(a, b string) bool {
+	return a == b || CanonicalImageRef(a) == CanonicalImageRef(b)
+}
+
+// CheckAllowed fails with start_config_invalid unless the image's repository is in allowed. An
+// entry is compared in its familiar form, so "docker.io/galaxy/game" allows "galaxy/game" and the
+// reverse; an entry that is not a repository name is compared as written.
 func (r ImageRef) CheckAllowed(allowed []string) error {
 	for _, a := range allowed {
+		if named, err := reference.ParseNormalizedNamed(a); err == nil && reference.IsNameOnly(named) {
+			a = reference.FamiliarName(named)
+		}
 		if a == r.Repository {
 			return nil
 		}
@@ -79,7 +107,8 @@ func (r ImageRef) CheckAllowed(allowed []string) error {
 }
 
 // ValidateStartImage parses ref and checks it against the allow-list; any failure is
-// start_config_invalid, the code a start job or a REST start gets.
+// start_config_invalid, the code a start job or a REST start gets. A start must carry the
+// returned ImageRef.Ref, not ref: another spelling of the image a game runs is the same image.
 func ValidateStartImage(ref string, allowed []string) (ImageRef, error) {
 	img, err := ParseImageRef(ref)
 	if err != nil {
@@ -93,6 +122,7 @@ func ValidateStartImage(ref string, allowed []string) (ImageRef, error) {
 
 // CheckPatch validates a patch from current to next: both semver (image_ref_not_semver), the
 // same major and minor (semver_patch_only), and next's repository allowed (start_config_invalid).
+// A patch must carry the returned ImageRef.Ref, next in its canonical spelling.
 func CheckPatch(current, next string, allowed []string) (ImageRef, error) {
 	cur, err := ParseImageRef(current)
 	if err != nil {

@@ -36,6 +36,11 @@ func (s *recordingJobStore) Submit(_ context.Context, req rtm.Request, admit sto
 	return store.Submission{Request: req, Answer: adm.Answer}, nil
 }
 
+// RequestAnswer is never asked: Submit reports no duplicates.
+func (s *recordingJobStore) RequestAnswer(context.Context, rtm.Channel, string) (*rtm.Answer, error) {
+	return nil, nil
+}
+
 func (s *recordingJobStore) AnswerInvalid(_ context.Context, req rtm.Request, a rtm.Answer) (bool, error) {
 	s.invalid = append(s.invalid, req)
 	s.answers = append(s.answers, a)
@@ -61,6 +66,8 @@ func FuzzJobConsumer_handle(f *testing.F) {
 	}
 	for _, s := range []seed{
 		{false, true, "g1", "galaxy/game:1.4.1", "r1", "", "", ""},
+		{false, true, "g1", "docker.io/galaxy/game:1.4.1", "r1", "", "", ""},
+		{false, true, "g1", "index.docker.io/galaxy/game:v1.4.1", "r1", "", "", ""},
 		{true, true, "g1", "", "r2", "lobby asked", "", ""},
 		{true, true, "g1", "", "", "", "", ""},
 		{false, false, "", "galaxy/game:1.4.1", "r3", "", "", ""},
@@ -177,15 +184,24 @@ func FuzzJobConsumer_handle(f *testing.F) {
 		adm := st.admitted[0]
 		switch kind {
 		case StartJobs:
-			if req.ImageRef == "" || req.ImageRef != image || req.Kind != rtm.OpStart || req.Channel != rtm.ChannelStartJobs {
+			if req.ImageRef == "" || req.Kind != rtm.OpStart || req.Channel != rtm.ChannelStartJobs {
 				t.Fatalf("start submitted as %+v", req)
 			}
-			if _, err := rtm.ValidateStartImage(image, allowed); err != nil {
+			// A good image is submitted in its canonical spelling, a bad one as given.
+			if img, err := rtm.ValidateStartImage(image, allowed); err != nil {
+				if req.ImageRef != image {
+					t.Fatalf("start with a bad image %q submitted with %q", image, req.ImageRef)
+				}
 				if adm.Answer == nil || adm.Answer.Outcome != rtm.OutcomeFailed || adm.Answer.Code != rtm.CodeStartConfigInvalid || adm.Write {
 					t.Fatalf("start with a bad image (%v) admitted as %+v", err, adm)
 				}
-			} else if !adm.Write || adm.Record.DesiredState != rtm.DesiredRunning || adm.Record.DesiredImageRef != image {
-				t.Fatalf("start with a good image admitted as %+v", adm)
+			} else {
+				if req.ImageRef != img.Ref || !rtm.SameImage(req.ImageRef, image) {
+					t.Fatalf("start with %q submitted with %q, want %q", image, req.ImageRef, img.Ref)
+				}
+				if !adm.Write || adm.Record.DesiredState != rtm.DesiredRunning || adm.Record.DesiredImageRef != img.Ref {
+					t.Fatalf("start with a good image admitted as %+v", adm)
+				}
 			}
 		case StopJobs:
 			if req.Kind != rtm.OpStop || req.Channel != rtm.ChannelStopJobs {

@@ -5,12 +5,14 @@ package sources
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -25,6 +27,8 @@ import (
 type JobStore interface {
 	Submit(ctx context.Context, req rtm.Request, admit store.Admitter) (store.Submission, error)
 	AnswerInvalid(ctx context.Context, req rtm.Request, a rtm.Answer) (bool, error)
+	// RequestAnswer returns a recorded request's answer, nil while it is pending.
+	RequestAnswer(ctx context.Context, ch rtm.Channel, requestID string) (*rtm.Answer, error)
 }
 
 // StreamReader reads a job stream and keeps the consumer's offset.
@@ -32,7 +36,8 @@ type StreamReader interface {
 	Offset(ctx context.Context, consumer string) (string, error)
 	SetOffset(ctx context.Context, consumer, id string) error
 	Read(ctx context.Context, stream, after string, count int64, block time.Duration) ([]coord.Entry, error)
-	LastID(ctx context.Context, stream string) (string, error)
+	// LastGeneratedID returns the greatest id ever added to the stream ("0-0" when absent).
+	LastGeneratedID(ctx context.Context, stream string) (string, error)
 }
 
 // JobKind tells the two job streams apart.
@@ -148,10 +153,12 @@ func (c *JobConsumer) Run(ctx context.Context) error {
 	return nil
 }
 
-// checkReset resumes from the start when the offset lies past the stream's newest entry (Redis
-// was emptied and the stream is new).
+// checkReset resumes from the start when the offset lies past the stream's last-generated-id:
+// the stream is not the one the offset was taken from (Redis was emptied, the stream is new).
+// The newest entry's id would not do: after an XDEL or XTRIM of the newest entries it lies
+// before a valid offset, and the jobs already handled would be read again.
 func (c *JobConsumer) checkReset(ctx context.Context, off string) string {
-	last, err := c.Redis.LastID(ctx, c.Stream)
+	last, err := c.Redis.LastGeneratedID(ctx, c.Stream)
 	if err != nil || !idLess(last, off) {
 		return off
 	}
@@ -212,9 +219,11 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 	}
 	var refusal *rtm.Answer
 	if c.Kind == StartJobs {
-		if _, err := rtm.ValidateStartImage(req.ImageRef, c.Allowed); err != nil {
+		if img, err := rtm.ValidateStartImage(req.ImageRef, c.Allowed); err != nil {
 			a := rtm.Failed(err, rtm.CodeStartConfigInvalid)
 			refusal = &a
+		} else {
+			req.ImageRef = img.Ref // one spelling per image: see rtm.ImageRef.Ref
 		}
 	}
 	sub, err := c.Store.Submit(ctx, req, func(rec *rtm.Record, busy bool) rtm.Admission {
@@ -223,11 +232,29 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 		}
 		return rtm.Admit(rec, req, busy, c.Settings)
 	})
+	if err != nil && gameIDCaseTaken(err) {
+		// Nothing was written; record the job again, refused.
+		a := rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeConflict, Message: fmt.Sprintf(
+			"game %s differs only in case from a recorded game; their engines' DNS names would collide", req.GameID)}
+		sub, err = c.Store.Submit(ctx, req, func(*rtm.Record, bool) rtm.Admission { return rtm.Admission{Answer: &a} })
+	}
 	if err != nil {
 		return fmt.Errorf("recording job %s: %w", e.ID, err)
 	}
 	switch {
 	case sub.Duplicate:
+		// Recorded before, yet perhaps never enqueued: the COMMIT's reply may have been lost and
+		// this is the retry. A pending request's game is enqueued again (a reconcile too many is
+		// harmless); an answered one needs nothing.
+		ans, err := c.Store.RequestAnswer(ctx, req.Channel, req.RequestID)
+		if err != nil && !errors.Is(err, rtm.ErrNotFound) {
+			return fmt.Errorf("reading the answer of duplicate job %s: %w", e.ID, err)
+		}
+		if err == nil && ans == nil {
+			log.InfoContext(ctx, "duplicate job still pending, game enqueued")
+			c.Enqueue(req.GameID)
+			return nil
+		}
 		log.DebugContext(ctx, "duplicate job ignored")
 	case sub.Answer != nil:
 		log.InfoContext(ctx, "job answered at once", "outcome", string(sub.Answer.Outcome), "error_code", string(sub.Answer.Code))
@@ -237,6 +264,17 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 		c.Enqueue(req.GameID)
 	}
 	return nil
+}
+
+// gameIDCaseIndex is migration 000004's unique index on lower(game_id): Docker's DNS does not
+// tell game ids apart by case, so two such games' engines would share a name on the network.
+const gameIDCaseIndex = "runtime_records_game_id_lower_idx"
+
+// gameIDCaseTaken reports whether err is the refusal to record a game whose id differs only in
+// case from a recorded game's.
+func gameIDCaseTaken(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == gameIDCaseIndex
 }
 
 func (c *JobConsumer) observe(ctx context.Context, outcome string) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -18,6 +19,7 @@ import (
 
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/coord"
+	"github.com/galaxy-platform/rtmanager/migrations"
 	"github.com/galaxy-platform/rtmanager/sources"
 	"github.com/galaxy-platform/rtmanager/store"
 	"github.com/galaxy-platform/rtmanager/test/testenv"
@@ -205,5 +207,220 @@ func TestJobConsumer_Run_continuesTheJobsTrace(t *testing.T) {
 	}
 	if tp := result["traceparent"]; !strings.HasPrefix(tp, "00-"+traceID+"-") || tp == "00-"+traceID+"-00f067aa0ba902b7-01" {
 		t.Fatalf("result traceparent %q: want the job span's, in trace %s", tp, traceID)
+	}
+}
+
+// converge settles gameID as a reconciler reaching its desired state would: running its desired
+// image, every pending request answered succeeded.
+func (h *harness) converge(t *testing.T, gameID string) {
+	t.Helper()
+	ctx := context.Background()
+	rec, err := h.st.Get(ctx, gameID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.st.Commit(ctx, rtm.Change{GameID: gameID, Gen: rec.Generation, Answer: &rtm.Succeeded,
+		Apply: func(r *rtm.Record, _ bool) {
+			r.Status, r.CurrentImageRef, r.CurrentContainerID = rtm.StatusRunning, r.DesiredImageRef, "c-"+gameID
+			r.ObservedGeneration = rec.Generation
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// consume adds entries to stream and runs a consumer of kind until it has handled them all.
+func (h *harness) consume(t *testing.T, kind sources.JobKind, stream string, entries ...[]any) {
+	t.Helper()
+	ctx := context.Background()
+	var last string
+	for _, vals := range entries {
+		last = h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: vals}).Val()
+	}
+	runUntil(t, h.consumer(kind, stream), func() bool { off, _ := h.co.Offset(ctx, string(kind)); return off == last })
+}
+
+func TestJobConsumer_Run_anotherSpellingOfTheRunningImageIsTheSameImage(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+		[]any{"game_id", "g1", "image_ref", "docker.io/galaxy/game:1.4.2", "request_id", "first"})
+	if rec, err := h.st.Get(ctx, "g1"); err != nil || rec.DesiredImageRef != "galaxy/game:1.4.2" {
+		t.Fatalf("record after a start in the long spelling: %+v %v; want the image as galaxy/game:1.4.2", rec, err)
+	}
+	h.converge(t, "g1")
+	if got := h.answers(t); got["first"].Outcome != rtm.OutcomeSucceeded {
+		t.Fatalf("first start: %+v", got)
+	}
+	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+		[]any{"game_id", "g1", "image_ref", "index.docker.io/galaxy/game:1.4.2", "request_id", "same"},
+		[]any{"game_id", "g1", "image_ref", "galaxy/game:1.4.2", "request_id", "short"},
+		[]any{"game_id", "g1", "image_ref", "docker.io/galaxy/game:1.4.3", "request_id", "other"})
+	got := h.answers(t)
+	for _, id := range []string{"same", "short"} {
+		if got[id].Outcome != rtm.OutcomeSucceeded {
+			t.Errorf("%s: %+v, want succeeded: another spelling of the image the game runs", id, got[id])
+		}
+	}
+	if got["other"].Code != rtm.CodeConflict {
+		t.Errorf("other: %+v, want conflict", got["other"])
+	}
+}
+
+func TestJobConsumer_Run_gameIDEqualButForCaseIsConflict(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+		[]any{"game_id", "foo", "image_ref", "galaxy/game:1.4.2", "request_id", "lower"})
+	before, err := h.st.Get(ctx, "foo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+		[]any{"game_id", "Foo", "image_ref", "galaxy/game:1.4.3", "request_id", "upper"})
+	got := h.answers(t)
+	if a := got["upper"]; a.Outcome != rtm.OutcomeFailed || a.Code != rtm.CodeConflict {
+		t.Fatalf("start of Foo while foo exists: %+v, want failed conflict", a)
+	}
+	if _, answered := got["lower"]; answered {
+		t.Fatal("the start of foo was answered")
+	}
+	if rec, err := h.st.Get(ctx, "Foo"); err == nil {
+		t.Fatalf("a record for Foo was written: %+v", rec)
+	}
+	after, err := h.st.Get(ctx, "foo")
+	if err != nil || after.Generation != before.Generation || after.DesiredImageRef != before.DesiredImageRef {
+		t.Fatalf("foo changed: %+v %v, was %+v", after, err, before)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.woke) != 1 || h.woke[0] != "foo" {
+		t.Fatalf("enqueued %v, want [foo]", h.woke)
+	}
+}
+
+func TestMigrate_gameIDCase_failsNamingExistingTwins(t *testing.T) {
+	ctx := context.Background()
+	dsn := env.NewDatabase(t)
+	if err := store.Migrate(ctx, dsn); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// A database from before migration 4 holding two game ids equal but for case.
+	down, err := migrations.FS.ReadFile("000004_game_id_case.down.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{string(down), `UPDATE schema_migrations SET version = 3, dirty = false`,
+		`INSERT INTO runtime_records (game_id, status, desired_state) VALUES
+			('Foo', 'running', 'running'), ('foo', 'stopped', 'stopped'), ('bar', 'running', 'running')`} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	err = store.Migrate(ctx, dsn)
+	if err == nil || !strings.Contains(err.Error(), "equal but for case: Foo, foo") {
+		t.Fatalf("migrating: %v, want a failure naming Foo and foo", err)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM runtime_records`).Scan(&n); err != nil || n != 3 {
+		t.Fatalf("records after the failed migration: %d %v, want all 3 kept", n, err)
+	}
+}
+
+// countingStore counts the jobs handed to the store.
+type countingStore struct {
+	sources.JobStore
+	mu      sync.Mutex
+	submits []string
+}
+
+func (s *countingStore) Submit(ctx context.Context, req rtm.Request, admit store.Admitter) (store.Submission, error) {
+	s.mu.Lock()
+	s.submits = append(s.submits, req.RequestID)
+	s.mu.Unlock()
+	return s.JobStore.Submit(ctx, req, admit)
+}
+
+// checkCounter counts the consumer's checks of its offset against the stream.
+type checkCounter struct {
+	*coord.Coord
+	mu     sync.Mutex
+	checks int
+}
+
+func (r *checkCounter) LastGeneratedID(ctx context.Context, stream string) (string, error) {
+	r.mu.Lock()
+	r.checks++
+	r.mu.Unlock()
+	return r.Coord.LastGeneratedID(ctx, stream)
+}
+
+func (r *checkCounter) count() int { r.mu.Lock(); defer r.mu.Unlock(); return r.checks }
+
+func TestJobConsumer_Run_keepsItsOffsetWhenTheNewestEntriesAreDeleted(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	var ids []string
+	for i := 0; i < 3; i++ {
+		ids = append(ids, h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs",
+			Values: []any{"game_id", fmt.Sprintf("g%d", i), "request_id", fmt.Sprintf("s%d", i)}}).Val())
+	}
+	runUntil(t, h.consumer(sources.StopJobs, "runtime:stop_jobs"),
+		func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == ids[2] })
+	// Someone trims the stream's newest entries: the offset now lies past the newest entry, but
+	// not past the stream's last-generated-id.
+	if err := h.rdb.XDel(ctx, "runtime:stop_jobs", ids[1], ids[2]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := h.consumer(sources.StopJobs, "runtime:stop_jobs")
+	st := &countingStore{JobStore: h.st}
+	rd := &checkCounter{Coord: h.co}
+	c.Store, c.Redis = st, rd
+	// The first check runs before the first read, the second after a read found nothing new: by
+	// then a wrongly reset consumer has read the old entries again.
+	runUntil(t, c, func() bool { return rd.count() >= 2 })
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.submits) != 0 {
+		t.Fatalf("jobs handled again after the newest entries were deleted: %v", st.submits)
+	}
+	if off, err := h.co.Offset(ctx, "stopjobs"); err != nil || off != ids[2] {
+		t.Fatalf("offset %q %v, want %s kept", off, err, ids[2])
+	}
+}
+
+func TestJobConsumer_Run_enqueuesAJobRecordedButNeverEnqueued(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	// The first attempt's COMMIT reached PostgreSQL, its reply was lost: the job is recorded,
+	// pending, and nobody enqueued its game.
+	lost := rtm.Request{Channel: rtm.ChannelStartJobs, RequestID: "lost-reply", GameID: "g1", Kind: rtm.OpStart,
+		Source: rtm.SourceStartJobs, ImageRef: "galaxy/game:1.4.2", ReceivedAt: time.Now().UTC()}
+	settings := h.consumer(sources.StartJobs, "").Settings
+	if _, err := h.st.Submit(ctx, lost, func(rec *rtm.Record, busy bool) rtm.Admission {
+		return rtm.Admit(rec, lost, busy, settings)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// An answered job delivered again needs nothing.
+	answered := rtm.Request{Channel: rtm.ChannelStartJobs, RequestID: "answered", GameID: "g2", Kind: rtm.OpStart,
+		Source: rtm.SourceStartJobs, ImageRef: "galaxy/game:1.4.2", ReceivedAt: time.Now().UTC()}
+	if _, err := h.st.Submit(ctx, answered, func(*rtm.Record, bool) rtm.Admission {
+		return rtm.Admission{Answer: &rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeStartConfigInvalid, Message: "refused"}}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+		[]any{"game_id", "g2", "image_ref", "galaxy/game:1.4.2", "request_id", "answered"},
+		[]any{"game_id", "g1", "image_ref", "galaxy/game:1.4.2", "request_id", "lost-reply"})
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.woke) != 1 || h.woke[0] != "g1" {
+		t.Fatalf("enqueued %v, want [g1]: the pending job's game, once", h.woke)
 	}
 }

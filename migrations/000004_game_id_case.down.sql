@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS runtime_records_game_id_lower_idx;
