@@ -22,9 +22,12 @@ type Record struct {
 	ObservedGeneration  int64 `json:"observed_generation"`
 	ContainerGeneration int64 `json:"container_generation"`
 	// ExitReportedContainer is the container whose exit was already published.
-	ExitReportedContainer string    `json:"-"`
-	CreatedAt             time.Time `json:"created_at"`
-	UpdatedAt             time.Time `json:"updated_at"`
+	ExitReportedContainer string `json:"-"`
+	// FenceEpoch is bumped by every lease acquisition on the game (Store.Fence); a reconciler's
+	// write carrying an older epoch is refused with ErrFenced.
+	FenceEpoch int64     `json:"-"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
 }
 
 // Settled reports whether the reconciler has caught up with the latest request.
@@ -149,6 +152,9 @@ type Change struct {
 	GameID string
 	// Gen is the record generation the reconciler acted for.
 	Gen int64
+	// Epoch, when not zero, is the fencing epoch the writer holds: the change is refused, and
+	// nothing written, unless the record's FenceEpoch still equals it.
+	Epoch int64
 	// Insert adopts a container: the record is created (nothing happens if one exists by then).
 	Insert *Record
 	// Apply mutates the record; current reports that no request arrived since Gen was read, so

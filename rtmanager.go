@@ -276,4 +276,7 @@ var (
 	// ErrUnhealthy: an engine answered its probe but reported itself unhealthy (not 2xx), as
 	// opposed to not answering at all (still booting, or hung).
 	ErrUnhealthy = errors.New("engine reports itself unhealthy")
+	// ErrFenced: a write or a runtime call was refused because the caller no longer holds the
+	// game's lease (its fencing epoch is older than the record's, or its lease has ended).
+	ErrFenced = errors.New("fenced out: the game's lease is held by a newer holder")
 )

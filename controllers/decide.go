@@ -17,8 +17,7 @@ const (
 	ActSync           Action = "sync"            // record out of date with a container nobody asked to change
 	ActCreate         Action = "create"          // should run, no container: create and start one
 	ActStartExisting  Action = "start_existing"  // should run, the right container exists stopped: start it
-	ActReplace        Action = "replace"         // should run, wrong container (restart): recreate
-	ActPatch          Action = "patch"           // should run another image: recreate, verify, roll back on failure
+	ActReplace        Action = "replace"         // should run, wrong container (restart, another image): recreate; a pending patch request makes it a patch
 	ActSettle         Action = "settle"          // the world already is as asked: record and answer
 	ActStop           Action = "stop"            // should not run, container runs: stop it
 	ActRemove         Action = "remove"          // should be removed, container exists: remove it
@@ -38,6 +37,11 @@ func Decide(rec *rtm.Record, c *rtm.Container) Action {
 		return ActNone
 	}
 	pending := !rec.Settled()
+	if !pending && rec.Status == rtm.StatusFailed && c != nil {
+		// A failed request leaves the game as it is until the next request: a container a
+		// refused stop left running is not adopted, one a failed start left is not disposed of.
+		return ActNone
+	}
 	active := rec.Status == rtm.StatusRunning || rec.Status == rtm.StatusStarting || rec.Status == rtm.StatusStopping
 	switch rec.DesiredState {
 	case rtm.DesiredRunning:
@@ -54,9 +58,10 @@ func Decide(rec *rtm.Record, c *rtm.Container) Action {
 					return ActSync
 				}
 				return ActNone
-			case active:
+			case active && rec.CurrentContainerID == c.ID:
 				return ActObservedExited
 			case rec.CurrentContainerID != c.ID:
+				// Another container than the record's (replaced by hand): recorded as it is.
 				return ActSync
 			}
 			return ActNone
@@ -64,8 +69,6 @@ func Decide(rec *rtm.Record, c *rtm.Container) Action {
 		switch {
 		case c == nil:
 			return ActCreate
-		case c.ImageRef != rec.DesiredImageRef && c.Running():
-			return ActPatch
 		case c.ImageRef != rec.DesiredImageRef || c.Generation < rec.ContainerGeneration:
 			return ActReplace
 		case c.Running():

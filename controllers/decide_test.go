@@ -48,7 +48,7 @@ func TestDecide(t *testing.T) {
 		{"pending start with the right running container settles", given(record(rtm.StatusStarting, rtm.DesiredRunning, true), ctr(rtm.StateRunning)), ActSettle},
 		{"pending start with a stopped right container starts it", given(record(rtm.StatusStopped, rtm.DesiredRunning, true), ctr(rtm.StateExited)), ActStartExisting},
 		{"pending start with another image stopped replaces", given(record(rtm.StatusStopped, rtm.DesiredRunning, true, func(r *rtm.Record) { r.DesiredImageRef = img2 }), ctr(rtm.StateExited)), ActReplace},
-		{"pending new image on a running container patches", given(record(rtm.StatusRunning, rtm.DesiredRunning, true, func(r *rtm.Record) { r.DesiredImageRef = img2 }), ctr(rtm.StateRunning)), ActPatch},
+		{"pending new image on a running container replaces it (a pending patch request makes it a patch)", given(record(rtm.StatusRunning, rtm.DesiredRunning, true, func(r *rtm.Record) { r.DesiredImageRef = img2 }), ctr(rtm.StateRunning)), ActReplace},
 		{"restart asks for a newer container generation", given(record(rtm.StatusRunning, rtm.DesiredRunning, true, func(r *rtm.Record) { r.ContainerGeneration = 2 }), ctr(rtm.StateRunning)), ActReplace},
 		{"a foreign container in the way still means create", given(record(rtm.StatusStarting, rtm.DesiredRunning, true), ctr(rtm.StateRunning, foreign)), ActCreate},
 		{"stop of a running container stops", given(record(rtm.StatusRunning, rtm.DesiredStopped, true), ctr(rtm.StateRunning)), ActStop},

@@ -118,7 +118,13 @@ func newRig(t *testing.T) *rig {
 func (r *rig) reconciler(owner string) *controllers.GameReconciler {
 	r.t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	rec, err := controllers.New(r.store, r.docker, coord.New(r.rdb, owner, 10*time.Second),
+	co := coord.New(r.rdb, owner, 10*time.Second)
+	hctx, stop := context.WithCancel(context.Background())
+	r.t.Cleanup(stop)
+	if err := co.Heartbeat(hctx); err != nil {
+		r.t.Fatal(err)
+	}
+	rec, err := controllers.New(r.store, r.docker, co,
 		runtime.StateDirs{Root: r.root, Mode: 0o750}, probe.New(8080, true, time.Second),
 		controllers.Options{Network: network, EnginePort: 8080, StateMount: "/var/lib/galaxy-game",
 			StopTimeout: 5 * time.Second, MemoryBytes: 64 << 20, NanoCPUs: 1e9, PidsLimit: 64, ReadOnlyRoot: true,

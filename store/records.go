@@ -13,14 +13,14 @@ import (
 
 const recordColumns = `game_id, status, desired_state, desired_image_ref, current_image_ref, current_container_id,
 	engine_endpoint, state_dir, last_error_code, last_error_message, exit_code, generation, observed_generation,
-	container_generation, exit_reported_container, created_at, updated_at`
+	container_generation, exit_reported_container, fence_epoch, created_at, updated_at`
 
 func scanRecord(row pgx.Row) (*rtm.Record, error) {
 	var r rtm.Record
 	err := row.Scan(&r.GameID, &r.Status, &r.DesiredState, &r.DesiredImageRef, &r.CurrentImageRef,
 		&r.CurrentContainerID, &r.EngineEndpoint, &r.StateDir, &r.LastErrorCode, &r.LastErrorMessage,
 		&r.ExitCode, &r.Generation, &r.ObservedGeneration, &r.ContainerGeneration, &r.ExitReportedContainer,
-		&r.CreatedAt, &r.UpdatedAt)
+		&r.FenceEpoch, &r.CreatedAt, &r.UpdatedAt)
 	if err != nil {
 		return nil, err
 	}
@@ -168,13 +168,17 @@ func (s *Store) Health(ctx context.Context, gameID string) (*rtm.HealthSnapshot,
 	return &h, nil
 }
 
-// Load returns a game's record (nil when it has none) and its unanswered requests, oldest first,
-// read in one round trip.
-func (s *Store) Load(ctx context.Context, gameID string) (*rtm.Record, []rtm.Request, error) {
+// Fence starts a lease holder's work on a game: it bumps the game's fencing epoch and returns the
+// record as bumped (nil when the game has none) with its unanswered requests, oldest first, in
+// one round trip. Every write the holder makes afterwards carries the returned record's
+// FenceEpoch (rtm.Change.Epoch, MarkStopping), so a holder that lost its lease to this one can no
+// longer change the record.
+func (s *Store) Fence(ctx context.Context, gameID string) (*rtm.Record, []rtm.Request, error) {
 	var rec *rtm.Record
 	var pending []rtm.Request
 	b := &pgx.Batch{}
-	b.Queue(`SELECT `+recordColumns+` FROM runtime_records WHERE game_id = $1`, gameID).QueryRow(func(row pgx.Row) error {
+	b.Queue(`UPDATE runtime_records SET fence_epoch = fence_epoch + 1 WHERE game_id = $1 RETURNING `+recordColumns,
+		gameID).QueryRow(func(row pgx.Row) error {
 		r, err := scanRecord(row)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
@@ -188,7 +192,7 @@ func (s *Store) Load(ctx context.Context, gameID string) (*rtm.Record, []rtm.Req
 		return err
 	})
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		return nil, nil, fmt.Errorf("reading record and pending requests of %s: %w", gameID, err)
+		return nil, nil, fmt.Errorf("fencing record of %s: %w", gameID, err)
 	}
 	return rec, pending, nil
 }

@@ -1,0 +1,356 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+// Reconcile brings one game closer to its desired state. Its steps, in order, each of which may
+// end it:
+//
+//  1. observe: the game's container, from the cache or an inspection;
+//  2. decide: on the record and that observation, whether anything is to be done at all;
+//  3. record drift: what only needs recording is decided again and recorded under the lease
+//     (drift.go), on an observation made under the lease;
+//  4. lock: take the lease, fence the record (bump its epoch) and observe afresh, and decide again
+//     on what is now true;
+//  5. act, and commit once: the action's change is written with the lease's epoch, or its
+//     failure is retried within the request's budget, or answered and recorded.
+//
+// result turns the outcome into the controller's answer.
+func (r *GameReconciler) Reconcile(ctx context.Context, gameID string) (reconcile.Result, error) {
+	ctx, span := r.tracer.Start(ctx, "reconcile", trace.WithAttributes(attribute.String("game_id", gameID)))
+	defer span.End()
+	o := r.reconcile(ctx, gameID)
+	span.SetAttributes(attribute.String("outcome", o.String()))
+	if o.err != nil {
+		span.RecordError(o.err)
+		span.SetStatus(codes.Error, o.err.Error())
+	}
+	return result(o)
+}
+
+func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
+	if err := rtm.ValidateGameID(gameID); err != nil {
+		return cannotReconcile(fmt.Errorf("invalid game id %q: %w", gameID, err))
+	}
+	c, seen, err := r.observe(ctx, gameID)
+	if err != nil {
+		// The container cannot be observed. Pending work goes on under the lease, where the
+		// inspection is tried again and its failures spend the request's retry budget.
+		rec, rerr := r.record(ctx, gameID)
+		if rerr != nil || rec == nil || rec.Settled() {
+			return retryAfterFailure(err)
+		}
+		return r.lockAndAct(ctx, gameID)
+	}
+	var rec *rtm.Record
+	var act Action
+	if seen.died {
+		// A die event: recorded in one transaction when it is the exit of the record's own
+		// container (two PostgreSQL round trips from the event to container_exited).
+		var o outcome
+		if act, rec, o = r.recordExit(ctx, gameID, c); act == ActObservedExited || o.kind != done {
+			return o
+		}
+	} else {
+		if rec, err = r.record(ctx, gameID); err != nil {
+			return retryAfterFailure(err)
+		}
+		act = Decide(rec, c)
+	}
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("action", string(act)))
+	switch {
+	case act == ActAdopt && creating(c):
+		// Someone is creating it right now (docker run creates, then starts): adopt it as it
+		// will be, not as it is for this instant.
+		return waitFor(time.Second)
+	case recordsOnly(act):
+		return r.recordDrift(ctx, gameID)
+	case act == ActNone:
+		return finished()
+	}
+	return r.lockAndAct(ctx, gameID)
+}
+
+// lockAndAct takes the lease and acts on what it finds under it.
+func (r *GameReconciler) lockAndAct(ctx context.Context, gameID string) outcome {
+	s, release, o := r.lock(ctx, gameID)
+	if s == nil {
+		return o
+	}
+	defer release()
+	return r.act(s)
+}
+
+// scope is what one action works with, all of it read or observed under the game's lease.
+type scope struct {
+	gameID  string
+	act     Action
+	rec     *rtm.Record  // the record as fenced: its FenceEpoch is the lease's epoch
+	c       *rtm.Container // the game's owned container, observed under the lease (nil: none)
+	pending []rtm.Request  // its unanswered requests, oldest first
+	// parent is the reconcile's context; ctx is the lease's, which ends when the lease is lost:
+	// every runtime call and write of the action runs under it.
+	parent context.Context
+	ctx    context.Context
+	rt     fencedRuntime
+	log    *slog.Logger
+}
+
+// lock takes the game's lease, fences the record and observes the container afresh, and decides
+// again on what it finds. It returns nil and the outcome when there is nothing to act on (or the
+// lease is held elsewhere); otherwise the scope to act in and the release of the lease.
+func (r *GameReconciler) lock(ctx context.Context, gameID string) (*scope, func(), outcome) {
+	lctx, release, err := r.leases.Acquire(ctx, gameID)
+	switch {
+	case errors.Is(err, rtm.ErrConflict):
+		return nil, nil, waitFor(r.opts.LeaseRetry)
+	case err != nil:
+		return nil, nil, retryAfterFailure(fromStore(err))
+	}
+	// The world may have moved before we held the lease, and a holder before us may have acted
+	// without recording it (it died, or lost the lease, in between): decide again on reads made
+	// under the lease. The inspection travels beside the record's read.
+	look := make(chan looked, 1)
+	go func() {
+		c, err := r.inspect(lctx, gameID)
+		look <- looked{c, err}
+	}()
+	rec, pending, err := r.store.Fence(lctx, gameID)
+	l := <-look
+	err = fromStore(err)
+	if err == nil && lctx.Err() != nil {
+		err = r.leaseLost(gameID)
+	}
+	if err == nil && l.err != nil && rec != nil && !rec.Settled() {
+		// The container cannot be observed while work is pending: a failure of that work, which
+		// spends its retry budget.
+		s := r.newScope(ctx, lctx, gameID, pendingAction(rec), rec, nil, pending)
+		o := r.failure(s, l.err)
+		release()
+		return nil, nil, o
+	}
+	if err == nil {
+		err = l.err
+	}
+	if err != nil {
+		release()
+		if errors.Is(err, rtm.ErrFenced) {
+			return nil, nil, waitFor(r.opts.LeaseRetry)
+		}
+		return nil, nil, retryAfterFailure(err)
+	}
+	act := Decide(rec, l.c)
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("action", string(act)))
+	switch {
+	case act == ActNone:
+		release()
+		return nil, nil, finished()
+	case recordsOnly(act):
+		// Moved to something that only needs recording: that is recordDrift's, at once.
+		release()
+		return nil, nil, waitFor(time.Millisecond)
+	}
+	actx, endSpan := r.continueRequestTrace(lctx, rec, pending)
+	s := r.newScope(ctx, lctx, gameID, act, rec, l.c, pending)
+	s.ctx = actx
+	return s, func() {
+		endSpan()
+		if r.opts.Cache != nil {
+			r.opts.Cache.Invalidate(gameID) // what we did is not in the cache yet
+		}
+		release()
+	}, outcome{}
+}
+
+func (r *GameReconciler) newScope(parent, lctx context.Context, gameID string, act Action, rec *rtm.Record, c *rtm.Container,
+	pending []rtm.Request) *scope {
+	return &scope{gameID: gameID, act: act, rec: rec, c: c, pending: pending, parent: parent, ctx: lctx,
+		rt:  fencedRuntime{rt: r.runtime, lease: lctx, gameID: gameID},
+		log: r.log.With("game_id", gameID, "action", string(act))}
+}
+
+// pendingAction is the action a record's pending work comes to, as far as the record alone can
+// tell: what its failure is answered as when the container cannot even be observed.
+func pendingAction(rec *rtm.Record) Action {
+	switch rec.DesiredState {
+	case rtm.DesiredStopped:
+		return ActStop
+	case rtm.DesiredRemoved:
+		return ActRemove
+	}
+	return ActCreate
+}
+
+// leaseLost is the error of an action whose lease ended under it.
+func (r *GameReconciler) leaseLost(gameID string) error {
+	return fmt.Errorf("lease of %s lost: %w", gameID, rtm.ErrFenced)
+}
+
+// fencedRuntime checks, synchronously and right before every call that changes the world, that
+// the lease is still held: a holder whose lease ended (renewals not getting through, or the
+// process frozen past it) makes no further Docker mutation. The calls run under the lease's
+// context, so losing the lease also cancels a call in flight.
+type fencedRuntime struct {
+	rt     ContainerRuntime
+	lease  context.Context
+	gameID string
+}
+
+func (f fencedRuntime) check() error {
+	if f.lease.Err() != nil {
+		return fmt.Errorf("lease of %s lost: %w", f.gameID, rtm.ErrFenced)
+	}
+	return nil
+}
+
+func (f fencedRuntime) Inspect(ctx context.Context, gameID string) (rtm.Container, error) {
+	return f.rt.Inspect(ctx, gameID)
+}
+
+func (f fencedRuntime) EnsureImage(ctx context.Context, ref string) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	return f.rt.EnsureImage(ctx, ref)
+}
+
+func (f fencedRuntime) Create(ctx context.Context, spec rtm.ContainerSpec) (string, error) {
+	if err := f.check(); err != nil {
+		return "", err
+	}
+	return f.rt.Create(ctx, spec)
+}
+
+func (f fencedRuntime) Start(ctx context.Context, id string) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	return f.rt.Start(ctx, id)
+}
+
+func (f fencedRuntime) Stop(ctx context.Context, id string, grace time.Duration) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	return f.rt.Stop(ctx, id, grace)
+}
+
+func (f fencedRuntime) Remove(ctx context.Context, id string) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	return f.rt.Remove(ctx, id)
+}
+
+// recordsOnly reports whether act changes nothing but the record and what it publishes (no
+// Docker call): recordDrift decides and records it in one transaction.
+func recordsOnly(act Action) bool {
+	switch act {
+	case ActAdopt, ActDispose, ActObservedExited, ActSync:
+		return true
+	}
+	return false
+}
+
+// creating reports whether c is a container someone is creating right now (created, never
+// started, younger than adoptGrace): it is adopted once started, not before.
+func creating(c *rtm.Container) bool {
+	return c != nil && c.State == rtm.StateCreated && time.Since(c.Created) < adoptGrace
+}
+
+// record reads a game's record; nil when it has none.
+func (r *GameReconciler) record(ctx context.Context, gameID string) (*rtm.Record, error) {
+	rec, err := r.store.Get(ctx, gameID)
+	if errors.Is(err, rtm.ErrNotFound) {
+		return nil, nil
+	}
+	return rec, fromStore(err)
+}
+
+// looked is the outcome of an inspection.
+type looked struct {
+	c   *rtm.Container
+	err error
+}
+
+// sight is how the reconciler came by its view of a container.
+type sight struct {
+	died     bool      // a die event set it in the cache
+	exitedAt time.Time // when that die event was applied
+}
+
+// observe returns the game's container from the cache, inspecting (and filling the cache) only
+// when the cache cannot tell. What it returns only decides whether to go on: every action and
+// every drift record is decided again on an observation made under the lease.
+func (r *GameReconciler) observe(ctx context.Context, gameID string) (*rtm.Container, sight, error) {
+	if r.opts.Cache != nil {
+		if ct, found, known, exitedAt := r.opts.Cache.Lookup(gameID); known {
+			if !found {
+				return nil, sight{}, nil
+			}
+			return &ct, sight{died: !exitedAt.IsZero(), exitedAt: exitedAt}, nil
+		}
+	}
+	c, err := r.inspect(ctx, gameID)
+	return c, sight{}, err
+}
+
+// inspect observes the game's container afresh (nil when it has none; a container without the
+// owner label counts as none) and records what it saw in the cache.
+func (r *GameReconciler) inspect(ctx context.Context, gameID string) (*rtm.Container, error) {
+	var mark uint64
+	if r.opts.Cache != nil {
+		mark = r.opts.Cache.Begin()
+	}
+	c, err := r.runtime.Inspect(ctx, gameID)
+	found := err == nil
+	if errors.Is(err, rtm.ErrNotFound) {
+		err = nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if r.opts.Cache != nil {
+		r.opts.Cache.Put(mark, gameID, c, found)
+	}
+	if !found {
+		return nil, nil
+	}
+	return &c, nil
+}
+
+// continueRequestTrace makes the action part of the trace of the newest pending request that
+// carries one (a job sent with a traceparent), so that its Docker calls show under the job.
+// With tracing off (the reconcile span records nothing) it costs nothing.
+func (r *GameReconciler) continueRequestTrace(ctx context.Context, rec *rtm.Record, pending []rtm.Request) (context.Context, func()) {
+	if rec == nil || rec.Settled() || !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx, func() {}
+	}
+	for i := len(pending) - 1; i >= 0; i-- {
+		if pending[i].TraceParent == "" {
+			continue
+		}
+		rctx := propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": pending[i].TraceParent})
+		sc := trace.SpanContextFromContext(rctx)
+		if !sc.IsValid() {
+			continue
+		}
+		rctx, span := r.tracer.Start(rctx, "reconcile.act", trace.WithLinks(trace.LinkFromContext(ctx)),
+			trace.WithAttributes(attribute.String("game_id", rec.GameID), attribute.String("request_id", pending[i].RequestID)))
+		return rctx, func() { span.End() }
+	}
+	return ctx, func() {}
+}

@@ -1,0 +1,1 @@
+ALTER TABLE runtime_records DROP COLUMN fence_epoch;
