@@ -19,8 +19,9 @@ import (
 // be stale: it is about the container the record names, that container's exit is not reported
 // yet, and the cache still holds that very exit when the lease is held (a holder that started
 // the container again since would have invalidated it). Anything else returns the action decided
-// on the record as read, and the record, for the caller to take the usual way.
-func (r *GameReconciler) recordExit(ctx context.Context, gameID string, c *rtm.Container) (Action, *rtm.Record, outcome) {
+// on the record as read, for the caller to take the usual way (an untrusted exit as sync: it is
+// looked at again under the lease).
+func (r *GameReconciler) recordExit(ctx context.Context, gameID string, c *rtm.Container) (Action, outcome) {
 	type lease struct {
 		ctx     context.Context
 		release func()
@@ -46,12 +47,11 @@ func (r *GameReconciler) recordExit(ctx context.Context, gameID string, c *rtm.C
 	}()
 	var (
 		act     Action
-		read    *rtm.Record
 		done    func(context.Context)
 		refused error
 	)
 	_, err := r.store.Update(ctx, gameID, func(rec *rtm.Record) *rtm.Change {
-		act, read, done, refused = Decide(rec, c), rec, nil, nil
+		act, done, refused = Decide(rec, c), nil, nil
 		if act != ActObservedExited || !r.stillExited(gameID, c) {
 			return nil
 		}
@@ -68,19 +68,19 @@ func (r *GameReconciler) recordExit(ctx context.Context, gameID string, c *rtm.C
 	})
 	switch {
 	case err != nil:
-		return act, nil, retryAfterFailure(fromStore(err))
+		return act, retryAfterFailure(fromStore(err))
 	case errors.Is(refused, rtm.ErrConflict), errors.Is(refused, rtm.ErrFenced):
-		return act, nil, waitFor(r.opts.LeaseRetry)
+		return act, waitFor(r.opts.LeaseRetry)
 	case refused != nil:
-		return act, nil, retryAfterFailure(refused)
+		return act, retryAfterFailure(refused)
 	case done != nil:
 		done(ctx)
-		return act, read, finished()
+		return act, finished()
 	}
 	if act == ActObservedExited {
 		act = ActSync // not trusted as it stands: look again under the lease
 	}
-	return act, read, finished()
+	return act, finished()
 }
 
 // stillExited reports whether the cache still holds the exit of c that a die event set: nobody

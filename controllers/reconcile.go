@@ -55,17 +55,17 @@ func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
 		}
 		return r.lockAndAct(ctx, gameID)
 	}
-	var rec *rtm.Record
 	var act Action
 	if seen.died {
 		// A die event: recorded in one transaction when it is the exit of the record's own
 		// container (two PostgreSQL round trips from the event to container_exited).
 		var o outcome
-		if act, rec, o = r.recordExit(ctx, gameID, c); act == ActObservedExited || o.kind != done {
+		if act, o = r.recordExit(ctx, gameID, c); act == ActObservedExited || o.kind != done {
 			return o
 		}
 	} else {
-		if rec, err = r.record(ctx, gameID); err != nil {
+		rec, err := r.record(ctx, gameID)
+		if err != nil {
 			return retryAfterFailure(err)
 		}
 		act = Decide(rec, c)
@@ -98,7 +98,7 @@ func (r *GameReconciler) lockAndAct(ctx context.Context, gameID string) outcome 
 type scope struct {
 	gameID  string
 	act     Action
-	rec     *rtm.Record  // the record as fenced: its FenceEpoch is the lease's epoch
+	rec     *rtm.Record    // the record as fenced: its FenceEpoch is the lease's epoch
 	c       *rtm.Container // the game's owned container, observed under the lease (nil: none)
 	pending []rtm.Request  // its unanswered requests, oldest first
 	// parent is the reconcile's context; ctx is the lease's, which ends when the lease is lost:

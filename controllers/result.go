@@ -40,7 +40,9 @@ func waitFor(d time.Duration) outcome     { return outcome{kind: waiting, after:
 func retryAfterFailure(err error) outcome { return outcome{kind: transient, err: err} }
 func cannotReconcile(err error) outcome   { return outcome{kind: terminal, err: err} }
 
-func (o outcome) String() string { return [...]string{"done", "waiting", "transient", "terminal"}[o.kind] }
+func (o outcome) String() string {
+	return [...]string{"done", "waiting", "transient", "terminal"}[o.kind]
+}
 
 // result is the one place an outcome becomes controller-runtime's answer: done forgets the game,
 // waiting requeues it after the given time, transient returns the error (the rate limiter backs
