@@ -136,14 +136,6 @@ func (e HealthEvent) Status() HealthStatus {
 	return HealthUnhealthy
 }
 
-// ProbeResult is one active probe of a running engine.
-type ProbeResult struct {
-	GameID   string
-	OK       bool
-	Failures int // consecutive failures after this probe
-	At       time.Time
-}
-
 // IntPtr returns a pointer to v.
 func IntPtr(v int) *int { return &v }
 

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -110,5 +111,114 @@ func TestCache_Exited_afterOOMLeavesItToAnInspection(t *testing.T) {
 	}
 	if _, _, known, _ := c.Lookup("g1"); known {
 		t.Fatal("the game must be inspected to confirm State.OOMKilled")
+	}
+}
+
+func TestCache_SawOOM_isBounded(t *testing.T) {
+	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
+	now := time.Now()
+	tests := []struct {
+		name    string
+		given   func(c *Cache)
+		wantOOM bool // the note for g1's c1 is still there
+	}{
+		{"kept until its die", func(c *Cache) {}, true},
+		{"forgotten once its die is handled", func(c *Cache) { c.Exited("g1", "c1", 137, now) }, false},
+		{"kept after the die of another container", func(c *Cache) { c.Exited("g1", "c0", 137, now) }, true},
+		{"forgotten once its destroy is handled", func(c *Cache) { c.Destroyed("g1", "c1") }, false},
+		{"forgotten after oomTTL", func(c *Cache) {
+			c.now = func() time.Time { return now.Add(oomTTL + time.Second) }
+			c.Replace(c.Begin(), []rtm.Container{ours})
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := NewCache()
+			c.now = func() time.Time { return now }
+			c.Replace(c.Begin(), []rtm.Container{ours})
+			c.SawOOM("g1", "c1")
+			tt.given(c)
+			if _, got := c.ooms["g1"]; got != tt.wantOOM {
+				t.Fatalf("oom note kept = %v, want %v", got, tt.wantOOM)
+			}
+		})
+	}
+
+	t.Run("a hard cap drops the oldest", func(t *testing.T) {
+		c := NewCache()
+		at := now
+		c.now = func() time.Time { return at }
+		for i := range maxOOMs + 10 {
+			at = now.Add(time.Duration(i) * time.Millisecond)
+			c.SawOOM(fmt.Sprintf("g%d", i), "c")
+		}
+		if len(c.ooms) != maxOOMs {
+			t.Fatalf("%d oom notes kept, want at most %d", len(c.ooms), maxOOMs)
+		}
+		if _, ok := c.ooms["g0"]; ok {
+			t.Fatal("the oldest note was kept")
+		}
+		if _, ok := c.ooms[fmt.Sprintf("g%d", maxOOMs+9)]; !ok {
+			t.Fatal("the newest note was dropped")
+		}
+	})
+}
+
+func TestCache_Reset_noListSyncsUntilResubscribed(t *testing.T) {
+	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
+	c := NewCache()
+	c.Replace(c.Begin(), []rtm.Container{ours})
+	early := c.Begin() // a periodic list begun before the stream ended
+	c.Reset()
+	c.Replace(c.Begin(), []rtm.Container{ours})
+	if _, _, known, _ := c.Lookup("g1"); known {
+		t.Fatal("a list while the events stream is down synced the cache")
+	}
+	c.Resubscribed()
+	c.Replace(early, []rtm.Container{ours})
+	if _, _, known, _ := c.Lookup("g1"); known {
+		t.Fatal("a list begun before the resubscription synced the cache")
+	}
+	c.Replace(c.Begin(), []rtm.Container{ours})
+	if _, _, known, _ := c.Lookup("g1"); !known {
+		t.Fatal("a list after the resubscription did not sync the cache")
+	}
+}
+
+func TestCache_LifeMark(t *testing.T) {
+	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
+	c := NewCache()
+	if _, ok := c.LifeMark("g1"); ok {
+		t.Fatal("an unsynced cache gave a mark")
+	}
+	c.Replace(c.Begin(), []rtm.Container{ours})
+	m0, ok := c.LifeMark("g1")
+	if !ok {
+		t.Fatal("a synced cache gave no mark")
+	}
+	c.Put(c.Begin(), "g1", ours, true)
+	c.Replace(c.Begin(), []rtm.Container{ours})
+	c.Invalidate("g2")
+	if m, _ := c.LifeMark("g1"); m != m0 {
+		t.Fatal("the mark moved without an event for the game")
+	}
+	c.Invalidate("g1") // a start event
+	m1, _ := c.LifeMark("g1")
+	if m1 == m0 {
+		t.Fatal("an event for the game left its mark")
+	}
+	c.Exited("g1", "c1", 0, time.Now())
+	m2, _ := c.LifeMark("g1")
+	if m2 == m1 {
+		t.Fatal("a die left the mark")
+	}
+	c.Reset()
+	if _, ok := c.LifeMark("g1"); ok {
+		t.Fatal("a mark while the events stream is down")
+	}
+	c.Resubscribed()
+	c.Replace(c.Begin(), []rtm.Container{ours})
+	if m, ok := c.LifeMark("g1"); !ok || m == m2 {
+		t.Fatalf("after events were missed the mark is %d %v, was %d", m, ok, m2)
 	}
 }

@@ -12,11 +12,16 @@ import (
 	"github.com/galaxy-platform/rtmanager/store"
 )
 
-// HealthStore is what the prober and inspector read and write.
+// HealthStore is what the inspector reads and writes.
 type HealthStore interface {
 	RunningGames(ctx context.Context) ([]store.RunningGame, error)
 	RecordHealth(ctx context.Context, events []rtm.HealthEvent) error
-	RecordProbes(ctx context.Context, results []rtm.ProbeResult) error
+}
+
+// ProbeStore is what the prober reads and writes.
+type ProbeStore interface {
+	RunningGames(ctx context.Context) ([]store.RunningGame, error)
+	RecordProbeRound(ctx context.Context, threshold int, outcomes []store.ProbeOutcome) ([]rtm.HealthEvent, error)
 }
 
 // Inspector inspects one game's container.
@@ -34,18 +39,36 @@ type ProbeObserver interface {
 	ProbeResult(ctx context.Context, ok bool)
 }
 
+// LifeMarks tells whether a game's container may have changed its life (stopped, started,
+// anything that may give it another address) since a mark: the reconciler's container cache,
+// which Docker events update.
+type LifeMarks interface {
+	// LifeMark returns a mark that changes whenever an event arrives for gameID's container or
+	// events may have been missed; ok is false while events may be being missed (the events
+	// stream is down), when no mark can be trusted.
+	LifeMark(gameID string) (mark uint64, ok bool)
+}
+
 // Prober is the prober worker: every Interval it probes each running engine at bounded
-// concurrency, so one hanging engine never delays the others. Threshold consecutive failures
-// yield one probe_failed; the first success after that one probe_recovered. A container gets
-// Grace after it is first seen before failures count.
+// concurrency, so one hanging engine never delays the others, and hands the round's outcomes to
+// the store, which decides the transitions on the committed probe state (Threshold consecutive
+// failures yield one probe_failed, the first success after it one probe_recovered) in the
+// transaction that records them: a round whose commit fails loses nothing, the next round
+// decides again. A container gets Grace after it is first seen before failures count.
+//
+// The engine's address comes from an inspection of its container, kept while Marks says the
+// container's life has not changed (no event for it since, events stream up); without Marks
+// every round inspects. A probe during which the mark moved is not recorded: it may have
+// reached an address the container no longer has.
 type Prober struct {
 	Interval    time.Duration
 	Threshold   int
 	Grace       time.Duration
 	Concurrency int
-	Store       HealthStore
+	Store       ProbeStore
 	Docker      Inspector
 	Probe       EngineProber
+	Marks       LifeMarks // may be nil
 	Observer    ProbeObserver
 	Log         *slog.Logger
 
@@ -53,12 +76,14 @@ type Prober struct {
 	state map[string]*probeState // by game id
 }
 
+// probeState is what the prober keeps of a game between rounds: not its failures (the store
+// keeps those) but when it first saw the container and where the engine was found.
 type probeState struct {
 	container string
 	seen      time.Time
-	c         rtm.Container // carries the IP on the network
-	failures  int
-	reported  bool
+	c         rtm.Container // the inspection that gave the address (IP on the network)
+	mark      uint64        // the life mark the inspection began at
+	marked    bool          // mark is trustworthy (LifeMarks said ok)
 }
 
 // Run probes until ctx ends.
@@ -97,6 +122,9 @@ func (p *Prober) round(ctx context.Context) error {
 		live[g.GameID] = true
 	}
 	p.mu.Lock()
+	if p.state == nil {
+		p.state = map[string]*probeState{}
+	}
 	for id := range p.state {
 		if !live[id] {
 			delete(p.state, id)
@@ -105,42 +133,26 @@ func (p *Prober) round(ctx context.Context) error {
 	p.mu.Unlock()
 
 	var (
-		wg      sync.WaitGroup
-		sem     = make(chan struct{}, p.Concurrency)
-		mu      sync.Mutex
-		results []rtm.ProbeResult
-		events  []rtm.HealthEvent
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, max(p.Concurrency, 1))
+		mu       sync.Mutex
+		outcomes []store.ProbeOutcome
 	)
 	for _, g := range games {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func(g store.RunningGame) {
 			defer func() { <-sem; wg.Done() }()
-			res, ev := p.probeOne(ctx, g)
-			if res == nil {
-				return
+			if o, ok := p.probeOne(ctx, g); ok {
+				mu.Lock()
+				outcomes = append(outcomes, o)
+				mu.Unlock()
 			}
-			mu.Lock()
-			results = append(results, *res)
-			if ev != nil {
-				events = append(events, *ev)
-			}
-			mu.Unlock()
 		}(g)
 	}
 	wg.Wait()
-	if err := p.Store.RecordProbes(ctx, results); err != nil {
-		return err
-	}
-	if err := p.Store.RecordHealth(ctx, events); err != nil {
-		// Not published: undo the transitions so the next round reports them again.
-		p.mu.Lock()
-		for _, ev := range events {
-			if st := p.state[ev.GameID]; st != nil {
-				st.reported = ev.Type != rtm.EventProbeFailed
-			}
-		}
-		p.mu.Unlock()
+	events, err := p.Store.RecordProbeRound(ctx, p.Threshold, outcomes)
+	if err != nil {
 		return err
 	}
 	for _, ev := range events {
@@ -149,7 +161,19 @@ func (p *Prober) round(ctx context.Context) error {
 	return nil
 }
 
-func (p *Prober) probeOne(ctx context.Context, g store.RunningGame) (*rtm.ProbeResult, *rtm.HealthEvent) {
+// lifeMark is Marks.LifeMark, not ok without Marks.
+func (p *Prober) lifeMark(gameID string) (uint64, bool) {
+	if p.Marks == nil {
+		return 0, false
+	}
+	return p.Marks.LifeMark(gameID)
+}
+
+// probeOne probes one game's engine; ok is false when there is nothing to record (the
+// container is not the record's, the round was cancelled, or the container's life changed
+// during the probe).
+func (p *Prober) probeOne(ctx context.Context, g store.RunningGame) (store.ProbeOutcome, bool) {
+	mark, marked := p.lifeMark(g.GameID)
 	p.mu.Lock()
 	st := p.state[g.GameID]
 	if st == nil || st.container != g.ContainerID {
@@ -157,42 +181,39 @@ func (p *Prober) probeOne(ctx context.Context, g store.RunningGame) (*rtm.ProbeR
 		p.state[g.GameID] = st
 	}
 	c := st.c
+	if !marked || !st.marked || st.mark != mark {
+		c = rtm.Container{} // the container may have started again since: inspect
+	}
 	p.mu.Unlock()
 	if c.ID != g.ContainerID {
 		ic, err := p.Docker.Inspect(ctx, g.GameID)
 		if err != nil || ic.ID != g.ContainerID {
-			return nil, nil // the reconciler will catch up with this game
+			return store.ProbeOutcome{}, false // the reconciler will catch up with this game
 		}
 		c = ic
+		p.mu.Lock()
+		st.c, st.mark, st.marked = c, mark, marked
+		p.mu.Unlock()
 	}
 	err := p.Probe.Probe(ctx, c, g.Endpoint)
 	if ctx.Err() != nil {
-		return nil, nil
+		return store.ProbeOutcome{}, false
+	}
+	if after, ok := p.lifeMark(g.GameID); marked && (!ok || after != mark) {
+		return store.ProbeOutcome{}, false // the container's life changed during the probe
 	}
 	if p.Observer != nil {
 		p.Observer.ProbeResult(ctx, err == nil)
 	}
 	now := time.Now().UTC()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	st.c = c
-	var ev *rtm.HealthEvent
-	if err == nil {
-		st.failures = 0
-		if st.reported {
-			st.reported = false
-			ev = &rtm.HealthEvent{GameID: g.GameID, Type: rtm.EventProbeRecovered, ContainerID: g.ContainerID,
-				Message: "the engine answers its probe again", ObservedAt: now}
-		}
-	} else if now.Sub(st.seen) >= p.Grace {
-		st.failures++
-		if st.failures >= p.Threshold && !st.reported {
-			st.reported = true
-			ev = &rtm.HealthEvent{GameID: g.GameID, Type: rtm.EventProbeFailed, ContainerID: g.ContainerID, ObservedAt: now,
-				Message: fmt.Sprintf("%d consecutive probes failed: %v", st.failures, err)}
-		}
+	o := store.ProbeOutcome{GameID: g.GameID, ContainerID: g.ContainerID, OK: err == nil, At: now}
+	if err != nil {
+		o.Error = err.Error()
+		p.mu.Lock()
+		o.Grace = now.Sub(st.seen) < p.Grace
+		p.mu.Unlock()
 	}
-	return &rtm.ProbeResult{GameID: g.GameID, OK: err == nil, Failures: st.failures, At: now}, ev
+	return o, true
 }
 
 // InspectSweep is the inspector worker: every Interval it inspects each running game's

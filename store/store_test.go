@@ -299,14 +299,11 @@ func TestStore_RecordHealth_updatesSnapshot(t *testing.T) {
 	if err := s.RecordHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.EventContainerExited, ContainerID: "c", ExitCode: rtm.IntPtr(3), DockerState: "exited"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RecordProbes(ctx, []rtm.ProbeResult{{GameID: "g", Failures: 2, At: time.Now()}}); err != nil {
-		t.Fatal(err)
-	}
 	h, err := s.Health(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Status != rtm.HealthUnhealthy || h.ExitCode == nil || *h.ExitCode != 3 || h.ConsecutiveProbeFailures != 2 || h.LastProbeAt == nil || h.DockerState != "exited" {
+	if h.Status != rtm.HealthUnhealthy || h.ExitCode == nil || *h.ExitCode != 3 || h.DockerState != "exited" {
 		t.Fatalf("snapshot: %+v", h)
 	}
 	if err := s.RecordHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.EventContainerStarted, ContainerID: "c2"}}); err != nil {

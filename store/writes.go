@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -168,6 +166,14 @@ func (s *Store) commit(ctx context.Context, gameID string, decide func(*rtm.Reco
 				return err
 			}
 		}
+		if c.Epoch != 0 && rec != nil && rec.FenceEpoch != c.Epoch {
+			return fmt.Errorf("writing record of %s with fencing epoch %d (the record has %d): %w",
+				gameID, c.Epoch, rec.FenceEpoch, rtm.ErrFenced)
+		}
+		desired := ""
+		if rec != nil {
+			desired = rec.DesiredImageRef
+		}
 		switch {
 		case rec == nil && c.Insert != nil:
 			ins := *c.Insert
@@ -189,9 +195,14 @@ func (s *Store) commit(ctx context.Context, gameID string, decide func(*rtm.Reco
 				continue
 			}
 			a := *c.Answer
-			if req.Generation < c.Gen && rtm.TargetOf(req.Kind) != rec.DesiredState {
+			switch {
+			case req.Generation < c.Gen && superseded(req, rec.DesiredState, desired):
 				a = rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeConflict,
 					Message: "superseded by a later request for game " + gameID}
+			case a.Code == rtm.CodePatchRolledBack && req.Kind != rtm.OpPatch:
+				// A start that joined a patch of its image: for it the new engine failed to
+				// start (patch_rolled_back is the patch's own answer, never a job's).
+				a.Code = rtm.CodeContainerStartFailed
 			}
 			queueAnswer(p, rec, req, a, c.ContainerID)
 		}
@@ -207,58 +218,38 @@ func (s *Store) commit(ctx context.Context, gameID string, decide func(*rtm.Reco
 	return out, nil
 }
 
+// superseded reports whether a request older than the work being answered asked for something
+// else than what that work did: another desired state, or another image (a patch or start to
+// one image followed by one to another). It is answered conflict, not with the later request's
+// outcome. desired is the desired image as it was before the answering change.
+func superseded(req rtm.Request, state rtm.DesiredState, desired string) bool {
+	if rtm.TargetOf(req.Kind) != state {
+		return true
+	}
+	return (req.Kind == rtm.OpStart || req.Kind == rtm.OpPatch) && req.ImageRef != "" && req.ImageRef != desired
+}
+
 // MarkStopping records that RTM is about to stop a game's container (status stopping), in one
-// round trip; a game without a record is left alone.
+// round trip. epoch is the caller's fencing epoch: when the record has another (or the game has
+// no record), nothing is written and the error wraps rtm.ErrFenced.
 //
 // It is the one write that does not wait for its WAL flush (synchronous_commit off for this
 // transaction): lost in a PostgreSQL crash, it leaves the record saying running while its
 // request is still pending, which the next reconcile settles anyway. Later commits wait for the
 // flush, which covers this one too.
-func (s *Store) MarkStopping(ctx context.Context, gameID string) error {
-	return s.pipeOnce(ctx, func(p *pipe) error {
+func (s *Store) MarkStopping(ctx context.Context, gameID string, epoch int64) error {
+	var marked bool
+	err := s.pipeOnce(ctx, func(p *pipe) error {
 		p.exec("marking "+gameID+" stopping", `SET LOCAL synchronous_commit TO OFF`)
-		p.exec("marking "+gameID+" stopping", `UPDATE runtime_records SET status = 'stopping', updated_at = now() WHERE game_id = $1`, gameID)
+		p.execTag("marking "+gameID+" stopping", func(t pgconn.CommandTag) { marked = t.RowsAffected() > 0 },
+			`UPDATE runtime_records SET status = 'stopping', updated_at = now() WHERE game_id = $1 AND fence_epoch = $2`,
+			gameID, epoch)
 		return nil
 	})
-}
-
-// RecordHealth publishes health events (through the outbox) and updates the snapshots.
-func (s *Store) RecordHealth(ctx context.Context, events []rtm.HealthEvent) error {
-	if len(events) == 0 {
-		return nil
+	if err == nil && !marked {
+		err = fmt.Errorf("marking %s stopping with fencing epoch %d: %w", gameID, epoch, rtm.ErrFenced)
 	}
-	return s.inPipe(ctx, func(p *pipe) error {
-		last := queueLastTransitions(p, events)
-		if err := p.flush(ctx); err != nil {
-			return err
-		}
-		queueEvents(p, events, last)
-		return nil
-	})
-}
-
-// RecordProbes stores the latest probe of each game (failure count and time) in one statement.
-func (s *Store) RecordProbes(ctx context.Context, results []rtm.ProbeResult) error {
-	if len(results) == 0 {
-		return nil
-	}
-	ids := make([]string, len(results))
-	fails := make([]int32, len(results))
-	ats := make([]time.Time, len(results))
-	for i, r := range results {
-		ids[i], fails[i], ats[i] = r.GameID, int32(r.Failures), r.At
-	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO health_snapshots (game_id, status, consecutive_probe_failures, last_probe_at, updated_at)
-		SELECT u.game_id, CASE WHEN u.f = 0 THEN 'healthy' ELSE 'unknown' END, u.f, u.at, now() FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS u(game_id, f, at)
-		ON CONFLICT (game_id) DO UPDATE SET consecutive_probe_failures = EXCLUDED.consecutive_probe_failures,
-			last_probe_at = EXCLUDED.last_probe_at, updated_at = now(),
-			-- a game never seen start (adopted, or before a restart) becomes healthy on its first good probe
-			status = CASE WHEN health_snapshots.status = 'unknown' AND EXCLUDED.consecutive_probe_failures = 0
-				THEN 'healthy' ELSE health_snapshots.status END`, ids, fails, ats)
-	if err != nil {
-		return fmt.Errorf("recording probes: %w", err)
-	}
-	return nil
+	return err
 }
 
 // queueLockRecord queues the read of a game's record, locked for the transaction; *rec is nil
@@ -278,18 +269,18 @@ func queueLockRecord(p *pipe, gameID string, rec **rtm.Record) {
 func queueRecord(p *pipe, r *rtm.Record, insert bool, out **rtm.Record) {
 	args := []any{r.GameID, string(r.Status), string(r.DesiredState), r.DesiredImageRef, r.CurrentImageRef,
 		r.CurrentContainerID, r.EngineEndpoint, r.StateDir, string(r.LastErrorCode), r.LastErrorMessage, r.ExitCode,
-		r.Generation, r.ObservedGeneration, r.ContainerGeneration, r.ExitReportedContainer}
+		r.Generation, r.ObservedGeneration, r.ContainerGeneration, r.ExitReportedContainer, r.FenceEpoch}
 	var sql string
 	if insert {
 		sql = `INSERT INTO runtime_records (game_id, status, desired_state, desired_image_ref, current_image_ref,
 			current_container_id, engine_endpoint, state_dir, last_error_code, last_error_message, exit_code, generation,
-			observed_generation, container_generation, exit_reported_container)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING ` + recordColumns
+			observed_generation, container_generation, exit_reported_container, fence_epoch)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) RETURNING ` + recordColumns
 	} else {
 		sql = `UPDATE runtime_records SET status=$2, desired_state=$3, desired_image_ref=$4, current_image_ref=$5,
 			current_container_id=$6, engine_endpoint=$7, state_dir=$8, last_error_code=$9, last_error_message=$10,
 			exit_code=$11, generation=$12, observed_generation=$13, container_generation=$14, exit_reported_container=$15,
-			updated_at=now() WHERE game_id=$1 RETURNING ` + recordColumns
+			fence_epoch=$16, updated_at=now() WHERE game_id=$1 RETURNING ` + recordColumns
 	}
 	p.queryRow("writing record of "+r.GameID, func(row pgx.Row) error {
 		w, err := scanRecord(row)
@@ -382,90 +373,4 @@ func queueOutbox(p *pipe, stream string, fields []string) {
 		p.added = append(p.added, e)
 		return nil
 	}, `INSERT INTO outbox (stream, fields) VALUES ($1, $2) RETURNING id`, stream, fields)
-}
-
-// transitionEvent reports whether events of type t are published once per transition: probe and
-// inspect events, which any RTM process (or this one before a restart) may observe again.
-func transitionEvent(t rtm.HealthEventType) bool {
-	switch t {
-	case rtm.EventProbeFailed, rtm.EventProbeRecovered, rtm.EventInspectUnhealthy:
-		return true
-	}
-	return false
-}
-
-// queueLastTransitions queues the read, locked, of the last health event type of every game a
-// transition event of events is about. The map it returns holds them once the pipe is flushed
-// (a game without a snapshot is absent).
-func queueLastTransitions(p *pipe, events []rtm.HealthEvent) map[string]string {
-	last := map[string]string{}
-	var ids []string
-	seen := map[string]bool{}
-	for _, e := range events {
-		if transitionEvent(e.Type) && !seen[e.GameID] {
-			seen[e.GameID] = true
-			ids = append(ids, e.GameID)
-		}
-	}
-	if len(ids) == 0 {
-		return last
-	}
-	sort.Strings(ids) // one lock order for every transaction
-	p.query("reading health snapshots", func(rows pgx.Rows) error {
-		var id, t string
-		if err := rows.Scan(&id, &t); err != nil {
-			return err
-		}
-		last[id] = t
-		return nil
-	}, `SELECT game_id, last_event_type FROM health_snapshots WHERE game_id = ANY($1) ORDER BY game_id FOR UPDATE`, ids)
-	return last
-}
-
-// repeated reports whether a transition event repeats the snapshot's last transition (another
-// RTM process, or this one before a restart, already published it): such events are published
-// once per transition, whoever observes them. last is the snapshot's last event type, "" when
-// the game has none.
-func repeated(e rtm.HealthEvent, last string) bool {
-	switch {
-	case !transitionEvent(e.Type):
-		return false
-	case e.Type == rtm.EventProbeRecovered:
-		return last != string(rtm.EventProbeFailed)
-	default:
-		return last == string(e.Type)
-	}
-}
-
-// queueEvents queues each event's outbox row and snapshot update, skipping transition events
-// that repeat the last transition (last, from queueLastTransitions, is kept up to date as events
-// are queued).
-func queueEvents(p *pipe, events []rtm.HealthEvent, last map[string]string) {
-	for _, e := range events {
-		if repeated(e, last[e.GameID]) {
-			continue
-		}
-		last[e.GameID] = string(e.Type)
-		at := e.ObservedAt
-		if at.IsZero() {
-			at = time.Now()
-		}
-		f := []string{"game_id", e.GameID, "event_type", string(e.Type), "container_id", e.ContainerID}
-		if e.ExitCode != nil {
-			f = append(f, "exit_code", strconv.Itoa(*e.ExitCode))
-		}
-		f = append(f, "message", e.Message, "observed_at", at.UTC().Format(time.RFC3339Nano))
-		queueOutbox(p, StreamHealthEvents, f)
-		started := e.Type == rtm.EventContainerStarted
-		p.exec("updating health snapshot of "+e.GameID, `INSERT INTO health_snapshots (game_id, status, last_event_type,
-			exit_code, oom_killed, docker_state, updated_at) VALUES ($1, $2, $3, $4, $5, $6, now())
-			ON CONFLICT (game_id) DO UPDATE SET status = EXCLUDED.status, last_event_type = EXCLUDED.last_event_type,
-				exit_code = CASE WHEN $7 THEN NULL ELSE COALESCE(EXCLUDED.exit_code, health_snapshots.exit_code) END,
-				oom_killed = CASE WHEN $7 THEN false ELSE EXCLUDED.oom_killed OR health_snapshots.oom_killed END,
-				consecutive_probe_failures = CASE WHEN $7 OR EXCLUDED.last_event_type = 'probe_recovered' THEN 0
-					ELSE health_snapshots.consecutive_probe_failures END,
-				docker_state = COALESCE(NULLIF(EXCLUDED.docker_state, ''), health_snapshots.docker_state),
-				updated_at = now()`,
-			e.GameID, string(e.Status()), string(e.Type), e.ExitCode, e.OOMKilled, e.DockerState, started)
-	}
 }

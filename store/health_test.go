@@ -1,0 +1,245 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+	"github.com/galaxy-platform/rtmanager/store"
+)
+
+// healthDB is a migrated database with a store and a direct connection for the test's reads.
+type healthDB struct {
+	s    *store.Store
+	conn *pgx.Conn
+}
+
+func openHealth(t *testing.T) healthDB {
+	t.Helper()
+	s, dsn := open(t)
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return healthDB{s: s, conn: conn}
+}
+
+// running records games as running their container c-<id>.
+func (h healthDB) running(t *testing.T, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if _, err := h.conn.Exec(context.Background(), `INSERT INTO runtime_records (game_id, status, desired_state,
+			current_container_id) VALUES ($1, 'running', 'running', $2) ON CONFLICT (game_id) DO UPDATE
+			SET status = 'running', current_container_id = $2`, id, "c-"+id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// events returns the published health events as "game:type", in outbox order.
+func (h healthDB) events(t *testing.T) []string {
+	t.Helper()
+	rows, err := h.conn.Query(context.Background(), `SELECT fields FROM outbox WHERE stream = 'health_events' ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range fs {
+		m := map[string]string{}
+		for i := 0; i+1 < len(f); i += 2 {
+			m[f[i]] = f[i+1]
+		}
+		out = append(out, m["game_id"]+":"+m["event_type"])
+	}
+	return out
+}
+
+func probed(id string, ok bool) store.ProbeOutcome {
+	o := store.ProbeOutcome{GameID: id, ContainerID: "c-" + id, OK: ok, At: time.Now().UTC()}
+	if !ok {
+		o.Error = "connection refused"
+	}
+	return o
+}
+
+func TestStore_RecordProbeRound_transitions(t *testing.T) {
+	tests := []struct {
+		name  string
+		given []string // rounds: "ok", "fail", "grace", or an event type recorded by RecordHealth
+		want  string
+	}{
+		{"failures up to the threshold publish one probe_failed",
+			[]string{"fail", "fail", "fail", "fail"}, "g:probe_failed"},
+		{"a success before the threshold publishes nothing",
+			[]string{"fail", "ok", "fail", "ok"}, ""},
+		{"failures in the grace period do not count",
+			[]string{"grace", "grace", "fail", "grace", "ok"}, ""},
+		{"the first success after a reported failure publishes probe_recovered",
+			[]string{"fail", "fail", "ok", "ok"}, "g:probe_failed g:probe_recovered"},
+		{"an inspect_unhealthy between does not drop probe_recovered",
+			[]string{"fail", "fail", "inspect_unhealthy", "ok"}, "g:probe_failed g:inspect_unhealthy g:probe_recovered"},
+		{"a container start forgets the reported failure",
+			[]string{"fail", "fail", "container_started", "ok", "fail"}, "g:probe_failed g:container_started"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := openHealth(t)
+			h.running(t, "g")
+			ctx := context.Background()
+			for _, r := range tt.given {
+				var err error
+				switch r {
+				case "ok", "fail", "grace":
+					o := probed("g", r == "ok")
+					o.Grace = r == "grace"
+					_, err = h.s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{o})
+				default:
+					err = h.s.RecordHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.HealthEventType(r), ContainerID: "c-g"}})
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", r, err)
+				}
+			}
+			if got := strings.Join(h.events(t), " "); got != tt.want {
+				t.Fatalf("published %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// The rule by last event type dropped a probe_recovered once an inspect_unhealthy came between.
+func TestStore_RecordHealth_probeRecoveredAfterInspectUnhealthy(t *testing.T) {
+	h := openHealth(t)
+	ctx := context.Background()
+	for _, typ := range []rtm.HealthEventType{rtm.EventProbeFailed, rtm.EventInspectUnhealthy, rtm.EventProbeRecovered,
+		rtm.EventProbeRecovered, rtm.EventProbeFailed} {
+		if err := h.s.RecordHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: typ, ContainerID: "c"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := "g:probe_failed g:inspect_unhealthy g:probe_recovered g:probe_failed"
+	if got := strings.Join(h.events(t), " "); got != want {
+		t.Fatalf("published %q, want %q", got, want)
+	}
+}
+
+func TestStore_RecordProbeRound_failedCommitDecidesAgain(t *testing.T) {
+	h := openHealth(t)
+	h.running(t, "g")
+	ctx := context.Background()
+	if _, err := h.s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{probed("g", false)}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel() // the round that reaches the threshold cannot commit
+	if _, err := h.s.RecordProbeRound(cctx, 2, []store.ProbeOutcome{probed("g", false)}); err == nil {
+		t.Fatal("a round with a cancelled context committed")
+	}
+	evs, err := h.s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{probed("g", false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].Type != rtm.EventProbeFailed {
+		t.Fatalf("the next round returned %+v, want the probe_failed", evs)
+	}
+	if got := strings.Join(h.events(t), " "); got != "g:probe_failed" {
+		t.Fatalf("published %q", got)
+	}
+	if hs, err := h.s.Health(ctx, "g"); err != nil || hs.ConsecutiveProbeFailures != 2 || hs.Status != rtm.HealthUnhealthy {
+		t.Fatalf("snapshot %+v %v", hs, err)
+	}
+}
+
+func TestStore_RecordProbeRound_staleContainerIsDropped(t *testing.T) {
+	h := openHealth(t)
+	h.running(t, "g")
+	ctx := context.Background()
+	stale := probed("g", false)
+	stale.ContainerID = "c-old"
+	for range 3 {
+		if _, err := h.s.RecordProbeRound(ctx, 1, []store.ProbeOutcome{stale}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := h.events(t); len(got) != 0 {
+		t.Fatalf("a probe of a replaced container published %v", got)
+	}
+}
+
+// Several RTM processes probe the same games while an inspector reports them unhealthy: the
+// snapshot rows are locked in one order by all, so none deadlocks, and each transition is
+// published once.
+func TestStore_RecordProbeRound_concurrentWritersNeitherDeadlockNorRepeat(t *testing.T) {
+	h := openHealth(t)
+	ctx := context.Background()
+	var ids []string
+	for i := range 40 {
+		ids = append(ids, fmt.Sprintf("g%02d", i))
+	}
+	h.running(t, ids...)
+	const rounds, probers = 60, 3
+	var wg sync.WaitGroup
+	errs := make(chan error, (probers+1)*rounds)
+	for w := range probers {
+		wg.Add(1)
+		go func() { // a prober, sending its outcomes in the order its probes finished
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(uint64(w), 1))
+			for r := range rounds {
+				outs := make([]store.ProbeOutcome, len(ids))
+				for i, id := range ids {
+					outs[i] = probed(id, r%10 >= 5) // five failures, five successes, again
+				}
+				rnd.Shuffle(len(outs), func(i, j int) { outs[i], outs[j] = outs[j], outs[i] })
+				if _, err := h.s.RecordProbeRound(ctx, 3, outs); err != nil {
+					errs <- fmt.Errorf("prober %d round %d: %w", w, r, err)
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // the inspector, in the reverse order
+		defer wg.Done()
+		for r := range rounds {
+			var evs []rtm.HealthEvent
+			for i := len(ids) - 1; i >= 0; i-- {
+				evs = append(evs, rtm.HealthEvent{GameID: ids[i], Type: rtm.EventInspectUnhealthy, ContainerID: "c-" + ids[i]})
+			}
+			if err := h.s.RecordHealth(ctx, evs); err != nil {
+				errs <- fmt.Errorf("inspector round %d: %w", r, err)
+			}
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Per game, probe events alternate, starting with probe_failed: never two in a row.
+	last := map[string]string{}
+	for _, e := range h.events(t) {
+		game, typ, _ := strings.Cut(e, ":")
+		if typ == string(rtm.EventInspectUnhealthy) {
+			continue
+		}
+		if typ == last[game] || last[game] == "" && typ != string(rtm.EventProbeFailed) {
+			t.Fatalf("%s published %s after %q", game, typ, last[game])
+		}
+		last[game] = typ
+	}
+	if len(last) != len(ids) {
+		t.Fatalf("probe transitions published for %d games, want %d", len(last), len(ids))
+	}
+}
