@@ -157,7 +157,8 @@ func (a *api) start(w http.ResponseWriter, r *http.Request, c *call) {
 		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, "image_ref is required")
 		return
 	}
-	if _, err := rtm.ValidateStartImage(body.ImageRef, a.allowed); err != nil {
+	img, err := rtm.ValidateStartImage(body.ImageRef, a.allowed)
+	if err != nil {
 		writeCoded(w, rtm.CodeOf(err, rtm.CodeStartConfigInvalid), rtm.MessageOf(err))
 		return
 	}
@@ -166,7 +167,7 @@ func (a *api) start(w http.ResponseWriter, r *http.Request, c *call) {
 		return
 	}
 	req := a.request(r, c, rtm.OpStart)
-	req.ImageRef = body.ImageRef
+	req.ImageRef = img.Ref // one spelling per image: see rtm.ImageRef.Ref
 	a.submit(w, r, c, req, rec, nil)
 }
 
@@ -231,12 +232,13 @@ func (a *api) patch(w http.ResponseWriter, r *http.Request, c *call) {
 		return
 	}
 	current := imageOf(rec)
-	if _, err := rtm.CheckPatch(current, body.ImageRef, a.allowed); err != nil {
+	next, err := rtm.CheckPatch(current, body.ImageRef, a.allowed)
+	if err != nil {
 		writeCoded(w, rtm.CodeOf(err, rtm.CodeImageRefNotSemver), rtm.MessageOf(err))
 		return
 	}
 	req := a.request(r, c, rtm.OpPatch)
-	req.ImageRef, req.OldImageRef = body.ImageRef, current
+	req.ImageRef, req.OldImageRef = next.Ref, current
 	a.submit(w, r, c, req, rec, func(rec *rtm.Record) *rtm.Answer {
 		if rec != nil && imageOf(rec) != current {
 			return &rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeConflict,

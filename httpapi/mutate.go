@@ -114,6 +114,10 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request, c *call, req rtm.Re
 		}
 		return rtm.Admit(rec, req, busy, a.settings)
 	})
+	if err != nil && gameIDCaseTaken(err) {
+		writeCoded(w, rtm.CodeConflict, fmt.Sprintf("game %s differs only in case from a recorded game; their engines' DNS names would collide", req.GameID))
+		return
+	}
 	if err != nil {
 		a.storeFailed(w, c, err)
 		return

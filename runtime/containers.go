@@ -1,10 +1,13 @@
 package runtime
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,11 +47,66 @@ func (d *Docker) List(ctx context.Context) ([]rtmanager.Container, error) {
 	return out, c.end(nil)
 }
 
-// Inspect returns the container of gameID (named galaxy-game-<gameID>), owned or not: Owned
-// tells whether it carries RTM's owner label and is attached to the configured network. A missing container wraps rtmanager.ErrNotFound; an
-// unreachable daemon wraps rtmanager.ErrUnavailable.
+// Inspect returns the container of gameID, owned or not: Owned tells whether it carries RTM's
+// owner label and is attached to the configured network.
+//
+// The container named galaxy-game-<gameID> is the game's whenever it exists (one inspection, as
+// RTM names every container it creates). When no container has that name, the game's container
+// is the one carrying com.galaxy.owner=rtmanager and com.galaxy.game_id=<gameID> on the
+// configured network, whatever its name (an engine an operator started by hand): one list call
+// with those filters, then an inspection of the one chosen. When several match, a running one is
+// chosen over the others, and the most recently created among equals; a debug line names the
+// choice and the number of candidates.
+//
+// Errors: no container by name or label wraps rtmanager.ErrNotFound; an unreachable daemon wraps
+// rtmanager.ErrUnavailable.
 func (d *Docker) Inspect(ctx context.Context, gameID string) (rtmanager.Container, error) {
-	return d.inspect(ctx, rtmanager.ContainerName(gameID), attrGameID.String(gameID))
+	ct, err := d.inspect(ctx, rtmanager.ContainerName(gameID), attrGameID.String(gameID))
+	if !errors.Is(err, rtmanager.ErrNotFound) {
+		return ct, err
+	}
+	id, lerr := d.labelled(ctx, gameID)
+	if lerr != nil {
+		return rtmanager.Container{}, lerr
+	}
+	if id == "" {
+		return ct, err
+	}
+	return d.inspect(ctx, id, attrContainerID.String(id))
+}
+
+// labelled returns the id of the owned container on the configured network labelled with
+// gameID, chosen as Inspect describes, or "" when there is none.
+func (d *Docker) labelled(ctx context.Context, gameID string) (string, error) {
+	c := d.begin(ctx, "list", d.opts.CallTimeout, attrGameID.String(gameID))
+	list, err := d.cli.ContainerList(c.ctx, container.ListOptions{
+		All: true,
+		Filters: filters.NewArgs(filters.Arg("label", rtmanager.LabelOwner+"="+rtmanager.OwnerValue),
+			filters.Arg("label", rtmanager.LabelGameID+"="+gameID),
+			filters.Arg("network", d.opts.Network)),
+	})
+	if err != nil {
+		return "", c.end(fmt.Errorf("listing containers labelled with game %s: %w", gameID, classify(ctx, err)))
+	}
+	_ = c.end(nil)
+	if len(list) == 0 {
+		return "", nil
+	}
+	best := slices.MaxFunc(list, func(a, b container.Summary) int {
+		ar, br := a.State == container.StateRunning, b.State == container.StateRunning
+		switch {
+		case ar != br && ar:
+			return 1
+		case ar != br:
+			return -1
+		}
+		return cmp.Compare(a.Created, b.Created)
+	})
+	if len(list) > 1 {
+		d.log.Debug("several containers carry the game's label; chose one", "game_id", gameID,
+			"container_id", best.ID, "state", best.State, "candidates", len(list))
+	}
+	return best.ID, nil
 }
 
 // InspectID is Inspect by container id (or name), with the same results and errors.
@@ -68,7 +126,8 @@ func (d *Docker) inspect(ctx context.Context, ref string, attr attribute.KeyValu
 // Create creates (does not start) the container of spec as CONTRACT §3 describes and returns its
 // id: name and alias galaxy-game-<id>, RTM's labels, the state dir bind-mounted read-write, no
 // restart policy, no new privileges, every capability dropped, the given limits with no swap, a
-// small /tmp tmpfs, and exactly one network (spec.Network, else Options.Network).
+// small /tmp tmpfs, a size-limited json-file log (EngineLogMaxFiles × EngineLogMaxSize), and
+// exactly one network (spec.Network, else Options.Network).
 //
 // Errors: a container of that name already exists → wraps rtmanager.ErrConflict; the image is
 // not present locally → *rtmanager.Error with CodeImagePullFailed; the daemon cannot be reached →
@@ -87,6 +146,13 @@ func (d *Docker) Create(ctx context.Context, spec rtmanager.ContainerSpec) (stri
 	d.log.Debug("container created", "game_id", spec.GameID, "container_id", resp.ID, "image_ref", spec.ImageRef)
 	return resp.ID, c.end(nil)
 }
+
+// The log limit of every engine container: the json-file driver keeps at most EngineLogMaxFiles
+// files of EngineLogMaxSize each (30 MB per engine), rotating the oldest away.
+const (
+	EngineLogMaxSize  = "10m"
+	EngineLogMaxFiles = 3
+)
 
 // containerConfig turns spec into the SDK's create arguments.
 func (d *Docker) containerConfig(spec rtmanager.ContainerSpec) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
@@ -129,6 +195,11 @@ func (d *Docker) containerConfig(spec rtmanager.ContainerSpec) (*container.Confi
 		Privileged:     false,
 		ReadonlyRootfs: spec.ReadOnlyRoot,
 		Tmpfs:          map[string]string{"/tmp": "rw,noexec,nosuid,size=16m"},
+		// Set explicitly rather than left to the daemon's default, whose stock json-file driver keeps
+		// logs without limit: a chatty or hostile engine must not fill the host's disk.
+		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{
+			"max-size": EngineLogMaxSize, "max-file": strconv.Itoa(EngineLogMaxFiles),
+		}},
 	}
 	if spec.MemoryBytes > 0 {
 		hostCfg.Memory = spec.MemoryBytes
