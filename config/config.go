@@ -40,6 +40,12 @@ type Config struct {
 
 	PostgresDSN string // RTMANAGER_POSTGRES_PRIMARY_DSN (required)
 
+	PostgresConnectTimeout       time.Duration // RTMANAGER_POSTGRES_CONNECT_TIMEOUT
+	PostgresOperationTimeout     time.Duration // RTMANAGER_POSTGRES_OPERATION_TIMEOUT
+	PostgresStatementTimeout     time.Duration // RTMANAGER_POSTGRES_STATEMENT_TIMEOUT (<= the operation timeout)
+	PostgresLockTimeout          time.Duration // RTMANAGER_POSTGRES_LOCK_TIMEOUT
+	PostgresMigrationLockTimeout time.Duration // RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT
+
 	RedisAddr     string // RTMANAGER_REDIS_MASTER_ADDR (required, host:port)
 	RedisPassword string // RTMANAGER_REDIS_PASSWORD
 
@@ -62,6 +68,11 @@ type Config struct {
 
 	PatchVerifyTimeout time.Duration // RTMANAGER_PATCH_VERIFY_TIMEOUT
 	GameLeaseTTL       time.Duration // RTMANAGER_GAME_LEASE_TTL
+
+	// A request whose runtime work keeps failing is answered failed once it has failed
+	// RetryAttempts times and RetryWindow has passed since its first failure.
+	RetryAttempts int           // RTMANAGER_RETRY_ATTEMPTS
+	RetryWindow   time.Duration // RTMANAGER_RETRY_WINDOW
 
 	EnginePort         int           // RTMANAGER_ENGINE_PORT
 	EngineStateMount   string        // RTMANAGER_ENGINE_STATE_MOUNT
@@ -131,6 +142,12 @@ func Default() Config {
 		GameStateOwnerUID: 0,
 		GameStateOwnerGID: 0,
 
+		PostgresConnectTimeout:       5 * time.Second,
+		PostgresOperationTimeout:     10 * time.Second,
+		PostgresStatementTimeout:     5 * time.Second,
+		PostgresLockTimeout:          3 * time.Second,
+		PostgresMigrationLockTimeout: time.Minute,
+
 		StartJobsStream:           "runtime:start_jobs",
 		StopJobsStream:            "runtime:stop_jobs",
 		JobResultsStream:          "runtime:job_results",
@@ -148,6 +165,9 @@ func Default() Config {
 
 		PatchVerifyTimeout: 60 * time.Second,
 		GameLeaseTTL:       30 * time.Second,
+
+		RetryAttempts: 5,
+		RetryWindow:   time.Minute,
 
 		EnginePort:         8080,
 		EngineStateMount:   "/var/lib/galaxy-game",
@@ -198,9 +218,10 @@ func Load(getenv func(string) string) (Config, error) {
 
 // Validate checks what no single variable can: the required settings are present, the stream
 // names are non-empty and pairwise distinct, ProbeTimeout < ProbeInterval, PatchVerifyTimeout >=
-// ProbeInterval, GameLeaseTTL >= 2s and EngineStopTimeout <= ShutdownTimeout. It returns the first
-// failure as a *Error naming the variable to change (the first of a pair; for two equal streams,
-// the later one in CONTRACT §1's order), or nil.
+// ProbeInterval, GameLeaseTTL >= 2s, PostgresStatementTimeout <= PostgresOperationTimeout and
+// EngineStopTimeout <= ShutdownTimeout. It returns the first failure as a *Error naming the
+// variable to change (the first of a pair; for two equal streams, the later one in CONTRACT §1's
+// order), or nil.
 func (c Config) Validate() error {
 	required := []struct{ name, value string }{
 		{"RTMANAGER_GAME_STATE_ROOT", c.GameStateRoot},
@@ -238,6 +259,8 @@ func (c Config) Validate() error {
 		return &Error{Var: "RTMANAGER_PATCH_VERIFY_TIMEOUT", Reason: fmt.Sprintf("%s must be at least RTMANAGER_PROBE_INTERVAL (%s), or a patched engine is never probed", c.PatchVerifyTimeout, c.ProbeInterval)}
 	case c.GameLeaseTTL < minGameLeaseTTL:
 		return &Error{Var: "RTMANAGER_GAME_LEASE_TTL", Reason: fmt.Sprintf("%s is shorter than the minimum %s", c.GameLeaseTTL, minGameLeaseTTL)}
+	case c.PostgresStatementTimeout > c.PostgresOperationTimeout:
+		return &Error{Var: "RTMANAGER_POSTGRES_STATEMENT_TIMEOUT", Reason: fmt.Sprintf("%s must not exceed RTMANAGER_POSTGRES_OPERATION_TIMEOUT (%s), or statements keep running after RTM gave up on them", c.PostgresStatementTimeout, c.PostgresOperationTimeout)}
 	case c.EngineStopTimeout > c.ShutdownTimeout:
 		return &Error{Var: "RTMANAGER_ENGINE_STOP_TIMEOUT", Reason: fmt.Sprintf("%s must not exceed RTMANAGER_SHUTDOWN_TIMEOUT (%s), or a stop in flight cannot finish during shutdown", c.EngineStopTimeout, c.ShutdownTimeout)}
 	}
@@ -365,6 +388,11 @@ func variables() []variable {
 			get:    func(c Config) string { return c.PostgresDSN },
 			redact: redactDSN,
 		},
+		duration("RTMANAGER_POSTGRES_CONNECT_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresConnectTimeout }),
+		duration("RTMANAGER_POSTGRES_OPERATION_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresOperationTimeout }),
+		duration("RTMANAGER_POSTGRES_STATEMENT_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresStatementTimeout }),
+		duration("RTMANAGER_POSTGRES_LOCK_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresLockTimeout }),
+		duration("RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresMigrationLockTimeout }),
 		{
 			name:     "RTMANAGER_REDIS_MASTER_ADDR",
 			required: true,
@@ -421,6 +449,19 @@ func variables() []variable {
 		oneOf("RTMANAGER_PROBE_TARGET", func(c *Config) *string { return &c.ProbeTarget }, ProbeTargetContainerIP, ProbeTargetEndpoint),
 		duration("RTMANAGER_PATCH_VERIFY_TIMEOUT", func(c *Config) *time.Duration { return &c.PatchVerifyTimeout }),
 		duration("RTMANAGER_GAME_LEASE_TTL", func(c *Config) *time.Duration { return &c.GameLeaseTTL }),
+		{
+			name: "RTMANAGER_RETRY_ATTEMPTS",
+			set: func(c *Config, v string) error {
+				n, err := strconv.ParseInt(v, 10, 32)
+				if err != nil || n < 1 {
+					return fmt.Errorf("%q is not an integer of at least 1", v)
+				}
+				c.RetryAttempts = int(n)
+				return nil
+			},
+			get: func(c Config) string { return strconv.Itoa(c.RetryAttempts) },
+		},
+		duration("RTMANAGER_RETRY_WINDOW", func(c *Config) *time.Duration { return &c.RetryWindow }),
 		{
 			name: "RTMANAGER_ENGINE_PORT",
 			set: func(c *Config, v string) error {

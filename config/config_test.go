@@ -102,6 +102,15 @@ func TestDefault(t *testing.T) {
 		LogLevel:                  "info",
 		LogFormat:                 "json",
 		RESTWaitTimeout:           30 * time.Second,
+
+		PostgresConnectTimeout:       5 * time.Second,
+		PostgresOperationTimeout:     10 * time.Second,
+		PostgresStatementTimeout:     5 * time.Second,
+		PostgresLockTimeout:          3 * time.Second,
+		PostgresMigrationLockTimeout: time.Minute,
+
+		RetryAttempts: 5,
+		RetryWindow:   time.Minute,
 	}
 	if d := diff(c, want); d != "" {
 		t.Errorf("Default() differs from CONTRACT §1:%s", d)
@@ -299,6 +308,13 @@ func TestLoad_invalid(t *testing.T) {
 		{"lobby url without scheme", map[string]string{"RTMANAGER_LOBBY_INTERNAL_BASE_URL": "127.0.0.1:8095"}, "RTMANAGER_LOBBY_INTERNAL_BASE_URL"},
 		{"lobby url with ftp scheme", map[string]string{"RTMANAGER_LOBBY_INTERNAL_BASE_URL": "ftp://lobby:8095"}, "RTMANAGER_LOBBY_INTERNAL_BASE_URL"},
 		{"shutdown timeout unparsable", map[string]string{"RTMANAGER_SHUTDOWN_TIMEOUT": "30"}, "RTMANAGER_SHUTDOWN_TIMEOUT"},
+		{"postgres connect timeout unparsable", map[string]string{"RTMANAGER_POSTGRES_CONNECT_TIMEOUT": "5"}, "RTMANAGER_POSTGRES_CONNECT_TIMEOUT"},
+		{"postgres operation timeout zero", map[string]string{"RTMANAGER_POSTGRES_OPERATION_TIMEOUT": "0s"}, "RTMANAGER_POSTGRES_OPERATION_TIMEOUT"},
+		{"postgres statement timeout negative", map[string]string{"RTMANAGER_POSTGRES_STATEMENT_TIMEOUT": "-1s"}, "RTMANAGER_POSTGRES_STATEMENT_TIMEOUT"},
+		{"postgres lock timeout unparsable", map[string]string{"RTMANAGER_POSTGRES_LOCK_TIMEOUT": "3 s"}, "RTMANAGER_POSTGRES_LOCK_TIMEOUT"},
+		{"retry attempts zero", map[string]string{"RTMANAGER_RETRY_ATTEMPTS": "0"}, "RTMANAGER_RETRY_ATTEMPTS"},
+		{"retry window unparsable", map[string]string{"RTMANAGER_RETRY_WINDOW": "a minute"}, "RTMANAGER_RETRY_WINDOW"},
+		{"postgres migration lock timeout unparsable", map[string]string{"RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT": "forever"}, "RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT"},
 		{"reconcile interval zero", map[string]string{"RTMANAGER_RECONCILE_INTERVAL": "0s"}, "RTMANAGER_RECONCILE_INTERVAL"},
 		{"inspect interval negative", map[string]string{"RTMANAGER_INSPECT_INTERVAL": "-30s"}, "RTMANAGER_INSPECT_INTERVAL"},
 		{"probe interval unparsable", map[string]string{"RTMANAGER_PROBE_INTERVAL": "five seconds"}, "RTMANAGER_PROBE_INTERVAL"},
@@ -341,6 +357,7 @@ func TestLoad_invalid(t *testing.T) {
 		{"patch verify shorter than probe interval", map[string]string{"RTMANAGER_PATCH_VERIFY_TIMEOUT": "4s"}, "RTMANAGER_PATCH_VERIFY_TIMEOUT"},
 		{"lease ttl below 2s", map[string]string{"RTMANAGER_GAME_LEASE_TTL": "1999ms"}, "RTMANAGER_GAME_LEASE_TTL"},
 		{"stop timeout above a shorter shutdown timeout", map[string]string{"RTMANAGER_SHUTDOWN_TIMEOUT": "5s"}, "RTMANAGER_ENGINE_STOP_TIMEOUT"},
+		{"statement timeout above a shorter operation timeout", map[string]string{"RTMANAGER_POSTGRES_OPERATION_TIMEOUT": "4s"}, "RTMANAGER_POSTGRES_STATEMENT_TIMEOUT"},
 	}
 
 	covered := map[string]bool{}
@@ -419,6 +436,14 @@ func TestLoad_everyVariable(t *testing.T) {
 		"RTMANAGER_INTERNAL_TOKEN":              "tok",
 		"RTMANAGER_REST_WAIT_TIMEOUT":           "10s",
 		"RTMANAGER_PPROF":                       "true",
+
+		"RTMANAGER_POSTGRES_CONNECT_TIMEOUT":        "2s",
+		"RTMANAGER_POSTGRES_OPERATION_TIMEOUT":      "20s",
+		"RTMANAGER_POSTGRES_STATEMENT_TIMEOUT":      "8s",
+		"RTMANAGER_POSTGRES_LOCK_TIMEOUT":           "1s",
+		"RTMANAGER_RETRY_ATTEMPTS":                  "7",
+		"RTMANAGER_RETRY_WINDOW":                    "90s",
+		"RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT": "5m",
 	}
 	if got, want := slices.Sorted(maps.Keys(values)), config.Vars(); !slices.Equal(got, want) {
 		t.Fatalf("test values cover %v, Vars returns %v", got, want)
@@ -462,6 +487,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"patch verify shorter than probe interval", with(func(c *config.Config) { c.PatchVerifyTimeout = time.Second }), "RTMANAGER_PATCH_VERIFY_TIMEOUT"},
 		{"lease ttl 1s", with(func(c *config.Config) { c.GameLeaseTTL = time.Second }), "RTMANAGER_GAME_LEASE_TTL"},
 		{"stop timeout longer than shutdown", with(func(c *config.Config) { c.EngineStopTimeout = time.Minute }), "RTMANAGER_ENGINE_STOP_TIMEOUT"},
+		{"statement timeout longer than operation", with(func(c *config.Config) { c.PostgresStatementTimeout = time.Minute }), "RTMANAGER_POSTGRES_STATEMENT_TIMEOUT"},
+		{"statement timeout equal to operation", with(func(c *config.Config) { c.PostgresStatementTimeout = c.PostgresOperationTimeout }), ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -574,6 +601,7 @@ func TestConfig_Redacted_roundTrip(t *testing.T) {
 			c.PostgresDSN = "postgresql://u@db/galaxy?options=-csearch_path%3Drtmanager"
 			c.LobbyInternalBaseURL = "http://lobby:8095"
 			c.ReconcileInterval = 90 * time.Second
+			c.PostgresOperationTimeout, c.PostgresStatementTimeout = 1500*time.Millisecond, 1500*time.Millisecond
 			c.ProbeTarget = config.ProbeTargetEndpoint
 			c.EngineMemoryBytes = 100<<20 + 1
 			c.EngineNanoCPUs = 1_250_000_000

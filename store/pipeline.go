@@ -20,15 +20,19 @@ import (
 // Each statement is queued with what it does, which its error names. When a statement fails,
 // PostgreSQL skips the rest of its batch; flush returns that statement's error and inPipe rolls
 // the transaction back.
+//
+// The whole transaction runs under one deadline (ctx): the operation timeout, or the caller's
+// deadline when that comes first.
 type pipe struct {
+	ctx   context.Context
 	conn  *pgxpool.Conn
 	batch *pgx.Batch
 	// added are the outbox rows the transaction inserted (queueOutbox), as they were written.
 	added []OutboxEntry
 }
 
-func newPipe(conn *pgxpool.Conn) *pipe {
-	p := &pipe{conn: conn, batch: &pgx.Batch{}}
+func newPipe(ctx context.Context, conn *pgxpool.Conn) *pipe {
+	p := &pipe{ctx: ctx, conn: conn, batch: &pgx.Batch{}}
 	p.batch.Queue("BEGIN")
 	return p
 }
@@ -85,21 +89,31 @@ func (p *pipe) query(what string, scan func(pgx.Rows) error, sql string, args ..
 	}
 }
 
-// flush sends what is queued in one round trip and runs the queued callbacks in order.
+// flush sends what is queued in one round trip and runs the queued callbacks in order. It sends
+// under the transaction's deadline; ctx, the caller's context the transaction's function holds,
+// only stops it from sending when it has already ended. PostgreSQL not answering in time is an
+// error wrapping rtm.ErrUnavailable.
 func (p *pipe) flush(ctx context.Context) error {
 	b := p.batch
 	p.batch = &pgx.Batch{}
 	if b.Len() == 0 {
 		return nil
 	}
-	return p.conn.SendBatch(ctx, b).Close()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return unavailable(p.conn.SendBatch(p.ctx, b).Close())
 }
 
 // inPipe runs fn as one pipelined transaction (see pipe), retrying it a few times when
 // PostgreSQL reports a serialization failure, a deadlock or a unique violation from a concurrent
 // insert of the same game. fn may run more than once: it must start from scratch each time.
-// Once committed, the outbox rows it added are handed to Options.OnOutbox.
+// Once committed, the outbox rows it added are handed to Options.OnOutbox. The attempts share
+// one operation timeout (unless ctx ends sooner); running out of it is an error wrapping
+// rtm.ErrUnavailable.
 func (s *Store) inPipe(ctx context.Context, fn func(p *pipe) error) error {
+	ctx, cancel := bound(ctx, s.timeouts.Operation)
+	defer cancel()
 	var err error
 	for attempt := 0; attempt < 4; attempt++ {
 		if err = s.pipeOnce(ctx, fn); !retryable(err) {
@@ -111,14 +125,17 @@ func (s *Store) inPipe(ctx context.Context, fn func(p *pipe) error) error {
 
 // pipeOnce runs fn as one pipelined transaction: committed when fn returns nil and the final
 // batch succeeds, rolled back otherwise. Once committed, the outbox rows it added are handed to
-// Options.OnOutbox.
+// Options.OnOutbox. It runs within the operation timeout, unless ctx ends sooner; running out of
+// it, or not reaching PostgreSQL, is an error wrapping rtm.ErrUnavailable.
 func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipe) error) error {
-	conn, err := s.pool.Acquire(ctx)
+	ctx, cancel := bound(ctx, s.timeouts.Operation)
+	defer cancel()
+	conn, err := s.pool.pgx.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("acquiring a postgres connection: %w", err)
+		return fmt.Errorf("acquiring a postgres connection: %w", unavailable(err))
 	}
 	defer conn.Release() // a connection still inside a transaction is closed, not reused
-	p := newPipe(conn)
+	p := newPipe(ctx, conn)
 	if err = fn(p); err == nil {
 		p.batch.Queue("COMMIT")
 		if err = p.flush(ctx); err == nil {
@@ -128,8 +145,10 @@ func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipe) error) error {
 			return nil
 		}
 	}
+	// A connection that timed out is closed already; one that fn left in a transaction is
+	// rolled back, even when ctx has ended, within the operation timeout.
 	if conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(5*time.Second, s.timeouts.Operation))
 		_, _ = conn.Exec(rctx, "ROLLBACK")
 		cancel()
 	}

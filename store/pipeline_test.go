@@ -165,30 +165,30 @@ func TestStore_Commit_aFailingStatementWritesNothing(t *testing.T) {
 	}
 }
 
-func TestStore_LoadAndMarkStopping(t *testing.T) {
+func TestStore_FenceAndMarkStopping(t *testing.T) {
 	s, _ := open(t)
 	ctx := context.Background()
-	if rec, pending, err := s.Load(ctx, "g"); err != nil || rec != nil || len(pending) != 0 {
-		t.Fatalf("Load of an unknown game = %v, %v, %v", rec, pending, err)
+	if rec, pending, err := s.Fence(ctx, "g"); err != nil || rec != nil || len(pending) != 0 {
+		t.Fatalf("Fence of an unknown game = %v, %v, %v", rec, pending, err)
 	}
 	submit(t, s, startJob("r1", "g", "galaxy/game:1.4.1"))
 	submit(t, s, stopJob("s1", "g"))
-	rec, pending, err := s.Load(ctx, "g")
+	rec, pending, err := s.Fence(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rec == nil || rec.DesiredState != rtm.DesiredStopped || len(pending) != 2 ||
 		pending[0].RequestID != "r1" || pending[1].RequestID != "s1" {
-		t.Fatalf("Load = %+v with pending %+v; want desired stopped and r1, s1 pending", rec, pending)
+		t.Fatalf("Fence = %+v with pending %+v; want desired stopped and r1, s1 pending", rec, pending)
 	}
 	time.Sleep(time.Millisecond)
-	if err := s.MarkStopping(ctx, "g"); err != nil {
+	if err := s.MarkStopping(ctx, "g", rec.FenceEpoch); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := s.Get(ctx, "g"); got.Status != rtm.StatusStopping || !got.UpdatedAt.After(rec.UpdatedAt) {
 		t.Fatalf("after MarkStopping: status %s, updated %s (was %s)", got.Status, got.UpdatedAt, rec.UpdatedAt)
 	}
-	if err := s.MarkStopping(ctx, "none"); err != nil {
-		t.Fatalf("MarkStopping of a game without a record: %v", err)
+	if err := s.MarkStopping(ctx, "none", 1); !errors.Is(err, rtm.ErrFenced) {
+		t.Fatalf("MarkStopping of a game without a record: %v, want rtm.ErrFenced", err)
 	}
 }

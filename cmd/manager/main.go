@@ -115,15 +115,22 @@ func stepOf(err error) string {
 // down. It returns an error when a start-up step failed (a *stepError) or when the listener
 // failed while running; a signal-driven shutdown returns nil.
 func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
-	// 1. PostgreSQL and migrations.
-	if err := store.Migrate(ctx, cfg.PostgresDSN); err != nil {
+	// Stopping, after a signal or a failed start-up step, is one budget (see shutdown).
+	stop := newShutdown(cfg.ShutdownTimeout)
+	defer stop.close(log)
+
+	// 1. PostgreSQL and migrations. Every connection and call has a deadline, so a black-holed
+	// database fails these steps within about the connect timeout.
+	timeouts := store.Timeouts{Connect: cfg.PostgresConnectTimeout, Operation: cfg.PostgresOperationTimeout,
+		Statement: cfg.PostgresStatementTimeout, Lock: cfg.PostgresLockTimeout, MigrationLock: cfg.PostgresMigrationLockTimeout}
+	if err := store.Migrate(ctx, cfg.PostgresDSN, timeouts); err != nil {
 		return step("postgres migrations", err)
 	}
 	log.Info("migrations applied")
 	// Rows committed before the publisher exists (the boot pass) wait in the outbox for its
 	// first poll.
 	var pub atomic.Pointer[publisher.Publisher]
-	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{OnOutbox: func(rows []store.OutboxEntry) {
+	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, OnOutbox: func(rows []store.OutboxEntry) {
 		if p := pub.Load(); p != nil {
 			p.Offer(rows)
 		}
@@ -131,7 +138,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return step("postgres", err)
 	}
-	defer st.Close()
+	stop.onClose(func(context.Context) { st.Close() })
 	if err := st.Ping(ctx); err != nil {
 		return step("postgres ping", err)
 	}
@@ -139,8 +146,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 
 	// 2. Redis.
 	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, Password: cfg.RedisPassword,
-		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32})
-	defer rdb.Close()
+		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32,
+		ContextTimeoutEnabled: true})
+	stop.onClose(func(context.Context) { _ = rdb.Close() })
 	co := coord.New(rdb, ownerID(), cfg.GameLeaseTTL)
 	if err := co.Ping(ctx); err != nil {
 		return step("redis ping", err)
@@ -158,11 +166,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return step("telemetry", err)
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
-		defer cancel()
-		_ = tel.Shutdown(sctx)
-	}()
+	stop.onClose(func(ctx context.Context) { _ = tel.Shutdown(ctx) })
 	metrics, err := telemetry.NewMetrics(tel.Meter("rtmanager"), st, co, cfg)
 	if err != nil {
 		return step("telemetry", err)
@@ -174,7 +178,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return step("docker", err)
 	}
-	defer dk.Close()
+	stop.onClose(func(context.Context) { _ = dk.Close() })
 	if err := dk.Ping(ctx); err != nil {
 		return step("docker ping", err)
 	}
@@ -183,6 +187,22 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return step("docker network", err)
 	}
 	log.Info("docker network found", "network", cfg.DockerNetwork)
+	// The listener refuses requests from engine containers; it learns their addresses before it
+	// opens and follows the network from then on.
+	engines := runtime.NewEngineAddrs(dk, runtime.EngineAddrsOptions{Logger: log})
+	if err := engines.Refresh(ctx); err != nil {
+		return step("docker network", err)
+	}
+	engCtx, stopEngines := context.WithCancel(context.WithoutCancel(ctx))
+	engDone := make(chan struct{})
+	go func() { defer close(engDone); _ = engines.Run(engCtx) }()
+	stop.onClose(func(ctx context.Context) {
+		stopEngines()
+		select {
+		case <-engDone:
+		case <-ctx.Done():
+		}
+	})
 
 	// 4. Telemetry.
 	log.Info("telemetry exporter started", "exporter", cfg.TelemetryExporter)
@@ -198,6 +218,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		StopTimeout: cfg.EngineStopTimeout, MemoryBytes: cfg.EngineMemoryBytes, NanoCPUs: cfg.EngineNanoCPUs,
 		PidsLimit: cfg.EnginePidsLimit, User: cfg.EngineUser, ReadOnlyRoot: cfg.EngineReadOnlyRoot,
 		PatchVerifyTimeout: cfg.PatchVerifyTimeout, ProbeInterval: cfg.ProbeInterval, ProbeThreshold: cfg.ProbeFailureThreshold,
+		RetryAttempts: cfg.RetryAttempts, RetryWindow: cfg.RetryWindow,
 		Cache: cache, Diagnose: lobbyDiagnostic(cfg.LobbyInternalBaseURL, log),
 	}, log, tel.Tracer("rtmanager/controller"), tel.Meter("rtmanager"))
 	if err != nil {
@@ -222,7 +243,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			{Name: "docker", Ping: dk.Ping},
 			{Name: "docker network", Ping: dk.CheckNetwork},
 		},
-		Metrics: tel.Handler(), PProf: cfg.PProf, API: api, Log: log,
+		Metrics: tel.Handler(), PProf: cfg.PProf, API: api, Engines: engines, Log: log,
 	})
 	ln, err := net.Listen("tcp", cfg.InternalHTTPAddr)
 	if err != nil {
@@ -232,6 +253,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ln) }()
 	log.Info("internal http listening", "addr", ln.Addr().String())
+	log.Info("internal api protection", "addr", ln.Addr().String(), "token_set", cfg.InternalToken != "",
+		"engine_refusal", true, "network", cfg.DockerNetwork)
 
 	// 6. The synchronous initial pass.
 	ids, err := sources.AllGames(ctx, dk, st, cache)
@@ -263,7 +286,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics}).Run},
 		{"dockerevents", (&sources.DockerEvents{Docker: dk, Lister: dk, Store: st, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"prober", (&sources.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
-			Grace: cfg.ProbeInterval, Store: st, Docker: dk, Probe: prober, Observer: metrics, Log: log}).Run},
+			Grace: cfg.ProbeInterval, Store: st, Docker: dk, Probe: prober, Marks: cache, Observer: metrics, Log: log}).Run},
 		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: st, Docker: dk,
 			Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: dk, Store: st,
@@ -293,22 +316,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		failure = fmt.Errorf("internal http listener failed: %w", err)
 		log.Error("internal http listener failed", "error", err)
 	}
-	log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("internal http listener did not drain in time", "error", err)
-	}
-	log.Info("internal http listener stopped")
-	cancelWorkers()
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		log.Info("workers stopped")
-	case <-time.After(cfg.ShutdownTimeout):
-		log.Warn("workers did not stop within the shutdown timeout")
-	}
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String(), "margin", shutdownMargin.String())
+	stop.drain(srv, cancelWorkers, &wg, log)
 	return failure
 }
 
