@@ -152,6 +152,9 @@ func (r *GameReconciler) lock(ctx context.Context, gameID string) (*scope, func(
 		}
 		return nil, nil, retryAfterFailure(err)
 	}
+	if l.c != nil && !l.c.Owned {
+		l.c = nil // a container RTM does not own counts as none: it is never acted on or recorded
+	}
 	act := Decide(rec, l.c)
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("action", string(act)))
 	switch {

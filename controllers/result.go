@@ -108,7 +108,7 @@ func (b *retryBudget) spend(gameID string, gen int64) error {
 	s.n++
 	b.byGame[gameID] = s
 	if elapsed := b.now().Sub(s.first); s.n >= b.attempts && elapsed >= b.window {
-		return fmt.Errorf("gave up after %d attempts in %s", s.n, elapsed.Round(time.Second))
+		return fmt.Errorf("gave up after %d attempts in %s", s.n, elapsed.Round(time.Millisecond))
 	}
 	return nil
 }
