@@ -17,7 +17,7 @@ FUZZ_TARGETS ?= .:FuzzValidateGameID .:FuzzParseImageRef .:FuzzValidateStartImag
 FUZZTIME     ?= 60s
 
 .DEFAULT_GOAL := build
-.PHONY: help build dev test e2e integration bench soak lint chaos fuzz image clean
+.PHONY: help build dev test e2e integration bench soak lint chaos model fuzz image clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,9 +31,10 @@ bin/rtmanager-linux: FORCE
 dev: ## run rtmanager locally with throwaway PostgreSQL, Redis and demo engines (hack/dev.sh)
 	hack/dev.sh
 
-test: lint ## lint, unit and integration tests with -race, then the e2e suite (make chaos runs the fault suite)
+test: lint ## lint, unit and integration tests with -race, then the e2e suite, then the fault suite
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) e2e
+	$(MAKE) chaos
 
 e2e: ## end-to-end suite against the built binary and the real Docker daemon
 	$(GO) test -race -count=1 -v -tags integration -timeout 15m ./test/e2e/...
@@ -54,8 +55,15 @@ lint: ## gofmt, go vet, staticcheck (also over the integration/chaos-tagged suit
 	$(STATICCHECK) ./...
 	$(STATICCHECK) -tags integration,chaos ./test/...
 
-chaos: ## fault-injection suite (Docker/PostgreSQL/Redis outages); -v shows each fault's report line
+chaos: ## fault-injection suite (Docker/PostgreSQL/Redis outages and cut-offs); prints each fault's report line
 	$(GO) test -count=1 -tags chaos -timeout 20m -v ./test/chaos/...
+
+# Schedules of the randomized model test for make model (go test ./... runs its default, a few
+# hundred); SEED=N replays one schedule.
+SCHEDULES ?= 2000
+
+model: ## randomized model test: SCHEDULES schedules (default 2000) of jobs, REST, Docker faults, lease loss, restarts; SEED=N replays one
+	RTM_MODEL_SCHEDULES=$(SCHEDULES) $(GO) test -count=1 -timeout 120m -v -run '^TestModel$$' ./test/model/ $(if $(SEED),-seed=$(SEED))
 
 fuzz: ## run each FUZZ_TARGETS entry (package:FuzzName) for FUZZTIME
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -29,6 +29,9 @@ func TestChaos_leaseExpiresMidPatch(t *testing.T) {
 	// Verification rolls back early after this many unhealthy answers in a row; make it wait on
 	// the sick engine for the whole RTMANAGER_PATCH_VERIFY_TIMEOUT (8s) instead: the slow case.
 	r.env["RTMANAGER_PROBE_FAILURE_THRESHOLD"] = "30"
+	// The patch's answer waits for the rollback B may have to finish: under load that takes longer
+	// than the rig's 20s, and a 202 would say nothing about the outcome.
+	r.env["RTMANAGER_REST_WAIT_TIMEOUT"] = "60s"
 	rp := newProxy(t, "tcp", "127.0.0.1:0", "tcp", r.redis.Addr())
 	a := r.startRTM("rtm-a", map[string]string{"RTMANAGER_REDIS_MASTER_ADDR": rp.addr})
 	b := r.startRTM("rtm-b", nil)
@@ -36,6 +39,8 @@ func TestChaos_leaseExpiresMidPatch(t *testing.T) {
 	others := []string{r.game("o1"), r.game("o2"), r.game("o3")}
 	for _, g := range patchedGames {
 		r.sendStart(g, img(v141))
+		// One patch and its rollback, paused by the 8s verification, is one burst of work.
+		r.longBurst(g, 10*time.Second)
 	}
 	for _, o := range others {
 		r.sendStart(o, img(v141))
@@ -58,12 +63,11 @@ func TestChaos_leaseExpiresMidPatch(t *testing.T) {
 			code, body, id := a.call("POST", "/runtimes/"+g+"/patch", `{"image_ref":"`+img(v143)+`"}`)
 			patched <- answer{code, body, id, time.Now()}
 		}()
-		// A is verifying once the 1.4.3 container exists.
-		eventually(t, 20*time.Second, "the 1.4.3 container created", func() (bool, string) {
+		// A is verifying once the 1.4.3 container runs.
+		eventually(t, 60*time.Second, "the 1.4.3 container created and started", func() (bool, string) {
 			c := r.watch.createdImages(g)
-			return len(c) > createsBefore && c[len(c)-1] == img(v143), fmt.Sprint(c)
+			return len(c) > createsBefore && c[len(c)-1] == img(v143) && r.watch.startedLatest(g), fmt.Sprint(c)
 		})
-		time.Sleep(500 * time.Millisecond)
 		faultAt := time.Since(t0)
 		switch round {
 		case 1:
@@ -95,10 +99,10 @@ func TestChaos_leaseExpiresMidPatch(t *testing.T) {
 		var ans answer
 		select {
 		case ans = <-patched:
-		case <-time.After(60 * time.Second):
-			t.Fatalf("round %d: the patch was not answered within 60s", round)
+		case <-time.After(120 * time.Second):
+			t.Fatalf("round %d: the patch was not answered within 120s", round)
 		}
-		r.settle(90 * time.Second)
+		r.settle(120 * time.Second)
 		if !a.alive() || !b.alive() {
 			t.Fatalf("round %d: a process exited (A alive %v, B alive %v)", round, a.alive(), b.alive())
 		}

@@ -29,6 +29,9 @@ const (
 	v143       = "1.4.3" // a bad release: its /healthz always fails (testenv.BadRelease)
 )
 
+// envChaosBin names a prebuilt rtmanager binary to run instead of building ./cmd/manager.
+const envChaosBin = "RTM_CHAOS_BIN"
+
 func img(version string) string { return engineRepo + ":" + version }
 
 // suite is what TestMain prepares once.
@@ -111,6 +114,10 @@ func prepare(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
+		if bin := os.Getenv(envChaosBin); bin != "" {
+			suite.bin = bin // a binary built elsewhere, e.g. from another commit to compare with
+			return
+		}
 		suite.bin = filepath.Join(suite.work, "rtmanager")
 		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-X main.version=chaos", "-o", suite.bin, "./cmd/manager")
 		cmd.Dir = root

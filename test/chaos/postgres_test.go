@@ -5,7 +5,9 @@ package chaos
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -90,4 +92,127 @@ func TestChaos_postgresStopped(t *testing.T) {
 			c.sent, time.Since(up).Round(100*time.Millisecond))
 	}
 	r.finish("postgres-stopped-10s", 60*time.Second)
+}
+
+// TestChaos_postgresBlackholed black-holes PostgreSQL for 8s while jobs arrive: RTM reaches it
+// through a test-owned TCP proxy that, from the moment of the fault, drops every byte of every
+// connection open then or opened during it, without ever closing one (a database that hangs
+// instead of refusing: a dead peer behind a firewall that drops packets). Afterwards new
+// connections get through, but the black-holed ones stay dead until RTM gives up on them: only
+// a deadline on its PostgreSQL calls frees them. RTM keeps running, /readyz answers (503 naming
+// postgres) within its own timeout during the hole, and once the hole is over every job is
+// answered exactly once and every record equals Docker.
+func TestChaos_postgresBlackholed(t *testing.T) {
+	r := newRig(t, "pghole")
+	u, err := url.Parse(r.dsn)
+	if err != nil {
+		t.Fatalf("the rig's DSN: %v", err)
+	}
+	pp := newProxy(t, "tcp", "127.0.0.1:0", "tcp", u.Host)
+	u.Host = pp.addr
+	p := r.startRTM("rtm", map[string]string{"RTMANAGER_POSTGRES_PRIMARY_DSN": u.String()})
+	games := make([]string, 7)
+	for i := range games {
+		games[i] = r.game(fmt.Sprint(i))
+	}
+	for _, g := range games[:5] {
+		r.sendStart(g, img(v141))
+	}
+	r.settle(60 * time.Second)
+
+	const hole = 8 * time.Second
+	pp.Blackhole()
+	down := time.Now()
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := pp.Restore(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	plan := []func(){
+		func() { r.sendStop(games[0]) },
+		func() { r.sendStart(games[5], img(v141)) },
+		func() { r.sendStart(games[1], img(v141)) }, // already running
+		func() { r.sendStop(r.game("never-started")) },
+		func() { r.sendStop(games[2]); r.sendStart(games[2], img(v141)) },
+		func() { r.sendStart(games[6], img(v141)) },
+	}
+	// /readyz is asked all through the hole, apart from the jobs, so that a slow answer cannot
+	// stretch the hole.
+	type sample struct {
+		at, took time.Duration // since the hole began; how long the answer took
+		code     int
+		body     string
+	}
+	var samples []sample
+	holeOver := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			at := time.Since(down)
+			code, body := p.readyz()
+			samples = append(samples, sample{at: at, took: time.Since(down) - at, code: code, body: body})
+			select {
+			case <-holeOver:
+				return
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	stopSampling := sync.OnceFunc(func() { close(holeOver); <-sampled })
+	defer stopSampling() // also when the test stops early: the sampler ends before the test does
+	step := hole / time.Duration(len(plan)+1)
+	for i, send := range plan {
+		send()
+		if !p.alive() {
+			t.Fatalf("RTM exited with %d while postgres was black-holed", p.code)
+		}
+		time.Sleep(time.Until(down.Add(step * time.Duration(i+1)))) // the pace of the jobs
+	}
+	time.Sleep(time.Until(down.Add(hole)))
+	holesAtEnd := pp.holes()
+	restore()
+	up := time.Now()
+	stopSampling()
+	var readyz []string
+	saw503 := false
+	for _, sm := range samples {
+		readyz = append(readyz, fmt.Sprintf("%d(%s)", sm.code, sm.took.Round(100*time.Millisecond)))
+		if sm.at+sm.took > up.Sub(down) {
+			continue // answered after the hole
+		}
+		switch {
+		case sm.code == 0:
+			t.Errorf("/readyz asked %s into the black hole did not answer within 5s (%s): its postgres check has no deadline", sm.at.Round(100*time.Millisecond), sm.body)
+		case sm.code == http.StatusServiceUnavailable && strings.Contains(sm.body, `"message":"postgres: `):
+			saw503 = true
+		case sm.at > 3*time.Second: // the first answers may still be the last good check
+			t.Errorf("/readyz %d %s %s into the black hole, want 503 naming postgres", sm.code, sm.body, sm.at.Round(100*time.Millisecond))
+		}
+	}
+	if !saw503 {
+		t.Errorf("/readyz never answered 503 naming postgres during the black hole: %s", strings.Join(readyz, " "))
+	}
+	eventually(t, 60*time.Second, "every job answered after the black hole ended", func() (bool, string) {
+		c := r.counts()
+		return c.lost == 0, fmt.Sprintf("%d of %d jobs without a result; %d of the %d connections RTM had opened before or during the "+
+			"black hole are still open (a PostgreSQL call without a deadline waits on them for ever); %s",
+			c.lost, c.sent, pp.holes(), holesAtEnd, r.pgSummary())
+	})
+	eventually(t, 30*time.Second, "/readyz 200 after the black hole ended", func() (bool, string) {
+		code, body := p.readyz()
+		return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
+	})
+	c := r.settle(90 * time.Second)
+	if !p.alive() {
+		t.Fatalf("RTM exited with %d", p.code)
+	}
+	t.Logf("postgres black-holed for %s with %d connections caught in it; /readyz during it (status and time to answer): %s; all %d jobs answered and converged %s after it ended; %d black-holed connections still open",
+		up.Sub(down).Round(100*time.Millisecond), holesAtEnd, strings.Join(readyz, " "), c.sent, time.Since(up).Round(100*time.Millisecond), pp.holes())
+	r.finish("postgres-blackholed-8s", 60*time.Second)
 }

@@ -49,7 +49,14 @@ type rig struct {
 	env       map[string]string
 	results   *collector
 	watch     *watcher
+	ledger    *dockerLedger // every process's mutating Docker calls, through its own proxy
 	begin     time.Time
+
+	// burstGap splits a process's mutating calls on a game into bursts of work (see
+	// dockerLedger.interleavings); longBursts raises it for the games a test knows run one long
+	// operation (a patch waiting on its verification) and nothing else meanwhile.
+	burstGap   time.Duration
+	longBursts map[string]time.Duration
 
 	mu    sync.Mutex
 	seq   int
@@ -69,7 +76,8 @@ func newRig(t *testing.T, tag string) *rig {
 	t.Helper()
 	requireSuite(t)
 	ctx := context.Background()
-	r := &rig{t: t, tag: tag, prefix: suite.run + "-" + tag, sent: map[string]job{}, begin: time.Now()}
+	r := &rig{t: t, tag: tag, prefix: suite.run + "-" + tag, sent: map[string]job{}, begin: time.Now(),
+		burstGap: defaultBurstGap, longBursts: map[string]time.Duration{}}
 
 	// Cleanups run last-in first-out: RTM processes (registered later) go first, then the
 	// containers, then the network.
@@ -127,6 +135,16 @@ func newRig(t *testing.T, tag string) *rig {
 		"RTMANAGER_GAME_LEASE_TTL": "3s",
 	}
 	r.watch = startWatcher(t, r.prefix)
+	r.ledger = newDockerLedger(r.prefix, r.watch.gameOf)
+	r.ledger.lease = func(game string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		v, err := r.rdb.Get(ctx, "rtmanager:game_lease:"+game).Result()
+		if err == redis.Nil {
+			return "", nil
+		}
+		return v, err
+	}
 	r.results = newCollector(r.rdb)
 	r.results.start("0-0")
 	t.Cleanup(r.results.stop)
@@ -136,6 +154,29 @@ func newRig(t *testing.T, tag string) *rig {
 		}
 	})
 	return r
+}
+
+// defaultBurstGap: the calls of one operation follow each other within a few PostgreSQL round
+// trips; a handover of a game to another process and back takes two lease hand-overs and the
+// other process's whole operation.
+const defaultBurstGap = time.Second
+
+// gapFor is the burst gap of game.
+func (r *rig) gapFor(game string) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if g, ok := r.longBursts[game]; ok {
+		return g
+	}
+	return r.burstGap
+}
+
+// longBurst declares that game runs one operation with pauses up to gap between its Docker calls
+// (a patch verifying a sick engine) and that no other operation on it is expected meanwhile.
+func (r *rig) longBurst(game string, gap time.Duration) {
+	r.mu.Lock()
+	r.longBursts[game] = gap
+	r.mu.Unlock()
 }
 
 // game returns the test's game id with suffix.
@@ -162,7 +203,8 @@ type rtmProc struct {
 	done    chan struct{}
 	code    int
 	logPath string
-	API     string // http://host:port of its internal listener
+	API     string       // http://host:port of its internal listener
+	docker  *dockerProxy // its own path to the Docker daemon
 }
 
 var listening = regexp.MustCompile(`"msg":"internal http listening".*?"addr":"([^"]+)"`)
@@ -171,11 +213,12 @@ var listening = regexp.MustCompile(`"msg":"internal http listening".*?"addr":"([
 const backgroundWorkers = 7
 
 // startRTM runs the binary with the rig's environment plus extra, and waits until it is ready:
-// its seven workers started (the boot pass is over) and /readyz answers 200.
+// its seven workers started (the boot pass is over) and /readyz answers 200. The process reaches
+// Docker through its own proxy (p.docker), which records its calls in the rig's ledger.
 func (r *rig) startRTM(name string, extra map[string]string) *rtmProc {
 	r.t.Helper()
 	p := r.spawnRTM(name, extra)
-	if err := p.waitReady(60 * time.Second); err != nil {
+	if err := p.waitReady(90 * time.Second); err != nil {
 		r.t.Fatalf("%s: %v\n%s", name, err, tailFile(p.logPath, 30))
 	}
 	return p
@@ -198,6 +241,8 @@ func (r *rig) spawnRTM(name string, extra map[string]string) *rtmProc {
 	for k, v := range extra {
 		clean = append(clean, k+"="+v)
 	}
+	dp := r.newDockerProxy(name)
+	clean = append(clean, "RTMANAGER_DOCKER_HOST="+dp.host())
 	r.mu.Lock()
 	n := len(r.procs)
 	r.mu.Unlock()
@@ -213,7 +258,8 @@ func (r *rig) spawnRTM(name string, extra map[string]string) *rtmProc {
 	if err := cmd.Start(); err != nil {
 		r.t.Fatalf("starting rtmanager: %v", err)
 	}
-	p := &rtmProc{name: name, cmd: cmd, done: make(chan struct{}), logPath: logPath}
+	dp.pid.Store(int64(cmd.Process.Pid))
+	p := &rtmProc{name: name, cmd: cmd, done: make(chan struct{}), logPath: logPath, docker: dp}
 	go func() {
 		_ = cmd.Wait()
 		p.code = cmd.ProcessState.ExitCode()
@@ -847,10 +893,18 @@ func (r *rig) finish(fault string, timeout time.Duration) {
 	for _, v := range r.watch.violations() {
 		r.t.Errorf("docker: %s", v)
 	}
-	report(r.t, fmt.Sprintf("fault %s: jobs sent %d / answered %d / duplicated %d / lost %d", fault, c.sent, c.answered, c.duplicated, c.lost))
-	r.t.Logf("fault %s took %s; docker saw %s", fault, time.Since(r.begin).Round(100*time.Millisecond), r.watch.summary())
+	inter, mutating := r.ledger.interleavings(r.gapFor)
+	report(r.t, fmt.Sprintf("fault %s: jobs sent %d / answered %d / duplicated %d / lost %d; interleaved mutations %d",
+		fault, c.sent, c.answered, c.duplicated, c.lost, len(inter)))
+	r.t.Logf("fault %s took %s; docker saw %s; docker calls by process: %s; %d mutating calls checked for interleaving",
+		fault, time.Since(r.begin).Round(100*time.Millisecond), r.watch.summary(), r.ledger.summary(), mutating)
 	if c.duplicated != 0 || c.lost != 0 {
 		r.t.Errorf("fault %s: %d duplicated, %d lost (missing %v)", fault, c.duplicated, c.lost, head(c.missing, 10))
+	}
+	if len(inter) > 0 {
+		r.t.Errorf("fault %s: %d interleaved mutations: a process changed a game's container while another was in the middle of "+
+			"its own work on it (two processes acting on one game at once: the lease did not exclude them):\n  %s",
+			fault, len(inter), strings.Join(head(inter, 20), "\n  "))
 	}
 }
 

@@ -25,13 +25,17 @@ type watcher struct {
 	mu      sync.Mutex
 	live    map[string]map[string]string // game → container id → image
 	creates map[string][]string          // game → images of the containers created, in order
+	started map[string]map[string]bool   // game → ids of the containers started at least once
+	ids     map[string]string            // container id → game
+	latest  map[string]string            // game → id of the container created last
 	actions map[string]int               // action → count
 	bad     []string
 }
 
 func startWatcher(t *testing.T, prefix string) *watcher {
 	t.Helper()
-	w := &watcher{prefix: prefix, live: map[string]map[string]string{}, creates: map[string][]string{}, actions: map[string]int{}}
+	w := &watcher{prefix: prefix, live: map[string]map[string]string{}, creates: map[string][]string{},
+		started: map[string]map[string]bool{}, ids: map[string]string{}, latest: map[string]string{}, actions: map[string]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	done := make(chan struct{})
@@ -77,7 +81,13 @@ func (w *watcher) event(m events.Message) {
 	defer w.mu.Unlock()
 	action := string(m.Action)
 	w.actions[action]++
+	w.ids[m.Actor.ID] = game
 	switch action {
+	case "start":
+		if w.started[game] == nil {
+			w.started[game] = map[string]bool{}
+		}
+		w.started[game][m.Actor.ID] = true
 	case "create":
 		if w.live[game] == nil {
 			w.live[game] = map[string]string{}
@@ -86,6 +96,7 @@ func (w *watcher) event(m events.Message) {
 			return // the stream was resubscribed and replayed it
 		}
 		w.live[game][m.Actor.ID] = m.Actor.Attributes["com.galaxy.image_ref"]
+		w.latest[game] = m.Actor.ID
 		w.creates[game] = append(w.creates[game], m.Actor.Attributes["com.galaxy.image_ref"])
 		if n := len(w.live[game]); n > 1 {
 			var ids []string
@@ -112,6 +123,31 @@ func (w *watcher) createdImages(game string) []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]string(nil), w.creates[game]...)
+}
+
+// startedLatest tells whether the container created last for game has been started.
+func (w *watcher) startedLatest(game string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	id, ok := w.latest[game]
+	return ok && w.started[game][id]
+}
+
+// gameOf returns the game of a container id (or unambiguous prefix of one) the watcher saw.
+func (w *watcher) gameOf(id string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if g, ok := w.ids[id]; ok {
+		return g
+	}
+	if len(id) >= 12 {
+		for full, g := range w.ids {
+			if strings.HasPrefix(full, id) {
+				return g
+			}
+		}
+	}
+	return ""
 }
 
 // summary counts the events seen, by action.
