@@ -156,7 +156,8 @@ func (p *Prober) round(ctx context.Context) error {
 		return err
 	}
 	for _, ev := range events {
-		p.Log.Info("probe state changed", "worker", "prober", "game_id", ev.GameID, "event_type", string(ev.Type))
+		p.Log.Info("probe state changed", "worker", "prober", "game_id", ev.GameID, "event_type", string(ev.Type),
+			"container_id", ev.ContainerID)
 	}
 	return nil
 }

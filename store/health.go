@@ -299,20 +299,21 @@ func queueEvents(p *pipe, events []rtm.HealthEvent, last map[string]string) {
 	}
 }
 
-// queueEvent queues an event's outbox row and snapshot update. A container_started resets the
-// probe state (the new container's failures start from zero, nothing is reported); a
+// queueEvent queues an event's snapshot update and then its outbox row. A container_started
+// resets the probe state (the new container's failures start from zero, nothing is reported); a
 // probe_failed marks a failure reported, a probe_recovered clears it.
+//
+// The snapshot is updated first so that the outbox row takes its id while the transaction holds
+// the snapshot's lock: a game's health events are then numbered in the order their transactions
+// changed its snapshot, and the stream tells the transitions in the order the store decided
+// them. (Numbered before the lock, a container_started that waited for a prober's round got an
+// id below that round's probe_failed for the old container: the stream ended on probe_failed
+// while the store, reset by the start, would never publish the probe_recovered.)
 func queueEvent(p *pipe, e rtm.HealthEvent) {
 	at := e.ObservedAt
 	if at.IsZero() {
 		at = time.Now()
 	}
-	f := []string{"game_id", e.GameID, "event_type", string(e.Type), "container_id", e.ContainerID}
-	if e.ExitCode != nil {
-		f = append(f, "exit_code", strconv.Itoa(*e.ExitCode))
-	}
-	f = append(f, "message", e.Message, "observed_at", at.UTC().Format(time.RFC3339Nano))
-	queueOutbox(p, StreamHealthEvents, f)
 	started := e.Type == rtm.EventContainerStarted
 	probeContainer := ""
 	if started {
@@ -333,4 +334,10 @@ func queueEvent(p *pipe, e rtm.HealthEvent) {
 			docker_state = COALESCE(NULLIF(EXCLUDED.docker_state, ''), health_snapshots.docker_state),
 			updated_at = now()`,
 		e.GameID, string(e.Status()), string(e.Type), e.ExitCode, e.OOMKilled, e.DockerState, started, probeContainer)
+	f := []string{"game_id", e.GameID, "event_type", string(e.Type), "container_id", e.ContainerID}
+	if e.ExitCode != nil {
+		f = append(f, "exit_code", strconv.Itoa(*e.ExitCode))
+	}
+	f = append(f, "message", e.Message, "observed_at", at.UTC().Format(time.RFC3339Nano))
+	queueOutbox(p, StreamHealthEvents, f)
 }

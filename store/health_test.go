@@ -243,3 +243,106 @@ func TestStore_RecordProbeRound_concurrentWritersNeitherDeadlockNorRepeat(t *tes
 		t.Fatalf("probe transitions published for %d games, want %d", len(last), len(ids))
 	}
 }
+
+// A container_started that waits for the game's snapshot while a prober's round holds it (the
+// round publishing probe_failed for the old container) is numbered after that round's event:
+// the stream tells the transitions in the order the store decided them. Numbered before the
+// lock, the stream ended on probe_failed while the store, reset by the start, never published
+// the probe_recovered (a violation the model test found).
+func TestStore_Commit_containerStartedIsNumberedAfterTheRoundItWaitedFor(t *testing.T) {
+	s, dsn := open(t)
+	ctx := context.Background()
+	conns := make([]*pgx.Conn, 2)
+	for i := range conns {
+		c, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(context.Background()) })
+		conns[i] = c
+	}
+	h, round := healthDB{s: s, conn: conns[0]}, conns[1]
+	h.running(t, "g")
+	if _, err := s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{probed("g", false)}); err != nil {
+		t.Fatal(err)
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait() // after the round's rollback below, on every path
+	// The prober's round: it holds the snapshot while it publishes probe_failed for c-g.
+	tx, err := round.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM health_snapshots WHERE game_id = 'g' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	var pid int32
+	if err := round.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+
+	// The reconciler starts c-new meanwhile: its commit waits for the snapshot.
+	done := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, err := s.Commit(ctx, rtm.Change{GameID: "g", Events: []rtm.HealthEvent{{GameID: "g",
+			Type: rtm.EventContainerStarted, ContainerID: "c-new"}},
+			Apply: func(x *rtm.Record, _ bool) { x.CurrentContainerID = "c-new" }})
+		done <- err
+	}()
+	waitBlockedBy(t, h.conn, pid, done)
+
+	if _, err := tx.Exec(ctx, `UPDATE health_snapshots SET consecutive_probe_failures = 2, probe_failed_reported = true
+		WHERE game_id = 'g'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO outbox (stream, fields) VALUES ('health_events',
+		ARRAY['game_id', 'g', 'event_type', 'probe_failed', 'container_id', 'c-g'])`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+
+	// The new engine answers: nothing is reported for it, and the stream agrees.
+	ok := probed("g", true)
+	ok.ContainerID = "c-new"
+	if _, err := s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{ok}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(h.events(t), " "), "g:probe_failed g:container_started"; got != want {
+		t.Fatalf("published %q, want %q", got, want)
+	}
+}
+
+// waitBlockedBy waits until a backend waits for a lock that backend pid holds, failing the test
+// if done reports first (the waiter finished without waiting) or after 10 s.
+func waitBlockedBy(t *testing.T, conn *pgx.Conn, pid int32, done <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, pid).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the commit did not wait for the locked snapshot (error %v)", err)
+		case <-ctx.Done():
+			t.Fatal("no backend waited for the locked snapshot within 10s")
+		case <-tick.C:
+		}
+	}
+}

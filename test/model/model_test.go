@@ -807,7 +807,7 @@ func (l *trackedLeaser) Acquire(ctx context.Context, gameID string) (context.Con
 		})
 	}
 	context.AfterFunc(wctx, func() { l.book.ended(gameID, token) })
-	return wctx, func() {
+	return leaseCtx{wctx, lctx}, func() {
 		l.mu.Lock()
 		if l.held[gameID].token == token {
 			delete(l.held, gameID)
@@ -842,8 +842,15 @@ func (l *trackedLeaser) revoke(gameID string, token uint64) {
 	}
 	t.cancel()
 	l.book.ended(gameID, token)
-	l.expire(gameID)
+	// Another process may take the lease only after the margin the real lease keeps between its
+	// holder's deadline and the key's expiry (1.25 s at the least, docs/workers.md §4): a call
+	// whose check passed just before the loss lands within it. A shorter margin keeps schedules
+	// fast while still leaving the holder's last call far behind on a loaded machine.
+	time.AfterFunc(revokeMargin, func() { l.expire(gameID) })
 }
+
+// revokeMargin is how long after a revoked holder's loss its lease key goes.
+const revokeMargin = 300 * time.Millisecond
 
 // expireScript deletes a lease key that still names its holder.
 var expireScript = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
@@ -925,3 +932,17 @@ func tail(s string, n int) string {
 }
 
 var _ io.Writer = (*syncBuffer)(nil)
+
+// leaseCtx is the wrapped lease context with the lease's own synchronous Err: a context derived
+// from coord's lease learns of its end through a goroutine, later than the lease itself.
+type leaseCtx struct {
+	context.Context
+	lease context.Context
+}
+
+func (c leaseCtx) Err() error {
+	if err := c.lease.Err(); err != nil {
+		return err
+	}
+	return c.Context.Err()
+}
