@@ -54,6 +54,9 @@ type Config struct {
 	JobResultsStream          string // RTMANAGER_REDIS_JOB_RESULTS_STREAM
 	HealthEventsStream        string // RTMANAGER_REDIS_HEALTH_EVENTS_STREAM
 	NotificationIntentsStream string // RTMANAGER_NOTIFICATION_INTENTS_STREAM
+	// StreamRetention is about how many entries each output stream keeps (XADD MAXLEN ~); 0
+	// keeps every entry.
+	StreamRetention int64 // RTMANAGER_STREAM_RETENTION
 
 	LobbyInternalBaseURL string // RTMANAGER_LOBBY_INTERNAL_BASE_URL (empty: diagnostic off)
 
@@ -92,6 +95,10 @@ type Config struct {
 	InternalToken   string        // RTMANAGER_INTERNAL_TOKEN
 	RESTWaitTimeout time.Duration // RTMANAGER_REST_WAIT_TIMEOUT
 	PProf           bool          // RTMANAGER_PPROF=1 exposes /debug/pprof on the internal listener
+
+	// StrictEnv makes an unknown RTMANAGER_* variable (see Unknown) stop the start-up, exit 2,
+	// instead of a warning.
+	StrictEnv bool // RTMANAGER_STRICT_ENV
 }
 
 // Probe targets: how the prober reaches an engine's GET /healthz.
@@ -153,6 +160,7 @@ func Default() Config {
 		JobResultsStream:          "runtime:job_results",
 		HealthEventsStream:        "runtime:health_events",
 		NotificationIntentsStream: "notification:intents",
+		StreamRetention:           100000,
 
 		ShutdownTimeout:   30 * time.Second,
 		ReconcileInterval: 5 * time.Minute,
@@ -417,6 +425,18 @@ func variables() []variable {
 		objectName("RTMANAGER_REDIS_HEALTH_EVENTS_STREAM", func(c *Config) *string { return &c.HealthEventsStream }),
 		objectName("RTMANAGER_NOTIFICATION_INTENTS_STREAM", func(c *Config) *string { return &c.NotificationIntentsStream }),
 		{
+			name: "RTMANAGER_STREAM_RETENTION",
+			set: func(c *Config, v string) error {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil || n < 0 {
+					return fmt.Errorf("%q is not a number of entries (0 keeps every entry)", v)
+				}
+				c.StreamRetention = n
+				return nil
+			},
+			get: func(c Config) string { return strconv.FormatInt(c.StreamRetention, 10) },
+		},
+		{
 			name: "RTMANAGER_LOBBY_INTERNAL_BASE_URL",
 			set: func(c *Config, v string) error {
 				u, err := url.Parse(v)
@@ -561,6 +581,7 @@ func variables() []variable {
 		},
 		duration("RTMANAGER_REST_WAIT_TIMEOUT", func(c *Config) *time.Duration { return &c.RESTWaitTimeout }),
 		boolean("RTMANAGER_PPROF", func(c *Config) *bool { return &c.PProf }),
+		boolean("RTMANAGER_STRICT_ENV", func(c *Config) *bool { return &c.StrictEnv }),
 	}
 }
 
@@ -925,4 +946,56 @@ func redactDSN(v string) string {
 		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
+}
+
+// UnknownVar is an RTMANAGER_* variable of the environment that Load does not read (a misspelled
+// name, or one a later version dropped), with the known name closest to it.
+type UnknownVar struct {
+	Name    string
+	Closest string
+}
+
+// Unknown returns, in environ's order, the RTMANAGER_* variables of environ ("NAME=value", as
+// os.Environ gives them) that Load does not read, each with the name of Vars closest to it (the
+// fewest single-character insertions, deletions and substitutions; the first in Vars' order on a
+// tie). It returns nil when there are none.
+func Unknown(environ []string) []UnknownVar {
+	known := Vars()
+	var out []UnknownVar
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "RTMANAGER_") || slices.Contains(known, name) {
+			continue
+		}
+		u := UnknownVar{Name: name}
+		best := -1
+		for _, k := range known {
+			if d := editDistance(name, k); best < 0 || d < best {
+				best, u.Closest = d, k
+			}
+		}
+		out = append(out, u)
+	}
+	return out
+}
+
+// editDistance is the Levenshtein distance between a and b, by bytes (the names are ASCII).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			sub := prev[j-1]
+			if a[i-1] != b[j-1] {
+				sub++
+			}
+			cur[j] = min(sub, prev[j]+1, cur[j-1]+1)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }

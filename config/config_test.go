@@ -111,6 +111,8 @@ func TestDefault(t *testing.T) {
 
 		RetryAttempts: 5,
 		RetryWindow:   time.Minute,
+
+		StreamRetention: 100000,
 	}
 	if d := diff(c, want); d != "" {
 		t.Errorf("Default() differs from CONTRACT §1:%s", d)
@@ -287,6 +289,9 @@ func TestLoad_invalid(t *testing.T) {
 		{"gid negative", map[string]string{"RTMANAGER_GAME_STATE_OWNER_GID": "-5"}, "RTMANAGER_GAME_STATE_OWNER_GID"},
 		{"gid 2^32-1", map[string]string{"RTMANAGER_GAME_STATE_OWNER_GID": "4294967295"}, "RTMANAGER_GAME_STATE_OWNER_GID"},
 		{"dsn missing", map[string]string{"RTMANAGER_POSTGRES_PRIMARY_DSN": ""}, "RTMANAGER_POSTGRES_PRIMARY_DSN"},
+		{"stream retention negative", map[string]string{"RTMANAGER_STREAM_RETENTION": "-1"}, "RTMANAGER_STREAM_RETENTION"},
+		{"stream retention a duration", map[string]string{"RTMANAGER_STREAM_RETENTION": "24h"}, "RTMANAGER_STREAM_RETENTION"},
+		{"strict env not a boolean", map[string]string{"RTMANAGER_STRICT_ENV": "yes"}, "RTMANAGER_STRICT_ENV"},
 		{"dsn without schema", map[string]string{"RTMANAGER_POSTGRES_PRIMARY_DSN": dsn("sslmode=disable")}, "RTMANAGER_POSTGRES_PRIMARY_DSN"},
 		{"dsn with another schema", map[string]string{"RTMANAGER_POSTGRES_PRIMARY_DSN": dsn("search_path=public")}, "RTMANAGER_POSTGRES_PRIMARY_DSN"},
 		{"dsn with another schema first", map[string]string{"RTMANAGER_POSTGRES_PRIMARY_DSN": dsn("search_path=public,rtmanager")}, "RTMANAGER_POSTGRES_PRIMARY_DSN"},
@@ -436,6 +441,8 @@ func TestLoad_everyVariable(t *testing.T) {
 		"RTMANAGER_INTERNAL_TOKEN":              "tok",
 		"RTMANAGER_REST_WAIT_TIMEOUT":           "10s",
 		"RTMANAGER_PPROF":                       "true",
+		"RTMANAGER_STREAM_RETENTION":            "5000",
+		"RTMANAGER_STRICT_ENV":                  "true",
 
 		"RTMANAGER_POSTGRES_CONNECT_TIMEOUT":        "2s",
 		"RTMANAGER_POSTGRES_OPERATION_TIMEOUT":      "20s",
@@ -629,5 +636,31 @@ func TestError_Error(t *testing.T) {
 	err := &config.Error{Var: "RTMANAGER_GAME_STATE_DIR_MODE", Reason: `"banana" is not an octal file mode`}
 	if got, want := err.Error(), `RTMANAGER_GAME_STATE_DIR_MODE: "banana" is not an octal file mode`; got != want {
 		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
+
+func TestUnknown(t *testing.T) {
+	tests := []struct {
+		name    string
+		environ []string
+		want    []config.UnknownVar
+	}{
+		{name: "only known and foreign names", environ: []string{"PATH=/bin", "RTMANAGER_LOG_LEVEL=debug", "RTMCTL_SERVER=x"}},
+		{name: "a letter dropped", environ: []string{"RTMANAGER_REDIS_MASTR_ADDR=redis:6379"},
+			want: []config.UnknownVar{{Name: "RTMANAGER_REDIS_MASTR_ADDR", Closest: "RTMANAGER_REDIS_MASTER_ADDR"}}},
+		{name: "a word misspelled, and a value with =", environ: []string{
+			"RTMANAGER_LOG_FROMAT=text", "RTMANAGER_POSTGRES_DSN=postgres://u:p@h/db?a=b"},
+			want: []config.UnknownVar{
+				{Name: "RTMANAGER_LOG_FROMAT", Closest: "RTMANAGER_LOG_FORMAT"},
+				{Name: "RTMANAGER_POSTGRES_DSN", Closest: "RTMANAGER_POSTGRES_PRIMARY_DSN"},
+			}},
+		{name: "the prefix alone", environ: []string{"RTMANAGER_="}, want: []config.UnknownVar{{Name: "RTMANAGER_", Closest: "RTMANAGER_PPROF"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := config.Unknown(tt.environ); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Unknown(%q) = %v, want %v", tt.environ, got, tt.want)
+			}
+		})
 	}
 }

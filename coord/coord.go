@@ -44,6 +44,9 @@ type Coord struct {
 	deregistered bool
 	// held are the games whose lease this process holds (acquired and not yet released).
 	held map[string]bool
+	// maxLen is the approximate length Publish trims each output stream to (0: no trimming);
+	// see WithStreamMaxLen.
+	maxLen int64
 }
 
 // Option tunes a Coord.
@@ -76,8 +79,12 @@ func (c *Coord) Ping(ctx context.Context) error {
 var (
 	// publishScript adds an entry to a stream once per outbox id: the marker key and the XADD
 	// happen atomically, so a crash between XADD and marking the row sent cannot publish twice.
+	// ARGV[2], when not 0, trims the stream to about that many entries (MAXLEN ~) in the XADD.
 	publishScript = redis.NewScript(`if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
-  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+  if ARGV[2] ~= '0' then
+    return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+  end
+  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
 end
 return false`)
 )
@@ -173,8 +180,8 @@ func (c *Coord) Publish(ctx context.Context, epoch string, entries []OutboxEntry
 	pipe := c.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(entries))
 	for i, e := range entries {
-		args := make([]any, 0, len(e.Fields)+1)
-		args = append(args, int64(sentTTL.Seconds()))
+		args := make([]any, 0, len(e.Fields)+2)
+		args = append(args, int64(sentTTL.Seconds()), c.maxLen)
 		for _, f := range e.Fields {
 			args = append(args, f)
 		}

@@ -9,9 +9,18 @@
 # built. The runbook's ports (5432, 6379, 8096) are used when free, free ones otherwise. The
 # environment is written to /tmp/rtm-dev/env for other shells: `source /tmp/rtm-dev/env`.
 #
-# rtmanager runs in the foreground. On Ctrl-C or exit the script stops it, removes the engine
-# containers that appeared during the session (com.galaxy.owner=rtmanager), and stops Redis and
-# PostgreSQL. The network, the images and the game state dirs are left in place.
+# The first run builds the images and the binary and takes minutes; later runs reuse the caches.
+# rtmanager listens on loopback only. PostgreSQL checks passwords (scram-sha-256; superuser
+# postgres/postgres, service role rtmanagerservice/rtmanagerservice), so a wrong password fails as
+# in production.
+#
+# rtmanager runs in the foreground. On Ctrl-C or exit the script stops it and removes only the
+# engine containers this session made: labelled com.galaxy.owner=rtmanager, attached to $NET,
+# created during the session and belonging to a game this session's rtmanager has in its database.
+# Every other labelled container (another RTM's, another suite's, a hand-started one) is left and
+# listed ("left running: ..."). Then Redis and PostgreSQL are stopped. The network, the images and
+# the game state dirs are left in place. Output carries no terminal escapes unless stdout is a
+# terminal.
 #
 # Knobs: RTM_DEV_DIR (default /tmp/rtm-dev), RTMANAGER_GAME_STATE_ROOT (default $RTM_DEV_DIR/games),
 # RTMANAGER_DOCKER_NETWORK (default galaxy-net), RTMANAGER_LOG_FORMAT (default text here).
@@ -27,7 +36,10 @@ ENGINE_REPO=galaxy/game
 ENGINE_VERSIONS=(1.4.1 1.4.2 1.4.3 1.5.0 2.0.0)
 OWNER_LABEL=com.galaxy.owner=rtmanager
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+# Bold only on a terminal: a log file or a pipe gets plain text.
+BOLD= RESET=
+if [[ -t 1 && -z ${NO_COLOR:-} ]]; then BOLD=$'\033[1m' RESET=$'\033[0m'; fi
+say() { printf '%s==> %s%s\n' "$BOLD" "$*" "$RESET"; }
 die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
 is_root() { [[ $(id -u) -eq 0 ]]; }
 
@@ -106,13 +118,7 @@ cleanup() {
     kill -KILL "$RTM_PID" 2>/dev/null
     wait "$RTM_PID" 2>/dev/null
   fi
-  local now started
-  now=$(docker ps -aq --no-trunc --filter "label=$OWNER_LABEL" | sort)
-  started=$(comm -13 <(echo "$PRE_EXISTING") <(echo "$now") | grep -v '^$')
-  if [[ -n $started ]]; then
-    say "removing $(wc -l <<<"$started") engine container(s) of this session"
-    docker rm -f $started >/dev/null
-  fi
+  remove_session_engines
   if [[ -f $DEV/redis.pid ]]; then
     say "stopping redis"
     kill "$(cat "$DEV/redis.pid")" 2>/dev/null
@@ -124,6 +130,42 @@ cleanup() {
   fi
   say "left in place: network $NET, images $ENGINE_REPO:*, state dirs under $STATE_ROOT"
 }
+
+# session_games: the game ids this session's rtmanager has a record or an operation of (nothing
+# when PostgreSQL or the schema is not there yet).
+session_games() {
+  [[ -n $PG_STARTED && -n ${RTMANAGER_POSTGRES_PRIMARY_DSN:-} ]] || return 0
+  "$PSQL" -X -q -At "$RTMANAGER_POSTGRES_PRIMARY_DSN" \
+    -c "SELECT game_id FROM runtime_records UNION SELECT game_id FROM operation_log" 2>/dev/null || true
+}
+
+# remove_session_engines removes the engine containers this session made: labelled
+# $OWNER_LABEL, attached to $NET, absent when the session began, and of a game in this session's
+# database. Every other labelled container is left and listed.
+remove_session_engines() {
+  local games id game nets name state mine=() left=()
+  games=$(session_games)
+  while read -r id; do
+    [[ -n $id ]] || continue
+    IFS='|' read -r game nets name state < <(docker inspect -f \
+      '{{index .Config.Labels "com.galaxy.game_id"}}|{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}|{{.Name}}|{{.State.Status}}' \
+      "$id" 2>/dev/null) || continue
+    if ! grep -qxF "$id" <<<"$PRE_EXISTING" && [[ " $nets " == *" $NET "* ]] \
+      && [[ -n $game ]] && grep -qxF "$game" <<<"$games"; then
+      mine+=("$id")
+    else
+      left+=("${name#/} ($state, game ${game:-?}, network ${nets% })")
+    fi
+  done < <(docker ps -aq --no-trunc --filter "label=$OWNER_LABEL")
+  if ((${#mine[@]})); then
+    say "removing ${#mine[@]} engine container(s) of this session"
+    docker rm -f "${mine[@]}" >/dev/null
+  fi
+  if ((${#left[@]})); then
+    say "left running: ${#left[@]} labelled container(s) this session did not make:"
+    printf '    %s\n' "${left[@]}"
+  fi
+}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -134,15 +176,21 @@ say "starting postgres ($PGBIN) on 127.0.0.1:$PGPORT"
 mkdir -p "$DEV/pg"
 is_root && chown postgres "$DEV/pg"
 chmod 700 "$DEV/pg"
-as_pg "$PGBIN/initdb" -D "$DEV/pg" -A trust -U postgres -E UTF8 --no-locale >"$DEV/initdb.log" 2>&1 \
+# Passwords are checked (scram-sha-256) on every connection, local ones included, as in production.
+printf 'postgres\n' >"$DEV/pg-superuser.pw"
+is_root && chown postgres "$DEV/pg-superuser.pw"
+chmod 600 "$DEV/pg-superuser.pw"
+as_pg "$PGBIN/initdb" -D "$DEV/pg" --auth=scram-sha-256 --pwfile="$DEV/pg-superuser.pw" -U postgres \
+  -E UTF8 --no-locale >"$DEV/initdb.log" 2>&1 \
   || { tail -20 "$DEV/initdb.log"; die "initdb failed"; }
+rm -f "$DEV/pg-superuser.pw"
 # setsid: a Ctrl-C meant for rtmanager must not also reach the postmaster (it would shut down
 # under rtmanager's graceful stop).
 as_pg setsid -w "$PGBIN/pg_ctl" -D "$DEV/pg" -l "$DEV/pg/server.log" -w \
   -o "-p $PGPORT -k $DEV/pg -c listen_addresses=127.0.0.1" start >/dev/null \
   || { tail -20 "$DEV/pg/server.log"; die "postgres did not start"; }
 PG_STARTED=1
-pg_admin() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }
+pg_admin() { PGPASSWORD=postgres "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }
 pg_admin -d postgres -c "CREATE ROLE rtmanagerservice LOGIN PASSWORD 'rtmanagerservice'" \
   -c "CREATE DATABASE galaxy"
 pg_admin -d galaxy -c "CREATE SCHEMA rtmanager AUTHORIZATION rtmanagerservice"
@@ -163,6 +211,7 @@ if ! docker network inspect "$NET" >/dev/null 2>&1; then
   say "creating docker network $NET"
   docker network create "$NET" >/dev/null
 fi
+say "building engine images and bin/rtmanager: the first build takes a few minutes (later runs reuse the caches)"
 say "building engine images $ENGINE_REPO:{${ENGINE_VERSIONS[*]}} from test/engine"
 go run ./hack/buildengine "$ENGINE_REPO" "${ENGINE_VERSIONS[@]}" | sed 's/^/    /'
 
@@ -176,7 +225,8 @@ HPORT=$(pick_port 8096)
 # search_path=rtmanager form, the runbook's psql "$RTMANAGER_POSTGRES_PRIMARY_DSN" lines fail.
 export RTMANAGER_GAME_STATE_ROOT=$STATE_ROOT
 export RTMANAGER_DOCKER_NETWORK=$NET
-export RTMANAGER_INTERNAL_HTTP_ADDR=:$HPORT
+# Loopback only: the dev API is for this machine (tokens are not set here).
+export RTMANAGER_INTERNAL_HTTP_ADDR=127.0.0.1:$HPORT
 export RTMANAGER_DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}
 export RTMANAGER_POSTGRES_PRIMARY_DSN="postgres://rtmanagerservice:rtmanagerservice@127.0.0.1:$PGPORT/galaxy?options=-csearch_path%3Drtmanager&sslmode=disable"
 export RTMANAGER_REDIS_MASTER_ADDR=127.0.0.1:$RPORT
@@ -193,7 +243,7 @@ export REDISCLI_AUTH=local
     RTMANAGER_REDIS_PASSWORD RTMANAGER_LOBBY_INTERNAL_BASE_URL RTMANAGER_LOG_FORMAT REDISCLI_AUTH; do
     printf 'export %s=%q\n' "$v" "${!v}"
   done
-  printf 'export RTM_DEV_REDIS_PORT=%q RTM_DEV_PG_PORT=%q RTM_DEV_HTTP=%q\n' "$RPORT" "$PGPORT" "http://localhost:$HPORT"
+  printf 'export RTM_DEV_REDIS_PORT=%q RTM_DEV_PG_PORT=%q RTM_DEV_HTTP=%q\n' "$RPORT" "$PGPORT" "http://127.0.0.1:$HPORT"
 } >"$DEV/env"
 
 RCLI=redis-cli
@@ -202,13 +252,13 @@ cat <<EOF
 
 $(say "rtmanager is starting; in another shell:")
   source $DEV/env
-  curl http://localhost:$HPORT/healthz
-  curl http://localhost:$HPORT/readyz
+  curl http://127.0.0.1:$HPORT/healthz
+  curl http://127.0.0.1:$HPORT/readyz
   $RCLI XADD runtime:start_jobs '*' game_id demo-1 image_ref $ENGINE_REPO:1.4.1 request_id req-1
   $RCLI XRANGE runtime:job_results - +
-  curl -s http://localhost:$HPORT/api/v1/internal/runtimes/demo-1
+  curl -s http://127.0.0.1:$HPORT/api/v1/internal/runtimes/demo-1
   curl -s -X POST -H 'Content-Type: application/json' -H 'X-Galaxy-Caller: admin' \\
-    http://localhost:$HPORT/api/v1/internal/runtimes/demo-1/patch -d '{"image_ref": "$ENGINE_REPO:1.4.2"}'
+    http://127.0.0.1:$HPORT/api/v1/internal/runtimes/demo-1/patch -d '{"image_ref": "$ENGINE_REPO:1.4.2"}'
   psql "\$RTMANAGER_POSTGRES_PRIMARY_DSN" -c "SELECT status, COUNT(*) FROM rtmanager.runtime_records GROUP BY status"
   docker ps --filter label=$OWNER_LABEL --format 'table {{.ID}}\t{{.Names}}\t{{.Status}}\t{{.Labels}}'
   $RCLI XRANGE runtime:health_events - + COUNT 100

@@ -40,6 +40,12 @@ type StreamReader interface {
 	LastGeneratedID(ctx context.Context, stream string) (string, error)
 }
 
+// ResultRepublisher queues again the published result of an answered request when Redis lost it
+// (its publication marker, which marks is asked about, is gone); it reports whether it did.
+type ResultRepublisher interface {
+	RepublishLostResult(ctx context.Context, ch rtm.Channel, requestID string, marks store.SentMarks) (bool, error)
+}
+
 // JobKind tells the two job streams apart.
 type JobKind string
 
@@ -68,6 +74,10 @@ type JobConsumer struct {
 	Log      *slog.Logger
 	Tracer   trace.Tracer
 	Observer JobObserver
+	// Results and Marks answer again a resent job whose result Redis lost (nil: such a job is
+	// ignored like any other duplicate).
+	Results ResultRepublisher
+	Marks   store.SentMarks
 	// Block is how long one XREAD waits (default 1s); it bounds how fast shutdown is noticed.
 	Block time.Duration
 }
@@ -94,20 +104,26 @@ func (c *JobConsumer) Run(ctx context.Context) error {
 		off = o
 	}
 	saved := off
-	persist := func(ctx context.Context) {
+	persist := func(ctx context.Context) error {
 		if off == saved {
-			return
+			return nil
 		}
 		if err := c.Redis.SetOffset(ctx, name, off); err != nil {
 			c.Log.Warn("saving offset failed", "worker", name, "error", err)
-			return
+			return err
 		}
 		saved = off
+		return nil
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		persist(sctx)
+		if err := persist(sctx); err != nil {
+			// The jobs after the saved offset are read again at the next start and recognised
+			// by their request ids.
+			c.Log.Warn("worker stopped without saving its offset", "worker", name, "offset", off, "saved_offset", saved)
+			return
+		}
 		c.Log.Info("worker stopped", "worker", name, "offset", off)
 	}()
 	off = c.checkReset(ctx, off)
@@ -148,7 +164,7 @@ func (c *JobConsumer) Run(ctx context.Context) error {
 			backoff.reset()
 			off = e.ID
 		}
-		persist(ctx)
+		_ = persist(ctx) // logged; the next batch or the stop tries again
 	}
 	return nil
 }
@@ -214,8 +230,9 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 		if !dup {
 			log.WarnContext(ctx, "invalid job answered", "error_code", string(rtm.CodeInvalidJob), "reason", bad)
 			c.observe(ctx, string(rtm.OutcomeFailed))
+			return nil
 		}
-		return nil
+		return c.republishLost(ctx, log, e, req, rtm.OutcomeFailed)
 	}
 	var refusal *rtm.Answer
 	if c.Kind == StartJobs {
@@ -255,6 +272,9 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 			c.Enqueue(req.GameID)
 			return nil
 		}
+		if err == nil {
+			return c.republishLost(ctx, log, e, req, ans.Outcome)
+		}
 		log.DebugContext(ctx, "duplicate job ignored")
 	case sub.Answer != nil:
 		log.InfoContext(ctx, "job answered at once", "outcome", string(sub.Answer.Outcome), "error_code", string(sub.Answer.Code))
@@ -263,6 +283,24 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 		log.DebugContext(ctx, "job recorded", "generation", sub.Request.Generation)
 		c.Enqueue(req.GameID)
 	}
+	return nil
+}
+
+// republishLost handles a resent job whose request was answered: when Redis lost the published
+// result, it is queued to be published again (logged at info); otherwise the job is ignored
+// (debug). It returns an error only when that could not be checked.
+func (c *JobConsumer) republishLost(ctx context.Context, log *slog.Logger, e coord.Entry, req rtm.Request, outcome rtm.Outcome) error {
+	if c.Results != nil && c.Marks != nil {
+		again, err := c.Results.RepublishLostResult(ctx, req.Channel, req.RequestID, c.Marks)
+		if err != nil {
+			return fmt.Errorf("checking the result of duplicate job %s: %w", e.ID, err)
+		}
+		if again {
+			log.InfoContext(ctx, "duplicate job's result lost from redis, published again", "outcome", string(outcome))
+			return nil
+		}
+	}
+	log.DebugContext(ctx, "duplicate job ignored")
 	return nil
 }
 

@@ -62,7 +62,9 @@ func AllGames(ctx context.Context, docker Lister, store ActiveGames, cache ListC
 }
 
 // Ticker is the reconcile_ticker worker: every Interval (±10% jitter, so that many RTMs do not
-// tick together) it enqueues every game of AllGames.
+// tick together) it enqueues every game of AllGames. A value on Trigger (main sends one on
+// SIGHUP) runs such a pass at once, a manual pass, logged at info with the games it found; the
+// periodic passes keep their schedule.
 type Ticker struct {
 	Interval time.Duration
 	Docker   Lister
@@ -70,26 +72,43 @@ type Ticker struct {
 	Cache    ListCache
 	Enqueue  func(gameID string)
 	Log      *slog.Logger
+	Trigger  <-chan struct{} // nil: no manual passes
 }
 
 // Run ticks until ctx ends.
 func (t *Ticker) Run(ctx context.Context) error {
 	for {
 		jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(t.Interval))
-		if !sleep(ctx, t.Interval+jitter) {
+		timer := time.NewTimer(t.Interval + jitter)
+		manual := false
+		select {
+		case <-ctx.Done():
+			timer.Stop()
 			return nil
+		case <-timer.C:
+		case <-t.Trigger:
+			timer.Stop()
+			manual = true
 		}
 		ids, err := AllGames(ctx, t.Docker, t.Store, t.Cache)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			t.Log.Warn("periodic pass could not list games", "worker", "reconcile_ticker", "error", err)
+			if manual {
+				t.Log.Error("manual reconcile pass could not list games", "worker", "reconcile_ticker", "error", err)
+			} else {
+				t.Log.Warn("periodic pass could not list games", "worker", "reconcile_ticker", "error", err)
+			}
 			continue
 		}
 		for _, id := range ids {
 			t.Enqueue(id)
 		}
-		t.Log.Debug("periodic pass enqueued games", "worker", "reconcile_ticker", "games", len(ids))
+		if manual {
+			t.Log.Info("manual reconcile pass", "worker", "reconcile_ticker", "games", len(ids))
+		} else {
+			t.Log.Debug("periodic pass enqueued games", "worker", "reconcile_ticker", "games", len(ids))
+		}
 	}
 }

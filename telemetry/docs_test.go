@@ -123,6 +123,7 @@ func buildAndScrape() (families, error) {
 	m.Published(ctx, store.StreamHealthEvents, []string{"event_type", "probe_failed"})
 	m.Published(ctx, store.StreamNotificationIntents, []string{"intent", "runtime.image_pull_failed"})
 	m.JobHandled(ctx, sources.StartJobs, "failed")
+	m.Answered(ctx, []store.OutboxEntry{{Stream: store.StreamJobResults, Fields: []string{"job", "stop", "outcome", "succeeded"}}})
 	m.ProbeResult(ctx, false)
 
 	// The Docker adapter's latency histogram: a ping of a daemon that is not there.
@@ -283,6 +284,7 @@ func TestExportedFamilies(t *testing.T) {
 		"rtmanager_health_events_total":             "counter",
 		"rtmanager_notification_intents_total":      "counter",
 		"rtmanager_jobs_handled_total":              "counter",
+		"rtmanager_jobs_answered_total":             "counter",
 		"rtmanager_rest_requests_total":             "counter",
 		"rtmanager_rest_request_latency_seconds":    "histogram",
 		"controller_runtime_reconcile_total":        "counter",
@@ -299,6 +301,13 @@ func TestExportedFamilies(t *testing.T) {
 			t.Errorf("/metrics has no family %s", name)
 		} else if f.typ != typ {
 			t.Errorf("/metrics: %s is a %s, want %s", name, f.typ, typ)
+		}
+	}
+	// Only RTM's and the controller's families: none of controller-runtime's for the certificate
+	// watcher or webhooks, which RTM does not use.
+	for name := range fams {
+		if strings.HasPrefix(name, "certwatcher_") || strings.HasPrefix(name, "controller_runtime_webhook_") {
+			t.Errorf("/metrics carries %s, a family of a controller-runtime feature RTM does not use", name)
 		}
 	}
 	// An exposed job or instance label would collide with the labels Prometheus adds itself.

@@ -40,6 +40,7 @@ type Metrics struct {
 	leases       metric.Int64Counter
 	probes       metric.Int64Counter
 	jobs         metric.Int64Counter
+	answered     metric.Int64Counter
 }
 
 // NewMetrics creates the instruments and registers the gauges' callbacks.
@@ -57,6 +58,7 @@ func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, cfg config.Confi
 		leases:       c("rtmanager.lease_acquisitions", "Per-game lease attempts, by result (acquired, contended, error)."),
 		probes:       c("rtmanager.probe_results", "Active engine probes, by result (ok, failed)."),
 		jobs:         c("rtmanager.jobs_handled", "Jobs answered at once by the consumers, by consumer and outcome."),
+		answered:     c("rtmanager.jobs_answered", "Jobs answered, at once or by the reconciler, by consumer and outcome."),
 	}
 	byStatus, err := m.Int64ObservableGauge("rtmanager.runtime_records_by_status",
 		metric.WithDescription("Runtime records by status; every status is reported, also at zero."))
@@ -175,6 +177,7 @@ func (x *Metrics) zero() {
 		}
 		for _, k := range []sources.JobKind{sources.StartJobs, sources.StopJobs} {
 			add(x.jobs, attribute.String("consumer", string(k)), attribute.String("outcome", string(o)))
+			add(x.answered, attribute.String("consumer", string(k)), attribute.String("outcome", string(o)))
 		}
 	}
 	for _, t := range []rtm.HealthEventType{rtm.EventContainerStarted, rtm.EventContainerExited, rtm.EventContainerOOM,
@@ -211,6 +214,26 @@ func (x *Metrics) Published(ctx context.Context, stream string, fields []string)
 		x.healthEvents.Add(ctx, 1, metric.WithAttributes(attribute.String("event_type", f["event_type"])))
 	case store.StreamNotificationIntents:
 		x.intents.Add(ctx, 1, metric.WithAttributes(attribute.String("intent", f["intent"])))
+	}
+}
+
+// Answered counts the jobs answered by the rows of one commit (its job results; other rows are
+// ignored), by consumer (startjobs, stopjobs) and outcome: once per answer, when it is recorded,
+// whether or when it is published.
+func (x *Metrics) Answered(ctx context.Context, rows []store.OutboxEntry) {
+	for _, r := range rows {
+		if r.Stream != store.StreamJobResults {
+			continue
+		}
+		f := map[string]string{}
+		for i := 0; i+1 < len(r.Fields); i += 2 {
+			f[r.Fields[i]] = r.Fields[i+1]
+		}
+		consumer := sources.StartJobs
+		if f["job"] == "stop" {
+			consumer = sources.StopJobs
+		}
+		x.answered.Add(ctx, 1, metric.WithAttributes(attribute.String("consumer", string(consumer)), attribute.String("outcome", f["outcome"])))
 	}
 }
 

@@ -142,6 +142,7 @@ func TestCountersStartAtZero(t *testing.T) {
 	for name, want := range map[string]int{
 		"rtmanager.job_results":          4,
 		"rtmanager.jobs_handled":         4,
+		"rtmanager.jobs_answered":        4,
 		"rtmanager.health_events":        7,
 		"rtmanager.notification_intents": 3,
 		"rtmanager.lease_acquisitions":   3,
@@ -169,5 +170,23 @@ func TestPublishedJobResultLabels(t *testing.T) {
 	key := seriesKey("rtmanager.job_results", attribute.String("job_type", "stop"), attribute.String("outcome", "failed"))
 	if got := c.values[key]; got != 1 {
 		t.Errorf(`job_results{job_type="stop",outcome="failed"} = %d, want 1 (values: %v)`, got, c.values)
+	}
+}
+
+// TestAnswered_countsJobResultsByConsumerAndOutcome: the job results of a commit are counted by
+// consumer and outcome; its other rows are not.
+func TestAnswered_countsJobResultsByConsumerAndOutcome(t *testing.T) {
+	c := collect(t, fakeCounts{}, fakeOffsets{}, func(m *telemetry.Metrics) {
+		m.Answered(context.Background(), []store.OutboxEntry{
+			{Stream: store.StreamJobResults, Fields: []string{"request_id", "r1", "job", "stop", "outcome", "failed"}},
+			{Stream: store.StreamJobResults, Fields: []string{"request_id", "r2", "job", "start", "outcome", "succeeded"}},
+			{Stream: store.StreamHealthEvents, Fields: []string{"event_type", "probe_failed"}},
+		})
+	})
+	for _, want := range []struct{ consumer, outcome string }{{"stopjobs", "failed"}, {"startjobs", "succeeded"}} {
+		key := seriesKey("rtmanager.jobs_answered", attribute.String("consumer", want.consumer), attribute.String("outcome", want.outcome))
+		if got := c.values[key]; got != 1 {
+			t.Errorf("jobs_answered{consumer=%q,outcome=%q} = %d, want 1 (values: %v)", want.consumer, want.outcome, got, c.values)
+		}
 	}
 }

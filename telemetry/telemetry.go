@@ -9,8 +9,12 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
+	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
@@ -59,7 +63,7 @@ func Setup(ctx context.Context, exporter, version string) (*Telemetry, error) {
 				Boundaries: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}}},
 		)))
 	t := &Telemetry{Exporter: exporter, mp: mp,
-		handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})}
+		handler: promhttp.HandlerFor(ownFamilies{reg}, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})}
 	var sx sdktrace.SpanExporter
 	switch exporter {
 	case "otlp-http":
@@ -78,6 +82,19 @@ func Setup(ctx context.Context, exporter, version string) (*Telemetry, error) {
 	t.tp = sdktrace.NewTracerProvider(sdktrace.WithBatcher(sx), sdktrace.WithResource(res))
 	t.tracerP = t.tp
 	return t, nil
+}
+
+// ownFamilies gathers g without the families controller-runtime registers for features RTM does
+// not use (certificate watching: certwatcher_*; admission webhooks: controller_runtime_webhook_*),
+// always 0, which would only mislead: /metrics carries RTM's families, controller-runtime's
+// controller and workqueue families, and the Go and process collectors.
+type ownFamilies struct{ g prometheus.Gatherer }
+
+func (o ownFamilies) Gather() ([]*dto.MetricFamily, error) {
+	fams, err := o.g.Gather()
+	return slices.DeleteFunc(fams, func(f *dto.MetricFamily) bool {
+		return strings.HasPrefix(f.GetName(), "certwatcher_") || strings.HasPrefix(f.GetName(), "controller_runtime_webhook_")
+	}), err
 }
 
 // Tracer returns a named tracer.

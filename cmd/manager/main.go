@@ -3,7 +3,7 @@
 // with what Docker shows. Configuration comes from the environment (see docs/examples.md).
 //
 // main only wires: it reads config, builds the adapters, the controller and its sources, serves
-// the listener and runs until SIGINT or SIGTERM.
+// the listener and runs until SIGINT or SIGTERM; a SIGHUP runs a full reconcile pass.
 package main
 
 import (
@@ -61,9 +61,16 @@ func main() {
 }
 
 func run() int {
+	// Until the configuration is loaded, lines go out in the format asked for (JSON when that is
+	// not a known format), at info.
+	early := newLogger(config.Config{LogFormat: os.Getenv("RTMANAGER_LOG_FORMAT"), LogLevel: "info"})
+	unknown := config.Unknown(os.Environ())
+	for _, u := range unknown {
+		early.Warn("unknown configuration variable", "variable", u.Name, "closest", u.Closest)
+	}
 	cfg, err := config.Load(os.Getenv)
 	if err != nil {
-		log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+		log := early
 		var ce *config.Error
 		if errors.As(err, &ce) {
 			log.Error("invalid configuration", "variable", ce.Var, "reason", ce.Reason)
@@ -72,8 +79,14 @@ func run() int {
 		}
 		return exitConfig
 	}
+	if cfg.StrictEnv && len(unknown) > 0 {
+		early.Error("invalid configuration", "variable", unknown[0].Name,
+			"reason", "unknown variable (RTMANAGER_STRICT_ENV=true); closest known name: "+unknown[0].Closest)
+		return exitConfig
+	}
 	log := newLogger(cfg)
-	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
+	ctrllog.SetLogger(logr.FromSlogHandler(controllerLogHandler{log.Handler()}))
+	redis.SetLogger(redisLogger{log})
 	log.Info("starting rtmanager", "version", version, "config", cfg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -115,6 +128,11 @@ func stepOf(err error) string {
 // down. It returns an error when a start-up step failed (a *stepError) or when the listener
 // failed while running; a signal-driven shutdown returns nil.
 func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	// SIGHUP asks for a manual reconcile pass (docs/runbook.md); caught from the start, so that
+	// it never kills the process, and one that comes during start-up runs a pass once it is up.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	// Stopping, after a signal or a failed start-up step, is one budget (see shutdown).
 	stop := newShutdown(cfg.ShutdownTimeout)
 	defer stop.close(log)
@@ -130,7 +148,11 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// Rows committed before the publisher exists (the boot pass) wait in the outbox for its
 	// first poll.
 	var pub atomic.Pointer[publisher.Publisher]
+	var answered atomic.Pointer[telemetry.Metrics] // counts the jobs answered once metrics exist
 	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, OnOutbox: func(rows []store.OutboxEntry) {
+		if m := answered.Load(); m != nil {
+			m.Answered(context.Background(), rows)
+		}
 		if p := pub.Load(); p != nil {
 			p.Offer(rows)
 		}
@@ -149,7 +171,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32,
 		ContextTimeoutEnabled: true})
 	stop.onClose(func(context.Context) { _ = rdb.Close() })
-	co := coord.New(rdb, ownerID(), cfg.GameLeaseTTL)
+	co := coord.New(rdb, ownerID(), cfg.GameLeaseTTL, coord.WithStreamMaxLen(cfg.StreamRetention))
 	if err := co.Ping(ctx); err != nil {
 		return step("redis ping", err)
 	}
@@ -171,6 +193,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return step("telemetry", err)
 	}
+	answered.Store(metrics)
 
 	// 3. Docker and its network.
 	dk, err := runtime.New(runtime.Options{Host: cfg.DockerHost, Network: cfg.DockerNetwork, Logger: log,
@@ -224,7 +247,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return step("controller", err)
 	}
-	ctrl, err := controllers.NewController(rec, 16, logr.FromSlogHandler(log.Handler()))
+	ctrl, err := controllers.NewController(rec, 16, logr.FromSlogHandler(controllerLogHandler{log.Handler()}))
 	if err != nil {
 		return step("controller", err)
 	}
@@ -280,17 +303,17 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		{"controller", ctrl.Start},
 		{"startjobs", (&sources.JobConsumer{Kind: sources.StartJobs, Stream: cfg.StartJobsStream, Store: st, Redis: co,
 			Enqueue: ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: settings, Log: log,
-			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics}).Run},
+			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics, Results: st, Marks: co}).Run},
 		{"stopjobs", (&sources.JobConsumer{Kind: sources.StopJobs, Stream: cfg.StopJobsStream, Store: st, Redis: co,
 			Enqueue: ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: settings, Log: log,
-			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics}).Run},
+			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics, Results: st, Marks: co}).Run},
 		{"dockerevents", (&sources.DockerEvents{Docker: dk, Lister: dk, Store: st, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"prober", (&sources.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
 			Grace: cfg.ProbeInterval, Store: st, Docker: dk, Probe: prober, Marks: cache, Observer: metrics, Log: log}).Run},
 		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: st, Docker: dk,
 			Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: dk, Store: st,
-			Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run},
+			Cache: cache, Enqueue: ctrl.Enqueue, Log: log, Trigger: manualPasses(ctx, hup)}).Run},
 		{"publisher", relay.Run},
 	}
 	wctx, cancelWorkers := context.WithCancel(context.WithoutCancel(ctx))
@@ -350,4 +373,25 @@ func lobbyDiagnostic(base string, log *slog.Logger) func(context.Context, string
 		resp.Body.Close()
 		log.Debug("lobby diagnostic", "game_id", gameID, "status", resp.StatusCode)
 	}
+}
+
+// manualPasses turns the signals received on sig into the reconcile ticker's manual-pass
+// triggers until ctx ends; signals that come while a pass is still waiting to start are merged
+// into it.
+func manualPasses(ctx context.Context, sig <-chan os.Signal) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sig:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out
 }

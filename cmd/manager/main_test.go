@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -13,11 +14,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/go-logr/logr"
 )
 
 // envRunMain makes the test binary run the command itself (run, then exit with its code)
@@ -230,5 +236,130 @@ func TestStepOf(t *testing.T) {
 	}
 	if step("x", nil) != nil {
 		t.Fatal("step of nil must be nil")
+	}
+}
+
+// TestControllerLogHandler_cancelledReconcileIsNoError logs controller-runtime's lines as its logr
+// logger does: a reconcile cut off by the shutdown's cancellation is no ERROR line (it is
+// kept at debug), while a real reconcile error still is one.
+func TestControllerLogHandler_cancelledReconcileIsNoError(t *testing.T) {
+	var buf bytes.Buffer
+	log := logr.FromSlogHandler(controllerLogHandler{slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})})
+	log.Error(fmt.Errorf("reconciling game-1: %w", context.Canceled), "Reconciler error", "controller", "game")
+	log.Error(errors.New("docker unavailable"), "Reconciler error", "controller", "game")
+	var errs []string
+	sc := bufio.NewScanner(&buf)
+	for sc.Scan() {
+		var line map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("%q: %v", sc.Text(), err)
+		}
+		if line["level"] == "ERROR" {
+			errs = append(errs, fmt.Sprint(line["err"]))
+		}
+	}
+	if len(errs) != 1 || errs[0] != "docker unavailable" {
+		t.Errorf("ERROR lines carry %q, want only the docker one", errs)
+	}
+
+	buf.Reset()
+	debug := logr.FromSlogHandler(controllerLogHandler{slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})})
+	debug.Error(context.Canceled, "Reconciler error")
+	if !strings.Contains(buf.String(), `"level":"DEBUG"`) {
+		t.Errorf("at debug level the cancelled reconcile is kept at debug; got %s", buf.String())
+	}
+}
+
+// TestManualPasses_sighupTriggersAPassAndDoesNotKill sends this process a SIGHUP, caught as serve
+// catches it: the process lives on and the reconcile ticker is asked for one pass.
+func TestManualPasses_sighupTriggersAPassAndDoesNotKill(t *testing.T) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	passes := manualPasses(ctx, hup)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-passes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no manual pass asked for within 10s of SIGHUP")
+	}
+}
+
+// runChild runs the command in a child process with exactly env (and the switch that makes the
+// test binary run it) and returns its exit code and stderr.
+func runChild(t *testing.T, env ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second) // kills a hung child
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append([]string{envRunMain + "=1"}, env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("running rtmanager: %v", err)
+	}
+	return cmd.ProcessState.ExitCode(), stderr.String()
+}
+
+func TestRun_unknownVariable(t *testing.T) {
+	valid := []string{"RTMANAGER_GAME_STATE_ROOT=" + t.TempDir(),
+		"RTMANAGER_POSTGRES_PRIMARY_DSN=postgres://u:p@127.0.0.1:1/galaxy?search_path=rtmanager",
+		"RTMANAGER_REDIS_MASTER_ADDR=127.0.0.1:1", "RTMANAGER_LOG_FORMAT=text"}
+	tests := []struct {
+		name     string
+		given    []string
+		wantCode int
+		want     []string // lines (text format) stderr must hold
+	}{
+		{
+			name:     "a warning by default, in the chosen format, beside the configuration error",
+			given:    []string{"RTMANAGER_PROBE_TIMOUT=1s", "RTMANAGER_PROBE_TIMEOUT=banana"},
+			wantCode: exitConfig,
+			want: []string{
+				`level=WARN msg="unknown configuration variable" variable=RTMANAGER_PROBE_TIMOUT closest=RTMANAGER_PROBE_TIMEOUT`,
+				`level=ERROR msg="invalid configuration" variable=RTMANAGER_PROBE_TIMEOUT`,
+			},
+		},
+		{
+			name:     "strict: exit 2 before anything is opened",
+			given:    []string{"RTMANAGER_STRICT_ENV=true", "RTMANAGER_REDIS_MASTR_ADDR=redis:6379"},
+			wantCode: exitConfig,
+			want: []string{
+				`level=WARN msg="unknown configuration variable" variable=RTMANAGER_REDIS_MASTR_ADDR closest=RTMANAGER_REDIS_MASTER_ADDR`,
+				`level=ERROR msg="invalid configuration" variable=RTMANAGER_REDIS_MASTR_ADDR`,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stderr := runChild(t, append(slices.Clone(valid), tt.given...)...)
+			if code != tt.wantCode {
+				t.Errorf("exit code %d, want %d\n%s", code, tt.wantCode, stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr has no %s\n%s", w, stderr)
+				}
+			}
+			if strings.Contains(stderr, "{") {
+				t.Errorf("a JSON line with RTMANAGER_LOG_FORMAT=text:\n%s", stderr)
+			}
+		})
+	}
+}
+
+// TestRedisLogger_goesThroughSlog: go-redis's own lines come out as slog lines of the chosen
+// format.
+func TestRedisLogger_goesThroughSlog(t *testing.T) {
+	var buf bytes.Buffer
+	redisLogger{slog.New(slog.NewTextHandler(&buf, nil))}.Printf(context.Background(), "redis: connection pool: %s", "failed to dial")
+	if want := `level=WARN msg="redis client" detail="redis: connection pool: failed to dial"`; !strings.Contains(buf.String(), want) {
+		t.Errorf("got %q, want a line with %s", buf.String(), want)
 	}
 }
