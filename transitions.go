@@ -1,7 +1,12 @@
 package rtmanager
 
 // The named transitions of a runtime record. The reconciler writes a record only through these,
-// so that each field that a transition makes stale is cleared by it, the same way on every path.
+// so that each field that a transition makes stale is cleared by it, the same way on every path:
+//   - last_error_code/message say why the game is failed, or why its last patch did not take
+//     (RolledBack, PatchRefused); every other transition clears them.
+//   - a record that says removed has no container id and no exit code (gone(), whichever path
+//     found it removed: RTM's removal, a container that vanished, a converged removal).
+//   - exit_code belongs to the container that exited; a start clears it.
 // Each takes the generation the reconciler acted for (gen) and marks it observed where the
 // transition settles the work asked for.
 
@@ -53,8 +58,8 @@ func (r *Record) Stopped(id string, exit *int, gen int64) {
 
 // ContainerRemoved records that RTM removed the game's container id.
 func (r *Record) ContainerRemoved(id string, gen int64) {
-	r.Status, r.CurrentContainerID, r.ExitReportedContainer = StatusRemoved, "", id
-	r.LastErrorCode, r.LastErrorMessage = "", ""
+	r.gone()
+	r.ExitReportedContainer = id
 	r.observe(gen)
 }
 
@@ -75,7 +80,7 @@ func (r *Record) Converged(status Status, c *Container, gen int64) {
 	case c != nil:
 		r.CurrentContainerID, r.CurrentImageRef = c.ID, c.ImageRef
 	case status == StatusRemoved:
-		r.CurrentContainerID = ""
+		r.gone()
 	}
 	if status == StatusRunning {
 		r.ExitCode = nil
@@ -87,7 +92,7 @@ func (r *Record) Converged(status Status, c *Container, gen int64) {
 // Disposed records that the game's container vanished behind RTM's back. When current, nobody
 // asked for anything since: the game is wanted removed, as it is.
 func (r *Record) Disposed(current bool) {
-	r.Status = StatusRemoved
+	r.gone()
 	if current {
 		r.DesiredState = DesiredRemoved
 	}
@@ -97,6 +102,7 @@ func (r *Record) Disposed(current bool) {
 // wanted stopped, as it is (RTM restarts nothing unasked).
 func (r *Record) ExitedAlone(id string, exit int, current bool) {
 	r.Status, r.ExitCode, r.CurrentContainerID, r.ExitReportedContainer = StatusExited, IntPtr(exit), id, id
+	r.LastErrorCode, r.LastErrorMessage = "", ""
 	if current {
 		r.DesiredState = DesiredStopped
 	}
@@ -106,11 +112,19 @@ func (r *Record) ExitedAlone(id string, exit int, current bool) {
 // replaced by hand).
 func (r *Record) Synced(c Container) {
 	r.CurrentContainerID, r.CurrentImageRef = c.ID, c.ImageRef
+	r.LastErrorCode, r.LastErrorMessage = "", ""
 	if c.Running() {
 		r.Status, r.ExitCode = StatusRunning, nil
 	} else {
 		r.Status, r.ExitCode = StatusExited, IntPtr(c.ExitCode)
 	}
+}
+
+// gone records that the game has no container any more: the image it last ran stays (a restart
+// after a dispose uses it, CONTRACT §6), what belonged to the container goes.
+func (r *Record) gone() {
+	r.Status, r.CurrentContainerID, r.ExitCode = StatusRemoved, "", nil
+	r.LastErrorCode, r.LastErrorMessage = "", ""
 }
 
 func (r *Record) observe(gen int64) { r.ObservedGeneration = max(r.ObservedGeneration, gen) }

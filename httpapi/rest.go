@@ -32,8 +32,9 @@ const BasePath = "/api/v1/internal"
 // CallerHeader names the calling service (CONTRACT §6).
 const CallerHeader = "X-Galaxy-Caller"
 
-// RequestIDHeader carries the id RTM gave a request; a mutation's operation_log row has it as
-// request_id, so an operator can find the row a call produced.
+// RequestIDHeader carries the id RTM gave a request. Its log line and span carry it always; the
+// operation_log row of a mutation that was admitted has it as request_id, while a refusal made
+// before anything was recorded (and every read) has no row (docs/services.md §1).
 const RequestIDHeader = "X-Request-Id"
 
 // The metrics the API records.
