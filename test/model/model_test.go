@@ -47,16 +47,11 @@ import (
 )
 
 var (
-	seedFlag = flag.Uint64("seed", envUint("RTM_MODEL_SEED", 0), "replay the schedule of this seed only")
-	// strictLeaseFlag makes the lease-book invariant (no mutating call by a process that is not
-	// the game's lease holder) fail the run. make model sets it; the default go test run reports
-	// its violations without failing, since an open defect (docs/workers.md §4, the close note of
-	// session 3) still trips it about once in 200 schedules under -race.
-	strictLeaseFlag = flag.Bool("model.strict-lease", os.Getenv("RTM_MODEL_STRICT_LEASE") == "1", "fail on lease-book violations")
-	schedulesFlag   = flag.Int("schedules", int(envUint("RTM_MODEL_SCHEDULES", 0)), "how many schedules to run (default 300, 200 under -race, a fifth with -short)")
-	parallelFlag    = flag.Int("model.parallel", 4, "schedules run at once")
-	stealFlag       = flag.Bool("model.steal", false, "also let leases expire behind their holder's back (a holder cut off from Redis that has not noticed)")
-	verboseFlag     = flag.Bool("model.verbose", false, "print every schedule's steps")
+	seedFlag      = flag.Uint64("seed", envUint("RTM_MODEL_SEED", 0), "replay the schedule of this seed only")
+	schedulesFlag = flag.Int("schedules", int(envUint("RTM_MODEL_SCHEDULES", 0)), "how many schedules to run (default 300, 200 under -race, a fifth with -short)")
+	parallelFlag  = flag.Int("model.parallel", 4, "schedules run at once")
+	stealFlag     = flag.Bool("model.steal", false, "also let leases expire behind their holder's back (a holder cut off from Redis that has not noticed)")
+	verboseFlag   = flag.Bool("model.verbose", false, "print every schedule's steps")
 )
 
 func envUint(name string, def uint64) uint64 {
@@ -190,11 +185,6 @@ func newSchedule(h *harness, seed uint64) *schedule {
 		prefix: fmt.Sprintf("m%x-", seed)}
 	s.log = slog.New(slog.NewTextHandler(&s.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	s.book = &leaseBook{holder: map[string]holding{}, last: map[string]string{}, violate: s.violate}
-	if !*strictLeaseFlag {
-		s.book.violate = func(format string, args ...any) {
-			s.log.Warn("model: lease-book violation (not failing; -model.strict-lease fails on it)", "violation", fmt.Sprintf(format, args...))
-		}
-	}
 	s.world = runtimetest.NewWorld(runtimetest.Options{Seed: seed, OnCall: s.book.check})
 	s.world.AddImages(imgA, imgC)
 	s.world.AddPullable(imgB)
@@ -487,6 +477,13 @@ func (s *schedule) unsettled(ctx context.Context) []string {
 			why = append(why, m)
 		}
 	}
+	if len(why) == 0 {
+		// The prober needs its grace and threshold rounds to see an engine as it answers now: on
+		// a loaded machine that can outlast the quiet period, so settling waits for it, and a
+		// transition that is really lost shows as a schedule that does not settle.
+		_, state := s.healthProblems(ctx)
+		why = append(why, state...)
+	}
 	return why
 }
 
@@ -563,39 +560,50 @@ func (s *schedule) checkAnswers(ctx context.Context) {
 	}
 }
 
-// checkHealth: one health event per transition. An exit, OOM or disappearance is published once
-// per container; probe_failed and probe_recovered alternate (a start begins afresh); and, the
-// engines having answered the same way for several probe rounds, the last probe event of each
-// running engine says how it answers now.
+// checkHealth: one health event per transition (healthProblems), and the last probe event of each
+// running engine says how it answers now (settle waited for it).
 func (s *schedule) checkHealth(ctx context.Context) {
+	sequence, state := s.healthProblems(ctx)
+	for _, p := range append(sequence, state...) {
+		s.violate("%s", p)
+	}
+}
+
+// healthProblems reads the schedule's health events. sequence lists breaches of one event per
+// transition: an exit, OOM or disappearance published twice for a container, probe_failed and
+// probe_recovered not alternating (a start begins afresh). state lists running engines whose last
+// probe event does not say how they answer now: while the prober is still counting rounds that is
+// not settled yet; once settled it is a lost transition.
+func (s *schedule) healthProblems(ctx context.Context) (sequence, state []string) {
+	problem := func(to *[]string, format string, args ...any) { *to = append(*to, fmt.Sprintf(format, args...)) }
 	rows, err := s.h.pool.Query(ctx, `SELECT fields FROM outbox WHERE id > $1 AND stream = 'health_events' AND fields[2] = ANY($2) ORDER BY id`,
 		s.mark, s.games)
 	if err != nil {
-		s.violate("reading health events: %v", err)
-		return
+		problem(&sequence, "reading health events: %v", err)
+		return sequence, state
 	}
 	defer rows.Close()
 	type probeState struct {
 		failed    bool
 		container string
 	}
-	state := map[string]*probeState{}
+	probes := map[string]*probeState{}
 	seen := map[string]bool{}
 	for rows.Next() {
 		var fields []string
 		if err := rows.Scan(&fields); err != nil {
-			s.violate("reading health events: %v", err)
-			return
+			problem(&sequence, "reading health events: %v", err)
+			return sequence, state
 		}
 		f := map[string]string{}
 		for i := 0; i+1 < len(fields); i += 2 {
 			f[fields[i]] = fields[i+1]
 		}
 		g, typ, cid := f["game_id"], rtm.HealthEventType(f["event_type"]), f["container_id"]
-		st := state[g]
+		st := probes[g]
 		if st == nil {
 			st = &probeState{}
-			state[g] = st
+			probes[g] = st
 		}
 		switch typ {
 		case rtm.EventContainerStarted:
@@ -603,23 +611,23 @@ func (s *schedule) checkHealth(ctx context.Context) {
 		case rtm.EventContainerExited, rtm.EventContainerOOM, rtm.EventContainerDisappeared:
 			key := string(typ) + "/" + cid
 			if seen[key] {
-				s.violate("%s of %s (container %.12s) published twice", typ, g, cid)
+				problem(&sequence, "%s of %s (container %.12s) published twice", typ, g, cid)
 			}
 			seen[key] = true
 		case rtm.EventProbeFailed:
 			if st.failed {
-				s.violate("probe_failed of %s (container %.12s) published twice with no recovery between", g, cid)
+				problem(&sequence, "probe_failed of %s (container %.12s) published twice with no recovery between", g, cid)
 			}
 			st.failed = true
 		case rtm.EventProbeRecovered:
 			if !st.failed {
-				s.violate("probe_recovered of %s (container %.12s) with no probe_failed before it", g, cid)
+				problem(&sequence, "probe_recovered of %s (container %.12s) with no probe_failed before it", g, cid)
 			}
 			st.failed = false
 		}
 	}
 	if err := rows.Err(); err != nil {
-		s.violate("reading health events: %v", err)
+		problem(&sequence, "reading health events: %v", err)
 	}
 	for _, g := range s.games {
 		rec, err := s.h.st.Get(ctx, g)
@@ -631,14 +639,15 @@ func (s *schedule) checkHealth(ctx context.Context) {
 			continue
 		}
 		healthy := s.world.ProbeAnswerOf(c) == runtimetest.Healthy
-		failed := state[g] != nil && state[g].failed
+		failed := probes[g] != nil && probes[g].failed
 		switch {
 		case healthy && failed:
-			s.violate("%s answers its probe again but its last probe event is probe_failed (a lost probe_recovered)", g)
-		case !healthy && !failed && state[g] != nil && state[g].container == c.ID:
-			s.violate("%s has failed its probe for rounds but no probe_failed was published for container %.12s", g, c.ID)
+			problem(&state, "%s answers its probe again but its last probe event is probe_failed (a lost probe_recovered)", g)
+		case !healthy && !failed && probes[g] != nil && probes[g].container == c.ID:
+			problem(&state, "%s fails its probe but no probe_failed was published for container %.12s", g, c.ID)
 		}
 	}
+	return sequence, state
 }
 
 // process is one RTM process: reconciler, controller, lease owner, enqueue sources.
@@ -661,7 +670,8 @@ func (s *schedule) startProcess(slot, incarnation int) *process {
 	if err := co.Heartbeat(ctx); err != nil {
 		s.violate("starting %s: %v", p.name, err)
 	}
-	p.leaser = &trackedLeaser{inner: co, rdb: s.h.rdb, owner: p.name, log: s.log.With("process", p.name), book: s.book, held: map[string]taking{}}
+	p.leaser = &trackedLeaser{inner: co, rdb: s.h.rdb, owner: p.name, log: s.log.With("process", p.name), book: s.book, held: map[string]taking{},
+		latest: map[string]uint64{}}
 	fake := s.world.As(p.name)
 	cache := runtime.NewCache()
 	log := s.log.With("process", p.name)
@@ -732,6 +742,25 @@ type leaseBook struct {
 	last    map[string]string // game id → the process that held its lease last
 	seq     uint64
 	violate func(string, ...any)
+	// history is every taking of each game's lease, for the violation's message.
+	history map[string][]*bookEntry
+	locks   map[string]*sync.Mutex // see gameLock
+}
+
+// bookEntry is one taking of a lease: who, when it began and ended, and how it ended.
+type bookEntry struct {
+	owner      string
+	token      uint64
+	began, end time.Time
+	how        string
+}
+
+func (e *bookEntry) String() string {
+	end := "held"
+	if !e.end.IsZero() {
+		end = fmt.Sprintf("ended %s (%s)", e.end.Format("15:04:05.000000"), e.how)
+	}
+	return fmt.Sprintf("%s#%d taken %s, %s", e.owner, e.token, e.began.Format("15:04:05.000000"), end)
 }
 
 type holding struct {
@@ -746,16 +775,36 @@ func (b *leaseBook) acquired(gameID, owner string) uint64 {
 	b.seq++
 	b.holder[gameID] = holding{owner: owner, token: b.seq}
 	b.last[gameID] = owner
+	if b.history == nil {
+		b.history = map[string][]*bookEntry{}
+	}
+	b.history[gameID] = append(b.history[gameID], &bookEntry{owner: owner, token: b.seq, began: time.Now()})
 	return b.seq
 }
 
 // ended books the end of the taking token, unless a later taking replaced it.
-func (b *leaseBook) ended(gameID string, token uint64) {
+func (b *leaseBook) ended(gameID string, token uint64, how string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.holder[gameID].token == token {
 		delete(b.holder, gameID)
 	}
+	for _, e := range b.history[gameID] {
+		if e.token == token && e.end.IsZero() {
+			e.end, e.how = time.Now(), how
+		}
+	}
+}
+
+// story is the lease's history of gameID, for a violation's message.
+func (b *leaseBook) story(gameID string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, e := range b.history[gameID] {
+		out = append(out, e.String())
+	}
+	return strings.Join(out, "; ")
 }
 
 // check is the world's OnCall: a mutating call (one whose caller's context is live) while
@@ -774,9 +823,11 @@ func (b *leaseBook) check(c runtimetest.Call) {
 	// passed). What must never happen is a call while another process holds it.
 	switch {
 	case holder != "" && holder != c.Caller:
-		b.violate("%s made a mutating call while %s held the lease: %s", c.Caller, holder, c)
+		b.violate("%s made a mutating call while %s held the lease: %s at %s; lease: %s", c.Caller, holder, c,
+			time.Now().Format("15:04:05.000000"), b.story(c.GameID))
 	case holder == "" && last != c.Caller:
-		b.violate("%s made a mutating call without having held the lease: %s", c.Caller, c)
+		b.violate("%s made a mutating call without having held the lease: %s at %s; lease: %s", c.Caller, c,
+			time.Now().Format("15:04:05.000000"), b.story(c.GameID))
 	}
 }
 
@@ -791,15 +842,28 @@ type trackedLeaser struct {
 	log   *slog.Logger
 	held  map[string]taking
 	trap  *leaseTrap
+	// latest is the token of the last taking of each game by this process.
+	latest map[string]uint64
 }
 
 func (l *trackedLeaser) Acquire(ctx context.Context, gameID string) (context.Context, func(), error) {
+	// The takings of a game by every process, and the expiries of earlier ones, are serialised
+	// with their booking: the book's order is the order in which Redis granted the lease (a taking
+	// booked late would otherwise pass for the last one), and an expiry due to a revoked taking
+	// deletes the key only while no later taking of this process holds it.
+	gm := l.book.gameLock(gameID)
+	gm.Lock()
 	lctx, release, err := l.inner.Acquire(ctx, gameID)
 	if err != nil {
+		gm.Unlock()
 		return lctx, release, err
 	}
 	wctx, cancel := context.WithCancel(lctx)
 	token := l.book.acquired(gameID, l.owner)
+	l.mu.Lock()
+	l.latest[gameID] = token
+	l.mu.Unlock()
+	gm.Unlock()
 	l.mu.Lock()
 	l.held[gameID] = taking{cancel: cancel, token: token}
 	trap := l.trap
@@ -809,21 +873,21 @@ func (l *trackedLeaser) Acquire(ctx context.Context, gameID string) (context.Con
 		time.AfterFunc(trap.after, func() {
 			if trap.steal {
 				l.log.Info("model: lease expires behind its holder's back", "game_id", gameID)
-				l.expire(gameID)
+				l.expire(gameID, token)
 				return
 			}
 			l.log.Info("model: lease lost", "game_id", gameID)
 			l.revoke(gameID, token)
 		})
 	}
-	context.AfterFunc(wctx, func() { l.book.ended(gameID, token) })
+	context.AfterFunc(wctx, func() { l.book.ended(gameID, token, fmt.Sprintf("context: %v", context.Cause(lctx))) })
 	return leaseCtx{wctx, lctx}, func() {
 		l.mu.Lock()
 		if l.held[gameID].token == token {
 			delete(l.held, gameID)
 		}
 		l.mu.Unlock()
-		l.book.ended(gameID, token)
+		l.book.ended(gameID, token, "released")
 		cancel()
 		release()
 	}, nil
@@ -851,12 +915,12 @@ func (l *trackedLeaser) revoke(gameID string, token uint64) {
 		return
 	}
 	t.cancel()
-	l.book.ended(gameID, token)
+	l.book.ended(gameID, token, "revoked")
 	// Another process may take the lease only after the margin the real lease keeps between its
 	// holder's deadline and the key's expiry (1.25 s at the least, docs/workers.md §4): a call
 	// whose check passed just before the loss lands within it. A shorter margin keeps schedules
 	// fast while still leaving the holder's last call far behind on a loaded machine.
-	time.AfterFunc(revokeMargin, func() { l.expire(gameID) })
+	time.AfterFunc(revokeMargin, func() { l.expire(gameID, token) })
 }
 
 // revokeMargin is how long after a revoked holder's loss its lease key goes.
@@ -865,10 +929,37 @@ const revokeMargin = 300 * time.Millisecond
 // expireScript deletes a lease key that still names its holder.
 var expireScript = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
 
-// expire deletes gameID's lease key, as its expiry would, if it still names this holder (it may
-// already have been released and taken by another): another process may take it from now on.
-func (l *trackedLeaser) expire(gameID string) {
+// expire deletes gameID's lease key, as the expiry of the taking token would: only if the key
+// still names this holder (it may have been released and taken by another) and this holder has
+// not taken it again since (the key would then be the later taking's). Another process may take
+// it from now on.
+func (l *trackedLeaser) expire(gameID string, token uint64) {
+	gm := l.book.gameLock(gameID)
+	gm.Lock()
+	defer gm.Unlock()
+	l.mu.Lock()
+	later := l.latest[gameID] != token
+	l.mu.Unlock()
+	if later {
+		return
+	}
 	_ = expireScript.Run(context.Background(), l.rdb, []string{"rtmanager:game_lease:" + gameID}, l.owner).Err()
+}
+
+// gameLock returns the mutex that serialises every process's takings and expiries of gameID's
+// lease.
+func (b *leaseBook) gameLock(gameID string) *sync.Mutex {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.locks == nil {
+		b.locks = map[string]*sync.Mutex{}
+	}
+	m, ok := b.locks[gameID]
+	if !ok {
+		m = &sync.Mutex{}
+		b.locks[gameID] = m
+	}
+	return m
 }
 
 type taking struct {
