@@ -26,12 +26,13 @@ type HTTP struct {
 // probe target); otherwise the engine_endpoint URL is used.
 func New(port int, byIP bool, timeout time.Duration) *HTTP {
 	tr := &http.Transport{
-		MaxIdleConnsPerHost: 1,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		// A fresh connection per engine is cheap on a bridge network and keeps one hung engine
-		// from holding a shared pool.
-		MaxConnsPerHost: 2,
+		// A fresh connection per probe is cheap on a bridge network, keeps one hung engine from
+		// holding a shared pool, and keeps nothing open between rounds: an idle keep-alive
+		// connection costs two goroutines, which at 1,000 engines was most of RTM's goroutines
+		// at rest.
+		DisableKeepAlives:  true,
+		DisableCompression: true,
+		MaxConnsPerHost:    2,
 	}
 	return &HTTP{client: &http.Client{Transport: tr, Timeout: timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},

@@ -26,8 +26,8 @@ import (
 // List returns every container carrying com.galaxy.owner=rtmanager and attached to the
 // configured network, running or not, from one ContainerList call: an RTM owns only the labelled
 // containers on its own network, so RTMs on other networks of the same daemon never adopt each
-// other's games. Inspection-only fields (Health, OOMKilled, IP, StartedAt, FinishedAt) stay
-// empty; ExitCode is parsed from Docker's status line for exited containers. The daemon answers
+// other's games. Health is read from Docker's status line; inspection-only fields (OOMKilled,
+// IP, StartedAt, FinishedAt) stay empty; ExitCode is parsed from Docker's status line for exited containers. The daemon answers
 // lists from a copy of its state that may trail a die event by a moment; Inspect does not. A
 // failure wraps rtmanager.ErrUnavailable when the daemon cannot be reached.
 func (d *Docker) List(ctx context.Context) ([]rtmanager.Container, error) {
@@ -323,7 +323,21 @@ func fromSummary(s container.Summary) rtmanager.Container {
 	if ct.State == rtmanager.StateExited || ct.State == rtmanager.StateDead {
 		ct.ExitCode = exitCodeFromStatus(s.Status)
 	}
+	ct.Health = healthFromStatus(s.Status)
 	return ct
+}
+
+var healthStatus = regexp.MustCompile(`\((healthy|unhealthy|health: starting)\)$`)
+
+// healthFromStatus parses the healthcheck status Docker appends to a running container's status
+// line ("Up 5 minutes (unhealthy)"): "healthy", "unhealthy", "starting", or "" when the
+// container has no healthcheck.
+func healthFromStatus(status string) string {
+	m := healthStatus.FindStringSubmatch(status)
+	if m == nil {
+		return ""
+	}
+	return strings.TrimPrefix(m[1], "health: ")
 }
 
 // fromInspect converts a ContainerInspect answer.

@@ -217,14 +217,21 @@ func (p *Prober) probeOne(ctx context.Context, g store.RunningGame) (store.Probe
 	return o, true
 }
 
-// InspectSweep is the inspector worker: every Interval it inspects each running game's
+// InspectSweep is the inspector worker: every Interval it looks at each running game's
 // container; Docker health unhealthy or a paused, restarting or dead state yields one
-// inspect_unhealthy per transition, and the game is enqueued.
+// inspect_unhealthy per transition, and the game is enqueued; a container that is gone or not the
+// record's any more is enqueued for the reconciler to decide.
+//
+// With Lister, a sweep reads the state of every owned container from one list call and inspects
+// only the containers whose listed state is not plainly running and well (or that the list does
+// not show: it may trail the daemon by a moment), so a Docker host at rest sees one call per
+// sweep whatever the number of engines. Without Lister every running game is inspected.
 type InspectSweep struct {
 	Interval    time.Duration
 	Concurrency int
 	Store       HealthStore
 	Docker      Inspector
+	Lister      Lister // may be nil
 	Enqueue     func(gameID string)
 	Log         *slog.Logger
 
@@ -246,15 +253,23 @@ func (s *InspectSweep) sweep(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	live := make(map[string]bool, len(games))
+	for _, g := range games {
+		live[g.GameID] = true
+	}
+	suspects, err := s.suspects(ctx, games)
+	if err != nil {
+		return err
+	}
 	type seen struct {
 		g   store.RunningGame
 		c   rtm.Container
 		err error
 	}
-	out := make([]seen, len(games))
+	out := make([]seen, len(suspects))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, s.Concurrency)
-	for i, g := range games {
+	for i, g := range suspects {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -265,9 +280,7 @@ func (s *InspectSweep) sweep(ctx context.Context) error {
 	}
 	wg.Wait()
 	var events []rtm.HealthEvent
-	live := map[string]bool{}
 	for _, o := range out {
-		live[o.g.GameID] = true
 		if errors.Is(o.err, rtm.ErrNotFound) || o.err == nil && o.c.ID != o.g.ContainerID {
 			s.Enqueue(o.g.GameID) // gone or replaced: the reconciler decides
 			continue
@@ -303,6 +316,33 @@ func (s *InspectSweep) sweep(ctx context.Context) error {
 		s.Log.Info("inspection found engine unhealthy", "worker", "inspector", "game_id", ev.GameID, "reason", ev.Message)
 	}
 	return nil
+}
+
+// suspects returns the games whose container must be inspected: all of them without Lister;
+// with it, those whose container the list does not show as the record's, running and not
+// unhealthy. A game the list shows well is well: what it may have reported before is forgotten.
+func (s *InspectSweep) suspects(ctx context.Context, games []store.RunningGame) ([]store.RunningGame, error) {
+	if s.Lister == nil {
+		return games, nil
+	}
+	list, err := s.Lister.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing containers: %w", err)
+	}
+	listed := make(map[string]rtm.Container, len(list))
+	for _, c := range list {
+		listed[c.ID] = c
+	}
+	var out []store.RunningGame
+	for _, g := range games {
+		c, ok := listed[g.ContainerID]
+		if ok && c.GameID == g.GameID && c.Running() && unhealthy(c) == "" {
+			delete(s.bad, g.GameID)
+			continue
+		}
+		out = append(out, g)
+	}
+	return out, nil
 }
 
 func unhealthy(c rtm.Container) string {

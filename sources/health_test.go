@@ -27,6 +27,7 @@ type probeWorld struct {
 	mu        sync.Mutex
 	container rtm.Container // what Inspect answers for g
 	inspects  int
+	lists     int
 	healthy   bool
 	probed    []string // the IPs probed, in order
 }
@@ -64,6 +65,16 @@ func (w *probeWorld) Inspect(_ context.Context, gameID string) (rtm.Container, e
 		return rtm.Container{}, rtm.ErrNotFound
 	}
 	return w.container, nil
+}
+
+// List answers as a list call does: g's container as Inspect would show it, without its IP.
+func (w *probeWorld) List(context.Context) ([]rtm.Container, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lists++
+	c := w.container
+	c.IP = ""
+	return []rtm.Container{c}, nil
 }
 
 func (w *probeWorld) Probe(_ context.Context, c rtm.Container, _ string) error {
@@ -227,4 +238,59 @@ func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
 			})
 		})
 	}
+}
+
+// count returns one of the world's counters, read under its lock.
+func (w *probeWorld) count(n *int) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return *n
+}
+
+// TestInspectSweep_Run_listsOnceAndInspectsOnlySuspects: at rest a sweep is one list call and no
+// inspection; a container the list shows paused is inspected and reported once per transition.
+func TestInspectSweep_Run_listsOnceAndInspectsOnlySuspects(t *testing.T) {
+	w := newProbeWorld(t)
+	var enqueued sync.Map
+	sweep := &sources.InspectSweep{Interval: 5 * time.Millisecond, Store: w.st, Docker: w, Lister: w,
+		Enqueue: func(id string) { enqueued.Store(id, true) }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = sweep.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	waitFor(t, "five sweeps", func() bool { return w.count(&w.lists) >= 5 })
+	if n := w.count(&w.inspects); n != 0 {
+		t.Fatalf("%d inspections of a running, well container; want none", n)
+	}
+	if _, ok := enqueued.Load("g"); ok {
+		t.Fatal("a well container was enqueued")
+	}
+
+	w.set(func(w *probeWorld) { w.container.State = rtm.StatePaused })
+	waitFor(t, "inspect_unhealthy published", func() bool { return strings.Join(w.events(t), ",") == "inspect_unhealthy" })
+	if w.count(&w.inspects) == 0 {
+		t.Fatal("the paused container was reported without an inspection")
+	}
+	if _, ok := enqueued.Load("g"); !ok {
+		t.Fatal("the paused container's game was not enqueued")
+	}
+	lists := w.count(&w.lists)
+	waitFor(t, "five more sweeps", func() bool { return w.count(&w.lists) >= lists+5 })
+	if got := w.events(t); len(got) != 1 {
+		t.Fatalf("events %v: a lasting pause must be reported once", got)
+	}
+
+	w.set(func(w *probeWorld) { w.container.State = rtm.StateRunning })
+	lists = w.count(&w.lists)
+	waitFor(t, "sweeps after the resume", func() bool { return w.count(&w.lists) >= lists+3 })
+	inspects := w.count(&w.inspects)
+	lists = w.count(&w.lists)
+	waitFor(t, "more sweeps", func() bool { return w.count(&w.lists) >= lists+3 })
+	if n := w.count(&w.inspects); n != inspects {
+		t.Fatalf("%d inspections after the container ran well again; want none", n-inspects)
+	}
+	// Docker's healthcheck, as the list's status line shows it, makes a suspect too.
+	w.set(func(w *probeWorld) { w.container.Health = "unhealthy" })
+	waitFor(t, "an inspection of the unhealthy container", func() bool { return w.count(&w.inspects) > inspects })
 }

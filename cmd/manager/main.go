@@ -310,7 +310,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		{"dockerevents", (&sources.DockerEvents{Docker: dk, Lister: dk, Store: st, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"prober", (&sources.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
 			Grace: cfg.ProbeInterval, Store: st, Docker: dk, Probe: prober, Marks: cache, Observer: metrics, Log: log}).Run},
-		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: st, Docker: dk,
+		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: st, Docker: dk, Lister: dk,
 			Enqueue: ctrl.Enqueue, Log: log}).Run},
 		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: dk, Store: st,
 			Cache: cache, Enqueue: ctrl.Enqueue, Log: log, Trigger: manualPasses(ctx, hup)}).Run},

@@ -659,8 +659,8 @@ func (f *Fake) Remove(ctx context.Context, id string) error {
 	})
 }
 
-// List returns every owned container, running or not, with the fields a list gives (no health,
-// OOM flag, IP or start and finish times).
+// List returns every owned container, running or not, with the fields a list gives (health,
+// from the status line, but no OOM flag, IP or start and finish times).
 func (f *Fake) List(ctx context.Context) ([]rtm.Container, error) {
 	var out []rtm.Container
 	err := f.do(ctx, List, "", "", "", func() (string, bool, error) {
@@ -669,7 +669,7 @@ func (f *Fake) List(ctx context.Context) ([]rtm.Container, error) {
 				continue
 			}
 			s := c.c
-			s.Health, s.OOMKilled, s.IP, s.StartedAt, s.FinishedAt = "", false, "", time.Time{}, time.Time{}
+			s.OOMKilled, s.IP, s.StartedAt, s.FinishedAt = false, "", time.Time{}, time.Time{}
 			out = append(out, s)
 		}
 		return "", false, nil
