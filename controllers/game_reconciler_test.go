@@ -262,7 +262,7 @@ func TestGameReconciler_Reconcile_startStopAndRemove(t *testing.T) {
 func TestGameReconciler_Reconcile_imagePullFailureIsTerminal(t *testing.T) {
 	r := newRig(t)
 	g := r.game("pull")
-	req := start(g, repo+":9.9.9")
+	req := start(g, "127.0.0.1:1/"+repo+":9.9.9") // a registry on loopback where nothing listens: no traffic leaves the machine
 	req.Channel = r.submit(req).Request.Channel
 	r.reconcile(g)
 	rec := r.record(g)

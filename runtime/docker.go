@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/docker/client"
@@ -23,6 +24,7 @@ import (
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/galaxy-platform/rtmanager"
 )
@@ -70,6 +72,9 @@ type Docker struct {
 	log     *slog.Logger
 	tracer  trace.Tracer
 	latency metric.Float64Histogram
+
+	pulls       singleflight.Group // one pull per image reference at a time
+	pullWaiters atomic.Int64       // callers waiting for a pull
 }
 
 // New returns an adapter for the daemon at opts.Host, negotiating the API version on first use

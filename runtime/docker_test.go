@@ -33,7 +33,9 @@ const (
 	testRepo    = "rtm-runtime-test/game"
 	testVersion = "1.0.0"
 	testImage   = testRepo + ":" + testVersion
-	absentImage = testRepo + ":9.9.9"
+	// absentImage names a registry on loopback where nothing listens: the pull fails at once,
+	// and no test traffic leaves the machine (no DNS lookup of a public registry).
+	absentImage = "127.0.0.1:1/" + testRepo + ":9.9.9"
 	stateMount  = "/var/lib/galaxy-game"
 )
 

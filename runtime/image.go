@@ -15,7 +15,8 @@ import (
 
 // EnsureImage makes ref present on the docker host: an image already there is used as is (no
 // pull, so a local build wins); otherwise it is pulled within PullTimeout and the whole progress
-// stream is read. Any pull failure (an HTTP error, an error message in the stream, the pull
+// stream is read. Concurrent calls for one missing image share one pull; each caller waits for it
+// until its own context ends. Any pull failure (an HTTP error, an error message in the stream, the pull
 // timeout) is *rtmanager.Error with CodeImagePullFailed and a message starting "pulling <ref>:";
 // an unreachable daemon wraps rtmanager.ErrUnavailable instead, since that is transient.
 func (d *Docker) EnsureImage(ctx context.Context, ref string) error {
@@ -29,13 +30,27 @@ func (d *Docker) EnsureImage(ctx context.Context, ref string) error {
 	}
 	c.end(err)
 
-	d.log.Debug("pulling image", "image_ref", ref)
-	c = d.begin(ctx, "pull", d.opts.PullTimeout, attrImage.String(ref))
-	if err := d.pull(c.ctx, ref); err != nil {
-		return c.end(pullError(c, ref, err))
+	// Games that start on one new image at once share one pull. It runs detached from any one
+	// caller (within PullTimeout), so a caller that gives up, or loses its lease, ends only its
+	// own wait; the pull itself changes no game.
+	ch := d.pulls.DoChan(ref, func() (any, error) {
+		pctx := context.WithoutCancel(ctx)
+		d.log.Debug("pulling image", "image_ref", ref)
+		c := d.begin(pctx, "pull", d.opts.PullTimeout, attrImage.String(ref))
+		if err := d.pull(c.ctx, ref); err != nil {
+			return nil, c.end(pullError(c, ref, err))
+		}
+		d.log.Debug("image pulled", "image_ref", ref)
+		return nil, c.end(nil)
+	})
+	d.pullWaiters.Add(1)
+	defer d.pullWaiters.Add(-1)
+	select {
+	case r := <-ch:
+		return r.Err
+	case <-ctx.Done():
+		return fmt.Errorf("pulling %s: %w", ref, ctx.Err())
 	}
-	d.log.Debug("image pulled", "image_ref", ref)
-	return c.end(nil)
 }
 
 // pullMessage is the part of a pull progress message that reports failure: old daemons fill

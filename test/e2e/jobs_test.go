@@ -130,7 +130,7 @@ func TestStartFailure_EachPublishesItsIntent(t *testing.T) {
 	cases := []struct {
 		name, game, image, code string
 	}{
-		{"ImagePullFailed", r.game("pull"), img("9.9.9"), "image_pull_failed"},
+		{"ImagePullFailed", r.game("pull"), unreachableRepo + ":9.9.9", "image_pull_failed"},
 		{"ContainerStartFailed", r.game("broken"), img(vBroken), "container_start_failed"},
 		{"StartConfigInvalid/OutsideAllowList", r.game("evil"), "busybox:1.36.0", "start_config_invalid"},
 		{"StartConfigInvalid/TagNotSemver", r.game("latest"), engineRepo + ":latest", "start_config_invalid"},

@@ -48,6 +48,10 @@ const (
 
 func img(version string) string { return engineRepo + ":" + version }
 
+// unreachableRepo is the engine repository on a registry on loopback where nothing listens: a
+// pull of it fails at once (image_pull_failed) and no test traffic leaves the machine.
+const unreachableRepo = "127.0.0.1:1/" + engineRepo
+
 // suite is what TestMain prepares once for every test.
 var suite struct {
 	env      *testenv.Env

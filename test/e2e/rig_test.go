@@ -119,7 +119,7 @@ func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
 		"RTMANAGER_POSTGRES_PRIMARY_DSN":       r.DSN,
 		"RTMANAGER_REDIS_MASTER_ADDR":          r.Redis.Addr(),
 		"RTMANAGER_REDIS_PASSWORD":             r.Redis.Password,
-		"RTMANAGER_ALLOWED_IMAGE_REPOSITORIES": engineRepo,
+		"RTMANAGER_ALLOWED_IMAGE_REPOSITORIES": engineRepo + "," + unreachableRepo,
 		"RTMANAGER_LOG_FORMAT":                 "json",
 		"RTMANAGER_PROBE_INTERVAL":             "1s",
 		"RTMANAGER_PROBE_TIMEOUT":              "500ms",
