@@ -436,7 +436,7 @@ func TestGameReconciler_Reconcile_driftIsRecordedOnceUnderTheLease(t *testing.T)
 		t.Fatalf("%d reconcile_observed_exited rows, want 1", n)
 	}
 	exits := 0
-	if _, err := r.store.RelayOutbox(ctx, 1000, func(_ context.Context, es []store.OutboxEntry) (int, error) {
+	if _, err := r.store.RelayOutbox(ctx, 1000, func(_ context.Context, es []rtm.OutboxEntry) (int, error) {
 		for _, e := range es {
 			for i := 0; i+1 < len(e.Fields); i += 2 {
 				if e.Fields[i] == "event_type" && e.Fields[i+1] == string(rtm.EventContainerExited) {

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	rtm "github.com/galaxy-platform/rtmanager"
+
 	"github.com/redis/go-redis/v9"
 )
 
@@ -109,15 +111,9 @@ func (c *Coord) SetOffset(ctx context.Context, consumer, id string) error {
 	return nil
 }
 
-// Entry is one stream entry as the consumers see it.
-type Entry struct {
-	ID     string
-	Fields map[string]string
-}
-
 // Read blocks up to block for entries of stream after id, at most count of them.
 // No entries is not an error.
-func (c *Coord) Read(ctx context.Context, stream, after string, count int64, block time.Duration) ([]Entry, error) {
+func (c *Coord) Read(ctx context.Context, stream, after string, count int64, block time.Duration) ([]rtm.StreamEntry, error) {
 	res, err := c.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{stream, after}, Count: count, Block: block}).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
@@ -125,7 +121,7 @@ func (c *Coord) Read(ctx context.Context, stream, after string, count int64, blo
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", stream, err)
 	}
-	var out []Entry
+	var out []rtm.StreamEntry
 	for _, s := range res {
 		for _, m := range s.Messages {
 			f := make(map[string]string, len(m.Values))
@@ -134,7 +130,7 @@ func (c *Coord) Read(ctx context.Context, stream, after string, count int64, blo
 					f[k] = s
 				}
 			}
-			out = append(out, Entry{ID: m.ID, Fields: f})
+			out = append(out, rtm.StreamEntry{ID: m.ID, Fields: f})
 		}
 	}
 	return out, nil
@@ -176,7 +172,7 @@ func (c *Coord) Lag(ctx context.Context, stream, after string) (int64, error) {
 // and rows with ids published before must not be taken for those. It returns, for each leading
 // entry it got through (published now, or found published before), whether it was added now; an
 // error stops it at the first entry that failed.
-func (c *Coord) Publish(ctx context.Context, epoch string, entries []OutboxEntry, sentTTL time.Duration) ([]bool, error) {
+func (c *Coord) Publish(ctx context.Context, epoch string, entries []rtm.OutboxEntry, sentTTL time.Duration) ([]bool, error) {
 	pipe := c.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(entries))
 	for i, e := range entries {
@@ -207,13 +203,6 @@ func (c *Coord) Publish(ctx context.Context, epoch string, entries []OutboxEntry
 		}
 	}
 	return added, nil
-}
-
-// OutboxEntry is an entry to publish: its outbox id, the Redis stream and the fields.
-type OutboxEntry struct {
-	ID     int64
-	Stream string
-	Fields []string
 }
 
 // maxLag caps what Lag counts, so that measuring a badly lagging consumer stays cheap.

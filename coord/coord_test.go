@@ -85,7 +85,7 @@ func TestCoord_Publish_oncePerOutboxID(t *testing.T) {
 	rdb := client(t)
 	ctx := context.Background()
 	c := coord.New(rdb, "a", time.Second)
-	entries := []coord.OutboxEntry{
+	entries := []rtm.OutboxEntry{
 		{ID: 1, Stream: "out", Fields: []string{"n", "1"}},
 		{ID: 2, Stream: "out", Fields: []string{"n", "2"}},
 	}
@@ -101,7 +101,7 @@ func TestCoord_Publish_oncePerOutboxID(t *testing.T) {
 	}
 	// After a script flush (Redis restarted), publishing still works.
 	rdb.ScriptFlush(ctx)
-	if added, err := c.Publish(ctx, "e1", []coord.OutboxEntry{{ID: 3, Stream: "out", Fields: []string{"n", "3"}}}, time.Hour); err != nil || len(added) != 1 || !added[0] {
+	if added, err := c.Publish(ctx, "e1", []rtm.OutboxEntry{{ID: 3, Stream: "out", Fields: []string{"n", "3"}}}, time.Hour); err != nil || len(added) != 1 || !added[0] {
 		t.Fatalf("Publish after SCRIPT FLUSH: %v %v", added, err)
 	}
 }

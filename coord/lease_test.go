@@ -266,7 +266,7 @@ func TestCoord_Publish_sameIDInAnotherEpochIsPublished(t *testing.T) {
 		epoch string
 		want  bool
 	}{{"before-restore", true}, {"after-restore", true}, {"after-restore", false}, {"before-restore", false}} {
-		added, err := c.Publish(ctx, step.epoch, []coord.OutboxEntry{{ID: 1, Stream: "out", Fields: []string{"n", step.epoch}}}, time.Hour)
+		added, err := c.Publish(ctx, step.epoch, []rtm.OutboxEntry{{ID: 1, Stream: "out", Fields: []string{"n", step.epoch}}}, time.Hour)
 		if err != nil || len(added) != 1 || added[0] != step.want {
 			t.Fatalf("#%d Publish id 1 in epoch %s: %v %v, want added=%v", i, step.epoch, added, err, step.want)
 		}

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	rtm "github.com/galaxy-platform/rtmanager"
+
 	"github.com/galaxy-platform/rtmanager/coord"
 )
 
@@ -25,9 +27,9 @@ func TestCoord_Publish_trimsStreamsToTheRetention(t *testing.T) {
 			rdb := client(t)
 			ctx := context.Background()
 			co := coord.New(rdb, "a", 2*time.Second, coord.WithStreamMaxLen(tt.maxLen))
-			var entries []coord.OutboxEntry
+			var entries []rtm.OutboxEntry
 			for i := int64(1); i <= 1000; i++ {
-				entries = append(entries, coord.OutboxEntry{ID: i, Stream: "results", Fields: []string{"n", "x"}})
+				entries = append(entries, rtm.OutboxEntry{ID: i, Stream: "results", Fields: []string{"n", "x"}})
 			}
 			for i := 0; i < len(entries); i += 100 {
 				if _, err := co.Publish(ctx, "e1", entries[i:i+100], time.Hour); err != nil {

@@ -18,14 +18,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/galaxy-platform/rtmanager/coord"
-	"github.com/galaxy-platform/rtmanager/store"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // Outbox is the PostgreSQL side.
 type Outbox interface {
 	OutboxEpoch(ctx context.Context) (string, error)
-	RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []store.OutboxEntry) (int, error)) (int, error)
+	RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []rtm.OutboxEntry) (int, error)) (int, error)
 	MarkSent(ctx context.Context, ids []int64) error
 	PruneOutbox(ctx context.Context) (int64, error)
 }
@@ -34,12 +33,12 @@ type Outbox interface {
 // each leading entry it got through, it reports whether the entry was added now (false: it had
 // been published before).
 type Streams interface {
-	Publish(ctx context.Context, epoch string, entries []coord.OutboxEntry, sentTTL time.Duration) ([]bool, error)
+	Publish(ctx context.Context, epoch string, entries []rtm.OutboxEntry, sentTTL time.Duration) ([]bool, error)
 }
 
 // Observer is told what was published, for telemetry.
 type Observer interface {
-	Published(ctx context.Context, stream string, fields []string)
+	Published(ctx context.Context, e rtm.OutboxEntry)
 }
 
 // Publisher relays the outbox.
@@ -64,7 +63,7 @@ type Publisher struct {
 // offers are the rows offered and not yet relayed.
 type offers struct {
 	mu   sync.Mutex
-	rows []store.OutboxEntry
+	rows []rtm.OutboxEntry
 	// catchUp is set when offered rows were left unpublished (a failed relay, rows dropped): from
 	// then on offered rows wait until a poll has emptied the outbox, so as not to overtake them.
 	catchUp bool
@@ -95,7 +94,7 @@ func New(p Publisher) *Publisher {
 // Offer hands the publisher outbox rows that have just been committed, to relay at once. It never
 // blocks. Rows offered and never relayed (Redis down, the process ending) are still in the outbox
 // and the poll relays them.
-func (p *Publisher) Offer(entries []store.OutboxEntry) {
+func (p *Publisher) Offer(entries []rtm.OutboxEntry) {
 	p.offered.mu.Lock()
 	if len(p.offered.rows)+len(entries) > maxOffered {
 		p.offered.rows, p.offered.catchUp = nil, true
@@ -195,7 +194,7 @@ func (p *Publisher) relayOffered(ctx context.Context) (bool, error) {
 	if len(entries) == 0 {
 		return false, nil
 	}
-	slices.SortFunc(entries, func(a, b store.OutboxEntry) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(entries, func(a, b rtm.OutboxEntry) int { return cmp.Compare(a.ID, b.ID) })
 	n, err := p.publish(ctx, entries)
 	if err != nil {
 		p.offered.mu.Lock()
@@ -219,7 +218,7 @@ func (p *Publisher) relayOffered(ctx context.Context) (bool, error) {
 func (p *Publisher) drain(ctx context.Context) error {
 	for {
 		var pubErr error
-		n, err := p.Outbox.RelayOutbox(ctx, p.Batch, func(ctx context.Context, entries []store.OutboxEntry) (int, error) {
+		n, err := p.Outbox.RelayOutbox(ctx, p.Batch, func(ctx context.Context, entries []rtm.OutboxEntry) (int, error) {
 			n, err := p.publish(ctx, entries)
 			pubErr = err
 			return n, err
@@ -238,20 +237,20 @@ func (p *Publisher) drain(ctx context.Context) error {
 
 // publish adds entries to their streams and returns how many leading ones got through; the
 // observer hears of those added now, so each entry is counted once however often it is relayed.
-func (p *Publisher) publish(ctx context.Context, entries []store.OutboxEntry) (int, error) {
-	out := make([]coord.OutboxEntry, len(entries))
+func (p *Publisher) publish(ctx context.Context, entries []rtm.OutboxEntry) (int, error) {
+	out := make([]rtm.OutboxEntry, len(entries))
 	for i, e := range entries {
 		name := p.Names[e.Stream]
 		if name == "" {
 			name = e.Stream
 		}
-		out[i] = coord.OutboxEntry{ID: e.ID, Stream: name, Fields: e.Fields}
+		out[i] = rtm.OutboxEntry{ID: e.ID, Stream: name, Fields: e.Fields}
 	}
 	added, err := p.Redis.Publish(ctx, p.epoch, out, sentTTL)
 	if p.Observer != nil {
 		for i, e := range entries[:len(added)] {
 			if added[i] {
-				p.Observer.Published(ctx, e.Stream, e.Fields)
+				p.Observer.Published(ctx, e)
 			}
 		}
 	}

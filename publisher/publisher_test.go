@@ -33,13 +33,11 @@ type counter struct {
 	seen map[string]int
 }
 
-func (c *counter) Published(_ context.Context, _ string, fields []string) {
+func (c *counter) Published(_ context.Context, e rtm.OutboxEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i := 0; i+1 < len(fields); i += 2 {
-		if fields[i] == "request_id" {
-			c.seen[fields[i+1]]++
-		}
+	if id := e.Field("request_id"); id != "" {
+		c.seen[id]++
 	}
 }
 
@@ -67,7 +65,7 @@ type countingOutbox struct {
 	marks, polls atomic.Int64
 }
 
-func (o *countingOutbox) RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []store.OutboxEntry) (int, error)) (int, error) {
+func (o *countingOutbox) RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []rtm.OutboxEntry) (int, error)) (int, error) {
 	defer o.polls.Add(1)
 	return o.Outbox.RelayOutbox(ctx, limit, publish)
 }
@@ -82,10 +80,10 @@ type faultyStreams struct {
 	publisher.Streams
 	mu    sync.Mutex
 	calls int
-	fail  func(call int, entries []coord.OutboxEntry) bool
+	fail  func(call int, entries []rtm.OutboxEntry) bool
 }
 
-func (f *faultyStreams) Publish(ctx context.Context, epoch string, entries []coord.OutboxEntry, ttl time.Duration) ([]bool, error) {
+func (f *faultyStreams) Publish(ctx context.Context, epoch string, entries []rtm.OutboxEntry, ttl time.Duration) ([]bool, error) {
 	f.mu.Lock()
 	f.calls++
 	bad := f.fail(f.calls, entries)
@@ -100,7 +98,7 @@ func (f *faultyStreams) Publish(ctx context.Context, epoch string, entries []coo
 // publisher itself (rig.start).
 type rigOptions struct {
 	poll   time.Duration
-	fail   func(call int, entries []coord.OutboxEntry) bool
+	fail   func(call int, entries []rtm.OutboxEntry) bool
 	manual bool
 	rdb    *redis.Client // the Redis to relay to (default: a database of its own)
 }
@@ -123,7 +121,7 @@ func newRigWith(t *testing.T, o rigOptions) *rig {
 		t.Cleanup(func() { r.rdb.Close() })
 	}
 	var err error
-	r.st, err = store.Open(ctx, dsn, store.Options{OnOutbox: func(rows []store.OutboxEntry) { r.pub.Offer(rows) }})
+	r.st, err = store.Open(ctx, dsn, store.Options{OnOutbox: func(rows []rtm.OutboxEntry) { r.pub.Offer(rows) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +136,7 @@ func newRigWith(t *testing.T, o rigOptions) *rig {
 	}
 	r.outbox = &countingOutbox{Outbox: r.st}
 	r.pub = publisher.New(publisher.Publisher{Outbox: r.outbox, Redis: streams,
-		Names: map[string]string{store.StreamJobResults: "results"}, Observer: r.obs, Poll: o.poll,
+		Names: map[string]string{rtm.StreamJobResults: "results"}, Observer: r.obs, Poll: o.poll,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if !o.manual {
 		r.start(t)
@@ -231,8 +229,8 @@ func TestPublisher_rowRelayedTwiceIsAddedAndCountedOnce(t *testing.T) {
 	// the test's offers relay it.
 	waitFor(t, "the publisher's first poll", func() bool { return r.outbox.polls.Load() >= 1 })
 	stopUnknown(t, r.other, "x")
-	var rows []store.OutboxEntry
-	if _, err := r.other.RelayOutbox(context.Background(), 10, func(_ context.Context, es []store.OutboxEntry) (int, error) {
+	var rows []rtm.OutboxEntry
+	if _, err := r.other.RelayOutbox(context.Background(), 10, func(_ context.Context, es []rtm.OutboxEntry) (int, error) {
 		rows = es
 		return 0, nil // read, not sent
 	}); err != nil || len(rows) != 1 {
@@ -275,7 +273,7 @@ func requestIDs(n int) []string {
 }
 
 // carries reports whether entries hold the result of request id.
-func carries(entries []coord.OutboxEntry, id string) bool {
+func carries(entries []rtm.OutboxEntry, id string) bool {
 	for _, e := range entries {
 		if slices.Contains(e.Fields, id) {
 			return true
@@ -287,18 +285,20 @@ func carries(entries []coord.OutboxEntry, id string) bool {
 // A relay of offered rows fails: the rows committed after them must not overtake them, though
 // they are offered at once and the failed ones wait for the poll (here: the last flush).
 func TestPublisher_Offer_failedRelayIsNotOvertakenByLaterRows(t *testing.T) {
-	failed := false
-	r := newRigWith(t, rigOptions{poll: time.Hour, fail: func(_ int, es []coord.OutboxEntry) bool {
-		if !failed && carries(es, "r006") {
-			failed = true
-			return true
-		}
-		return false
+	var failed atomic.Bool
+	r := newRigWith(t, rigOptions{poll: time.Hour, fail: func(_ int, es []rtm.OutboxEntry) bool {
+		return carries(es, "r006") && failed.CompareAndSwap(false, true)
 	}})
+	// Offered rows wait for the first poll (it reads the database's epoch); committed before it
+	// ends, they would all go with the last flush, whose relay is the one that fails.
+	waitFor(t, "the first poll", func() bool { return r.outbox.polls.Load() >= 1 })
 	want := requestIDs(20)
 	for _, id := range want {
 		stopUnknown(t, r.st, id) // one game: all answered for game "nobody"
 	}
+	// Stopped before, the publisher could cancel an offered relay in flight and meet the fault
+	// in its last flush instead.
+	waitFor(t, "the relay of r006 to fail", failed.Load)
 	r.stop() // the last flush polls the outbox
 	if got := r.results(t, len(want), 0); !slices.Equal(got, want) {
 		t.Fatalf("results stream holds %v, want %v (outbox id order)", got, want)
@@ -308,7 +308,7 @@ func TestPublisher_Offer_failedRelayIsNotOvertakenByLaterRows(t *testing.T) {
 // Many commits for one game while every third publish fails and the poll runs often: the
 // stream keeps outbox id order, each entry once.
 func TestPublisher_entriesOfAGameKeepIDOrderUnderPublishFaults(t *testing.T) {
-	r := newRigWith(t, rigOptions{poll: 5 * time.Millisecond, fail: func(call int, _ []coord.OutboxEntry) bool { return call%3 == 0 }})
+	r := newRigWith(t, rigOptions{poll: 5 * time.Millisecond, fail: func(call int, _ []rtm.OutboxEntry) bool { return call%3 == 0 }})
 	want := requestIDs(40)
 	for _, id := range want {
 		stopUnknown(t, r.st, id)

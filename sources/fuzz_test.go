@@ -12,7 +12,6 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/coord"
 	"github.com/galaxy-platform/rtmanager/store"
 )
 
@@ -103,9 +102,9 @@ func FuzzJobConsumer_handle(f *testing.F) {
 		if extraKey != "" {
 			fields[extraKey] = extraValue
 		}
-		kind := StartJobs
+		kind := rtm.StartJobs
 		if stop {
-			kind = StopJobs
+			kind = rtm.StopJobs
 		}
 		st := &recordingJobStore{}
 		var enqueued []string
@@ -115,7 +114,7 @@ func FuzzJobConsumer_handle(f *testing.F) {
 			Log:      slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: tracenoop.NewTracerProvider().Tracer("")}
 		const entryID = "1700000000000-7"
 		// Field values are what the consumer reads back from Redis (the map is the entry's).
-		if err := c.handle(context.Background(), coord.Entry{ID: entryID, Fields: fields}); err != nil {
+		if err := c.handle(context.Background(), rtm.StreamEntry{ID: entryID, Fields: fields}); err != nil {
 			t.Fatalf("handle returned %v; only a store failure may make it fail", err)
 		}
 		if n := len(st.submits) + len(st.invalid); n != 1 {
@@ -183,7 +182,7 @@ func FuzzJobConsumer_handle(f *testing.F) {
 		}
 		adm := st.admitted[0]
 		switch kind {
-		case StartJobs:
+		case rtm.StartJobs:
 			if req.ImageRef == "" || req.Kind != rtm.OpStart || req.Channel != rtm.ChannelStartJobs {
 				t.Fatalf("start submitted as %+v", req)
 			}
@@ -203,7 +202,7 @@ func FuzzJobConsumer_handle(f *testing.F) {
 					t.Fatalf("start with a good image admitted as %+v", adm)
 				}
 			}
-		case StopJobs:
+		case rtm.StopJobs:
 			if req.Kind != rtm.OpStop || req.Channel != rtm.ChannelStopJobs {
 				t.Fatalf("stop submitted as %+v", req)
 			}
@@ -240,9 +239,9 @@ func FuzzInvalidJob(f *testing.F) {
 		if key != "" {
 			fields[key] = value
 		}
-		kind := StartJobs
+		kind := rtm.StartJobs
 		if stop {
-			kind = StopJobs
+			kind = rtm.StopJobs
 		}
 		bad := invalidJob(kind, fields, rtm.Request{GameID: fields["game_id"]})
 		want := true
@@ -255,7 +254,7 @@ func FuzzInvalidJob(f *testing.F) {
 		if !present || !fuzzGameID.MatchString(id) {
 			want = false
 		}
-		if kind == StartJobs && fields["image_ref"] == "" {
+		if kind == rtm.StartJobs && fields["image_ref"] == "" {
 			want = false
 		}
 		if (bad == "") != want {

@@ -19,7 +19,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/coord"
 	"github.com/galaxy-platform/rtmanager/store"
 )
 
@@ -35,7 +34,7 @@ type JobStore interface {
 type StreamReader interface {
 	Offset(ctx context.Context, consumer string) (string, error)
 	SetOffset(ctx context.Context, consumer, id string) error
-	Read(ctx context.Context, stream, after string, count int64, block time.Duration) ([]coord.Entry, error)
+	Read(ctx context.Context, stream, after string, count int64, block time.Duration) ([]rtm.StreamEntry, error)
 	// LastGeneratedID returns the greatest id ever added to the stream ("0-0" when absent).
 	LastGeneratedID(ctx context.Context, stream string) (string, error)
 }
@@ -43,28 +42,19 @@ type StreamReader interface {
 // ResultRepublisher queues again the published result of an answered request when Redis lost it
 // (its publication marker, which marks is asked about, is gone); it reports whether it did.
 type ResultRepublisher interface {
-	RepublishLostResult(ctx context.Context, ch rtm.Channel, requestID string, marks store.SentMarks) (bool, error)
+	RepublishLostResult(ctx context.Context, ch rtm.Channel, requestID string, marks rtm.SentMarks) (bool, error)
 }
-
-// JobKind tells the two job streams apart.
-type JobKind string
-
-// The job kinds.
-const (
-	StartJobs JobKind = "startjobs"
-	StopJobs  JobKind = "stopjobs"
-)
 
 // JobObserver is told about every handled job, for telemetry.
 type JobObserver interface {
-	JobHandled(ctx context.Context, kind JobKind, outcome string)
+	JobHandled(ctx context.Context, kind rtm.JobKind, outcome string)
 	StreamLag(consumer string, lag int64)
 }
 
 // JobConsumer reads one job stream from its persisted offset, records each job and enqueues
 // its game. Delivery is at least once; handling is idempotent by request id.
 type JobConsumer struct {
-	Kind     JobKind
+	Kind     rtm.JobKind
 	Stream   string
 	Store    JobStore
 	Redis    StreamReader
@@ -77,7 +67,7 @@ type JobConsumer struct {
 	// Results and Marks answer again a resent job whose result Redis lost (nil: such a job is
 	// ignored like any other duplicate).
 	Results ResultRepublisher
-	Marks   store.SentMarks
+	Marks   rtm.SentMarks
 	// Block is how long one XREAD waits (default 1s); it bounds how fast shutdown is noticed.
 	Block time.Duration
 }
@@ -184,7 +174,7 @@ func (c *JobConsumer) checkReset(ctx context.Context, off string) string {
 
 // handle records one job entry. It returns an error only when the job could not be recorded
 // (and must be tried again); a bad job is answered, not returned.
-func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
+func (c *JobConsumer) handle(ctx context.Context, e rtm.StreamEntry) (err error) {
 	f := e.Fields
 	ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": f["traceparent"]})
 	ctx, span := c.Tracer.Start(ctx, "job."+strings.TrimSuffix(string(c.Kind), "jobs"),
@@ -204,7 +194,7 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 		req.RequestID = e.ID
 	}
 	switch c.Kind {
-	case StartJobs:
+	case rtm.StartJobs:
 		req.Channel, req.Kind, req.Source, req.ImageRef = rtm.ChannelStartJobs, rtm.OpStart, rtm.SourceStartJobs, f["image_ref"]
 	default:
 		req.Channel, req.Kind, req.Source, req.Reason = rtm.ChannelStopJobs, rtm.OpStop, rtm.SourceStopJobs, f["reason"]
@@ -235,7 +225,7 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 		return c.republishLost(ctx, log, e, req, rtm.OutcomeFailed)
 	}
 	var refusal *rtm.Answer
-	if c.Kind == StartJobs {
+	if c.Kind == rtm.StartJobs {
 		if img, err := rtm.ValidateStartImage(req.ImageRef, c.Allowed); err != nil {
 			a := rtm.Failed(err, rtm.CodeStartConfigInvalid)
 			refusal = &a
@@ -289,7 +279,7 @@ func (c *JobConsumer) handle(ctx context.Context, e coord.Entry) (err error) {
 // republishLost handles a resent job whose request was answered: when Redis lost the published
 // result, it is queued to be published again (logged at info); otherwise the job is ignored
 // (debug). It returns an error only when that could not be checked.
-func (c *JobConsumer) republishLost(ctx context.Context, log *slog.Logger, e coord.Entry, req rtm.Request, outcome rtm.Outcome) error {
+func (c *JobConsumer) republishLost(ctx context.Context, log *slog.Logger, e rtm.StreamEntry, req rtm.Request, outcome rtm.Outcome) error {
 	if c.Results != nil && c.Marks != nil {
 		again, err := c.Results.RepublishLostResult(ctx, req.Channel, req.RequestID, c.Marks)
 		if err != nil {
@@ -324,7 +314,7 @@ func (c *JobConsumer) observe(ctx context.Context, outcome string) {
 // invalidJob returns why a job entry cannot be understood, or "". A value that is not text
 // PostgreSQL can store (invalid UTF-8, a NUL byte) makes the job invalid: recording it would fail
 // on every attempt.
-func invalidJob(kind JobKind, f map[string]string, req rtm.Request) string {
+func invalidJob(kind rtm.JobKind, f map[string]string, req rtm.Request) string {
 	for k, v := range f {
 		if len(v) > rtm.MaxFieldBytes {
 			return fmt.Sprintf("field %s is longer than %d bytes", sanitize(trunc(k)), rtm.MaxFieldBytes)
@@ -339,7 +329,7 @@ func invalidJob(kind JobKind, f map[string]string, req rtm.Request) string {
 	if err := rtm.ValidateGameID(req.GameID); err != nil {
 		return rtm.MessageOf(err)
 	}
-	if kind == StartJobs && f["image_ref"] == "" {
+	if kind == rtm.StartJobs && f["image_ref"] == "" {
 		return "image_ref is missing"
 	}
 	return ""

@@ -54,7 +54,7 @@ func newHarness(t *testing.T) *harness {
 	return &harness{st: st, rdb: rdb, co: coord.New(rdb, "test", 10*time.Second)}
 }
 
-func (h *harness) consumer(kind sources.JobKind, stream string) *sources.JobConsumer {
+func (h *harness) consumer(kind rtm.JobKind, stream string) *sources.JobConsumer {
 	return &sources.JobConsumer{Kind: kind, Stream: stream, Store: h.st, Redis: h.co,
 		Enqueue: func(id string) { h.mu.Lock(); h.woke = append(h.woke, id); h.mu.Unlock() },
 		Allowed: []string{"galaxy/game"}, Block: 50 * time.Millisecond,
@@ -82,9 +82,9 @@ func runUntil(t *testing.T, c *sources.JobConsumer, cond func() bool) {
 func (h *harness) answers(t *testing.T) map[string]rtm.Answer {
 	t.Helper()
 	out := map[string]rtm.Answer{}
-	_, err := h.st.RelayOutbox(context.Background(), 1000, func(_ context.Context, es []store.OutboxEntry) (int, error) {
+	_, err := h.st.RelayOutbox(context.Background(), 1000, func(_ context.Context, es []rtm.OutboxEntry) (int, error) {
 		for _, e := range es {
-			if e.Stream != store.StreamJobResults {
+			if e.Stream != rtm.StreamJobResults {
 				continue
 			}
 			f := map[string]string{}
@@ -117,7 +117,7 @@ func TestJobConsumer_Run_badJobsAreAnsweredAndNeverStall(t *testing.T) {
 	add("game_id", "g1", "image_ref", "busybox:1.36.0", "request_id", "not-allowed")
 	add("game_id", "g1", "image_ref", "galaxy/game:latest", "request_id", "not-semver")
 	last := add("game_id", "g1", "image_ref", "galaxy/game:1.4.1", "request_id", "good")
-	c := h.consumer(sources.StartJobs, "runtime:start_jobs")
+	c := h.consumer(rtm.StartJobs, "runtime:start_jobs")
 	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "startjobs"); return off == last })
 
 	got := h.answers(t)
@@ -149,7 +149,7 @@ func TestJobConsumer_Run_resumesFromOffsetAndHandlesNothingTwice(t *testing.T) {
 		ids = append(ids, h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs",
 			Values: []any{"game_id", fmt.Sprintf("g%d", i), "request_id", fmt.Sprintf("s%d", i)}}).Val())
 	}
-	c := h.consumer(sources.StopJobs, "runtime:stop_jobs")
+	c := h.consumer(rtm.StopJobs, "runtime:stop_jobs")
 	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == ids[2] })
 	if got := h.answers(t); len(got) != 3 || got["s1"].Code != rtm.CodeRuntimeNotFound {
 		t.Fatalf("first run: %+v", got)
@@ -182,7 +182,7 @@ func TestJobConsumer_Run_continuesTheJobsTrace(t *testing.T) {
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	last := h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs", Values: []any{"game_id", "g1", "request_id", "traced",
 		"traceparent", "00-" + traceID + "-00f067aa0ba902b7-01"}}).Val()
-	c := h.consumer(sources.StopJobs, "runtime:stop_jobs")
+	c := h.consumer(rtm.StopJobs, "runtime:stop_jobs")
 	c.Tracer = tp.Tracer("test")
 	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == last })
 
@@ -191,9 +191,9 @@ func TestJobConsumer_Run_continuesTheJobsTrace(t *testing.T) {
 		t.Fatalf("the job's span is not in the job's trace: %+v", spans)
 	}
 	var result map[string]string
-	_, err := h.st.RelayOutbox(ctx, 10, func(_ context.Context, es []store.OutboxEntry) (int, error) {
+	_, err := h.st.RelayOutbox(ctx, 10, func(_ context.Context, es []rtm.OutboxEntry) (int, error) {
 		for _, e := range es {
-			if e.Stream == store.StreamJobResults {
+			if e.Stream == rtm.StreamJobResults {
 				result = map[string]string{}
 				for i := 0; i+1 < len(e.Fields); i += 2 {
 					result[e.Fields[i]] = e.Fields[i+1]
@@ -230,7 +230,7 @@ func (h *harness) converge(t *testing.T, gameID string) {
 }
 
 // consume adds entries to stream and runs a consumer of kind until it has handled them all.
-func (h *harness) consume(t *testing.T, kind sources.JobKind, stream string, entries ...[]any) {
+func (h *harness) consume(t *testing.T, kind rtm.JobKind, stream string, entries ...[]any) {
 	t.Helper()
 	ctx := context.Background()
 	var last string
@@ -243,7 +243,7 @@ func (h *harness) consume(t *testing.T, kind sources.JobKind, stream string, ent
 func TestJobConsumer_Run_anotherSpellingOfTheRunningImageIsTheSameImage(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+	h.consume(t, rtm.StartJobs, "runtime:start_jobs",
 		[]any{"game_id", "g1", "image_ref", "docker.io/galaxy/game:1.4.2", "request_id", "first"})
 	if rec, err := h.st.Get(ctx, "g1"); err != nil || rec.DesiredImageRef != "galaxy/game:1.4.2" {
 		t.Fatalf("record after a start in the long spelling: %+v %v; want the image as galaxy/game:1.4.2", rec, err)
@@ -252,7 +252,7 @@ func TestJobConsumer_Run_anotherSpellingOfTheRunningImageIsTheSameImage(t *testi
 	if got := h.answers(t); got["first"].Outcome != rtm.OutcomeSucceeded {
 		t.Fatalf("first start: %+v", got)
 	}
-	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+	h.consume(t, rtm.StartJobs, "runtime:start_jobs",
 		[]any{"game_id", "g1", "image_ref", "index.docker.io/galaxy/game:1.4.2", "request_id", "same"},
 		[]any{"game_id", "g1", "image_ref", "galaxy/game:1.4.2", "request_id", "short"},
 		[]any{"game_id", "g1", "image_ref", "docker.io/galaxy/game:1.4.3", "request_id", "other"})
@@ -270,13 +270,13 @@ func TestJobConsumer_Run_anotherSpellingOfTheRunningImageIsTheSameImage(t *testi
 func TestJobConsumer_Run_gameIDEqualButForCaseIsConflict(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+	h.consume(t, rtm.StartJobs, "runtime:start_jobs",
 		[]any{"game_id", "foo", "image_ref", "galaxy/game:1.4.2", "request_id", "lower"})
 	before, err := h.st.Get(ctx, "foo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+	h.consume(t, rtm.StartJobs, "runtime:start_jobs",
 		[]any{"game_id", "Foo", "image_ref", "galaxy/game:1.4.3", "request_id", "upper"})
 	got := h.answers(t)
 	if a := got["upper"]; a.Outcome != rtm.OutcomeFailed || a.Code != rtm.CodeConflict {
@@ -370,14 +370,14 @@ func TestJobConsumer_Run_keepsItsOffsetWhenTheNewestEntriesAreDeleted(t *testing
 		ids = append(ids, h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs",
 			Values: []any{"game_id", fmt.Sprintf("g%d", i), "request_id", fmt.Sprintf("s%d", i)}}).Val())
 	}
-	runUntil(t, h.consumer(sources.StopJobs, "runtime:stop_jobs"),
+	runUntil(t, h.consumer(rtm.StopJobs, "runtime:stop_jobs"),
 		func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == ids[2] })
 	// Someone trims the stream's newest entries: the offset now lies past the newest entry, but
 	// not past the stream's last-generated-id.
 	if err := h.rdb.XDel(ctx, "runtime:stop_jobs", ids[1], ids[2]).Err(); err != nil {
 		t.Fatal(err)
 	}
-	c := h.consumer(sources.StopJobs, "runtime:stop_jobs")
+	c := h.consumer(rtm.StopJobs, "runtime:stop_jobs")
 	st := &countingStore{JobStore: h.st}
 	rd := &checkCounter{Coord: h.co}
 	c.Store, c.Redis = st, rd
@@ -401,7 +401,7 @@ func TestJobConsumer_Run_enqueuesAJobRecordedButNeverEnqueued(t *testing.T) {
 	// pending, and nobody enqueued its game.
 	lost := rtm.Request{Channel: rtm.ChannelStartJobs, RequestID: "lost-reply", GameID: "g1", Kind: rtm.OpStart,
 		Source: rtm.SourceStartJobs, ImageRef: "galaxy/game:1.4.2", ReceivedAt: time.Now().UTC()}
-	settings := h.consumer(sources.StartJobs, "").Settings
+	settings := h.consumer(rtm.StartJobs, "").Settings
 	if _, err := h.st.Submit(ctx, lost, func(rec *rtm.Record, busy bool) rtm.Admission {
 		return rtm.Admit(rec, lost, busy, settings)
 	}); err != nil {
@@ -415,7 +415,7 @@ func TestJobConsumer_Run_enqueuesAJobRecordedButNeverEnqueued(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	h.consume(t, sources.StartJobs, "runtime:start_jobs",
+	h.consume(t, rtm.StartJobs, "runtime:start_jobs",
 		[]any{"game_id", "g2", "image_ref", "galaxy/game:1.4.2", "request_id", "answered"},
 		[]any{"game_id", "g1", "image_ref", "galaxy/game:1.4.2", "request_id", "lost-reply"})
 	h.mu.Lock()

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	rtm "github.com/galaxy-platform/rtmanager"
+
 	"github.com/redis/go-redis/v9"
 
 	"github.com/galaxy-platform/rtmanager/publisher"
@@ -22,7 +24,7 @@ func TestJobConsumer_Run_answersAgainAResentJobWhoseResultRedisLost(t *testing.T
 	ctx := context.Background()
 	pctx, stopPub := context.WithCancel(ctx)
 	pub := publisher.New(publisher.Publisher{Outbox: h.st, Redis: h.co, Poll: 20 * time.Millisecond,
-		Names: map[string]string{"job_results": "results"}, Log: h.consumer(sources.StartJobs, "").Log})
+		Names: map[string]string{"job_results": "results"}, Log: h.consumer(rtm.StartJobs, "").Log})
 	pubDone := make(chan struct{})
 	go func() { defer close(pubDone); _ = pub.Run(pctx) }()
 	defer func() { stopPub(); <-pubDone }()
@@ -37,7 +39,7 @@ func TestJobConsumer_Run_answersAgainAResentJobWhoseResultRedisLost(t *testing.T
 		// Invalid (no image_ref): answered at once too, by another path.
 		h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:start_jobs",
 			Values: []any{"game_id", "g2", "request_id", "r2"}})
-		c := h.consumer(sources.StartJobs, "runtime:start_jobs")
+		c := h.consumer(rtm.StartJobs, "runtime:start_jobs")
 		c.Results, c.Marks = h.st, h.co
 		c.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		runUntil(t, c, func() bool {
@@ -84,7 +86,7 @@ func TestJobConsumer_Run_offsetNotSavedAtStopIsAWarning(t *testing.T) {
 	ctx := context.Background()
 	h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs", Values: []any{"game_id", "g1", "request_id", "s1"}})
 	var logs syncBuffer
-	c := h.consumer(sources.StopJobs, "runtime:stop_jobs")
+	c := h.consumer(rtm.StopJobs, "runtime:stop_jobs")
 	c.Redis = failingOffsets{h.co}
 	c.Log = slog.New(slog.NewTextHandler(&logs, nil))
 	runUntil(t, c, func() bool { return strings.Contains(logs.String(), "saving offset failed") })

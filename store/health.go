@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -334,10 +333,5 @@ func queueEvent(p *pipe, e rtm.HealthEvent) {
 			docker_state = COALESCE(NULLIF(EXCLUDED.docker_state, ''), health_snapshots.docker_state),
 			updated_at = now()`,
 		e.GameID, string(e.Status()), string(e.Type), e.ExitCode, e.OOMKilled, e.DockerState, started, probeContainer)
-	f := []string{"game_id", e.GameID, "event_type", string(e.Type), "container_id", e.ContainerID}
-	if e.ExitCode != nil {
-		f = append(f, "exit_code", strconv.Itoa(*e.ExitCode))
-	}
-	f = append(f, "message", e.Message, "observed_at", at.UTC().Format(time.RFC3339Nano))
-	queueOutbox(p, StreamHealthEvents, f)
+	queueOutbox(p, rtm.StreamHealthEvents, rtm.HealthEventFields(e, at))
 }

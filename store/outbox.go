@@ -6,28 +6,23 @@ import (
 	"fmt"
 	"time"
 
+	rtm "github.com/galaxy-platform/rtmanager"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
-
-// OutboxEntry is one queued stream entry.
-type OutboxEntry struct {
-	ID     int64
-	Stream string   // StreamJobResults, StreamHealthEvents or StreamNotificationIntents
-	Fields []string // field, value, field, value…
-}
 
 // RelayOutbox claims up to limit unsent entries in id order (rows another process holds are
 // skipped), hands them to publish, and marks sent the first n it reports published, all in one
 // transaction: a row is never handed to two publishers at once. It returns n. The claim travels
 // with BEGIN and the marking with COMMIT: two round trips around publish.
-func (s *Store) RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []OutboxEntry) (int, error)) (int, error) {
+func (s *Store) RelayOutbox(ctx context.Context, limit int, publish func(context.Context, []rtm.OutboxEntry) (int, error)) (int, error) {
 	var sent int
 	err := s.pipeOnce(ctx, func(p *pipe) error {
 		sent = 0
-		var entries []OutboxEntry
+		var entries []rtm.OutboxEntry
 		p.query("claiming outbox rows", func(rows pgx.Rows) error {
-			var e OutboxEntry
+			var e rtm.OutboxEntry
 			err := rows.Scan(&e.ID, &e.Stream, &e.Fields)
 			entries = append(entries, e)
 			return err

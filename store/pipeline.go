@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	rtm "github.com/galaxy-platform/rtmanager"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -28,7 +30,7 @@ type pipe struct {
 	conn  *pgxpool.Conn
 	batch *pgx.Batch
 	// added are the outbox rows the transaction inserted (queueOutbox), as they were written.
-	added []OutboxEntry
+	added []rtm.OutboxEntry
 }
 
 func newPipe(ctx context.Context, conn *pgxpool.Conn) *pipe {

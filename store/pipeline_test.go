@@ -12,7 +12,7 @@ import (
 )
 
 // openWithOutbox is open with an OnOutbox that collects what the store hands over.
-func openWithOutbox(t *testing.T) (*store.Store, func() []store.OutboxEntry) {
+func openWithOutbox(t *testing.T) (*store.Store, func() []rtm.OutboxEntry) {
 	t.Helper()
 	ctx := context.Background()
 	dsn := env.NewDatabase(t)
@@ -20,8 +20,8 @@ func openWithOutbox(t *testing.T) (*store.Store, func() []store.OutboxEntry) {
 		t.Fatalf("Migrate: %v", err)
 	}
 	var mu sync.Mutex
-	var got []store.OutboxEntry
-	s, err := store.Open(ctx, dsn, store.Options{OnOutbox: func(rows []store.OutboxEntry) {
+	var got []rtm.OutboxEntry
+	s, err := store.Open(ctx, dsn, store.Options{OnOutbox: func(rows []rtm.OutboxEntry) {
 		mu.Lock()
 		defer mu.Unlock()
 		got = append(got, rows...)
@@ -30,10 +30,10 @@ func openWithOutbox(t *testing.T) (*store.Store, func() []store.OutboxEntry) {
 		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(s.Close)
-	return s, func() []store.OutboxEntry {
+	return s, func() []rtm.OutboxEntry {
 		mu.Lock()
 		defer mu.Unlock()
-		return append([]store.OutboxEntry(nil), got...)
+		return append([]rtm.OutboxEntry(nil), got...)
 	}
 }
 

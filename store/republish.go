@@ -16,12 +16,6 @@ import (
 // (which would add a second result beside the first).
 const republishWindow = 23 * time.Hour
 
-// SentMarks tells whether Redis still holds the publication marker of an outbox row (the
-// coordination's rtmanager:outbox_sent:<epoch>:<id>).
-type SentMarks interface {
-	OutboxSent(ctx context.Context, epoch string, id int64) (bool, error)
-}
-
 // RepublishLostResult queues again the job result of an answered request when Redis has lost it:
 // the request's newest result row is in the outbox, marked published, and its publication marker
 // is gone from Redis (Redis restarted empty, or was flushed). The row is marked unpublished, so
@@ -29,7 +23,7 @@ type SentMarks interface {
 // It returns true when it queued the row; false when the request has no result row written within
 // republishWindow (not a job channel, an older answer), when the row still waits to be published,
 // or when the marker is there (the result is in the stream, or was trimmed from it).
-func (s *Store) RepublishLostResult(ctx context.Context, ch rtm.Channel, requestID string, marks SentMarks) (bool, error) {
+func (s *Store) RepublishLostResult(ctx context.Context, ch rtm.Channel, requestID string, marks rtm.SentMarks) (bool, error) {
 	job := rtm.Request{Channel: ch}.Job()
 	if job == "" {
 		return false, nil
@@ -42,7 +36,7 @@ func (s *Store) RepublishLostResult(ctx context.Context, ch rtm.Channel, request
 	err := s.pool.QueryRow(ctx, `SELECT id, published_at IS NOT NULL FROM outbox
 		WHERE stream = $1 AND fields[2] = $2 AND fields[4] = $3 AND created_at > now() - make_interval(secs => $4)
 		ORDER BY id DESC LIMIT 1`,
-		StreamJobResults, requestID, job, republishWindow.Seconds()).Scan(&id, &published)
+		rtm.StreamJobResults, requestID, job, republishWindow.Seconds()).Scan(&id, &published)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"time"
 
+	rtm "github.com/galaxy-platform/rtmanager"
+
 	"github.com/golang-migrate/migrate/v4"
 	migratepgx "github.com/golang-migrate/migrate/v4/database/pgx/v5"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
@@ -32,14 +34,14 @@ type Store struct {
 	timeouts Timeouts
 	// onOutbox is handed the rows a transaction added to the outbox once it has committed, so
 	// that the publisher relays them at once, without reading them back.
-	onOutbox func([]OutboxEntry)
+	onOutbox func([]rtm.OutboxEntry)
 }
 
 // Options tune a Store.
 type Options struct {
 	// OnOutbox is called after every commit that added outbox rows, with those rows; may be nil.
 	// It must not block: it runs on the committing goroutine.
-	OnOutbox func([]OutboxEntry)
+	OnOutbox func([]rtm.OutboxEntry)
 	// MaxConns bounds the pool (default 20).
 	MaxConns int32
 	// Timeouts bound every connection and call (zero fields take their defaults).
@@ -147,7 +149,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	s := &Store{pool: &pool{pgx: pgxPool, timeout: t.Operation}, timeouts: t, onOutbox: opts.OnOutbox}
 	if s.onOutbox == nil {
-		s.onOutbox = func([]OutboxEntry) {}
+		s.onOutbox = func([]rtm.OutboxEntry) {}
 	}
 	return s, nil
 }

@@ -115,10 +115,10 @@ func stopJob(id, game string) rtm.Request {
 	return rtm.Request{Channel: rtm.ChannelStopJobs, RequestID: id, GameID: game, Kind: rtm.OpStop, Source: rtm.SourceStopJobs}
 }
 
-func outbox(t *testing.T, s *store.Store) []store.OutboxEntry {
+func outbox(t *testing.T, s *store.Store) []rtm.OutboxEntry {
 	t.Helper()
-	var got []store.OutboxEntry
-	_, err := s.RelayOutbox(context.Background(), 1000, func(_ context.Context, es []store.OutboxEntry) (int, error) {
+	var got []rtm.OutboxEntry
+	_, err := s.RelayOutbox(context.Background(), 1000, func(_ context.Context, es []rtm.OutboxEntry) (int, error) {
 		got = append(got, es...)
 		return len(es), nil
 	})
@@ -128,7 +128,7 @@ func outbox(t *testing.T, s *store.Store) []store.OutboxEntry {
 	return got
 }
 
-func fields(e store.OutboxEntry) map[string]string {
+func fields(e rtm.OutboxEntry) map[string]string {
 	m := map[string]string{}
 	for i := 0; i+1 < len(e.Fields); i += 2 {
 		m[e.Fields[i]] = e.Fields[i+1]
@@ -159,13 +159,13 @@ func TestStore_Submit_startThenSettleAnswersOnce(t *testing.T) {
 	for _, e := range entries {
 		f := fields(e)
 		switch e.Stream {
-		case store.StreamJobResults:
+		case rtm.StreamJobResults:
 			results++
 			if f["request_id"] != "r1" || f["outcome"] != "succeeded" || f["container_id"] != "c1" ||
 				f["engine_endpoint"] != "http://galaxy-game-g1:8080" || f["job"] != "start" {
 				t.Errorf("job result: %v", f)
 			}
-		case store.StreamHealthEvents:
+		case rtm.StreamHealthEvents:
 			events++
 		}
 	}
@@ -216,7 +216,7 @@ func TestStore_AnswerInvalid_onceWithNoIntent(t *testing.T) {
 		}
 	}
 	got := outbox(t, s)
-	if len(got) != 1 || got[0].Stream != store.StreamJobResults || fields(got[0])["error_code"] != "invalid_job" {
+	if len(got) != 1 || got[0].Stream != rtm.StreamJobResults || fields(got[0])["error_code"] != "invalid_job" {
 		t.Fatalf("outbox: %+v", got)
 	}
 }
@@ -233,12 +233,12 @@ func TestStore_Commit_failedStartQueuesOneIntent(t *testing.T) {
 	var intents, results int
 	for _, e := range outbox(t, s) {
 		switch e.Stream {
-		case store.StreamNotificationIntents:
+		case rtm.StreamNotificationIntents:
 			intents++
 			if f := fields(e); f["intent"] != "runtime.image_pull_failed" {
 				t.Errorf("intent: %v", f)
 			}
-		case store.StreamJobResults:
+		case rtm.StreamJobResults:
 			results++
 		}
 	}
@@ -260,7 +260,7 @@ func TestStore_RelayOutbox_skipsRowsAnotherPublisherHolds(t *testing.T) {
 	hold := make(chan struct{})
 	held := make(chan int)
 	go func() {
-		_, _ = s.RelayOutbox(ctx, 1, func(_ context.Context, es []store.OutboxEntry) (int, error) {
+		_, _ = s.RelayOutbox(ctx, 1, func(_ context.Context, es []rtm.OutboxEntry) (int, error) {
 			held <- len(es)
 			<-hold
 			return len(es), nil
@@ -269,8 +269,8 @@ func TestStore_RelayOutbox_skipsRowsAnotherPublisherHolds(t *testing.T) {
 	if n := <-held; n != 1 {
 		t.Fatalf("first publisher got %d rows", n)
 	}
-	var second []store.OutboxEntry
-	if _, err := other.RelayOutbox(ctx, 10, func(_ context.Context, es []store.OutboxEntry) (int, error) {
+	var second []rtm.OutboxEntry
+	if _, err := other.RelayOutbox(ctx, 10, func(_ context.Context, es []rtm.OutboxEntry) (int, error) {
 		second = es
 		return len(es), nil
 	}); err != nil {

@@ -12,13 +12,6 @@ import (
 	rtm "github.com/galaxy-platform/rtmanager"
 )
 
-// Logical outbox streams; the publisher maps them to the configured Redis stream names.
-const (
-	StreamJobResults          = "job_results"
-	StreamHealthEvents        = "health_events"
-	StreamNotificationIntents = "notification_intents"
-)
-
 // Submission is what became of a submitted request.
 type Submission struct {
 	// Duplicate: the request was seen before (same channel and request id); nothing was done.
@@ -333,19 +326,11 @@ func queueAnswer(p *pipe, rec *rtm.Record, req rtm.Request, a rtm.Answer, contai
 			OldImageRef: req.OldImageRef, NewImageRef: newImage, ContainerID: containerID,
 			StartedAt: received, FinishedAt: now})
 	}
-	if job := req.Job(); job != "" {
-		f := []string{"request_id", req.RequestID, "job", job, "game_id", req.GameID, "outcome", string(a.Outcome),
-			"error_code", string(a.Code), "error_message", a.Message, "container_id", containerID,
-			"engine_endpoint", endpoint, "image_ref", image, "finished_at", now.Format(time.RFC3339Nano)}
-		if req.TraceParent != "" {
-			f = append(f, "traceparent", req.TraceParent)
-		}
-		queueOutbox(p, StreamJobResults, f)
+	if req.Job() != "" {
+		queueOutbox(p, rtm.StreamJobResults, rtm.JobResultFields(req, a, containerID, endpoint, image, now))
 	}
-	if intent := rtm.IntentFor(a.Code); intent != "" && req.Kind == rtm.OpStart && a.Outcome == rtm.OutcomeFailed {
-		f := []string{"intent", string(intent), "game_id", req.GameID, "image_ref", req.ImageRef,
-			"error_code", string(a.Code), "message", a.Message, "created_at", now.Format(time.RFC3339Nano)}
-		queueOutbox(p, StreamNotificationIntents, f)
+	if rtm.IntentFor(a.Code) != "" && req.Kind == rtm.OpStart && a.Outcome == rtm.OutcomeFailed {
+		queueOutbox(p, rtm.StreamNotificationIntents, rtm.IntentFields(req, a, now))
 	}
 }
 
@@ -366,7 +351,7 @@ func queueOp(p *pipe, op rtm.Operation) {
 // queueOutbox queues an outbox row; once written it is in p.added.
 func queueOutbox(p *pipe, stream string, fields []string) {
 	p.queryRow("queueing "+stream+" entry", func(row pgx.Row) error {
-		e := OutboxEntry{Stream: stream, Fields: fields}
+		e := rtm.OutboxEntry{Stream: stream, Fields: fields}
 		if err := row.Scan(&e.ID); err != nil {
 			return err
 		}

@@ -40,8 +40,6 @@ import (
 	"github.com/galaxy-platform/rtmanager/controllers"
 	"github.com/galaxy-platform/rtmanager/httpapi"
 	"github.com/galaxy-platform/rtmanager/runtime"
-	"github.com/galaxy-platform/rtmanager/sources"
-	"github.com/galaxy-platform/rtmanager/store"
 	"github.com/galaxy-platform/rtmanager/telemetry"
 )
 
@@ -119,11 +117,11 @@ func buildAndScrape() (families, error) {
 	if _, _, err := m.Leaser(contendedLeaser{}).Acquire(ctx, "g1"); !errors.Is(err, rtm.ErrConflict) {
 		return nil, fmt.Errorf("counting leaser: got %v, want the conflict", err)
 	}
-	m.Published(ctx, store.StreamJobResults, []string{"job", "start", "outcome", "succeeded"})
-	m.Published(ctx, store.StreamHealthEvents, []string{"event_type", "probe_failed"})
-	m.Published(ctx, store.StreamNotificationIntents, []string{"intent", "runtime.image_pull_failed"})
-	m.JobHandled(ctx, sources.StartJobs, "failed")
-	m.Answered(ctx, []store.OutboxEntry{{Stream: store.StreamJobResults, Fields: []string{"job", "stop", "outcome", "succeeded"}}})
+	m.Published(ctx, rtm.OutboxEntry{Stream: rtm.StreamJobResults, Fields: []string{"job", "start", "outcome", "succeeded"}})
+	m.Published(ctx, rtm.OutboxEntry{Stream: rtm.StreamHealthEvents, Fields: []string{"event_type", "probe_failed"}})
+	m.Published(ctx, rtm.OutboxEntry{Stream: rtm.StreamNotificationIntents, Fields: []string{"intent", "runtime.image_pull_failed"}})
+	m.JobHandled(ctx, rtm.StartJobs, "failed")
+	m.Answered(ctx, []rtm.OutboxEntry{{Stream: rtm.StreamJobResults, Fields: []string{"job", "stop", "outcome", "succeeded"}}})
 	m.ProbeResult(ctx, false)
 
 	// The Docker adapter's latency histogram: a ping of a daemon that is not there.

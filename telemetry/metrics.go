@@ -11,8 +11,6 @@ import (
 
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/config"
-	"github.com/galaxy-platform/rtmanager/sources"
-	"github.com/galaxy-platform/rtmanager/store"
 )
 
 // Counts is what the gauges read at each scrape.
@@ -73,7 +71,7 @@ func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, cfg config.Confi
 		return nil, fmt.Errorf("creating instruments: %w", err)
 	}
 	x.zero()
-	consumers := map[string]string{string(sources.StartJobs): cfg.StartJobsStream, string(sources.StopJobs): cfg.StopJobsStream}
+	consumers := map[string]string{string(rtm.StartJobs): cfg.StartJobsStream, string(rtm.StopJobs): cfg.StopJobsStream}
 	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		r := readGauges(ctx, counts, offsets, consumers)
 		if r.byStatus != nil {
@@ -175,7 +173,7 @@ func (x *Metrics) zero() {
 		for _, job := range []string{"start", "stop"} {
 			add(x.jobResults, attribute.String(jobTypeLabel, job), attribute.String("outcome", string(o)))
 		}
-		for _, k := range []sources.JobKind{sources.StartJobs, sources.StopJobs} {
+		for _, k := range []rtm.JobKind{rtm.StartJobs, rtm.StopJobs} {
 			add(x.jobs, attribute.String("consumer", string(k)), attribute.String("outcome", string(o)))
 			add(x.answered, attribute.String("consumer", string(k)), attribute.String("outcome", string(o)))
 		}
@@ -202,43 +200,32 @@ const jobTypeLabel = "job_type"
 
 // Published counts an entry the publisher relayed (job results by job type and outcome, health events
 // by type, intents by intent): counted once, when it reaches its stream.
-func (x *Metrics) Published(ctx context.Context, stream string, fields []string) {
-	f := map[string]string{}
-	for i := 0; i+1 < len(fields); i += 2 {
-		f[fields[i]] = fields[i+1]
-	}
-	switch stream {
-	case store.StreamJobResults:
-		x.jobResults.Add(ctx, 1, metric.WithAttributes(attribute.String(jobTypeLabel, f["job"]), attribute.String("outcome", f["outcome"])))
-	case store.StreamHealthEvents:
-		x.healthEvents.Add(ctx, 1, metric.WithAttributes(attribute.String("event_type", f["event_type"])))
-	case store.StreamNotificationIntents:
-		x.intents.Add(ctx, 1, metric.WithAttributes(attribute.String("intent", f["intent"])))
+func (x *Metrics) Published(ctx context.Context, e rtm.OutboxEntry) {
+	switch e.Stream {
+	case rtm.StreamJobResults:
+		x.jobResults.Add(ctx, 1, metric.WithAttributes(attribute.String(jobTypeLabel, e.Field("job")), attribute.String("outcome", e.Field("outcome"))))
+	case rtm.StreamHealthEvents:
+		x.healthEvents.Add(ctx, 1, metric.WithAttributes(attribute.String("event_type", e.Field("event_type"))))
+	case rtm.StreamNotificationIntents:
+		x.intents.Add(ctx, 1, metric.WithAttributes(attribute.String("intent", e.Field("intent"))))
 	}
 }
 
 // Answered counts the jobs answered by the rows of one commit (its job results; other rows are
 // ignored), by consumer (startjobs, stopjobs) and outcome: once per answer, when it is recorded,
 // whether or when it is published.
-func (x *Metrics) Answered(ctx context.Context, rows []store.OutboxEntry) {
+func (x *Metrics) Answered(ctx context.Context, rows []rtm.OutboxEntry) {
 	for _, r := range rows {
-		if r.Stream != store.StreamJobResults {
+		if r.Stream != rtm.StreamJobResults {
 			continue
 		}
-		f := map[string]string{}
-		for i := 0; i+1 < len(r.Fields); i += 2 {
-			f[r.Fields[i]] = r.Fields[i+1]
-		}
-		consumer := sources.StartJobs
-		if f["job"] == "stop" {
-			consumer = sources.StopJobs
-		}
-		x.answered.Add(ctx, 1, metric.WithAttributes(attribute.String("consumer", string(consumer)), attribute.String("outcome", f["outcome"])))
+		x.answered.Add(ctx, 1, metric.WithAttributes(attribute.String("consumer", string(rtm.KindOfJob(r.Field("job")))),
+			attribute.String("outcome", r.Field("outcome"))))
 	}
 }
 
 // JobHandled counts a job the consumer answered at once.
-func (x *Metrics) JobHandled(ctx context.Context, kind sources.JobKind, outcome string) {
+func (x *Metrics) JobHandled(ctx context.Context, kind rtm.JobKind, outcome string) {
 	x.jobs.Add(ctx, 1, metric.WithAttributes(attribute.String("consumer", string(kind)), attribute.String("outcome", outcome)))
 }
 

@@ -12,7 +12,6 @@ import (
 
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/config"
-	"github.com/galaxy-platform/rtmanager/store"
 	"github.com/galaxy-platform/rtmanager/telemetry"
 )
 
@@ -164,8 +163,7 @@ func TestCountersStartAtZero(t *testing.T) {
 // TestPublishedJobResultLabels: a published job result is counted under job_type and outcome.
 func TestPublishedJobResultLabels(t *testing.T) {
 	c := collect(t, fakeCounts{}, fakeOffsets{}, func(m *telemetry.Metrics) {
-		m.Published(context.Background(), store.StreamJobResults,
-			[]string{"request_id", "r1", "job", "stop", "game_id", "g1", "outcome", "failed"})
+		m.Published(context.Background(), rtm.OutboxEntry{Stream: rtm.StreamJobResults, Fields: []string{"request_id", "r1", "job", "stop", "game_id", "g1", "outcome", "failed"}})
 	})
 	key := seriesKey("rtmanager.job_results", attribute.String("job_type", "stop"), attribute.String("outcome", "failed"))
 	if got := c.values[key]; got != 1 {
@@ -177,10 +175,10 @@ func TestPublishedJobResultLabels(t *testing.T) {
 // consumer and outcome; its other rows are not.
 func TestAnswered_countsJobResultsByConsumerAndOutcome(t *testing.T) {
 	c := collect(t, fakeCounts{}, fakeOffsets{}, func(m *telemetry.Metrics) {
-		m.Answered(context.Background(), []store.OutboxEntry{
-			{Stream: store.StreamJobResults, Fields: []string{"request_id", "r1", "job", "stop", "outcome", "failed"}},
-			{Stream: store.StreamJobResults, Fields: []string{"request_id", "r2", "job", "start", "outcome", "succeeded"}},
-			{Stream: store.StreamHealthEvents, Fields: []string{"event_type", "probe_failed"}},
+		m.Answered(context.Background(), []rtm.OutboxEntry{
+			{Stream: rtm.StreamJobResults, Fields: []string{"request_id", "r1", "job", "stop", "outcome", "failed"}},
+			{Stream: rtm.StreamJobResults, Fields: []string{"request_id", "r2", "job", "start", "outcome", "succeeded"}},
+			{Stream: rtm.StreamHealthEvents, Fields: []string{"event_type", "probe_failed"}},
 		})
 	})
 	for _, want := range []struct{ consumer, outcome string }{{"stopjobs", "failed"}, {"startjobs", "succeeded"}} {

@@ -149,7 +149,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// first poll.
 	var pub atomic.Pointer[publisher.Publisher]
 	var answered atomic.Pointer[telemetry.Metrics] // counts the jobs answered once metrics exist
-	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, OnOutbox: func(rows []store.OutboxEntry) {
+	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, OnOutbox: func(rows []rtm.OutboxEntry) {
 		if m := answered.Load(); m != nil {
 			m.Answered(context.Background(), rows)
 		}
@@ -291,9 +291,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// 7. Background workers.
 	relay := publisher.New(publisher.Publisher{Outbox: st, Redis: co, Log: log, Observer: metrics,
 		Names: map[string]string{
-			store.StreamJobResults:          cfg.JobResultsStream,
-			store.StreamHealthEvents:        cfg.HealthEventsStream,
-			store.StreamNotificationIntents: cfg.NotificationIntentsStream,
+			rtm.StreamJobResults:          cfg.JobResultsStream,
+			rtm.StreamHealthEvents:        cfg.HealthEventsStream,
+			rtm.StreamNotificationIntents: cfg.NotificationIntentsStream,
 		}})
 	pub.Store(relay)
 	workers := []struct {
@@ -301,10 +301,10 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		run  func(context.Context) error
 	}{
 		{"controller", ctrl.Start},
-		{"startjobs", (&sources.JobConsumer{Kind: sources.StartJobs, Stream: cfg.StartJobsStream, Store: st, Redis: co,
+		{"startjobs", (&sources.JobConsumer{Kind: rtm.StartJobs, Stream: cfg.StartJobsStream, Store: st, Redis: co,
 			Enqueue: ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: settings, Log: log,
 			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics, Results: st, Marks: co}).Run},
-		{"stopjobs", (&sources.JobConsumer{Kind: sources.StopJobs, Stream: cfg.StopJobsStream, Store: st, Redis: co,
+		{"stopjobs", (&sources.JobConsumer{Kind: rtm.StopJobs, Stream: cfg.StopJobsStream, Store: st, Redis: co,
 			Enqueue: ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: settings, Log: log,
 			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics, Results: st, Marks: co}).Run},
 		{"dockerevents", (&sources.DockerEvents{Docker: dk, Lister: dk, Store: st, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run},
