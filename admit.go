@@ -138,3 +138,18 @@ func TargetOf(k OpKind) DesiredState {
 	}
 	return DesiredRunning
 }
+
+// Submission is what became of a submitted request.
+type Submission struct {
+	// Duplicate: the request was seen before (same channel and request id); nothing was done.
+	Duplicate bool
+	// Answer is set when the request was answered at once.
+	Answer *Answer
+	// Request is the request as stored (with its generation).
+	Request Request
+	// Record is the game's record after the request, nil when it has none.
+	Record *Record
+}
+
+// Admitter decides what a request does to a record; see Admit.
+type Admitter func(rec *Record, busy bool) Admission

@@ -160,3 +160,30 @@ type Change struct {
 	Ops    []Operation
 	Events []HealthEvent
 }
+
+// ListFilter selects records for List.
+type ListFilter struct {
+	Status Status // "" for all
+	After  string // list game ids greater than this (the paging cursor)
+	Limit  int
+}
+
+// RunningGame is what the prober and inspector need of a running game.
+type RunningGame struct {
+	GameID      string
+	ContainerID string
+	Endpoint    string
+	UpdatedAt   time.Time
+}
+
+// ProbeOutcome is one probe of a running engine, as a prober saw it.
+type ProbeOutcome struct {
+	GameID      string
+	ContainerID string // the container probed
+	OK          bool
+	// Grace marks a failure within the container's grace period after it was first seen: it
+	// is recorded as the latest probe but does not count.
+	Grace bool
+	Error string // why the probe failed; "" when OK
+	At    time.Time
+}

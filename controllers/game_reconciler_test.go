@@ -137,7 +137,7 @@ func (r *rig) reconciler(owner string) *controllers.GameReconciler {
 
 func (r *rig) game(name string) string { return r.prefix + "-" + name }
 
-func (r *rig) submit(req rtm.Request) store.Submission {
+func (r *rig) submit(req rtm.Request) rtm.Submission {
 	r.t.Helper()
 	req.ReceivedAt = time.Now().UTC()
 	if req.RequestID == "" {

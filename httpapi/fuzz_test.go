@@ -15,7 +15,6 @@ import (
 	"unicode/utf8"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/store"
 )
 
 // recordingStore is a Store double for the decoding fuzz tests: it serves one fixed record (or
@@ -46,7 +45,7 @@ func (s *recordingStore) Get(_ context.Context, gameID string) (*rtm.Record, err
 	return &r, nil
 }
 
-func (s *recordingStore) List(context.Context, store.ListFilter) ([]rtm.Record, error) {
+func (s *recordingStore) List(context.Context, rtm.ListFilter) ([]rtm.Record, error) {
 	s.called("List")
 	return nil, nil
 }
@@ -61,7 +60,7 @@ func (s *recordingStore) Health(context.Context, string) (*rtm.HealthSnapshot, e
 	return nil, rtm.ErrNotFound
 }
 
-func (s *recordingStore) Submit(ctx context.Context, req rtm.Request, admit store.Admitter) (store.Submission, error) {
+func (s *recordingStore) Submit(ctx context.Context, req rtm.Request, admit rtm.Admitter) (rtm.Submission, error) {
 	s.called("Submit")
 	s.mu.Lock()
 	s.submits = append(s.submits, req)
@@ -75,7 +74,7 @@ func (s *recordingStore) Submit(ctx context.Context, req rtm.Request, admit stor
 	if adm.Answer != nil {
 		ans = *adm.Answer
 	}
-	return store.Submission{Answer: &ans, Request: req, Record: rec}, nil
+	return rtm.Submission{Answer: &ans, Request: req, Record: rec}, nil
 }
 
 func (s *recordingStore) RequestAnswer(context.Context, rtm.Channel, string) (*rtm.Answer, error) {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/store"
 )
 
 // Paging bounds of the list routes.
@@ -49,7 +48,7 @@ type Health struct {
 
 func (a *api) listRuntimes(w http.ResponseWriter, r *http.Request, c *call) {
 	q := r.URL.Query()
-	var f store.ListFilter
+	var f rtm.ListFilter
 	if s := q.Get("status"); s != "" {
 		if !validStatus(rtm.Status(s)) {
 			WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, fmt.Sprintf("status %q is not one of %s", trunc(s), statusList()))

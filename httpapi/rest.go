@@ -23,7 +23,6 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/store"
 )
 
 // BasePath is where the internal REST API lives; every route of CONTRACT §6 is under it.
@@ -50,10 +49,10 @@ const DefaultWaitTimeout = 30 * time.Second
 // Store is what the REST API needs of the PostgreSQL store; *store.Store satisfies it.
 type Store interface {
 	Get(ctx context.Context, gameID string) (*rtm.Record, error)
-	List(ctx context.Context, f store.ListFilter) ([]rtm.Record, error)
+	List(ctx context.Context, f rtm.ListFilter) ([]rtm.Record, error)
 	Operations(ctx context.Context, gameID string, limit int) ([]rtm.Operation, error)
 	Health(ctx context.Context, gameID string) (*rtm.HealthSnapshot, error)
-	Submit(ctx context.Context, req rtm.Request, admit store.Admitter) (store.Submission, error)
+	Submit(ctx context.Context, req rtm.Request, admit rtm.Admitter) (rtm.Submission, error)
 	RequestAnswer(ctx context.Context, ch rtm.Channel, requestID string) (*rtm.Answer, error)
 }
 

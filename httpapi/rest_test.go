@@ -362,7 +362,7 @@ func TestAPI_routing_invalidGameID(t *testing.T) {
 	if r.status != http.StatusTemporaryRedirect && r.status != 400 && r.status != 404 {
 		t.Fatalf("literal traversal: %d %s", r.status, r.body)
 	}
-	recs, err := f.st.List(context.Background(), store.ListFilter{Limit: 10})
+	recs, err := f.st.List(context.Background(), rtm.ListFilter{Limit: 10})
 	if err != nil || len(recs) != 0 {
 		t.Fatalf("records after invalid ids: %v %v", recs, err)
 	}

@@ -12,7 +12,6 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/store"
 )
 
 // fuzzGameID is CONTRACT §3's game id.
@@ -28,11 +27,11 @@ type recordingJobStore struct {
 	answers  []rtm.Answer
 }
 
-func (s *recordingJobStore) Submit(_ context.Context, req rtm.Request, admit store.Admitter) (store.Submission, error) {
+func (s *recordingJobStore) Submit(_ context.Context, req rtm.Request, admit rtm.Admitter) (rtm.Submission, error) {
 	s.submits = append(s.submits, req)
 	adm := admit(nil, false)
 	s.admitted = append(s.admitted, adm)
-	return store.Submission{Request: req, Answer: adm.Answer}, nil
+	return rtm.Submission{Request: req, Answer: adm.Answer}, nil
 }
 
 // RequestAnswer is never asked: Submit reports no duplicates.

@@ -9,19 +9,18 @@ import (
 	"time"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/store"
 )
 
 // HealthStore is what the inspector reads and writes.
 type HealthStore interface {
-	RunningGames(ctx context.Context) ([]store.RunningGame, error)
+	RunningGames(ctx context.Context) ([]rtm.RunningGame, error)
 	RecordHealth(ctx context.Context, events []rtm.HealthEvent) error
 }
 
 // ProbeStore is what the prober reads and writes.
 type ProbeStore interface {
-	RunningGames(ctx context.Context) ([]store.RunningGame, error)
-	RecordProbeRound(ctx context.Context, threshold int, outcomes []store.ProbeOutcome) ([]rtm.HealthEvent, error)
+	RunningGames(ctx context.Context) ([]rtm.RunningGame, error)
+	RecordProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error)
 }
 
 // Inspector inspects one game's container.
@@ -136,12 +135,12 @@ func (p *Prober) round(ctx context.Context) error {
 		wg       sync.WaitGroup
 		sem      = make(chan struct{}, max(p.Concurrency, 1))
 		mu       sync.Mutex
-		outcomes []store.ProbeOutcome
+		outcomes []rtm.ProbeOutcome
 	)
 	for _, g := range games {
 		wg.Add(1)
 		sem <- struct{}{}
-		go func(g store.RunningGame) {
+		go func(g rtm.RunningGame) {
 			defer func() { <-sem; wg.Done() }()
 			if o, ok := p.probeOne(ctx, g); ok {
 				mu.Lock()
@@ -173,7 +172,7 @@ func (p *Prober) lifeMark(gameID string) (uint64, bool) {
 // probeOne probes one game's engine; ok is false when there is nothing to record (the
 // container is not the record's, the round was cancelled, or the container's life changed
 // during the probe).
-func (p *Prober) probeOne(ctx context.Context, g store.RunningGame) (store.ProbeOutcome, bool) {
+func (p *Prober) probeOne(ctx context.Context, g rtm.RunningGame) (rtm.ProbeOutcome, bool) {
 	mark, marked := p.lifeMark(g.GameID)
 	p.mu.Lock()
 	st := p.state[g.GameID]
@@ -189,7 +188,7 @@ func (p *Prober) probeOne(ctx context.Context, g store.RunningGame) (store.Probe
 	if c.ID != g.ContainerID {
 		ic, err := p.Docker.Inspect(ctx, g.GameID)
 		if err != nil || ic.ID != g.ContainerID {
-			return store.ProbeOutcome{}, false // the reconciler will catch up with this game
+			return rtm.ProbeOutcome{}, false // the reconciler will catch up with this game
 		}
 		c = ic
 		p.mu.Lock()
@@ -198,16 +197,16 @@ func (p *Prober) probeOne(ctx context.Context, g store.RunningGame) (store.Probe
 	}
 	err := p.Probe.Probe(ctx, c, g.Endpoint)
 	if ctx.Err() != nil {
-		return store.ProbeOutcome{}, false
+		return rtm.ProbeOutcome{}, false
 	}
 	if after, ok := p.lifeMark(g.GameID); marked && (!ok || after != mark) {
-		return store.ProbeOutcome{}, false // the container's life changed during the probe
+		return rtm.ProbeOutcome{}, false // the container's life changed during the probe
 	}
 	if p.Observer != nil {
 		p.Observer.ProbeResult(ctx, err == nil)
 	}
 	now := time.Now().UTC()
-	o := store.ProbeOutcome{GameID: g.GameID, ContainerID: g.ContainerID, OK: err == nil, At: now}
+	o := rtm.ProbeOutcome{GameID: g.GameID, ContainerID: g.ContainerID, OK: err == nil, At: now}
 	if err != nil {
 		o.Error = err.Error()
 		p.mu.Lock()
@@ -262,7 +261,7 @@ func (s *InspectSweep) sweep(ctx context.Context) error {
 		return err
 	}
 	type seen struct {
-		g   store.RunningGame
+		g   rtm.RunningGame
 		c   rtm.Container
 		err error
 	}
@@ -321,7 +320,7 @@ func (s *InspectSweep) sweep(ctx context.Context) error {
 // suspects returns the games whose container must be inspected: all of them without Lister;
 // with it, those whose container the list does not show as the record's, running and not
 // unhealthy. A game the list shows well is well: what it may have reported before is forgotten.
-func (s *InspectSweep) suspects(ctx context.Context, games []store.RunningGame) ([]store.RunningGame, error) {
+func (s *InspectSweep) suspects(ctx context.Context, games []rtm.RunningGame) ([]rtm.RunningGame, error) {
 	if s.Lister == nil {
 		return games, nil
 	}
@@ -333,7 +332,7 @@ func (s *InspectSweep) suspects(ctx context.Context, games []store.RunningGame) 
 	for _, c := range list {
 		listed[c.ID] = c
 	}
-	var out []store.RunningGame
+	var out []rtm.RunningGame
 	for _, g := range games {
 		c, ok := listed[g.ContainerID]
 		if ok && c.GameID == g.GameID && c.Running() && unhealthy(c) == "" {

@@ -146,7 +146,7 @@ type failingRounds struct {
 	fail  map[int]bool // call numbers (1-based) to fail
 }
 
-func (f *failingRounds) RecordProbeRound(ctx context.Context, threshold int, outcomes []store.ProbeOutcome) ([]rtm.HealthEvent, error) {
+func (f *failingRounds) RecordProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error) {
 	f.mu.Lock()
 	f.calls++
 	failed := f.fail[f.calls]

@@ -19,12 +19,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/store"
 )
 
 // JobStore records requests and their desired state.
 type JobStore interface {
-	Submit(ctx context.Context, req rtm.Request, admit store.Admitter) (store.Submission, error)
+	Submit(ctx context.Context, req rtm.Request, admit rtm.Admitter) (rtm.Submission, error)
 	AnswerInvalid(ctx context.Context, req rtm.Request, a rtm.Answer) (bool, error)
 	// RequestAnswer returns a recorded request's answer, nil while it is pending.
 	RequestAnswer(ctx context.Context, ch rtm.Channel, requestID string) (*rtm.Answer, error)

@@ -339,7 +339,7 @@ type countingStore struct {
 	submits []string
 }
 
-func (s *countingStore) Submit(ctx context.Context, req rtm.Request, admit store.Admitter) (store.Submission, error) {
+func (s *countingStore) Submit(ctx context.Context, req rtm.Request, admit rtm.Admitter) (rtm.Submission, error) {
 	s.mu.Lock()
 	s.submits = append(s.submits, req.RequestID)
 	s.mu.Unlock()

@@ -222,7 +222,7 @@ func TestStore_blackHoledCallsFailUnavailableWithinOperationTimeoutAndRecover(t 
 		}},
 		{"Fence", func(ctx context.Context) error { _, _, err := s.Fence(ctx, "g"); return err }},
 		{"Get", func(ctx context.Context) error { _, err := s.Get(ctx, "g"); return err }},
-		{"List", func(ctx context.Context) error { _, err := s.List(ctx, store.ListFilter{Limit: 10}); return err }},
+		{"List", func(ctx context.Context) error { _, err := s.List(ctx, rtm.ListFilter{Limit: 10}); return err }},
 		{"MarkSent", func(ctx context.Context) error { return s.MarkSent(ctx, []int64{1}) }},
 		{"Ping", s.Ping},
 	}

@@ -15,18 +15,6 @@ import (
 // game_id ascending, by the database's ordering (queueLockSnapshots, queueLastTransitions), so
 // that the prober, the inspector and the reconciler never deadlock on them.
 
-// ProbeOutcome is one probe of a running engine, as a prober saw it.
-type ProbeOutcome struct {
-	GameID      string
-	ContainerID string // the container probed
-	OK          bool
-	// Grace marks a failure within the container's grace period after it was first seen: it
-	// is recorded as the latest probe but does not count.
-	Grace bool
-	Error string // why the probe failed; "" when OK
-	At    time.Time
-}
-
 // RecordProbeRound records one probe round and publishes the transitions it makes, in one
 // transaction: it locks the snapshots of the outcomes' games (game_id ascending, creating
 // missing ones), drops the outcomes whose container is no longer the running container of its
@@ -39,11 +27,11 @@ type ProbeOutcome struct {
 // A failed transaction changes nothing: the next round decides the same transition again. Two
 // processes probing the same game share its state (the locked row): both count its failures,
 // and only one publishes each transition.
-func (s *Store) RecordProbeRound(ctx context.Context, threshold int, outcomes []ProbeOutcome) ([]rtm.HealthEvent, error) {
+func (s *Store) RecordProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error) {
 	if len(outcomes) == 0 {
 		return nil, nil
 	}
-	byGame := make(map[string]ProbeOutcome, len(outcomes))
+	byGame := make(map[string]rtm.ProbeOutcome, len(outcomes))
 	for _, o := range outcomes {
 		byGame[o.GameID] = o // one outcome per game; a caller sends no more
 	}
@@ -122,7 +110,7 @@ type probeState struct {
 // probeStep is what outcome o makes of state st: the next state, and the transition to
 // publish, if any. Failures count per container (a new container starts from zero), but a
 // reported probe_failed stays reported until a success, whichever container gives it.
-func probeStep(st probeState, o ProbeOutcome, threshold int) (probeState, *rtm.HealthEvent) {
+func probeStep(st probeState, o rtm.ProbeOutcome, threshold int) (probeState, *rtm.HealthEvent) {
 	if st.container != o.ContainerID {
 		st.container, st.failures = o.ContainerID, 0
 	}

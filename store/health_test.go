@@ -66,8 +66,8 @@ func (h healthDB) events(t *testing.T) []string {
 	return out
 }
 
-func probed(id string, ok bool) store.ProbeOutcome {
-	o := store.ProbeOutcome{GameID: id, ContainerID: "c-" + id, OK: ok, At: time.Now().UTC()}
+func probed(id string, ok bool) rtm.ProbeOutcome {
+	o := rtm.ProbeOutcome{GameID: id, ContainerID: "c-" + id, OK: ok, At: time.Now().UTC()}
 	if !ok {
 		o.Error = "connection refused"
 	}
@@ -104,7 +104,7 @@ func TestStore_RecordProbeRound_transitions(t *testing.T) {
 				case "ok", "fail", "grace":
 					o := probed("g", r == "ok")
 					o.Grace = r == "grace"
-					_, err = h.s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{o})
+					_, err = h.s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{o})
 				default:
 					err = h.s.RecordHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.HealthEventType(r), ContainerID: "c-g"}})
 				}
@@ -139,15 +139,15 @@ func TestStore_RecordProbeRound_failedCommitDecidesAgain(t *testing.T) {
 	h := openHealth(t)
 	h.running(t, "g")
 	ctx := context.Background()
-	if _, err := h.s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{probed("g", false)}); err != nil {
+	if _, err := h.s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err != nil {
 		t.Fatal(err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel() // the round that reaches the threshold cannot commit
-	if _, err := h.s.RecordProbeRound(cctx, 2, []store.ProbeOutcome{probed("g", false)}); err == nil {
+	if _, err := h.s.RecordProbeRound(cctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err == nil {
 		t.Fatal("a round with a cancelled context committed")
 	}
-	evs, err := h.s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{probed("g", false)})
+	evs, err := h.s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestStore_RecordProbeRound_staleContainerIsDropped(t *testing.T) {
 	stale := probed("g", false)
 	stale.ContainerID = "c-old"
 	for range 3 {
-		if _, err := h.s.RecordProbeRound(ctx, 1, []store.ProbeOutcome{stale}); err != nil {
+		if _, err := h.s.RecordProbeRound(ctx, 1, []rtm.ProbeOutcome{stale}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -198,7 +198,7 @@ func TestStore_RecordProbeRound_concurrentWritersNeitherDeadlockNorRepeat(t *tes
 			defer wg.Done()
 			rnd := rand.New(rand.NewPCG(uint64(w), 1))
 			for r := range rounds {
-				outs := make([]store.ProbeOutcome, len(ids))
+				outs := make([]rtm.ProbeOutcome, len(ids))
 				for i, id := range ids {
 					outs[i] = probed(id, r%10 >= 5) // five failures, five successes, again
 				}
@@ -263,7 +263,7 @@ func TestStore_Commit_containerStartedIsNumberedAfterTheRoundItWaitedFor(t *test
 	}
 	h, round := healthDB{s: s, conn: conns[0]}, conns[1]
 	h.running(t, "g")
-	if _, err := s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{probed("g", false)}); err != nil {
+	if _, err := s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -313,7 +313,7 @@ func TestStore_Commit_containerStartedIsNumberedAfterTheRoundItWaitedFor(t *test
 	// The new engine answers: nothing is reported for it, and the stream agrees.
 	ok := probed("g", true)
 	ok.ContainerID = "c-new"
-	if _, err := s.RecordProbeRound(ctx, 2, []store.ProbeOutcome{ok}); err != nil {
+	if _, err := s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{ok}); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := strings.Join(h.events(t), " "), "g:probe_failed g:container_started"; got != want {

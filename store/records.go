@@ -40,15 +40,8 @@ func (s *Store) Get(ctx context.Context, gameID string) (*rtm.Record, error) {
 	return r, nil
 }
 
-// ListFilter selects records for List.
-type ListFilter struct {
-	Status rtm.Status // "" for all
-	After  string     // list game ids greater than this (the paging cursor)
-	Limit  int
-}
-
 // List returns records ordered by game id, at most f.Limit of them.
-func (s *Store) List(ctx context.Context, f ListFilter) ([]rtm.Record, error) {
+func (s *Store) List(ctx context.Context, f rtm.ListFilter) ([]rtm.Record, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+recordColumns+` FROM runtime_records
 		WHERE ($1 = '' OR status = $1) AND game_id > $2 ORDER BY game_id LIMIT $3`, string(f.Status), f.After, f.Limit)
 	if err != nil {
@@ -81,23 +74,15 @@ func (s *Store) ActiveGameIDs(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// RunningGame is what the prober and inspector need of a running game.
-type RunningGame struct {
-	GameID      string
-	ContainerID string
-	Endpoint    string
-	UpdatedAt   time.Time
-}
-
 // RunningGames returns every game whose record is running.
-func (s *Store) RunningGames(ctx context.Context) ([]RunningGame, error) {
+func (s *Store) RunningGames(ctx context.Context) ([]rtm.RunningGame, error) {
 	rows, err := s.pool.Query(ctx, `SELECT game_id, current_container_id, engine_endpoint, updated_at
 		FROM runtime_records WHERE status = 'running' ORDER BY game_id`)
 	if err != nil {
 		return nil, fmt.Errorf("listing running games: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (RunningGame, error) {
-		var g RunningGame
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rtm.RunningGame, error) {
+		var g rtm.RunningGame
 		err := r.Scan(&g.GameID, &g.ContainerID, &g.Endpoint, &g.UpdatedAt)
 		return g, err
 	})

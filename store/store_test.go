@@ -92,7 +92,7 @@ func settings() rtm.Settings {
 	return rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}
 }
 
-func submit(t *testing.T, s *store.Store, req rtm.Request) store.Submission {
+func submit(t *testing.T, s *store.Store, req rtm.Request) rtm.Submission {
 	t.Helper()
 	if req.ReceivedAt.IsZero() {
 		req.ReceivedAt = time.Now().UTC()

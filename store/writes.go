@@ -12,31 +12,16 @@ import (
 	rtm "github.com/galaxy-platform/rtmanager"
 )
 
-// Submission is what became of a submitted request.
-type Submission struct {
-	// Duplicate: the request was seen before (same channel and request id); nothing was done.
-	Duplicate bool
-	// Answer is set when the request was answered at once.
-	Answer *rtm.Answer
-	// Request is the request as stored (with its generation).
-	Request rtm.Request
-	// Record is the game's record after the request, nil when it has none.
-	Record *rtm.Record
-}
-
-// Admitter decides what a request does to a record; see rtm.Admit.
-type Admitter func(rec *rtm.Record, busy bool) rtm.Admission
-
 // Submit records req and its effect on the game's desired state in one transaction. A request
 // already recorded on the same channel is a duplicate and changes nothing. req's game id must be
 // valid; AnswerInvalid takes the others.
 //
 // The transaction costs two round trips: the request's insert with the reads admission needs
 // (the record, locked, and whether other work is pending), then the writes admission asks for.
-func (s *Store) Submit(ctx context.Context, req rtm.Request, admit Admitter) (Submission, error) {
-	var sub Submission
+func (s *Store) Submit(ctx context.Context, req rtm.Request, admit rtm.Admitter) (rtm.Submission, error) {
+	var sub rtm.Submission
 	err := s.inPipe(ctx, func(p *pipe) error {
-		sub = Submission{}
+		sub = rtm.Submission{}
 		var inserted, busy bool
 		var rec *rtm.Record
 		p.execTag("recording request "+req.RequestID, func(t pgconn.CommandTag) { inserted = t.RowsAffected() > 0 },
@@ -74,7 +59,7 @@ func (s *Store) Submit(ctx context.Context, req rtm.Request, admit Admitter) (Su
 		return nil
 	})
 	if err != nil {
-		return Submission{}, err
+		return rtm.Submission{}, err
 	}
 	return sub, nil
 }

@@ -36,7 +36,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/config"
 	"github.com/galaxy-platform/rtmanager/controllers"
 	"github.com/galaxy-platform/rtmanager/httpapi"
 	"github.com/galaxy-platform/rtmanager/runtime"
@@ -110,7 +109,7 @@ func buildAndScrape() (families, error) {
 
 	// RTM's own instruments and gauges (cmd/manager: telemetry.NewMetrics).
 	m, err := telemetry.NewMetrics(meter, fakeCounts{}, fakeOffsets{},
-		config.Config{StartJobsStream: "runtime:start_jobs", StopJobsStream: "runtime:stop_jobs"})
+		map[rtm.JobKind]string{rtm.StartJobs: "runtime:start_jobs", rtm.StopJobs: "runtime:stop_jobs"})
 	if err != nil {
 		return nil, fmt.Errorf("telemetry.NewMetrics: %w", err)
 	}

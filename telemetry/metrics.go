@@ -10,7 +10,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/config"
 )
 
 // Counts is what the gauges read at each scrape.
@@ -41,8 +40,9 @@ type Metrics struct {
 	answered     metric.Int64Counter
 }
 
-// NewMetrics creates the instruments and registers the gauges' callbacks.
-func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, cfg config.Config) (*Metrics, error) {
+// NewMetrics creates the instruments and registers the gauges' callbacks; jobStreams names the
+// Redis stream of each job kind, for the stream lag gauge.
+func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, jobStreams map[rtm.JobKind]string) (*Metrics, error) {
 	var errs []error
 	c := func(name, desc string) metric.Int64Counter {
 		ctr, err := m.Int64Counter(name, metric.WithDescription(desc))
@@ -71,7 +71,10 @@ func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, cfg config.Confi
 		return nil, fmt.Errorf("creating instruments: %w", err)
 	}
 	x.zero()
-	consumers := map[string]string{string(rtm.StartJobs): cfg.StartJobsStream, string(rtm.StopJobs): cfg.StopJobsStream}
+	consumers := map[string]string{}
+	for k, stream := range jobStreams {
+		consumers[string(k)] = stream
+	}
 	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		r := readGauges(ctx, counts, offsets, consumers)
 		if r.byStatus != nil {

@@ -11,7 +11,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/config"
 	"github.com/galaxy-platform/rtmanager/telemetry"
 )
 
@@ -62,7 +61,7 @@ func collect(t *testing.T, counts telemetry.Counts, offsets telemetry.Offsets, r
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
 	m, err := telemetry.NewMetrics(mp.Meter("rtmanager"), counts, offsets,
-		config.Config{StartJobsStream: "runtime:start_jobs", StopJobsStream: "runtime:stop_jobs"})
+		map[rtm.JobKind]string{rtm.StartJobs: "runtime:start_jobs", rtm.StopJobs: "runtime:stop_jobs"})
 	if err != nil {
 		t.Error(err)
 		return collected{}

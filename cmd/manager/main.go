@@ -189,7 +189,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return step("telemetry", err)
 	}
 	stop.onClose(func(ctx context.Context) { _ = tel.Shutdown(ctx) })
-	metrics, err := telemetry.NewMetrics(tel.Meter("rtmanager"), st, co, cfg)
+	metrics, err := telemetry.NewMetrics(tel.Meter("rtmanager"), st, co,
+		map[rtm.JobKind]string{rtm.StartJobs: cfg.StartJobsStream, rtm.StopJobs: cfg.StopJobsStream})
 	if err != nil {
 		return step("telemetry", err)
 	}

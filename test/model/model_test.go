@@ -987,7 +987,7 @@ func (s scopedStore) ActiveGameIDs(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-func (s scopedStore) RunningGames(ctx context.Context) ([]store.RunningGame, error) {
+func (s scopedStore) RunningGames(ctx context.Context) ([]rtm.RunningGame, error) {
 	gs, err := s.Store.RunningGames(ctx)
 	if err != nil {
 		return nil, err

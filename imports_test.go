@@ -1,0 +1,63 @@
+package rtmanager_test
+
+import (
+	"bufio"
+	"bytes"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/galaxy-platform/rtmanager"
+
+// allowedImports says which of the module's packages a package's non-test code may import: the
+// edges point inward, to the root's domain types and rules. Only cmd/manager wires adapters and
+// reads config; the store alone reaches the migrations. Tests, test harnesses and hack/ are free.
+func allowedImports(pkg string) (allowed []string, free bool) {
+	switch {
+	case pkg == module:
+		return nil, false
+	case pkg == module+"/cmd/manager", strings.HasPrefix(pkg, module+"/test/"), strings.HasPrefix(pkg, module+"/hack/"):
+		return nil, true
+	case pkg == module+"/store":
+		return []string{module, module + "/migrations"}, false
+	default: // controllers, httpapi, publisher, telemetry, sources, coord, runtime, probe, config, migrations, cmd/rtmctl
+		return []string{module}, false
+	}
+}
+
+// TestImports_pointInward fails when a package gains an import of the module that its place in
+// the layout forbids (docs/architecture.md, "Layout").
+func TestImports_pointInward(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go command")
+	}
+	cmd := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "./...")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v: %s", err, stderr.String())
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	n := 0
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		pkg, imports := fields[0], fields[1:]
+		n++
+		allowed, free := allowedImports(pkg)
+		if free {
+			continue
+		}
+		for _, imp := range imports {
+			if (imp == module || strings.HasPrefix(imp, module+"/")) && !slices.Contains(allowed, imp) {
+				t.Errorf("%s imports %s; it may import only %v of the module", strings.TrimPrefix(pkg, module+"/"), imp, allowed)
+			}
+		}
+	}
+	if n < 10 {
+		t.Fatalf("go list found %d packages; expected the whole module", n)
+	}
+}
