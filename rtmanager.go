@@ -5,6 +5,7 @@
 package rtmanager
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -193,6 +194,12 @@ func ContainerName(gameID string) string { return "galaxy-game-" + gameID }
 // EngineEndpoint returns the stable engine URL of a game on the game network.
 func EngineEndpoint(gameID string, port int) string {
 	return fmt.Sprintf("http://%s:%d", ContainerName(gameID), port)
+}
+
+// EngineProber checks a running engine's /healthz: nil when it answers 2xx in time. The
+// reconciler verifies a start or a patch with it; the prober probes every running engine.
+type EngineProber interface {
+	Probe(ctx context.Context, c Container, endpoint string) error
 }
 
 // ContainerState is Docker's state of a container, as RTM sees it.

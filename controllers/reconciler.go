@@ -76,11 +76,6 @@ type StateDirs interface {
 	Ensure(gameID string) (string, error)
 }
 
-// EngineProber checks a running engine's /healthz.
-type EngineProber interface {
-	Probe(ctx context.Context, c rtm.Container, endpoint string) error
-}
-
 // Options are the reconciler's settings.
 type Options struct {
 	Network            string
@@ -119,7 +114,7 @@ type GameReconciler struct {
 	runtime ContainerRuntime
 	leases  Leaser
 	dirs    StateDirs
-	prober  EngineProber
+	prober  rtm.EngineProber
 	opts    Options
 	log     *slog.Logger
 	tracer  trace.Tracer
@@ -128,7 +123,7 @@ type GameReconciler struct {
 }
 
 // New returns a reconciler. tracer and meter may be nil.
-func New(store DesiredStore, rt ContainerRuntime, leases Leaser, dirs StateDirs, prober EngineProber, opts Options,
+func New(store DesiredStore, rt ContainerRuntime, leases Leaser, dirs StateDirs, prober rtm.EngineProber, opts Options,
 	log *slog.Logger, tracer trace.Tracer, meter metric.Meter) (*GameReconciler, error) {
 	if tracer == nil {
 		tracer = tracenoop.NewTracerProvider().Tracer("")

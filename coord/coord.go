@@ -36,6 +36,7 @@ type Coord struct {
 	ttl         time.Duration
 	instanceTTL time.Duration
 	now         func() time.Time
+	observer    LeaseObserver // may be nil
 
 	mu sync.Mutex
 	// beat is when the last SET of this process's instance key that got through was sent: the
@@ -57,6 +58,15 @@ type Option func(*Coord)
 // WithInstanceTTL sets how long the instance key outlives its last heartbeat (default
 // InstanceTTL). Tests shorten it; production keeps the default.
 func WithInstanceTTL(d time.Duration) Option { return func(c *Coord) { c.instanceTTL = d } }
+
+// LeaseObserver is told the result of every lease attempt: "acquired", "contended" (another
+// process holds it) or "error".
+type LeaseObserver interface {
+	LeaseAttempt(ctx context.Context, result string)
+}
+
+// WithLeaseObserver has every Acquire report its result to o.
+func WithLeaseObserver(o LeaseObserver) Option { return func(c *Coord) { c.observer = o } }
 
 // WithClock replaces time.Now as the lease's clock, so that tests can jump it.
 func WithClock(now func() time.Time) Option { return func(c *Coord) { c.now = now } }

@@ -207,8 +207,24 @@ func (c *leaseContext) Done() <-chan struct{} {
 // last renewal, 3/4 InstanceTTL after the last heartbeat, whichever comes first). Its Err checks
 // the deadline synchronously against the monotonic and the wall clock, so a caller must call
 // lctx.Err() right before each action that must not happen without the lease (a mutating Docker
-// call, a commit) and give up when it is not nil.
+// call, a commit) and give up when it is not nil. Each attempt's result goes to the
+// LeaseObserver, if any.
 func (c *Coord) Acquire(ctx context.Context, gameID string) (context.Context, func(), error) {
+	lctx, release, err := c.acquire(ctx, gameID)
+	if c.observer != nil {
+		r := "acquired"
+		switch {
+		case errors.Is(err, rtm.ErrConflict):
+			r = "contended"
+		case err != nil:
+			r = "error"
+		}
+		c.observer.LeaseAttempt(ctx, r)
+	}
+	return lctx, release, err
+}
+
+func (c *Coord) acquire(ctx context.Context, gameID string) (context.Context, func(), error) {
 	c.mu.Lock()
 	switch {
 	case c.deregistered:

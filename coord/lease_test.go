@@ -3,6 +3,8 @@ package coord_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -273,5 +275,52 @@ func TestCoord_Publish_sameIDInAnotherEpochIsPublished(t *testing.T) {
 	}
 	if n := rdb.XLen(ctx, "out").Val(); n != 2 {
 		t.Fatalf("stream holds %d entries, want 2", n)
+	}
+}
+
+// attempts records the lease observer's reports.
+type attempts struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (a *attempts) LeaseAttempt(_ context.Context, result string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.got = append(a.got, result)
+}
+
+// The coordination counts its own lease outcomes: acquired, contended (held elsewhere), error
+// (Redis refused).
+func TestCoord_Acquire_reportsEachAttemptToItsObserver(t *testing.T) {
+	rdb := client(t)
+	ctx := context.Background()
+	obs := &attempts{}
+	a := coord.New(rdb, "a", 30*time.Second, coord.WithLeaseObserver(obs))
+	b := coord.New(rdb, "b", 30*time.Second)
+	heartbeat(t, a)
+	heartbeat(t, b)
+	_, release, err := b.Acquire(ctx, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Acquire(ctx, "g1"); !errors.Is(err, rtm.ErrConflict) {
+		t.Fatalf("Acquire of a lease b holds: %v, want ErrConflict", err)
+	}
+	release()
+	_, release, err = a.Acquire(ctx, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, _, err := a.Acquire(cancelled, "g2"); err == nil {
+		t.Fatal("Acquire under a cancelled context succeeded")
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if want := []string{"contended", "acquired", "error"}; !slices.Equal(obs.got, want) {
+		t.Errorf("observer told %v, want %v", obs.got, want)
 	}
 }

@@ -28,11 +28,6 @@ type Inspector interface {
 	Inspect(ctx context.Context, gameID string) (rtm.Container, error)
 }
 
-// EngineProber checks one engine's /healthz.
-type EngineProber interface {
-	Probe(ctx context.Context, c rtm.Container, endpoint string) error
-}
-
 // ProbeObserver is told each probe's result, for telemetry.
 type ProbeObserver interface {
 	ProbeResult(ctx context.Context, ok bool)
@@ -66,7 +61,7 @@ type Prober struct {
 	Concurrency int
 	Store       ProbeStore
 	Docker      Inspector
-	Probe       EngineProber
+	Probe       rtm.EngineProber
 	Marks       LifeMarks // may be nil
 	Observer    ProbeObserver
 	Log         *slog.Logger

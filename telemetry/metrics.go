@@ -24,11 +24,6 @@ type Offsets interface {
 	Lag(ctx context.Context, stream, after string) (int64, error)
 }
 
-// Leaser is the per-game lease, as the reconciler uses it.
-type Leaser interface {
-	Acquire(ctx context.Context, gameID string) (context.Context, func(), error)
-}
-
 // Metrics holds RTM's own instruments (the Docker adapter and the reconciler create theirs).
 type Metrics struct {
 	jobResults   metric.Int64Counter
@@ -40,9 +35,10 @@ type Metrics struct {
 	answered     metric.Int64Counter
 }
 
-// NewMetrics creates the instruments and registers the gauges' callbacks; jobStreams names the
-// Redis stream of each job kind, for the stream lag gauge.
-func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, jobStreams map[rtm.JobKind]string) (*Metrics, error) {
+// NewMetrics creates RTM's counters. It needs nothing else, so the store and the coordination
+// can report to it from their construction; the gauges, which read them, come with
+// ObserveGauges once they exist.
+func NewMetrics(m metric.Meter) (*Metrics, error) {
 	var errs []error
 	c := func(name, desc string) metric.Int64Counter {
 		ctr, err := m.Int64Counter(name, metric.WithDescription(desc))
@@ -58,6 +54,18 @@ func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, jobStreams map[r
 		jobs:         c("rtmanager.jobs_handled", "Jobs answered at once by the consumers, by consumer and outcome."),
 		answered:     c("rtmanager.jobs_answered", "Jobs answered, at once or by the reconciler, by consumer and outcome."),
 	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("creating instruments: %w", err)
+	}
+	x.zero()
+	return x, nil
+}
+
+// ObserveGauges registers the gauges read at each scrape: records by status and the outbox
+// backlog from counts, each job stream's lag from offsets (jobStreams names the Redis stream of
+// each job kind).
+func (x *Metrics) ObserveGauges(m metric.Meter, counts Counts, offsets Offsets, jobStreams map[rtm.JobKind]string) error {
+	var errs []error
 	byStatus, err := m.Int64ObservableGauge("rtmanager.runtime_records_by_status",
 		metric.WithDescription("Runtime records by status; every status is reported, also at zero."))
 	errs = append(errs, err)
@@ -68,9 +76,8 @@ func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, jobStreams map[r
 		metric.WithDescription("Entries of a job stream after the consumer's persisted offset."))
 	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("creating instruments: %w", err)
+		return fmt.Errorf("creating gauges: %w", err)
 	}
-	x.zero()
 	consumers := map[string]string{}
 	for k, stream := range jobStreams {
 		consumers[string(k)] = stream
@@ -91,9 +98,9 @@ func NewMetrics(m metric.Meter, counts Counts, offsets Offsets, jobStreams map[r
 		return nil
 	}, byStatus, backlog, lag)
 	if err != nil {
-		return nil, fmt.Errorf("registering gauges: %w", err)
+		return fmt.Errorf("registering gauges: %w", err)
 	}
-	return x, nil
+	return nil
 }
 
 // GaugeReadTimeout bounds the PostgreSQL and Redis reads behind the gauges at each scrape, well
@@ -244,23 +251,7 @@ func (x *Metrics) ProbeResult(ctx context.Context, ok bool) {
 	x.probes.Add(ctx, 1, metric.WithAttributes(attribute.String("result", r)))
 }
 
-// Leaser wraps l so that every attempt is counted by result.
-func (x *Metrics) Leaser(l Leaser) Leaser { return countingLeaser{l: l, c: x.leases} }
-
-type countingLeaser struct {
-	l Leaser
-	c metric.Int64Counter
-}
-
-func (c countingLeaser) Acquire(ctx context.Context, gameID string) (context.Context, func(), error) {
-	lctx, release, err := c.l.Acquire(ctx, gameID)
-	r := "acquired"
-	switch {
-	case errors.Is(err, rtm.ErrConflict):
-		r = "contended"
-	case err != nil:
-		r = "error"
-	}
-	c.c.Add(ctx, 1, metric.WithAttributes(attribute.String("result", r)))
-	return lctx, release, err
+// LeaseAttempt counts a per-game lease attempt by result (acquired, contended, error).
+func (x *Metrics) LeaseAttempt(ctx context.Context, result string) {
+	x.leases.Add(ctx, 1, metric.WithAttributes(attribute.String("result", result)))
 }

@@ -60,8 +60,11 @@ func collect(t *testing.T, counts telemetry.Counts, offsets telemetry.Offsets, r
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	m, err := telemetry.NewMetrics(mp.Meter("rtmanager"), counts, offsets,
-		map[rtm.JobKind]string{rtm.StartJobs: "runtime:start_jobs", rtm.StopJobs: "runtime:stop_jobs"})
+	m, err := telemetry.NewMetrics(mp.Meter("rtmanager"))
+	if err == nil {
+		err = m.ObserveGauges(mp.Meter("rtmanager"), counts, offsets,
+			map[rtm.JobKind]string{rtm.StartJobs: "runtime:start_jobs", rtm.StopJobs: "runtime:stop_jobs"})
+	}
 	if err != nil {
 		t.Error(err)
 		return collected{}

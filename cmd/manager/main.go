@@ -137,6 +137,19 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	stop := newShutdown(cfg.ShutdownTimeout)
 	defer stop.close(log)
 
+	// 4 comes first in construction only: the store, the coordination and the Docker adapter
+	// report their counts, spans and latencies through it; the exporter is reported started in
+	// its place in the sequence.
+	tel, err := telemetry.Setup(ctx, cfg.TelemetryExporter, version)
+	if err != nil {
+		return step("telemetry", err)
+	}
+	stop.onClose(func(ctx context.Context) { _ = tel.Shutdown(ctx) })
+	metrics, err := telemetry.NewMetrics(tel.Meter("rtmanager"))
+	if err != nil {
+		return step("telemetry", err)
+	}
+
 	// 1. PostgreSQL and migrations. Every connection and call has a deadline, so a black-holed
 	// database fails these steps within about the connect timeout.
 	timeouts := store.Timeouts{Connect: cfg.PostgresConnectTimeout, Operation: cfg.PostgresOperationTimeout,
@@ -148,11 +161,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// Rows committed before the publisher exists (the boot pass) wait in the outbox for its
 	// first poll.
 	var pub atomic.Pointer[publisher.Publisher]
-	var answered atomic.Pointer[telemetry.Metrics] // counts the jobs answered once metrics exist
 	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, OnOutbox: func(rows []rtm.OutboxEntry) {
-		if m := answered.Load(); m != nil {
-			m.Answered(context.Background(), rows)
-		}
+		metrics.Answered(context.Background(), rows)
 		if p := pub.Load(); p != nil {
 			p.Offer(rows)
 		}
@@ -171,7 +181,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32,
 		ContextTimeoutEnabled: true})
 	stop.onClose(func(context.Context) { _ = rdb.Close() })
-	co := coord.New(rdb, ownerID(), cfg.GameLeaseTTL, coord.WithStreamMaxLen(cfg.StreamRetention))
+	co := coord.New(rdb, ownerID(), cfg.GameLeaseTTL, coord.WithStreamMaxLen(cfg.StreamRetention),
+		coord.WithLeaseObserver(metrics))
 	if err := co.Ping(ctx); err != nil {
 		return step("redis ping", err)
 	}
@@ -182,19 +193,10 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return step("redis", err)
 	}
 
-	// 4 comes before 3 in construction only: the Docker adapter records its spans and latencies
-	// through the providers; the exporter is reported started in its place in the sequence.
-	tel, err := telemetry.Setup(ctx, cfg.TelemetryExporter, version)
-	if err != nil {
+	if err := metrics.ObserveGauges(tel.Meter("rtmanager"), st, co,
+		map[rtm.JobKind]string{rtm.StartJobs: cfg.StartJobsStream, rtm.StopJobs: cfg.StopJobsStream}); err != nil {
 		return step("telemetry", err)
 	}
-	stop.onClose(func(ctx context.Context) { _ = tel.Shutdown(ctx) })
-	metrics, err := telemetry.NewMetrics(tel.Meter("rtmanager"), st, co,
-		map[rtm.JobKind]string{rtm.StartJobs: cfg.StartJobsStream, rtm.StopJobs: cfg.StopJobsStream})
-	if err != nil {
-		return step("telemetry", err)
-	}
-	answered.Store(metrics)
 
 	// 3. Docker and its network.
 	dk, err := runtime.New(runtime.Options{Host: cfg.DockerHost, Network: cfg.DockerNetwork, Logger: log,
@@ -235,9 +237,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	prober := probe.New(cfg.EnginePort, cfg.ProbeTarget == config.ProbeTargetContainerIP, cfg.ProbeTimeout)
 	dirs := runtime.StateDirs{Root: cfg.GameStateRoot, Mode: os.FileMode(cfg.GameStateDirMode),
 		UID: cfg.GameStateOwnerUID, GID: cfg.GameStateOwnerGID}
-	leases := metrics.Leaser(co)
 	cache := runtime.NewCache()
-	rec, err := controllers.New(st, dk, leases, dirs, prober, controllers.Options{
+	rec, err := controllers.New(st, dk, co, dirs, prober, controllers.Options{
 		Network: cfg.DockerNetwork, EnginePort: cfg.EnginePort, StateMount: cfg.EngineStateMount,
 		StopTimeout: cfg.EngineStopTimeout, MemoryBytes: cfg.EngineMemoryBytes, NanoCPUs: cfg.EngineNanoCPUs,
 		PidsLimit: cfg.EnginePidsLimit, User: cfg.EngineUser, ReadOnlyRoot: cfg.EngineReadOnlyRoot,

@@ -5,7 +5,7 @@
 //
 // One World is shared by every RTM "process" of a test; each process talks to it through its own
 // *Fake (World.As), which tags the calls it makes. A *Fake implements controllers.ContainerRuntime
-// and controllers.EngineProber, and the List and Events the Docker-events source and the
+// and rtm.EngineProber, and the List and Events the Docker-events source and the
 // periodic pass need, so it stands in for the Docker adapter wherever that is wired.
 //
 // The semantics follow the Docker adapter (package runtime), not the daemon alone: container names

@@ -16,11 +16,10 @@ import (
 // The fake stands in for the Docker adapter wherever that is wired.
 var (
 	_ controllers.ContainerRuntime = (*runtimetest.Fake)(nil)
-	_ controllers.EngineProber     = (*runtimetest.Fake)(nil)
+	_ rtm.EngineProber             = (*runtimetest.Fake)(nil)
 	_ sources.EventStream          = (*runtimetest.Fake)(nil)
 	_ sources.Lister               = (*runtimetest.Fake)(nil)
 	_ sources.Inspector            = (*runtimetest.Fake)(nil)
-	_ sources.EngineProber         = (*runtimetest.Fake)(nil)
 )
 
 const img = "galaxy/game:1.4.1"
