@@ -18,10 +18,14 @@ import (
 // MaxBodyBytes bounds a request body; a larger one is 400 invalid_request (CONTRACT §6).
 const MaxBodyBytes = 1 << 20
 
-// Polling of a pending mutation's answer: the first look after pollMin, then doubling to pollMax.
+// Reading a pending mutation's answer: the first look after pollMin, then doubling to pollMax
+// without Answers, to answerPoll with it (the commit wakes the call; the poll only finds answers
+// other RTM processes committed).
 const (
 	pollMin = 25 * time.Millisecond
 	pollMax = 200 * time.Millisecond
+	// answerPoll is the slowest read of a pending answer when commits wake the call.
+	answerPoll = time.Second
 )
 
 // StatusFor returns the HTTP status the API answers an error code with (CONTRACT §6). The start
@@ -163,12 +167,23 @@ func (a *api) answer(w http.ResponseWriter, r *http.Request, c *call, ans rtm.An
 	WriteJSON(w, http.StatusOK, rec)
 }
 
-// awaitAnswer polls the request's answer until it comes, ctx ends or the wait timeout passes;
-// it returns nil and the last store error (if any) when no answer came. A failed poll is retried:
-// the request is recorded and will be answered whether or not this caller sees it.
+// awaitAnswer waits for the request's answer until it comes, ctx ends or the wait timeout
+// passes; it returns nil and the last store error (if any) when no answer came. It reads the
+// answer when the store reports the commit that answered it (Answers) and, for an answer
+// committed by another RTM process or when no Answers is wired, every answerPoll (from pollMin,
+// doubling). A failed read is retried: the request is recorded and will be answered whether or
+// not this caller sees it.
 func (a *api) awaitAnswer(ctx context.Context, requestID string) (*rtm.Answer, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.wait)
 	defer cancel()
+	var woken <-chan struct{}
+	poll := pollMax
+	if a.answers != nil {
+		var done func()
+		woken, done = a.answers.wait(requestID) // before the first read: no commit is missed
+		defer done()
+		poll = answerPoll
+	}
 	delay := pollMin
 	t := time.NewTimer(delay)
 	defer t.Stop()
@@ -178,6 +193,8 @@ func (a *api) awaitAnswer(ctx context.Context, requestID string) (*rtm.Answer, e
 		case <-ctx.Done():
 			return nil, lastErr
 		case <-t.C:
+			delay = min(2*delay, poll)
+		case <-woken:
 		}
 		ans, err := a.store.RequestAnswer(ctx, rtm.ChannelREST, requestID)
 		switch {
@@ -188,7 +205,12 @@ func (a *api) awaitAnswer(ctx context.Context, requestID string) (*rtm.Answer, e
 		case err == nil:
 			lastErr = nil
 		}
-		delay = min(2*delay, pollMax)
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
 		t.Reset(delay)
 	}
 }

@@ -70,6 +70,9 @@ type APIOptions struct {
 	Allowed []string
 	// Token, when set, must come as "Authorization: Bearer <token>" on every request.
 	Token string
+	// Answers, when set, wakes a mutation waiting for its answer as soon as the store commits it
+	// (wire its Notify to the store's OnAnswered); without it the wait polls the store.
+	Answers *Answers
 	// WaitTimeout bounds how long a mutation waits for convergence; DefaultWaitTimeout when ≤ 0.
 	WaitTimeout time.Duration
 	// Log receives one debug line per request (warn at 5xx); nil discards.
@@ -89,6 +92,7 @@ type api struct {
 	tokenHash [sha256.Size]byte
 	needToken bool
 	wait      time.Duration
+	answers   *Answers // may be nil
 	log       *slog.Logger
 	tracer    trace.Tracer
 	requests  metric.Int64Counter
@@ -128,7 +132,7 @@ func routes() []route {
 // before the API sees them.
 func NewAPI(o APIOptions) http.Handler {
 	a := &api{store: o.Store, enqueue: o.Enqueue, settings: o.Settings, allowed: o.Allowed,
-		wait: o.WaitTimeout, log: o.Log, tracer: o.Tracer}
+		wait: o.WaitTimeout, answers: o.Answers, log: o.Log, tracer: o.Tracer}
 	if a.enqueue == nil {
 		a.enqueue = func(string) {}
 	}

@@ -31,6 +31,8 @@ type pipe struct {
 	batch *pgx.Batch
 	// added are the outbox rows the transaction inserted (queueOutbox), as they were written.
 	added []rtm.OutboxEntry
+	// answered are the requests the transaction answered (queueAnswer).
+	answered []rtm.Request
 }
 
 func newPipe(ctx context.Context, conn *pgxpool.Conn) *pipe {
@@ -143,6 +145,11 @@ func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipe) error) error {
 		if err = p.flush(ctx); err == nil {
 			if len(p.added) > 0 {
 				s.onOutbox(p.added)
+			}
+			if s.onAnswered != nil {
+				for _, q := range p.answered {
+					s.onAnswered(q.Channel, q.RequestID)
+				}
 			}
 			return nil
 		}

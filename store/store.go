@@ -35,6 +35,8 @@ type Store struct {
 	// onOutbox is handed the rows a transaction added to the outbox once it has committed, so
 	// that the publisher relays them at once, without reading them back.
 	onOutbox func([]rtm.OutboxEntry)
+	// onAnswered is told each request a transaction answered once it has committed.
+	onAnswered func(ch rtm.Channel, requestID string)
 }
 
 // Options tune a Store.
@@ -42,6 +44,10 @@ type Options struct {
 	// OnOutbox is called after every commit that added outbox rows, with those rows; may be nil.
 	// It must not block: it runs on the committing goroutine.
 	OnOutbox func([]rtm.OutboxEntry)
+	// OnAnswered is called after every commit that answered requests, once per request; may be
+	// nil. It must not block: it runs on the committing goroutine. A REST call waiting for its
+	// answer wakes on it instead of polling.
+	OnAnswered func(ch rtm.Channel, requestID string)
 	// MaxConns bounds the pool (default 20).
 	MaxConns int32
 	// Timeouts bound every connection and call (zero fields take their defaults).
@@ -147,7 +153,8 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening postgres pool: %w", redactErr(err))
 	}
-	s := &Store{pool: &pool{pgx: pgxPool, timeout: t.Operation}, timeouts: t, onOutbox: opts.OnOutbox}
+	s := &Store{pool: &pool{pgx: pgxPool, timeout: t.Operation}, timeouts: t, onOutbox: opts.OnOutbox,
+		onAnswered: opts.OnAnswered}
 	if s.onOutbox == nil {
 		s.onOutbox = func([]rtm.OutboxEntry) {}
 	}

@@ -348,3 +348,40 @@ func TestStore_RecordHealth_publishesEachProbeTransitionOnce(t *testing.T) {
 		t.Fatalf("published %v, want %s", got, want)
 	}
 }
+
+// A REST call waiting for its answer is told of the commit that answered it: OnAnswered runs once
+// per answered request after the commit, with its channel.
+func TestStore_OnAnswered_toldOfEachAnswerAfterItsCommit(t *testing.T) {
+	ctx := context.Background()
+	dsn := env.NewDatabase(t)
+	if err := store.Migrate(ctx, dsn); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var told []string
+	s, err := store.Open(ctx, dsn, store.Options{OnAnswered: func(ch rtm.Channel, id string) {
+		mu.Lock()
+		told = append(told, string(ch)+"/"+id)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	req := rtm.Request{Channel: rtm.ChannelREST, RequestID: "rest-1", GameID: "nobody", Kind: rtm.OpStop,
+		Source: rtm.SourceAdminREST, ReceivedAt: time.Now().UTC()}
+	sub, err := s.Submit(ctx, req, func(rec *rtm.Record, busy bool) rtm.Admission {
+		return rtm.Admit(rec, req, busy, rtm.Settings{EnginePort: 8080, StateRootJoin: func(string) string { return "/s" }})
+	})
+	if err != nil || sub.Answer == nil {
+		t.Fatalf("Submit of a stop for an unknown game: %+v, %v; want answered at once", sub, err)
+	}
+	if ans, err := s.RequestAnswer(ctx, rtm.ChannelREST, "rest-1"); err != nil || ans == nil {
+		t.Fatalf("RequestAnswer after the report: %+v, %v", ans, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(told) != 1 || told[0] != "rest/rest-1" {
+		t.Fatalf("OnAnswered told %v, want [rest/rest-1]", told)
+	}
+}

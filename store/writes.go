@@ -283,6 +283,7 @@ func queuePending(p *pipe, gameID string, lock bool, out *[]rtm.Request) {
 // queueAnswer queues marking req answered with a, its operation row, its job result and, for a
 // failed start, its notification intent.
 func queueAnswer(p *pipe, rec *rtm.Record, req rtm.Request, a rtm.Answer, containerID string) {
+	p.answered = append(p.answered, req)
 	now := time.Now().UTC()
 	p.exec("answering request "+req.RequestID, `UPDATE requests SET answered_at = $3, outcome = $4, error_code = $5,
 		error_message = $6 WHERE channel = $1 AND request_id = $2`, string(req.Channel), req.RequestID, now,

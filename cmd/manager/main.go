@@ -161,7 +161,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// Rows committed before the publisher exists (the boot pass) wait in the outbox for its
 	// first poll.
 	var pub atomic.Pointer[publisher.Publisher]
-	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, OnOutbox: func(rows []rtm.OutboxEntry) {
+	// A REST mutation waiting for its answer wakes when the commit that answers it is done.
+	answers := httpapi.NewAnswers()
+	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, OnAnswered: answers.Notify, OnOutbox: func(rows []rtm.OutboxEntry) {
 		metrics.Answered(context.Background(), rows)
 		if p := pub.Load(); p != nil {
 			p.Offer(rows)
@@ -258,7 +260,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}}
 
 	// 5. Internal HTTP listener.
-	api := httpapi.NewAPI(httpapi.APIOptions{Store: st, Enqueue: ctrl.Enqueue, Settings: settings,
+	api := httpapi.NewAPI(httpapi.APIOptions{Store: st, Answers: answers, Enqueue: ctrl.Enqueue, Settings: settings,
 		Allowed: cfg.AllowedImageRepositories, Token: cfg.InternalToken, WaitTimeout: cfg.RESTWaitTimeout,
 		Log: log, Tracer: tel.Tracer("rtmanager/rest"), Meter: tel.Meter("rtmanager")})
 	handler := httpapi.NewHandler(httpapi.Options{
