@@ -1,5 +1,7 @@
-// Package probe is the active health probe of a running engine: GET /healthz on the engine's
-// port, addressed by the container's IP on the game network or by its endpoint's DNS name.
+// Package probe holds RTM's HTTP clients of other services: the active health probe of a running
+// engine (GET /healthz on the engine's port, addressed by the container's IP on the game network
+// or by its endpoint's DNS name), the prober worker that runs it over every running engine and
+// hands the outcomes to the store, and Lobby's diagnostic lookup. It enqueues nothing.
 package probe
 
 import (

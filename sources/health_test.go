@@ -2,7 +2,6 @@ package sources_test
 
 import (
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -13,13 +12,12 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	rtm "github.com/galaxy-platform/rtmanager"
-	"github.com/galaxy-platform/rtmanager/runtime"
 	"github.com/galaxy-platform/rtmanager/sources"
 	"github.com/galaxy-platform/rtmanager/store"
 )
 
 // probeWorld is a real store with one running game g (container c-g), a fake Docker that
-// answers its inspections, and a fake engine whose answers the test sets.
+// answers its inspections and lists.
 type probeWorld struct {
 	st   *store.Store
 	conn *pgx.Conn
@@ -28,8 +26,6 @@ type probeWorld struct {
 	container rtm.Container // what Inspect answers for g
 	inspects  int
 	lists     int
-	healthy   bool
-	probed    []string // the IPs probed, in order
 }
 
 func newProbeWorld(t *testing.T) *probeWorld {
@@ -77,16 +73,6 @@ func (w *probeWorld) List(context.Context) ([]rtm.Container, error) {
 	return []rtm.Container{c}, nil
 }
 
-func (w *probeWorld) Probe(_ context.Context, c rtm.Container, _ string) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.probed = append(w.probed, c.IP)
-	if !w.healthy {
-		return errors.New("connection refused")
-	}
-	return nil
-}
-
 func (w *probeWorld) set(fn func(w *probeWorld)) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -115,15 +101,6 @@ func (w *probeWorld) events(t *testing.T) []string {
 	return out
 }
 
-// run runs p until the test ends.
-func (w *probeWorld) run(t *testing.T, p *sources.Prober) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-}
-
 // waitFor waits until cond holds, failing the test after a while.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -135,108 +112,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting until %s", what)
 		}
 		<-tick.C
-	}
-}
-
-// failingRounds fails chosen calls of RecordProbeRound without reaching the store.
-type failingRounds struct {
-	*store.Store
-	mu    sync.Mutex
-	calls int
-	fail  map[int]bool // call numbers (1-based) to fail
-}
-
-func (f *failingRounds) RecordProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error) {
-	f.mu.Lock()
-	f.calls++
-	failed := f.fail[f.calls]
-	f.mu.Unlock()
-	if failed {
-		return nil, errors.New("connection reset")
-	}
-	return f.Store.RecordProbeRound(ctx, threshold, outcomes)
-}
-
-// failNext makes the next n calls fail and returns the number of calls so far.
-func (f *failingRounds) failNext(n int) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for i := 1; i <= n; i++ {
-		f.fail[f.calls+i] = true
-	}
-	return f.calls
-}
-
-func (f *failingRounds) count() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.calls
-}
-
-func TestProber_Run_failedCommitLosesNoTransition(t *testing.T) {
-	w := newProbeWorld(t)
-	// The second round reaches the threshold, and its commit fails.
-	st := &failingRounds{Store: w.st, fail: map[int]bool{2: true}}
-	w.run(t, &sources.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: st, Docker: w, Probe: w,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	waitFor(t, "probe_failed is published", func() bool { return len(w.events(t)) > 0 })
-
-	// The engine answers again; the round that sees it first cannot commit.
-	w.set(func(w *probeWorld) { w.healthy = true })
-	st.failNext(1)
-	waitFor(t, "probe_recovered is published", func() bool { return len(w.events(t)) > 1 })
-	n := st.count()
-	waitFor(t, "more rounds have run", func() bool { return st.count() > n+3 })
-	if got := strings.Join(w.events(t), " "); got != "probe_failed probe_recovered" {
-		t.Fatalf("published %q, want one probe_failed then one probe_recovered", got)
-	}
-}
-
-func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
-	tests := []struct {
-		name  string
-		marks func(c *runtime.Cache) sources.LifeMarks
-		// restart says, as the events stream would, that the container started again
-		restart func(c *runtime.Cache)
-	}{
-		{name: "a start event moves the life mark",
-			marks: func(c *runtime.Cache) sources.LifeMarks { return c }, restart: func(c *runtime.Cache) { c.Invalidate("g") }},
-		{name: "events missed while the stream was down",
-			marks: func(c *runtime.Cache) sources.LifeMarks { return c }, restart: func(c *runtime.Cache) {
-				c.Reset()
-				c.Resubscribed()
-				c.Replace(c.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning}})
-			}},
-		{name: "without life marks every round inspects",
-			marks: func(*runtime.Cache) sources.LifeMarks { return nil }, restart: func(*runtime.Cache) {}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			w := newProbeWorld(t)
-			w.set(func(w *probeWorld) { w.healthy = true })
-			cache := runtime.NewCache()
-			cache.Replace(cache.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning}})
-			w.run(t, &sources.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: w.st, Docker: w, Probe: w,
-				Marks: tt.marks(cache), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-			probes := func() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.probed) }
-			waitFor(t, "the engine is probed a few times", func() bool { return probes() >= 3 })
-			w.set(func(w *probeWorld) {
-				if tt.marks(cache) == nil && w.inspects < len(w.probed) {
-					t.Errorf("%d inspections for %d probes, want one a probe", w.inspects, len(w.probed))
-				}
-				if tt.marks(cache) != nil && w.inspects != 1 {
-					t.Errorf("%d inspections of a container whose life did not change, want 1", w.inspects)
-				}
-				// docker stop, then docker start: same container, another address
-				w.container.IP, w.container.StartedAt = "10.0.0.2", time.Now()
-			})
-			tt.restart(cache)
-			waitFor(t, "the engine is probed at its new address", func() bool {
-				w.mu.Lock()
-				defer w.mu.Unlock()
-				return w.probed[len(w.probed)-1] == "10.0.0.2"
-			})
-		})
 	}
 }
 

@@ -1,5 +1,6 @@
 // Package sources holds every trigger that puts a game id on the reconciler's queue: the start
-// and stop job streams, Docker events, the periodic full pass, and the probe and inspect sweeps.
+// and stop job streams, Docker events, the periodic full pass, and the inspect sweep. (The
+// prober enqueues nothing; it lives beside its HTTP client in probe.)
 // A job handler validates, writes desired state, then enqueues; it never calls Docker.
 package sources
 

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -246,7 +245,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		PidsLimit: cfg.EnginePidsLimit, User: cfg.EngineUser, ReadOnlyRoot: cfg.EngineReadOnlyRoot,
 		PatchVerifyTimeout: cfg.PatchVerifyTimeout, ProbeInterval: cfg.ProbeInterval, ProbeThreshold: cfg.ProbeFailureThreshold,
 		RetryAttempts: cfg.RetryAttempts, RetryWindow: cfg.RetryWindow,
-		Cache: cache, Diagnose: lobbyDiagnostic(cfg.LobbyInternalBaseURL, log),
+		Cache: cache, Diagnose: diagnose(probe.NewLobby(cfg.LobbyInternalBaseURL, log)),
 	}, log, tel.Tracer("rtmanager/controller"), tel.Meter("rtmanager"))
 	if err != nil {
 		return step("controller", err)
@@ -312,7 +311,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			Enqueue: ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: settings, Log: log,
 			Tracer: tel.Tracer("rtmanager/jobs"), Observer: metrics, Results: st, Marks: co}).Run},
 		{"dockerevents", (&sources.DockerEvents{Docker: dk, Lister: dk, Store: st, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run},
-		{"prober", (&sources.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
+		{"prober", (&probe.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
 			Grace: cfg.ProbeInterval, Store: st, Docker: dk, Probe: prober, Marks: cache, Observer: metrics, Log: log}).Run},
 		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: st, Docker: dk, Lister: dk,
 			Enqueue: ctrl.Enqueue, Log: log}).Run},
@@ -356,29 +355,6 @@ func ownerID() string {
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
-// lobbyDiagnostic returns the per-start Lobby lookup, or nil when no base URL is set. Its failure
-// is logged at debug and never aborts a start.
-func lobbyDiagnostic(base string, log *slog.Logger) func(context.Context, string) {
-	if base == "" {
-		return nil
-	}
-	client := &http.Client{Timeout: 2 * time.Second}
-	return func(ctx context.Context, gameID string) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/internal/games/"+gameID, nil)
-		if err != nil {
-			log.Debug("lobby diagnostic failed", "game_id", gameID, "error", err)
-			return
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			log.Debug("lobby diagnostic failed", "game_id", gameID, "error", err)
-			return
-		}
-		resp.Body.Close()
-		log.Debug("lobby diagnostic", "game_id", gameID, "status", resp.StatusCode)
-	}
-}
-
 // manualPasses turns the signals received on sig into the reconcile ticker's manual-pass
 // triggers until ctx ends; signals that come while a pass is still waiting to start are merged
 // into it.
@@ -398,4 +374,12 @@ func manualPasses(ctx context.Context, sig <-chan os.Signal) <-chan struct{} {
 		}
 	}()
 	return out
+}
+
+// diagnose is the reconciler's per-start diagnostic: Lobby's lookup, or none.
+func diagnose(l *probe.Lobby) func(context.Context, string) {
+	if l == nil {
+		return nil
+	}
+	return l.Diagnose
 }

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -207,27 +206,6 @@ func TestShutdown_close_runsNewestFirstAndReturnsWhenDone(t *testing.T) {
 	if time.Since(start) > time.Second || len(order) != 3 || order[0] != 2 || order[2] != 0 {
 		t.Fatalf("closes ran in order %v, close took %s", order, time.Since(start))
 	}
-}
-
-func TestLobbyDiagnostic_getsTheGameAndNeverFails(t *testing.T) {
-	var hits atomic.Int32
-	var path atomic.Value
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		path.Store(r.URL.Path)
-		w.WriteHeader(http.StatusNotFound)
-	}))
-	defer srv.Close()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if lobbyDiagnostic("", log) != nil {
-		t.Fatal("an empty base URL must turn the diagnostic off")
-	}
-	lobbyDiagnostic(srv.URL, log)(context.Background(), "g1")
-	if hits.Load() != 1 || path.Load() != "/api/v1/internal/games/g1" {
-		t.Fatalf("hits %d path %v", hits.Load(), path.Load())
-	}
-	// An unreachable Lobby is only logged.
-	lobbyDiagnostic("http://127.0.0.1:1", log)(context.Background(), "g1")
 }
 
 func TestStepOf(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/controllers"
+	"github.com/galaxy-platform/rtmanager/probe"
 	"github.com/galaxy-platform/rtmanager/runtime/runtimetest"
 	"github.com/galaxy-platform/rtmanager/sources"
 )
@@ -20,6 +21,7 @@ var (
 	_ sources.EventStream          = (*runtimetest.Fake)(nil)
 	_ sources.Lister               = (*runtimetest.Fake)(nil)
 	_ sources.Inspector            = (*runtimetest.Fake)(nil)
+	_ probe.Inspector              = (*runtimetest.Fake)(nil)
 )
 
 const img = "galaxy/game:1.4.1"

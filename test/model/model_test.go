@@ -39,6 +39,7 @@ import (
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/controllers"
 	"github.com/galaxy-platform/rtmanager/coord"
+	"github.com/galaxy-platform/rtmanager/probe"
 	"github.com/galaxy-platform/rtmanager/runtime"
 	"github.com/galaxy-platform/rtmanager/runtime/runtimetest"
 	"github.com/galaxy-platform/rtmanager/sources"
@@ -696,7 +697,7 @@ func (s *schedule) startProcess(slot, incarnation int) *process {
 	workers := []func(context.Context) error{
 		(&sources.DockerEvents{Docker: fake, Lister: fake, Store: scoped, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run,
 		(&sources.Ticker{Interval: 150 * time.Millisecond, Docker: fake, Store: scoped, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run,
-		(&sources.Prober{Interval: 60 * time.Millisecond, Threshold: 2, Grace: 60 * time.Millisecond, Store: scoped,
+		(&probe.Prober{Interval: 60 * time.Millisecond, Threshold: 2, Grace: 60 * time.Millisecond, Store: scoped,
 			Docker: fake, Probe: fake, Log: log}).Run,
 	}
 	p.wg.Add(1)

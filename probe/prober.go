@@ -1,0 +1,198 @@
+package probe
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+// ProbeStore is what the prober reads and writes.
+type ProbeStore interface {
+	RunningGames(ctx context.Context) ([]rtm.RunningGame, error)
+	RecordProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error)
+}
+
+// ProbeObserver is told each probe's result, for telemetry.
+type ProbeObserver interface {
+	ProbeResult(ctx context.Context, ok bool)
+}
+
+// LifeMarks tells whether a game's container may have changed its life (stopped, started,
+// anything that may give it another address) since a mark: the reconciler's container cache,
+// which Docker events update.
+type LifeMarks interface {
+	// LifeMark returns a mark that changes whenever an event arrives for gameID's container or
+	// events may have been missed; ok is false while events may be being missed (the events
+	// stream is down), when no mark can be trusted.
+	LifeMark(gameID string) (mark uint64, ok bool)
+}
+
+// Inspector inspects one game's container.
+type Inspector interface {
+	Inspect(ctx context.Context, gameID string) (rtm.Container, error)
+}
+
+// Prober is the prober worker: every Interval it probes each running engine at bounded
+// concurrency, so one hanging engine never delays the others, and hands the round's outcomes to
+// the store, which decides the transitions on the committed probe state (Threshold consecutive
+// failures yield one probe_failed, the first success after it one probe_recovered) in the
+// transaction that records them: a round whose commit fails loses nothing, the next round
+// decides again. A container gets Grace after it is first seen before failures count.
+//
+// The engine's address comes from an inspection of its container, kept while Marks says the
+// container's life has not changed (no event for it since, events stream up); without Marks
+// every round inspects. A probe during which the mark moved is not recorded: it may have
+// reached an address the container no longer has.
+type Prober struct {
+	Interval    time.Duration
+	Threshold   int
+	Grace       time.Duration
+	Concurrency int
+	Store       ProbeStore
+	Docker      Inspector
+	Probe       rtm.EngineProber
+	Marks       LifeMarks // may be nil
+	Observer    ProbeObserver
+	Log         *slog.Logger
+
+	mu    sync.Mutex
+	state map[string]*probeState // by game id
+}
+
+// probeState is what the prober keeps of a game between rounds: not its failures (the store
+// keeps those) but when it first saw the container and where the engine was found.
+type probeState struct {
+	container string
+	seen      time.Time
+	c         rtm.Container // the inspection that gave the address (IP on the network)
+	mark      uint64        // the life mark the inspection began at
+	marked    bool          // mark is trustworthy (LifeMarks said ok)
+}
+
+// Run probes until ctx ends.
+func (p *Prober) Run(ctx context.Context) error {
+	if p.Concurrency <= 0 {
+		p.Concurrency = 64
+	}
+	p.state = map[string]*probeState{}
+	t := time.NewTicker(p.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := p.round(ctx); err != nil && ctx.Err() == nil {
+				p.Log.Warn("probe round failed", "worker", "prober", "error", err)
+			}
+		}
+	}
+}
+
+func (p *Prober) round(ctx context.Context) error {
+	games, err := p.Store.RunningGames(ctx)
+	if err != nil {
+		return err
+	}
+	live := make(map[string]bool, len(games))
+	for _, g := range games {
+		live[g.GameID] = true
+	}
+	p.mu.Lock()
+	if p.state == nil {
+		p.state = map[string]*probeState{}
+	}
+	for id := range p.state {
+		if !live[id] {
+			delete(p.state, id)
+		}
+	}
+	p.mu.Unlock()
+
+	var (
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, max(p.Concurrency, 1))
+		mu       sync.Mutex
+		outcomes []rtm.ProbeOutcome
+	)
+	for _, g := range games {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(g rtm.RunningGame) {
+			defer func() { <-sem; wg.Done() }()
+			if o, ok := p.probeOne(ctx, g); ok {
+				mu.Lock()
+				outcomes = append(outcomes, o)
+				mu.Unlock()
+			}
+		}(g)
+	}
+	wg.Wait()
+	events, err := p.Store.RecordProbeRound(ctx, p.Threshold, outcomes)
+	if err != nil {
+		return err
+	}
+	for _, ev := range events {
+		p.Log.Info("probe state changed", "worker", "prober", "game_id", ev.GameID, "event_type", string(ev.Type),
+			"container_id", ev.ContainerID)
+	}
+	return nil
+}
+
+// lifeMark is Marks.LifeMark, not ok without Marks.
+func (p *Prober) lifeMark(gameID string) (uint64, bool) {
+	if p.Marks == nil {
+		return 0, false
+	}
+	return p.Marks.LifeMark(gameID)
+}
+
+// probeOne probes one game's engine; ok is false when there is nothing to record (the
+// container is not the record's, the round was cancelled, or the container's life changed
+// during the probe).
+func (p *Prober) probeOne(ctx context.Context, g rtm.RunningGame) (rtm.ProbeOutcome, bool) {
+	mark, marked := p.lifeMark(g.GameID)
+	p.mu.Lock()
+	st := p.state[g.GameID]
+	if st == nil || st.container != g.ContainerID {
+		st = &probeState{container: g.ContainerID, seen: time.Now()}
+		p.state[g.GameID] = st
+	}
+	c := st.c
+	if !marked || !st.marked || st.mark != mark {
+		c = rtm.Container{} // the container may have started again since: inspect
+	}
+	p.mu.Unlock()
+	if c.ID != g.ContainerID {
+		ic, err := p.Docker.Inspect(ctx, g.GameID)
+		if err != nil || ic.ID != g.ContainerID {
+			return rtm.ProbeOutcome{}, false // the reconciler will catch up with this game
+		}
+		c = ic
+		p.mu.Lock()
+		st.c, st.mark, st.marked = c, mark, marked
+		p.mu.Unlock()
+	}
+	err := p.Probe.Probe(ctx, c, g.Endpoint)
+	if ctx.Err() != nil {
+		return rtm.ProbeOutcome{}, false
+	}
+	if after, ok := p.lifeMark(g.GameID); marked && (!ok || after != mark) {
+		return rtm.ProbeOutcome{}, false // the container's life changed during the probe
+	}
+	if p.Observer != nil {
+		p.Observer.ProbeResult(ctx, err == nil)
+	}
+	now := time.Now().UTC()
+	o := rtm.ProbeOutcome{GameID: g.GameID, ContainerID: g.ContainerID, OK: err == nil, At: now}
+	if err != nil {
+		o.Error = err.Error()
+		p.mu.Lock()
+		o.Grace = now.Sub(st.seen) < p.Grace
+		p.mu.Unlock()
+	}
+	return o, true
+}

@@ -1,0 +1,236 @@
+package probe_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+	"github.com/galaxy-platform/rtmanager/probe"
+	"github.com/galaxy-platform/rtmanager/runtime"
+	"github.com/galaxy-platform/rtmanager/store"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
+)
+
+// probeWorld is a real store with one running game g (container c-g), a fake Docker that
+// answers its inspections, and a fake engine whose answers the test sets.
+type probeWorld struct {
+	st   *store.Store
+	conn *pgx.Conn
+
+	mu        sync.Mutex
+	container rtm.Container // what Inspect answers for g
+	inspects  int
+	healthy   bool
+	probed    []string // the IPs probed, in order
+}
+
+func newProbeWorld(t *testing.T) *probeWorld {
+	t.Helper()
+	ctx := context.Background()
+	dsn := env.NewDatabase(t)
+	if err := store.Migrate(ctx, dsn); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(ctx, dsn, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Exec(ctx, `INSERT INTO runtime_records (game_id, status, desired_state, current_container_id,
+		engine_endpoint) VALUES ('g', 'running', 'running', 'c-g', 'http://galaxy-game-g:8080')`); err != nil {
+		t.Fatal(err)
+	}
+	return &probeWorld{st: st, conn: conn,
+		container: rtm.Container{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning, IP: "10.0.0.1"}}
+}
+
+func (w *probeWorld) Inspect(_ context.Context, gameID string) (rtm.Container, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.inspects++
+	if gameID != "g" {
+		return rtm.Container{}, rtm.ErrNotFound
+	}
+	return w.container, nil
+}
+
+func (w *probeWorld) Probe(_ context.Context, c rtm.Container, _ string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.probed = append(w.probed, c.IP)
+	if !w.healthy {
+		return errors.New("connection refused")
+	}
+	return nil
+}
+
+func (w *probeWorld) set(fn func(w *probeWorld)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	fn(w)
+}
+
+// events returns the published health events' types, in outbox order.
+func (w *probeWorld) events(t *testing.T) []string {
+	t.Helper()
+	rows, err := w.conn.Query(context.Background(), `SELECT fields FROM outbox WHERE stream = 'health_events' ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range fs {
+		for i := 0; i+1 < len(f); i += 2 {
+			if f[i] == "event_type" {
+				out = append(out, f[i+1])
+			}
+		}
+	}
+	return out
+}
+
+// run runs p until the test ends.
+func (w *probeWorld) run(t *testing.T, p *probe.Prober) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// waitFor waits until cond holds, failing the test after a while.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		<-tick.C
+	}
+}
+
+// failingRounds fails chosen calls of RecordProbeRound without reaching the store.
+type failingRounds struct {
+	*store.Store
+	mu    sync.Mutex
+	calls int
+	fail  map[int]bool // call numbers (1-based) to fail
+}
+
+func (f *failingRounds) RecordProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error) {
+	f.mu.Lock()
+	f.calls++
+	failed := f.fail[f.calls]
+	f.mu.Unlock()
+	if failed {
+		return nil, errors.New("connection reset")
+	}
+	return f.Store.RecordProbeRound(ctx, threshold, outcomes)
+}
+
+// failNext makes the next n calls fail and returns the number of calls so far.
+func (f *failingRounds) failNext(n int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := 1; i <= n; i++ {
+		f.fail[f.calls+i] = true
+	}
+	return f.calls
+}
+
+func (f *failingRounds) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
+
+func TestProber_Run_failedCommitLosesNoTransition(t *testing.T) {
+	w := newProbeWorld(t)
+	// The second round reaches the threshold, and its commit fails.
+	st := &failingRounds{Store: w.st, fail: map[int]bool{2: true}}
+	w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: st, Docker: w, Probe: w,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	waitFor(t, "probe_failed is published", func() bool { return len(w.events(t)) > 0 })
+
+	// The engine answers again; the round that sees it first cannot commit.
+	w.set(func(w *probeWorld) { w.healthy = true })
+	st.failNext(1)
+	waitFor(t, "probe_recovered is published", func() bool { return len(w.events(t)) > 1 })
+	n := st.count()
+	waitFor(t, "more rounds have run", func() bool { return st.count() > n+3 })
+	if got := strings.Join(w.events(t), " "); got != "probe_failed probe_recovered" {
+		t.Fatalf("published %q, want one probe_failed then one probe_recovered", got)
+	}
+}
+
+func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
+	tests := []struct {
+		name  string
+		marks func(c *runtime.Cache) probe.LifeMarks
+		// restart says, as the events stream would, that the container started again
+		restart func(c *runtime.Cache)
+	}{
+		{name: "a start event moves the life mark",
+			marks: func(c *runtime.Cache) probe.LifeMarks { return c }, restart: func(c *runtime.Cache) { c.Invalidate("g") }},
+		{name: "events missed while the stream was down",
+			marks: func(c *runtime.Cache) probe.LifeMarks { return c }, restart: func(c *runtime.Cache) {
+				c.Reset()
+				c.Resubscribed()
+				c.Replace(c.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning}})
+			}},
+		{name: "without life marks every round inspects",
+			marks: func(*runtime.Cache) probe.LifeMarks { return nil }, restart: func(*runtime.Cache) {}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newProbeWorld(t)
+			w.set(func(w *probeWorld) { w.healthy = true })
+			cache := runtime.NewCache()
+			cache.Replace(cache.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning}})
+			w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: w.st, Docker: w, Probe: w,
+				Marks: tt.marks(cache), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			probes := func() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.probed) }
+			waitFor(t, "the engine is probed a few times", func() bool { return probes() >= 3 })
+			w.set(func(w *probeWorld) {
+				if tt.marks(cache) == nil && w.inspects < len(w.probed) {
+					t.Errorf("%d inspections for %d probes, want one a probe", w.inspects, len(w.probed))
+				}
+				if tt.marks(cache) != nil && w.inspects != 1 {
+					t.Errorf("%d inspections of a container whose life did not change, want 1", w.inspects)
+				}
+				// docker stop, then docker start: same container, another address
+				w.container.IP, w.container.StartedAt = "10.0.0.2", time.Now()
+			})
+			tt.restart(cache)
+			waitFor(t, "the engine is probed at its new address", func() bool {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				return w.probed[len(w.probed)-1] == "10.0.0.2"
+			})
+		})
+	}
+}
