@@ -77,6 +77,20 @@ type Config struct {
 	RetryAttempts int           // RTMANAGER_RETRY_ATTEMPTS
 	RetryWindow   time.Duration // RTMANAGER_RETRY_WINDOW
 
+	// The reconciler's work queue: ReconcileWorkers games are reconciled at once; reconciles
+	// start at most ReconcileRate a second (bursts of ReconcileBurst); a game whose reconcile
+	// failed waits from ReconcileBackoffMin, doubling, up to ReconcileBackoffMax; the sources'
+	// hand-off to the queue buffers ReconcileQueueBuffer game ids.
+	ReconcileWorkers     int           // RTMANAGER_RECONCILE_WORKERS
+	ReconcileRate        int           // RTMANAGER_RECONCILE_RATE (reconciles started per second)
+	ReconcileBurst       int           // RTMANAGER_RECONCILE_BURST
+	ReconcileBackoffMin  time.Duration // RTMANAGER_RECONCILE_BACKOFF_MIN
+	ReconcileBackoffMax  time.Duration // RTMANAGER_RECONCILE_BACKOFF_MAX
+	ReconcileQueueBuffer int           // RTMANAGER_RECONCILE_QUEUE_BUFFER
+
+	RedisPoolSize    int // RTMANAGER_REDIS_POOL_SIZE (connections)
+	PostgresMaxConns int // RTMANAGER_POSTGRES_MAX_CONNECTIONS (connections)
+
 	EnginePort         int           // RTMANAGER_ENGINE_PORT
 	EngineStateMount   string        // RTMANAGER_ENGINE_STATE_MOUNT
 	EngineStopTimeout  time.Duration // RTMANAGER_ENGINE_STOP_TIMEOUT
@@ -177,6 +191,15 @@ func Default() Config {
 		RetryAttempts: 5,
 		RetryWindow:   time.Minute,
 
+		ReconcileWorkers:     16,
+		ReconcileRate:        50,
+		ReconcileBurst:       300,
+		ReconcileBackoffMin:  5 * time.Millisecond,
+		ReconcileBackoffMax:  time.Minute,
+		ReconcileQueueBuffer: 8192,
+		RedisPoolSize:        32,
+		PostgresMaxConns:     20,
+
 		EnginePort:         8080,
 		EngineStateMount:   "/var/lib/galaxy-game",
 		EngineStopTimeout:  10 * time.Second,
@@ -227,7 +250,7 @@ func Load(getenv func(string) string) (Config, error) {
 // Validate checks what no single variable can: the required settings are present, the stream
 // names are non-empty and pairwise distinct, ProbeTimeout < ProbeInterval, PatchVerifyTimeout >=
 // ProbeInterval, GameLeaseTTL >= 2s, PostgresStatementTimeout <= PostgresOperationTimeout and
-// EngineStopTimeout <= ShutdownTimeout. It returns the first failure as a *Error naming the
+// EngineStopTimeout <= ShutdownTimeout, ReconcileBackoffMin <= ReconcileBackoffMax. It returns the first failure as a *Error naming the
 // variable to change (the first of a pair; for two equal streams, the later one in CONTRACT §1's
 // order), or nil.
 func (c Config) Validate() error {
@@ -269,6 +292,8 @@ func (c Config) Validate() error {
 		return &Error{Var: "RTMANAGER_GAME_LEASE_TTL", Reason: fmt.Sprintf("%s is shorter than the minimum %s", c.GameLeaseTTL, minGameLeaseTTL)}
 	case c.PostgresStatementTimeout > c.PostgresOperationTimeout:
 		return &Error{Var: "RTMANAGER_POSTGRES_STATEMENT_TIMEOUT", Reason: fmt.Sprintf("%s must not exceed RTMANAGER_POSTGRES_OPERATION_TIMEOUT (%s), or statements keep running after RTM gave up on them", c.PostgresStatementTimeout, c.PostgresOperationTimeout)}
+	case c.ReconcileBackoffMin > c.ReconcileBackoffMax:
+		return &Error{Var: "RTMANAGER_RECONCILE_BACKOFF_MIN", Reason: fmt.Sprintf("%s is longer than RTMANAGER_RECONCILE_BACKOFF_MAX (%s)", c.ReconcileBackoffMin, c.ReconcileBackoffMax)}
 	case c.EngineStopTimeout > c.ShutdownTimeout:
 		return &Error{Var: "RTMANAGER_ENGINE_STOP_TIMEOUT", Reason: fmt.Sprintf("%s must not exceed RTMANAGER_SHUTDOWN_TIMEOUT (%s), or a stop in flight cannot finish during shutdown", c.EngineStopTimeout, c.ShutdownTimeout)}
 	}
@@ -454,34 +479,20 @@ func variables() []variable {
 		duration("RTMANAGER_INSPECT_INTERVAL", func(c *Config) *time.Duration { return &c.InspectInterval }),
 		duration("RTMANAGER_PROBE_INTERVAL", func(c *Config) *time.Duration { return &c.ProbeInterval }),
 		duration("RTMANAGER_PROBE_TIMEOUT", func(c *Config) *time.Duration { return &c.ProbeTimeout }),
-		{
-			name: "RTMANAGER_PROBE_FAILURE_THRESHOLD",
-			set: func(c *Config, v string) error {
-				n, err := strconv.ParseInt(v, 10, 32)
-				if err != nil || n < 1 {
-					return fmt.Errorf("%q is not an integer of at least 1", v)
-				}
-				c.ProbeFailureThreshold = int(n)
-				return nil
-			},
-			get: func(c Config) string { return strconv.Itoa(c.ProbeFailureThreshold) },
-		},
+		atLeastOne("RTMANAGER_PROBE_FAILURE_THRESHOLD", func(c *Config) *int { return &c.ProbeFailureThreshold }),
 		oneOf("RTMANAGER_PROBE_TARGET", func(c *Config) *string { return &c.ProbeTarget }, ProbeTargetContainerIP, ProbeTargetEndpoint),
 		duration("RTMANAGER_PATCH_VERIFY_TIMEOUT", func(c *Config) *time.Duration { return &c.PatchVerifyTimeout }),
 		duration("RTMANAGER_GAME_LEASE_TTL", func(c *Config) *time.Duration { return &c.GameLeaseTTL }),
-		{
-			name: "RTMANAGER_RETRY_ATTEMPTS",
-			set: func(c *Config, v string) error {
-				n, err := strconv.ParseInt(v, 10, 32)
-				if err != nil || n < 1 {
-					return fmt.Errorf("%q is not an integer of at least 1", v)
-				}
-				c.RetryAttempts = int(n)
-				return nil
-			},
-			get: func(c Config) string { return strconv.Itoa(c.RetryAttempts) },
-		},
+		atLeastOne("RTMANAGER_RETRY_ATTEMPTS", func(c *Config) *int { return &c.RetryAttempts }),
 		duration("RTMANAGER_RETRY_WINDOW", func(c *Config) *time.Duration { return &c.RetryWindow }),
+		atLeastOne("RTMANAGER_RECONCILE_WORKERS", func(c *Config) *int { return &c.ReconcileWorkers }),
+		atLeastOne("RTMANAGER_RECONCILE_RATE", func(c *Config) *int { return &c.ReconcileRate }),
+		atLeastOne("RTMANAGER_RECONCILE_BURST", func(c *Config) *int { return &c.ReconcileBurst }),
+		duration("RTMANAGER_RECONCILE_BACKOFF_MIN", func(c *Config) *time.Duration { return &c.ReconcileBackoffMin }),
+		duration("RTMANAGER_RECONCILE_BACKOFF_MAX", func(c *Config) *time.Duration { return &c.ReconcileBackoffMax }),
+		atLeastOne("RTMANAGER_RECONCILE_QUEUE_BUFFER", func(c *Config) *int { return &c.ReconcileQueueBuffer }),
+		atLeastOne("RTMANAGER_REDIS_POOL_SIZE", func(c *Config) *int { return &c.RedisPoolSize }),
+		atLeastOne("RTMANAGER_POSTGRES_MAX_CONNECTIONS", func(c *Config) *int { return &c.PostgresMaxConns }),
 		{
 			name: "RTMANAGER_ENGINE_PORT",
 			set: func(c *Config, v string) error {
@@ -601,6 +612,22 @@ func duration(n string, field func(*Config) *time.Duration) variable {
 			return nil
 		},
 		get: func(c Config) string { return field(&c).String() },
+	}
+}
+
+// atLeastOne is a variable holding an integer of at least 1.
+func atLeastOne(n string, field func(*Config) *int) variable {
+	return variable{
+		name: n,
+		set: func(c *Config, v string) error {
+			i, err := strconv.ParseInt(v, 10, 32)
+			if err != nil || i < 1 {
+				return fmt.Errorf("%q is not an integer of at least 1", v)
+			}
+			*field(c) = int(i)
+			return nil
+		},
+		get: func(c Config) string { return strconv.Itoa(*field(&c)) },
 	}
 }
 

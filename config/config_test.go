@@ -112,6 +112,15 @@ func TestDefault(t *testing.T) {
 		RetryAttempts: 5,
 		RetryWindow:   time.Minute,
 
+		ReconcileWorkers:     16,
+		ReconcileRate:        50,
+		ReconcileBurst:       300,
+		ReconcileBackoffMin:  5 * time.Millisecond,
+		ReconcileBackoffMax:  time.Minute,
+		ReconcileQueueBuffer: 8192,
+		RedisPoolSize:        32,
+		PostgresMaxConns:     20,
+
 		StreamRetention: 100000,
 	}
 	if d := diff(c, want); d != "" {
@@ -319,6 +328,15 @@ func TestLoad_invalid(t *testing.T) {
 		{"postgres lock timeout unparsable", map[string]string{"RTMANAGER_POSTGRES_LOCK_TIMEOUT": "3 s"}, "RTMANAGER_POSTGRES_LOCK_TIMEOUT"},
 		{"retry attempts zero", map[string]string{"RTMANAGER_RETRY_ATTEMPTS": "0"}, "RTMANAGER_RETRY_ATTEMPTS"},
 		{"retry window unparsable", map[string]string{"RTMANAGER_RETRY_WINDOW": "a minute"}, "RTMANAGER_RETRY_WINDOW"},
+		{"no reconcile workers", map[string]string{"RTMANAGER_RECONCILE_WORKERS": "0"}, "RTMANAGER_RECONCILE_WORKERS"},
+		{"reconcile rate not a number", map[string]string{"RTMANAGER_RECONCILE_RATE": "fast"}, "RTMANAGER_RECONCILE_RATE"},
+		{"negative burst", map[string]string{"RTMANAGER_RECONCILE_BURST": "-1"}, "RTMANAGER_RECONCILE_BURST"},
+		{"backoff min unparsable", map[string]string{"RTMANAGER_RECONCILE_BACKOFF_MIN": "5"}, "RTMANAGER_RECONCILE_BACKOFF_MIN"},
+		{"backoff max zero", map[string]string{"RTMANAGER_RECONCILE_BACKOFF_MAX": "0s"}, "RTMANAGER_RECONCILE_BACKOFF_MAX"},
+		{"backoff min above max", map[string]string{"RTMANAGER_RECONCILE_BACKOFF_MIN": "2m", "RTMANAGER_RECONCILE_BACKOFF_MAX": "1m"}, "RTMANAGER_RECONCILE_BACKOFF_MIN"},
+		{"queue buffer empty", map[string]string{"RTMANAGER_RECONCILE_QUEUE_BUFFER": "0"}, "RTMANAGER_RECONCILE_QUEUE_BUFFER"},
+		{"redis pool not a number", map[string]string{"RTMANAGER_REDIS_POOL_SIZE": "32 conns"}, "RTMANAGER_REDIS_POOL_SIZE"},
+		{"no postgres connections", map[string]string{"RTMANAGER_POSTGRES_MAX_CONNECTIONS": "0"}, "RTMANAGER_POSTGRES_MAX_CONNECTIONS"},
 		{"postgres migration lock timeout unparsable", map[string]string{"RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT": "forever"}, "RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT"},
 		{"reconcile interval zero", map[string]string{"RTMANAGER_RECONCILE_INTERVAL": "0s"}, "RTMANAGER_RECONCILE_INTERVAL"},
 		{"inspect interval negative", map[string]string{"RTMANAGER_INSPECT_INTERVAL": "-30s"}, "RTMANAGER_INSPECT_INTERVAL"},
@@ -450,6 +468,14 @@ func TestLoad_everyVariable(t *testing.T) {
 		"RTMANAGER_POSTGRES_LOCK_TIMEOUT":           "1s",
 		"RTMANAGER_RETRY_ATTEMPTS":                  "7",
 		"RTMANAGER_RETRY_WINDOW":                    "90s",
+		"RTMANAGER_RECONCILE_WORKERS":               "8",
+		"RTMANAGER_RECONCILE_RATE":                  "20",
+		"RTMANAGER_RECONCILE_BURST":                 "100",
+		"RTMANAGER_RECONCILE_BACKOFF_MIN":           "10ms",
+		"RTMANAGER_RECONCILE_BACKOFF_MAX":           "30s",
+		"RTMANAGER_RECONCILE_QUEUE_BUFFER":          "1024",
+		"RTMANAGER_REDIS_POOL_SIZE":                 "16",
+		"RTMANAGER_POSTGRES_MAX_CONNECTIONS":        "10",
 		"RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT": "5m",
 	}
 	if got, want := slices.Sorted(maps.Keys(values)), config.Vars(); !slices.Equal(got, want) {

@@ -23,17 +23,49 @@ type Controller struct {
 	workers int
 }
 
-// NewController wraps r with workers concurrent reconciles. The rate limiter combines per-game
-// exponential backoff (5ms to 1m) with an overall token bucket (50/s, burst 300).
-func NewController(r reconcile.TypedReconciler[string], workers int, log logr.Logger) (*Controller, error) {
-	c := &Controller{r: r, pending: make(chan string, 8192), workers: workers}
+// QueueOptions tune the work queue; a zero field takes the default beside it (RTM's
+// configuration sets them all: RTMANAGER_RECONCILE_*).
+type QueueOptions struct {
+	Workers    int           // concurrent reconciles (16)
+	Rate       int           // reconciles started per second, across games (50)
+	Burst      int           // bursts of the rate (300)
+	BackoffMin time.Duration // a failed game's first wait, doubling per failure (5ms)
+	BackoffMax time.Duration // its longest wait (1m)
+	Buffer     int           // game ids the sources' hand-off holds before Enqueue blocks (8192)
+}
+
+func (o QueueOptions) withDefaults() QueueOptions {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&o.Workers, 16)
+	def(&o.Rate, 50)
+	def(&o.Burst, 300)
+	def(&o.Buffer, 8192)
+	if o.BackoffMin <= 0 {
+		o.BackoffMin = 5 * time.Millisecond
+	}
+	if o.BackoffMax <= 0 {
+		o.BackoffMax = time.Minute
+	}
+	return o
+}
+
+// NewController wraps r with o.Workers concurrent reconciles. The rate limiter combines per-game
+// exponential backoff (o.BackoffMin to o.BackoffMax) with an overall token bucket (o.Rate a
+// second, bursts of o.Burst).
+func NewController(r reconcile.TypedReconciler[string], o QueueOptions, log logr.Logger) (*Controller, error) {
+	o = o.withDefaults()
+	c := &Controller{r: r, pending: make(chan string, o.Buffer), workers: o.Workers}
 	skip, noPQ := true, false
 	limiter := workqueue.NewTypedMaxOfRateLimiter[string](
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](5*time.Millisecond, time.Minute),
-		&workqueue.TypedBucketRateLimiter[string]{Limiter: rate.NewLimiter(rate.Limit(50), 300)},
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](o.BackoffMin, o.BackoffMax),
+		&workqueue.TypedBucketRateLimiter[string]{Limiter: rate.NewLimiter(rate.Limit(o.Rate), o.Burst)},
 	)
 	ctrl, err := controller.NewTypedUnmanaged[string]("game", controller.TypedOptions[string]{
-		MaxConcurrentReconciles: workers,
+		MaxConcurrentReconciles: o.Workers,
 		Reconciler:              r,
 		RateLimiter:             limiter,
 		SkipNameValidation:      &skip,

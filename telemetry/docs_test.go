@@ -155,7 +155,7 @@ func buildAndScrape() (families, error) {
 		}
 		return reconcile.Result{}, nil
 	})
-	ctrl, err := controllers.NewController(stub, 1, logr.Discard())
+	ctrl, err := controllers.NewController(stub, controllers.QueueOptions{Workers: 1}, logr.Discard())
 	if err != nil {
 		return nil, fmt.Errorf("controllers.NewController: %w", err)
 	}

@@ -162,7 +162,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	var pub atomic.Pointer[publisher.Publisher]
 	// A REST mutation waiting for its answer wakes when the commit that answers it is done.
 	answers := httpapi.NewAnswers()
-	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, OnAnswered: answers.Notify, OnOutbox: func(rows []rtm.OutboxEntry) {
+	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, MaxConns: int32(cfg.PostgresMaxConns), OnAnswered: answers.Notify, OnOutbox: func(rows []rtm.OutboxEntry) {
 		metrics.Answered(context.Background(), rows)
 		if p := pub.Load(); p != nil {
 			p.Offer(rows)
@@ -179,7 +179,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 
 	// 2. Redis.
 	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, Password: cfg.RedisPassword,
-		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32,
+		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: cfg.RedisPoolSize,
 		ContextTimeoutEnabled: true})
 	stop.onClose(func(context.Context) { _ = rdb.Close() })
 	co := coord.New(rdb, ownerID(), cfg.GameLeaseTTL, coord.WithStreamMaxLen(cfg.StreamRetention),
@@ -250,7 +250,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return step("controller", err)
 	}
-	ctrl, err := controllers.NewController(rec, 16, logr.FromSlogHandler(controllerLogHandler{log.Handler()}))
+	ctrl, err := controllers.NewController(rec, controllers.QueueOptions{Workers: cfg.ReconcileWorkers,
+		Rate: cfg.ReconcileRate, Burst: cfg.ReconcileBurst, BackoffMin: cfg.ReconcileBackoffMin,
+		BackoffMax: cfg.ReconcileBackoffMax, Buffer: cfg.ReconcileQueueBuffer}, logr.FromSlogHandler(controllerLogHandler{log.Handler()}))
 	if err != nil {
 		return step("controller", err)
 	}

@@ -133,7 +133,7 @@ func measureStandin(ctx context.Context, dsn, run string, n, passes int) (*stand
 	if err != nil {
 		return nil, err
 	}
-	ctrl, err := controllers.NewController(rec, 16, logr.Discard())
+	ctrl, err := controllers.NewController(rec, controllers.QueueOptions{Workers: 16}, logr.Discard())
 	if err != nil {
 		return nil, err
 	}

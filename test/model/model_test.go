@@ -686,7 +686,7 @@ func (s *schedule) startProcess(slot, incarnation int) *process {
 		cancel()
 		return p
 	}
-	ctrl, err := controllers.NewController(rec, 2, logr.Discard())
+	ctrl, err := controllers.NewController(rec, controllers.QueueOptions{Workers: 2}, logr.Discard())
 	if err != nil {
 		s.violate("starting %s: %v", p.name, err)
 		cancel()
