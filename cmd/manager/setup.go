@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/redis/go-redis/v9"
+
+	rtm "github.com/galaxy-platform/rtmanager"
+	"github.com/galaxy-platform/rtmanager/config"
+	"github.com/galaxy-platform/rtmanager/controllers"
+	"github.com/galaxy-platform/rtmanager/coord"
+	"github.com/galaxy-platform/rtmanager/httpapi"
+	"github.com/galaxy-platform/rtmanager/probe"
+	"github.com/galaxy-platform/rtmanager/publisher"
+	"github.com/galaxy-platform/rtmanager/runtime"
+	"github.com/galaxy-platform/rtmanager/sources"
+	"github.com/galaxy-platform/rtmanager/store"
+	"github.com/galaxy-platform/rtmanager/telemetry"
+)
+
+// manager is one RTM process as its start-up builds it: each step of startup fills in what the
+// later steps and the workers use. Nothing else is wired anywhere.
+type manager struct {
+	cfg  config.Config
+	log  *slog.Logger
+	stop *shutdown
+
+	tel     *telemetry.Telemetry
+	metrics *telemetry.Metrics
+	// answers wakes a REST mutation waiting for its answer when the commit that answers it is done.
+	answers *httpapi.Answers
+	// pub relays committed outbox rows at once once it exists; rows committed before (the boot
+	// pass) wait in the outbox for its first poll.
+	pub     atomic.Pointer[publisher.Publisher]
+	st      *store.Store
+	co      *coord.Coord
+	dk      *runtime.Docker
+	engines *runtime.EngineAddrs
+	cache   *runtime.Cache
+	prober  *probe.HTTP
+	ctrl    *controllers.Controller
+	srv     *http.Server
+	srvDone chan error
+}
+
+// startup is the start-up sequence of the runbook, in its order; each step's failure is a
+// *stepError naming it (exit 1). Telemetry is built first, for the others report through it; the
+// exporter is reported started in its place in the sequence.
+func (m *manager) startup() []func(context.Context) error {
+	return []func(context.Context) error{
+		m.setupTelemetry,
+		m.setupPostgres,    // 1
+		m.setupRedis,       // 2
+		m.setupDocker,      // 3
+		m.reportTelemetry,  // 4
+		m.setupReconciler,  // the reconciler and its controller
+		m.setupListener,    // 5
+		m.setupInitialPass, // 6
+	}
+}
+
+func (m *manager) setupTelemetry(ctx context.Context) error {
+	tel, err := telemetry.Setup(ctx, m.cfg.TelemetryExporter, version)
+	if err != nil {
+		return step("telemetry", err)
+	}
+	m.tel = tel
+	m.stop.onClose(func(ctx context.Context) { _ = tel.Shutdown(ctx) })
+	if m.metrics, err = telemetry.NewMetrics(tel.Meter("rtmanager")); err != nil {
+		return step("telemetry", err)
+	}
+	return nil
+}
+
+// setupPostgres is step 1: migrations, the store, a ping. Every connection and call has a
+// deadline, so a black-holed database fails it within about the connect timeout.
+func (m *manager) setupPostgres(ctx context.Context) error {
+	cfg := m.cfg
+	timeouts := store.Timeouts{Connect: cfg.PostgresConnectTimeout, Operation: cfg.PostgresOperationTimeout,
+		Statement: cfg.PostgresStatementTimeout, Lock: cfg.PostgresLockTimeout, MigrationLock: cfg.PostgresMigrationLockTimeout}
+	if err := store.Migrate(ctx, cfg.PostgresDSN, timeouts); err != nil {
+		return step("postgres migrations", err)
+	}
+	m.log.Info("migrations applied")
+	m.answers = httpapi.NewAnswers()
+	st, err := store.Open(ctx, cfg.PostgresDSN, store.Options{Timeouts: timeouts, MaxConns: int32(cfg.PostgresMaxConns),
+		OnAnswered: m.answers.Notify,
+		OnOutbox: func(rows []rtm.OutboxEntry) {
+			m.metrics.Answered(context.Background(), rows)
+			if p := m.pub.Load(); p != nil {
+				p.Offer(rows)
+			}
+		}})
+	if err != nil {
+		return step("postgres", err)
+	}
+	m.st = st
+	m.stop.onClose(func(context.Context) { st.Close() })
+	if err := st.Ping(ctx); err != nil {
+		return step("postgres ping", err)
+	}
+	m.log.Info("postgres ping ok")
+	return nil
+}
+
+// setupRedis is step 2: the client, a ping, the instance heartbeat that leases depend on, and
+// the gauges (they read the store and Redis).
+func (m *manager) setupRedis(ctx context.Context) error {
+	cfg := m.cfg
+	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, Password: cfg.RedisPassword,
+		DialTimeout: 3 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second,
+		PoolSize: cfg.RedisPoolSize, ContextTimeoutEnabled: true})
+	m.stop.onClose(func(context.Context) { _ = rdb.Close() })
+	m.co = coord.New(rdb, ownerID(), cfg.GameLeaseTTL, coord.WithStreamMaxLen(cfg.StreamRetention),
+		coord.WithLeaseObserver(m.metrics))
+	if err := m.co.Ping(ctx); err != nil {
+		return step("redis ping", err)
+	}
+	m.log.Info("redis ping ok")
+	hbCtx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+	m.stop.onClose(func(context.Context) { stopHeartbeat() })
+	if err := m.co.Heartbeat(hbCtx); err != nil {
+		return step("redis", err)
+	}
+	if err := m.metrics.ObserveGauges(m.tel.Meter("rtmanager"), m.st, m.co,
+		map[rtm.JobKind]string{rtm.StartJobs: cfg.StartJobsStream, rtm.StopJobs: cfg.StopJobsStream}); err != nil {
+		return step("telemetry", err)
+	}
+	return nil
+}
+
+// setupDocker is step 3: the adapter, a ping, the network, and the engines' addresses the
+// listener refuses (learnt before it opens, followed from then on).
+func (m *manager) setupDocker(ctx context.Context) error {
+	dk, err := runtime.New(runtime.Options{Host: m.cfg.DockerHost, Network: m.cfg.DockerNetwork, Logger: m.log,
+		Tracer: m.tel.Tracer("rtmanager/runtime"), Meter: m.tel.Meter("rtmanager")})
+	if err != nil {
+		return step("docker", err)
+	}
+	m.dk = dk
+	m.stop.onClose(func(context.Context) { _ = dk.Close() })
+	if err := dk.Ping(ctx); err != nil {
+		return step("docker ping", err)
+	}
+	m.log.Info("docker ping ok")
+	if err := dk.CheckNetwork(ctx); err != nil {
+		return step("docker network", err)
+	}
+	m.log.Info("docker network found", "network", m.cfg.DockerNetwork)
+	m.engines = runtime.NewEngineAddrs(dk, runtime.EngineAddrsOptions{Logger: m.log})
+	if err := m.engines.Refresh(ctx); err != nil {
+		return step("docker network", err)
+	}
+	engCtx, stopEngines := context.WithCancel(context.WithoutCancel(ctx))
+	engDone := make(chan struct{})
+	go func() { defer close(engDone); _ = m.engines.Run(engCtx) }()
+	m.stop.onClose(func(ctx context.Context) {
+		stopEngines()
+		select {
+		case <-engDone:
+		case <-ctx.Done():
+		}
+	})
+	return nil
+}
+
+// reportTelemetry is step 4: the exporter, set up first, is reported in its place.
+func (m *manager) reportTelemetry(context.Context) error {
+	m.log.Info("telemetry exporter started", "exporter", m.cfg.TelemetryExporter)
+	return nil
+}
+
+// setupReconciler builds the reconciler and the controller that runs it.
+func (m *manager) setupReconciler(context.Context) error {
+	cfg := m.cfg
+	m.prober = probe.New(cfg.EnginePort, cfg.ProbeTarget == config.ProbeTargetContainerIP, cfg.ProbeTimeout)
+	dirs := runtime.StateDirs{Root: cfg.GameStateRoot, Mode: os.FileMode(cfg.GameStateDirMode),
+		UID: cfg.GameStateOwnerUID, GID: cfg.GameStateOwnerGID}
+	m.cache = runtime.NewCache()
+	rec, err := controllers.New(m.st, m.dk, m.co, dirs, m.prober, controllers.Options{
+		Network: cfg.DockerNetwork, EnginePort: cfg.EnginePort, StateMount: cfg.EngineStateMount,
+		StopTimeout: cfg.EngineStopTimeout, MemoryBytes: cfg.EngineMemoryBytes, NanoCPUs: cfg.EngineNanoCPUs,
+		PidsLimit: cfg.EnginePidsLimit, User: cfg.EngineUser, ReadOnlyRoot: cfg.EngineReadOnlyRoot,
+		PatchVerifyTimeout: cfg.PatchVerifyTimeout, ProbeInterval: cfg.ProbeInterval, ProbeThreshold: cfg.ProbeFailureThreshold,
+		RetryAttempts: cfg.RetryAttempts, RetryWindow: cfg.RetryWindow,
+		Cache: m.cache, Diagnose: diagnose(probe.NewLobby(cfg.LobbyInternalBaseURL, m.log)),
+	}, m.log, m.tel.Tracer("rtmanager/controller"), m.tel.Meter("rtmanager"))
+	if err != nil {
+		return step("controller", err)
+	}
+	m.ctrl, err = controllers.NewController(rec, controllers.QueueOptions{Workers: cfg.ReconcileWorkers,
+		Rate: cfg.ReconcileRate, Burst: cfg.ReconcileBurst, BackoffMin: cfg.ReconcileBackoffMin,
+		BackoffMax: cfg.ReconcileBackoffMax, Buffer: cfg.ReconcileQueueBuffer},
+		logr.FromSlogHandler(controllerLogHandler{m.log.Handler()}))
+	if err != nil {
+		return step("controller", err)
+	}
+	return nil
+}
+
+// settings are what admission needs, for REST and the job consumers alike.
+func (m *manager) settings() rtm.Settings {
+	return rtm.Settings{EnginePort: m.cfg.EnginePort, StateRootJoin: func(id string) string {
+		return filepath.Join(m.cfg.GameStateRoot, id)
+	}}
+}
+
+// setupListener is step 5: the internal HTTP listener (probes, metrics, the REST API).
+func (m *manager) setupListener(context.Context) error {
+	cfg := m.cfg
+	api := httpapi.NewAPI(httpapi.APIOptions{Store: m.st, Answers: m.answers, Enqueue: m.ctrl.Enqueue,
+		Settings: m.settings(), Allowed: cfg.AllowedImageRepositories, Token: cfg.InternalToken,
+		WaitTimeout: cfg.RESTWaitTimeout, Log: m.log, Tracer: m.tel.Tracer("rtmanager/rest"), Meter: m.tel.Meter("rtmanager")})
+	handler := httpapi.NewHandler(httpapi.Options{
+		Checks: []httpapi.Check{
+			{Name: "postgres", Ping: m.st.Ping},
+			{Name: "redis", Ping: m.co.Ping},
+			{Name: "docker", Ping: m.dk.Ping},
+			{Name: "docker network", Ping: m.dk.CheckNetwork},
+		},
+		Metrics: m.tel.Handler(), PProf: cfg.PProf, API: api, Engines: m.engines, Log: m.log,
+	})
+	ln, err := net.Listen("tcp", cfg.InternalHTTPAddr)
+	if err != nil {
+		return step("internal http listener", err)
+	}
+	m.srv = httpapi.NewServer(handler, cfg.RESTWaitTimeout+15*time.Second)
+	m.srvDone = make(chan error, 1)
+	go func() { m.srvDone <- m.srv.Serve(ln) }()
+	m.log.Info("internal http listening", "addr", ln.Addr().String())
+	m.log.Info("internal api protection", "addr", ln.Addr().String(), "token_set", cfg.InternalToken != "",
+		"engine_refusal", true, "network", cfg.DockerNetwork)
+	return nil
+}
+
+// setupInitialPass is step 6: the synchronous reconcile of every known game.
+func (m *manager) setupInitialPass(ctx context.Context) error {
+	ids, err := sources.AllGames(ctx, m.dk, m.st, m.cache)
+	if err != nil {
+		_ = m.srv.Close()
+		return step("reconciler initial pass", err)
+	}
+	failed := m.ctrl.InitialPass(ctx, ids)
+	m.log.Info("reconciler initial pass completed", "games", len(ids), "retrying", failed)
+	return nil
+}
+
+// runWorkers is step 7: the background workers, until ctx ends; manual carries SIGHUP's passes.
+// The returned group is done when every worker has returned.
+func (m *manager) runWorkers(ctx context.Context, manual <-chan struct{}) *sync.WaitGroup {
+	cfg := m.cfg
+	relay := publisher.New(publisher.Publisher{Outbox: m.st, Redis: m.co, Log: m.log, Observer: m.metrics,
+		Names: map[string]string{
+			rtm.StreamJobResults:          cfg.JobResultsStream,
+			rtm.StreamHealthEvents:        cfg.HealthEventsStream,
+			rtm.StreamNotificationIntents: cfg.NotificationIntentsStream,
+		}})
+	m.pub.Store(relay)
+	jobs := func(kind rtm.JobKind, stream string) *sources.JobConsumer {
+		return &sources.JobConsumer{Kind: kind, Stream: stream, Store: m.st, Redis: m.co,
+			Enqueue: m.ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: m.settings(), Log: m.log,
+			Tracer: m.tel.Tracer("rtmanager/jobs"), Observer: m.metrics, Results: m.st, Marks: m.co}
+	}
+	workers := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"controller", m.ctrl.Start},
+		{"startjobs", jobs(rtm.StartJobs, cfg.StartJobsStream).Run},
+		{"stopjobs", jobs(rtm.StopJobs, cfg.StopJobsStream).Run},
+		{"dockerevents", (&sources.DockerEvents{Docker: m.dk, Lister: m.dk, Store: m.st, Cache: m.cache,
+			Enqueue: m.ctrl.Enqueue, Log: m.log}).Run},
+		{"prober", (&probe.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
+			Grace: cfg.ProbeInterval, Store: m.st, Docker: m.dk, Probe: m.prober, Marks: m.cache,
+			Observer: m.metrics, Log: m.log}).Run},
+		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: m.st, Docker: m.dk, Lister: m.dk,
+			Enqueue: m.ctrl.Enqueue, Log: m.log}).Run},
+		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: m.dk, Store: m.st,
+			Cache: m.cache, Enqueue: m.ctrl.Enqueue, Log: m.log, Trigger: manual}).Run},
+		{"publisher", relay.Run},
+	}
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w.run(ctx); err != nil && ctx.Err() == nil {
+				m.log.Error("worker failed", "worker", w.name, "error", err)
+			}
+		}()
+		if w.name != "controller" {
+			m.log.Info("worker started", "worker", w.name)
+		}
+	}
+	return &wg
+}
