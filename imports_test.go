@@ -3,7 +3,11 @@ package rtmanager_test
 import (
 	"bufio"
 	"bytes"
+	"go/parser"
+	"go/token"
+	"io/fs"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -59,5 +63,35 @@ func TestImports_pointInward(t *testing.T) {
 	}
 	if n < 10 {
 		t.Fatalf("go list found %d packages; expected the whole module", n)
+	}
+}
+
+// TestImports_rootUnderOneName fails when a file imports the module's root under another name
+// than rtm.
+func TestImports_rootUnderOneName(t *testing.T) {
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") && path != "." || d.Name() == "bin") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		for _, imp := range f.Imports {
+			if imp.Path.Value == `"`+module+`"` && (imp.Name == nil || imp.Name.Name != "rtm") {
+				t.Errorf("%s imports the root without the name rtm", path)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

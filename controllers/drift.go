@@ -10,7 +10,7 @@ import (
 	rtm "github.com/galaxy-platform/rtmanager"
 )
 
-// recordExit is the fast path of a die event: the exit of the record's own container, decided on
+// noteExit is the fast path of a die event: the exit of the record's own container, decided on
 // the record as read and locked in the transaction that records it, with the lease taken while
 // that read travels (the two round trips overlap; the change is written only once both are in).
 // Waiting for the lease with the row locked cannot deadlock: taking a lease never waits.
@@ -21,7 +21,7 @@ import (
 // the container again since would have invalidated it). Anything else returns the action decided
 // on the record as read, for the caller to take the usual way (an untrusted exit as sync: it is
 // looked at again under the lease).
-func (r *GameReconciler) recordExit(ctx context.Context, gameID string, c *rtm.Container) (Action, outcome) {
+func (r *GameReconciler) noteExit(ctx context.Context, gameID string, c *rtm.Container) (Action, outcome) {
 	type lease struct {
 		ctx     context.Context
 		release func()
@@ -93,12 +93,12 @@ func (r *GameReconciler) stillExited(gameID string, c *rtm.Container) bool {
 	return known && found && !exitedAt.IsZero() && ct.ID == c.ID && ct.ExitCode == c.ExitCode
 }
 
-// recordDrift records what only needs recording (adopt, dispose, observed_exited, sync). It takes
+// noteDrift records what only needs recording (adopt, dispose, observed_exited, sync). It takes
 // the lease first, then observes the container under it (an observation made before could
 // predate what a previous holder did), then decides again on the record as read and locked in
 // the transaction that records the change; the lease is checked once more before that commits.
 // The change bumps the fencing epoch: it is this holder's first write.
-func (r *GameReconciler) recordDrift(ctx context.Context, gameID string) outcome {
+func (r *GameReconciler) noteDrift(ctx context.Context, gameID string) outcome {
 	lctx, release, err := r.leases.Acquire(ctx, gameID)
 	switch {
 	case errors.Is(err, rtm.ErrConflict):

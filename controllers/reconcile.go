@@ -60,7 +60,7 @@ func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
 		// A die event: recorded in one transaction when it is the exit of the record's own
 		// container (two PostgreSQL round trips from the event to container_exited).
 		var o outcome
-		if act, o = r.recordExit(ctx, gameID, c); act == ActObservedExited || o.kind != done {
+		if act, o = r.noteExit(ctx, gameID, c); act == ActObservedExited || o.kind != done {
 			return o
 		}
 	} else {
@@ -77,7 +77,7 @@ func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
 		// will be, not as it is for this instant.
 		return waitFor(time.Second)
 	case recordsOnly(act):
-		return r.recordDrift(ctx, gameID)
+		return r.noteDrift(ctx, gameID)
 	case act == ActNone:
 		return finished()
 	}
@@ -162,7 +162,7 @@ func (r *GameReconciler) lock(ctx context.Context, gameID string) (*scope, func(
 		release()
 		return nil, nil, finished()
 	case recordsOnly(act):
-		// Moved to something that only needs recording: that is recordDrift's, at once.
+		// Moved to something that only needs recording: that is noteDrift's, at once.
 		release()
 		return nil, nil, waitFor(time.Millisecond)
 	}
@@ -259,7 +259,7 @@ func (f fencedRuntime) Remove(ctx context.Context, id string) error {
 }
 
 // recordsOnly reports whether act changes nothing but the record and what it publishes (no
-// Docker call): recordDrift decides and records it in one transaction.
+// Docker call): noteDrift decides and records it in one transaction.
 func recordsOnly(act Action) bool {
 	switch act {
 	case ActAdopt, ActDispose, ActObservedExited, ActSync:

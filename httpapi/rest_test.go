@@ -524,7 +524,7 @@ func TestAPI_getHealth_snapshot(t *testing.T) {
 	if h["game_id"] != "g1" || h["status"] != "unknown" || h["updated_at"] != nil {
 		t.Fatalf("no snapshot yet: %s", r.body)
 	}
-	err := f.st.RecordHealth(context.Background(), []rtm.HealthEvent{{GameID: "g1", Type: rtm.EventContainerExited,
+	err := f.st.CommitHealth(context.Background(), []rtm.HealthEvent{{GameID: "g1", Type: rtm.EventContainerExited,
 		ContainerID: "c1", ExitCode: rtm.IntPtr(3), DockerState: "exited", ObservedAt: time.Now()}})
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,7 @@ import (
 // ProbeStore is what the prober reads and writes.
 type ProbeStore interface {
 	RunningGames(ctx context.Context) ([]rtm.RunningGame, error)
-	RecordProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error)
+	CommitProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error)
 }
 
 // ProbeObserver is told each probe's result, for telemetry.
@@ -131,7 +131,7 @@ func (p *Prober) round(ctx context.Context) error {
 		}(g)
 	}
 	wg.Wait()
-	events, err := p.Store.RecordProbeRound(ctx, p.Threshold, outcomes)
+	events, err := p.Store.CommitProbeRound(ctx, p.Threshold, outcomes)
 	if err != nil {
 		return err
 	}

@@ -129,7 +129,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// failingRounds fails chosen calls of RecordProbeRound without reaching the store.
+// failingRounds fails chosen calls of CommitProbeRound without reaching the store.
 type failingRounds struct {
 	*store.Store
 	mu    sync.Mutex
@@ -137,7 +137,7 @@ type failingRounds struct {
 	fail  map[int]bool // call numbers (1-based) to fail
 }
 
-func (f *failingRounds) RecordProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error) {
+func (f *failingRounds) CommitProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error) {
 	f.mu.Lock()
 	f.calls++
 	failed := f.fail[f.calls]
@@ -145,7 +145,7 @@ func (f *failingRounds) RecordProbeRound(ctx context.Context, threshold int, out
 	if failed {
 		return nil, errors.New("connection reset")
 	}
-	return f.Store.RecordProbeRound(ctx, threshold, outcomes)
+	return f.Store.CommitProbeRound(ctx, threshold, outcomes)
 }
 
 // failNext makes the next n calls fail and returns the number of calls so far.

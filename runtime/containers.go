@@ -20,7 +20,7 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"go.opentelemetry.io/otel/attribute"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // List returns every container carrying com.galaxy.owner=rtmanager and attached to the
@@ -29,18 +29,18 @@ import (
 // other's games. Health is read from Docker's status line; inspection-only fields (OOMKilled,
 // IP, StartedAt, FinishedAt) stay empty; ExitCode is parsed from Docker's status line for exited containers. The daemon answers
 // lists from a copy of its state that may trail a die event by a moment; Inspect does not. A
-// failure wraps rtmanager.ErrUnavailable when the daemon cannot be reached.
-func (d *Docker) List(ctx context.Context) ([]rtmanager.Container, error) {
+// failure wraps rtm.ErrUnavailable when the daemon cannot be reached.
+func (d *Docker) List(ctx context.Context) ([]rtm.Container, error) {
 	c := d.begin(ctx, "list", d.opts.CallTimeout)
 	list, err := d.cli.ContainerList(c.ctx, container.ListOptions{
 		All: true,
-		Filters: filters.NewArgs(filters.Arg("label", rtmanager.LabelOwner+"="+rtmanager.OwnerValue),
+		Filters: filters.NewArgs(filters.Arg("label", rtm.LabelOwner+"="+rtm.OwnerValue),
 			filters.Arg("network", d.opts.Network)),
 	})
 	if err != nil {
 		return nil, c.end(fmt.Errorf("listing containers: %w", classify(ctx, err)))
 	}
-	out := make([]rtmanager.Container, 0, len(list))
+	out := make([]rtm.Container, 0, len(list))
 	for _, s := range list {
 		out = append(out, fromSummary(s))
 	}
@@ -58,16 +58,16 @@ func (d *Docker) List(ctx context.Context) ([]rtmanager.Container, error) {
 // chosen over the others, and the most recently created among equals; a debug line names the
 // choice and the number of candidates.
 //
-// Errors: no container by name or label wraps rtmanager.ErrNotFound; an unreachable daemon wraps
-// rtmanager.ErrUnavailable.
-func (d *Docker) Inspect(ctx context.Context, gameID string) (rtmanager.Container, error) {
-	ct, err := d.inspect(ctx, rtmanager.ContainerName(gameID), attrGameID.String(gameID))
-	if !errors.Is(err, rtmanager.ErrNotFound) {
+// Errors: no container by name or label wraps rtm.ErrNotFound; an unreachable daemon wraps
+// rtm.ErrUnavailable.
+func (d *Docker) Inspect(ctx context.Context, gameID string) (rtm.Container, error) {
+	ct, err := d.inspect(ctx, rtm.ContainerName(gameID), attrGameID.String(gameID))
+	if !errors.Is(err, rtm.ErrNotFound) {
 		return ct, err
 	}
 	id, lerr := d.labelled(ctx, gameID)
 	if lerr != nil {
-		return rtmanager.Container{}, lerr
+		return rtm.Container{}, lerr
 	}
 	if id == "" {
 		return ct, err
@@ -81,8 +81,8 @@ func (d *Docker) labelled(ctx context.Context, gameID string) (string, error) {
 	c := d.begin(ctx, "list", d.opts.CallTimeout, attrGameID.String(gameID))
 	list, err := d.cli.ContainerList(c.ctx, container.ListOptions{
 		All: true,
-		Filters: filters.NewArgs(filters.Arg("label", rtmanager.LabelOwner+"="+rtmanager.OwnerValue),
-			filters.Arg("label", rtmanager.LabelGameID+"="+gameID),
+		Filters: filters.NewArgs(filters.Arg("label", rtm.LabelOwner+"="+rtm.OwnerValue),
+			filters.Arg("label", rtm.LabelGameID+"="+gameID),
 			filters.Arg("network", d.opts.Network)),
 	})
 	if err != nil {
@@ -110,15 +110,15 @@ func (d *Docker) labelled(ctx context.Context, gameID string) (string, error) {
 }
 
 // InspectID is Inspect by container id (or name), with the same results and errors.
-func (d *Docker) InspectID(ctx context.Context, id string) (rtmanager.Container, error) {
+func (d *Docker) InspectID(ctx context.Context, id string) (rtm.Container, error) {
 	return d.inspect(ctx, id, attrContainerID.String(id))
 }
 
-func (d *Docker) inspect(ctx context.Context, ref string, attr attribute.KeyValue) (rtmanager.Container, error) {
+func (d *Docker) inspect(ctx context.Context, ref string, attr attribute.KeyValue) (rtm.Container, error) {
 	c := d.begin(ctx, "inspect", d.opts.CallTimeout, attr)
 	resp, err := d.cli.ContainerInspect(c.ctx, ref)
 	if err != nil {
-		return rtmanager.Container{}, c.end(fmt.Errorf("inspecting container %s: %w", ref, classify(ctx, err)))
+		return rtm.Container{}, c.end(fmt.Errorf("inspecting container %s: %w", ref, classify(ctx, err)))
 	}
 	return d.fromInspect(resp), c.end(nil)
 }
@@ -129,12 +129,12 @@ func (d *Docker) inspect(ctx context.Context, ref string, attr attribute.KeyValu
 // small /tmp tmpfs, a size-limited json-file log (EngineLogMaxFiles × EngineLogMaxSize), and
 // exactly one network (spec.Network, else Options.Network).
 //
-// Errors: a container of that name already exists → wraps rtmanager.ErrConflict; the image is
-// not present locally → *rtmanager.Error with CodeImagePullFailed; the daemon cannot be reached →
-// wraps rtmanager.ErrUnavailable; any other refusal → *rtmanager.Error with
+// Errors: a container of that name already exists → wraps rtm.ErrConflict; the image is
+// not present locally → *rtm.Error with CodeImagePullFailed; the daemon cannot be reached →
+// wraps rtm.ErrUnavailable; any other refusal → *rtm.Error with
 // CodeContainerStartFailed.
-func (d *Docker) Create(ctx context.Context, spec rtmanager.ContainerSpec) (string, error) {
-	name := rtmanager.ContainerName(spec.GameID)
+func (d *Docker) Create(ctx context.Context, spec rtm.ContainerSpec) (string, error) {
+	name := rtm.ContainerName(spec.GameID)
 	c := d.begin(ctx, "create", d.opts.CallTimeout,
 		attrGameID.String(spec.GameID), attrContainer.String(name), attrImage.String(spec.ImageRef))
 	cfg, hostCfg, netCfg := d.containerConfig(spec)
@@ -155,8 +155,8 @@ const (
 )
 
 // containerConfig turns spec into the SDK's create arguments.
-func (d *Docker) containerConfig(spec rtmanager.ContainerSpec) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
-	name := rtmanager.ContainerName(spec.GameID)
+func (d *Docker) containerConfig(spec rtm.ContainerSpec) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
+	name := rtm.ContainerName(spec.GameID)
 	netName := spec.Network
 	if netName == "" {
 		netName = d.opts.Network
@@ -173,10 +173,10 @@ func (d *Docker) containerConfig(spec rtmanager.ContainerSpec) (*container.Confi
 		Env:   env,
 		User:  spec.User,
 		Labels: map[string]string{
-			rtmanager.LabelOwner:      rtmanager.OwnerValue,
-			rtmanager.LabelGameID:     spec.GameID,
-			rtmanager.LabelImageRef:   spec.ImageRef,
-			rtmanager.LabelGeneration: strconv.FormatInt(spec.Generation, 10),
+			rtm.LabelOwner:      rtm.OwnerValue,
+			rtm.LabelGameID:     spec.GameID,
+			rtm.LabelImageRef:   spec.ImageRef,
+			rtm.LabelGeneration: strconv.FormatInt(spec.Generation, 10),
 		},
 	}
 
@@ -225,17 +225,17 @@ func (d *Docker) createError(c *call, name, imageRef string, err error) error {
 	switch kind := kindOf(c.parent, err); {
 	case c.parent.Err() != nil:
 		return fmt.Errorf("creating container %s: %w", name, err)
-	case kind == rtmanager.ErrConflict || kind == rtmanager.ErrUnavailable:
+	case kind == rtm.ErrConflict || kind == rtm.ErrUnavailable:
 		return fmt.Errorf("creating container %s: %w", name, &kindError{kind: kind, err: err})
-	case kind == rtmanager.ErrNotFound && d.imageMissing(c.ctx, imageRef):
-		return &rtmanager.Error{
-			Code:    rtmanager.CodeImagePullFailed,
+	case kind == rtm.ErrNotFound && d.imageMissing(c.ctx, imageRef):
+		return &rtm.Error{
+			Code:    rtm.CodeImagePullFailed,
 			Message: fmt.Sprintf("image %s is not present on the docker host", imageRef),
 			Err:     err,
 		}
 	}
-	return &rtmanager.Error{
-		Code:    rtmanager.CodeContainerStartFailed,
+	return &rtm.Error{
+		Code:    rtm.CodeContainerStartFailed,
 		Message: fmt.Sprintf("creating container %s: %s", name, daemonMessage(err)),
 		Err:     err,
 	}
@@ -256,8 +256,8 @@ func (d *Docker) containerMissing(ctx context.Context, id string) bool {
 }
 
 // Start starts a created (or stopped) container; starting a running one is a no-op. A missing
-// container wraps rtmanager.ErrNotFound; an unreachable daemon wraps rtmanager.ErrUnavailable;
-// any other refusal (a missing network, a bad user, an unusable image, …) is *rtmanager.Error
+// container wraps rtm.ErrNotFound; an unreachable daemon wraps rtm.ErrUnavailable;
+// any other refusal (a missing network, a bad user, an unusable image, …) is *rtm.Error
 // with CodeContainerStartFailed.
 func (d *Docker) Start(ctx context.Context, id string) error {
 	c := d.begin(ctx, "start", d.opts.CallTimeout, attrContainerID.String(id))
@@ -268,12 +268,12 @@ func (d *Docker) Start(ctx context.Context, id string) error {
 	switch kind := kindOf(ctx, err); {
 	case ctx.Err() != nil:
 		err = fmt.Errorf("starting container %s: %w", id, err)
-	case kind == rtmanager.ErrUnavailable,
-		kind == rtmanager.ErrNotFound && d.containerMissing(c.ctx, id):
+	case kind == rtm.ErrUnavailable,
+		kind == rtm.ErrNotFound && d.containerMissing(c.ctx, id):
 		err = fmt.Errorf("starting container %s: %w", id, &kindError{kind: kind, err: err})
 	default:
-		err = &rtmanager.Error{
-			Code:    rtmanager.CodeContainerStartFailed,
+		err = &rtm.Error{
+			Code:    rtm.CodeContainerStartFailed,
 			Message: fmt.Sprintf("starting container %s: %s", shortID(id), daemonMessage(err)),
 			Err:     err,
 		}
@@ -283,7 +283,7 @@ func (d *Docker) Start(ctx context.Context, id string) error {
 
 // Stop sends SIGTERM and, after grace (rounded up to whole seconds), SIGKILL. The call may take
 // grace plus CallTimeout. Stopping a stopped container succeeds; a missing one wraps
-// rtmanager.ErrNotFound; an unreachable daemon wraps rtmanager.ErrUnavailable.
+// rtm.ErrNotFound; an unreachable daemon wraps rtm.ErrUnavailable.
 func (d *Docker) Stop(ctx context.Context, id string, grace time.Duration) error {
 	secs := int(math.Ceil(max(grace, 0).Seconds()))
 	c := d.begin(ctx, "stop", time.Duration(secs)*time.Second+d.opts.CallTimeout,
@@ -296,9 +296,9 @@ func (d *Docker) Stop(ctx context.Context, id string, grace time.Duration) error
 }
 
 // Remove force-removes a container (killing it if it runs) with its anonymous volumes; the state
-// dir, a bind mount, is untouched. A missing container wraps rtmanager.ErrNotFound, which
-// callers treat as done; a removal already in progress wraps rtmanager.ErrConflict; an
-// unreachable daemon wraps rtmanager.ErrUnavailable.
+// dir, a bind mount, is untouched. A missing container wraps rtm.ErrNotFound, which
+// callers treat as done; a removal already in progress wraps rtm.ErrConflict; an
+// unreachable daemon wraps rtm.ErrUnavailable.
 func (d *Docker) Remove(ctx context.Context, id string) error {
 	c := d.begin(ctx, "remove", d.opts.CallTimeout, attrContainerID.String(id))
 	err := d.cli.ContainerRemove(c.ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
@@ -309,18 +309,18 @@ func (d *Docker) Remove(ctx context.Context, id string) error {
 }
 
 // fromSummary converts a ContainerList entry.
-func fromSummary(s container.Summary) rtmanager.Container {
-	ct := rtmanager.Container{
+func fromSummary(s container.Summary) rtm.Container {
+	ct := rtm.Container{
 		ID:       s.ID,
 		ImageRef: s.Image,
-		State:    rtmanager.ContainerState(s.State),
+		State:    rtm.ContainerState(s.State),
 		Created:  time.Unix(s.Created, 0).UTC(),
 	}
 	if len(s.Names) > 0 {
 		ct.Name = strings.TrimPrefix(s.Names[0], "/")
 	}
 	applyLabels(&ct, s.Labels)
-	if ct.State == rtmanager.StateExited || ct.State == rtmanager.StateDead {
+	if ct.State == rtm.StateExited || ct.State == rtm.StateDead {
 		ct.ExitCode = exitCodeFromStatus(s.Status)
 	}
 	ct.Health = healthFromStatus(s.Status)
@@ -341,14 +341,14 @@ func healthFromStatus(status string) string {
 }
 
 // fromInspect converts a ContainerInspect answer.
-func (d *Docker) fromInspect(r container.InspectResponse) rtmanager.Container {
-	var ct rtmanager.Container
+func (d *Docker) fromInspect(r container.InspectResponse) rtm.Container {
+	var ct rtm.Container
 	if r.ContainerJSONBase != nil {
 		ct.ID = r.ID
 		ct.Name = strings.TrimPrefix(r.Name, "/")
 		ct.Created = parseTime(r.Created)
 		if s := r.State; s != nil {
-			ct.State = rtmanager.ContainerState(s.Status)
+			ct.State = rtm.ContainerState(s.Status)
 			ct.ExitCode = s.ExitCode
 			ct.OOMKilled = s.OOMKilled
 			ct.StartedAt = parseTime(s.StartedAt)
@@ -375,13 +375,13 @@ func (d *Docker) fromInspect(r container.InspectResponse) rtmanager.Container {
 
 // applyLabels fills the label-derived fields; the image_ref label wins over the config's image
 // because the config may name the image by id after a re-tag.
-func applyLabels(ct *rtmanager.Container, labels map[string]string) {
-	ct.Owned = labels[rtmanager.LabelOwner] == rtmanager.OwnerValue
-	ct.GameID = labels[rtmanager.LabelGameID]
-	if ref := labels[rtmanager.LabelImageRef]; ref != "" {
+func applyLabels(ct *rtm.Container, labels map[string]string) {
+	ct.Owned = labels[rtm.LabelOwner] == rtm.OwnerValue
+	ct.GameID = labels[rtm.LabelGameID]
+	if ref := labels[rtm.LabelImageRef]; ref != "" {
 		ct.ImageRef = ref
 	}
-	if g, err := strconv.ParseInt(labels[rtmanager.LabelGeneration], 10, 64); err == nil {
+	if g, err := strconv.ParseInt(labels[rtm.LabelGeneration], 10, 64); err == nil {
 		ct.Generation = g
 	}
 }

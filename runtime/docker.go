@@ -1,8 +1,8 @@
 // Package runtime is Runtime Manager's Docker adapter: it creates, starts, stops, removes,
 // inspects and lists game containers, pulls engine images and follows the daemon's container
-// events. Docker SDK types never leave the package; callers see rtmanager.Container,
-// rtmanager.DockerEvent and errors that wrap rtmanager.ErrNotFound, ErrConflict or
-// ErrUnavailable, or carry a contract code as *rtmanager.Error.
+// events. Docker SDK types never leave the package; callers see rtm.Container,
+// rtm.DockerEvent and errors that wrap rtm.ErrNotFound, ErrConflict or
+// ErrUnavailable, or carry a contract code as *rtm.Error.
 //
 // Every Docker call runs under its own timeout derived from the caller's context (a wedged daemon
 // must not wedge the manager), in a span named docker.<op>, and adds a sample to the
@@ -26,7 +26,7 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // Defaults applied by New to zero Options fields.
@@ -127,13 +127,13 @@ func (d *Docker) Close() error {
 }
 
 // Ping checks that the daemon answers within CallTimeout. Any failure wraps
-// rtmanager.ErrUnavailable, unless ctx itself ended (then the context's error is wrapped).
+// rtm.ErrUnavailable, unless ctx itself ended (then the context's error is wrapped).
 func (d *Docker) Ping(ctx context.Context) error {
 	c := d.begin(ctx, "ping", d.opts.CallTimeout)
 	_, err := d.cli.Ping(c.ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			err = &kindError{kind: rtmanager.ErrUnavailable, err: err}
+			err = &kindError{kind: rtm.ErrUnavailable, err: err}
 		}
 		err = fmt.Errorf("pinging docker at %s: %w", d.opts.Host, err)
 	}

@@ -25,7 +25,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
@@ -114,13 +114,13 @@ func newGameID(t testing.TB) string {
 
 // newSpec returns a spec for gameID with a fresh, world-writable state dir (the engine may run
 // as any user) and the test image.
-func newSpec(t testing.TB, gameID string) rtmanager.ContainerSpec {
+func newSpec(t testing.TB, gameID string) rtm.ContainerSpec {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	return rtmanager.ContainerSpec{
+	return rtm.ContainerSpec{
 		GameID:     gameID,
 		ImageRef:   testImage,
 		Generation: 1,
@@ -139,7 +139,7 @@ func newSpec(t testing.TB, gameID string) rtmanager.ContainerSpec {
 }
 
 // create creates spec's container and removes it when the test ends.
-func create(t testing.TB, d *Docker, spec rtmanager.ContainerSpec) string {
+func create(t testing.TB, d *Docker, spec rtm.ContainerSpec) string {
 	t.Helper()
 	id, err := d.Create(context.Background(), spec)
 	if err != nil {
@@ -148,7 +148,7 @@ func create(t testing.TB, d *Docker, spec rtmanager.ContainerSpec) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := d.Remove(ctx, id); err != nil && !errors.Is(err, rtmanager.ErrNotFound) {
+		if err := d.Remove(ctx, id); err != nil && !errors.Is(err, rtm.ErrNotFound) {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -156,7 +156,7 @@ func create(t testing.TB, d *Docker, spec rtmanager.ContainerSpec) string {
 }
 
 // createStarted creates and starts spec's container and waits until the engine answers.
-func createStarted(t testing.TB, d *Docker, spec rtmanager.ContainerSpec) (string, rtmanager.Container) {
+func createStarted(t testing.TB, d *Docker, spec rtm.ContainerSpec) (string, rtm.Container) {
 	t.Helper()
 	id := create(t, d, spec)
 	if err := d.Start(context.Background(), id); err != nil {
@@ -203,7 +203,7 @@ func control(t testing.TB, ip, path string) {
 
 // collector gathers one container's events from an Events stream.
 type collector struct {
-	evs  <-chan rtmanager.DockerEvent
+	evs  <-chan rtm.DockerEvent
 	errc <-chan error
 }
 
@@ -218,7 +218,7 @@ func subscribe(t testing.TB, d *Docker) collector {
 
 // waitAction returns the first event of container id with the given action, failing the test
 // after 20 s or when the stream ends.
-func (c collector) waitAction(t testing.TB, id, action string) rtmanager.DockerEvent {
+func (c collector) waitAction(t testing.TB, id, action string) rtm.DockerEvent {
 	t.Helper()
 	timeout := time.After(20 * time.Second)
 	var seen []string
@@ -250,13 +250,13 @@ func TestDocker_Ping_ok(t *testing.T) {
 func TestDocker_Ping_unreachableHost(t *testing.T) {
 	d := newDocker(t, Options{Host: "unix:///nonexistent.sock"})
 	err := d.Ping(context.Background())
-	if !errors.Is(err, rtmanager.ErrUnavailable) {
+	if !errors.Is(err, rtm.ErrUnavailable) {
 		t.Fatalf("Ping = %v, want an error wrapping ErrUnavailable", err)
 	}
-	if _, err := d.List(context.Background()); !errors.Is(err, rtmanager.ErrUnavailable) {
+	if _, err := d.List(context.Background()); !errors.Is(err, rtm.ErrUnavailable) {
 		t.Fatalf("List = %v, want an error wrapping ErrUnavailable", err)
 	}
-	if err := d.EnsureImage(context.Background(), testImage); !errors.Is(err, rtmanager.ErrUnavailable) || rtmanager.CodeOf(err, "") != "" {
+	if err := d.EnsureImage(context.Background(), testImage); !errors.Is(err, rtm.ErrUnavailable) || rtm.CodeOf(err, "") != "" {
 		t.Fatalf("EnsureImage = %v, want ErrUnavailable and no code", err)
 	}
 }
@@ -271,7 +271,7 @@ func TestDocker_Ping_recordsSpanAndLatency(t *testing.T) {
 	if err := d.Ping(context.Background()); err != nil {
 		t.Fatalf("Ping: %v", err)
 	}
-	if _, err := d.Inspect(context.Background(), newGameID(t)); !errors.Is(err, rtmanager.ErrNotFound) {
+	if _, err := d.Inspect(context.Background(), newGameID(t)); !errors.Is(err, rtm.ErrNotFound) {
 		t.Fatalf("Inspect of a missing game = %v, want ErrNotFound", err)
 	}
 
@@ -331,7 +331,7 @@ func TestDocker_CheckNetwork_notFound(t *testing.T) {
 	name := "rtm-runtime-test-absent-" + randomHex(4)
 	d := newDocker(t, Options{Network: name})
 	err := d.CheckNetwork(context.Background())
-	if !errors.Is(err, rtmanager.ErrNotFound) {
+	if !errors.Is(err, rtm.ErrNotFound) {
 		t.Fatalf("CheckNetwork = %v, want an error wrapping ErrNotFound", err)
 	}
 	if want := "network " + name + " not found"; err.Error() != want {
@@ -342,7 +342,7 @@ func TestDocker_CheckNetwork_notFound(t *testing.T) {
 func TestDocker_CheckNetwork_predefined(t *testing.T) {
 	d := newDocker(t, Options{Network: "bridge"})
 	err := d.CheckNetwork(context.Background())
-	if err == nil || errors.Is(err, rtmanager.ErrNotFound) {
+	if err == nil || errors.Is(err, rtm.ErrNotFound) {
 		t.Fatalf("CheckNetwork(bridge) = %v, want a not-user-defined error", err)
 	}
 }
@@ -354,17 +354,17 @@ func TestDocker_Create_fullSpec(t *testing.T) {
 	spec := newSpec(t, gameID)
 	spec.User = "65534:65534"
 	spec.Generation = 7
-	name := rtmanager.ContainerName(gameID)
+	name := rtm.ContainerName(gameID)
 
 	id, got := createStarted(t, d, spec)
 
-	want := rtmanager.Container{
+	want := rtm.Container{
 		ID:         id,
 		Name:       name,
 		GameID:     gameID,
 		Owned:      true,
 		ImageRef:   testImage,
-		State:      rtmanager.StateRunning,
+		State:      rtm.StateRunning,
 		Generation: 7,
 	}
 	if got.ID != want.ID || got.Name != want.Name || got.GameID != want.GameID || !got.Owned ||
@@ -397,10 +397,10 @@ func TestDocker_Create_fullSpec(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantLabels := map[string]string{
-		rtmanager.LabelOwner:      rtmanager.OwnerValue,
-		rtmanager.LabelGameID:     gameID,
-		rtmanager.LabelImageRef:   testImage,
-		rtmanager.LabelGeneration: "7",
+		rtm.LabelOwner:      rtm.OwnerValue,
+		rtm.LabelGameID:     gameID,
+		rtm.LabelImageRef:   testImage,
+		rtm.LabelGeneration: "7",
 	}
 	for k, v := range wantLabels {
 		if raw.Config.Labels[k] != v {
@@ -477,7 +477,7 @@ func TestDocker_List_ownedOnly(t *testing.T) {
 
 	// A container without RTM's labels is not listed, whatever its name.
 	foreign, err := d.cli.ContainerCreate(ctx, &container.Config{Image: testImage}, nil, nil, nil,
-		rtmanager.ContainerName(newGameID(t)))
+		rtm.ContainerName(newGameID(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,15 +487,15 @@ func TestDocker_List_ownedOnly(t *testing.T) {
 	if err != nil {
 		t.Fatalf("List: %v", err)
 	}
-	byID := map[string]rtmanager.Container{}
+	byID := map[string]rtm.Container{}
 	for _, c := range list {
 		byID[c.ID] = c
 	}
-	if c := byID[runningID]; c.GameID != running || c.State != rtmanager.StateRunning || !c.Owned ||
-		c.Name != rtmanager.ContainerName(running) || c.ImageRef != testImage || c.Generation != 1 || c.Created.IsZero() {
+	if c := byID[runningID]; c.GameID != running || c.State != rtm.StateRunning || !c.Owned ||
+		c.Name != rtm.ContainerName(running) || c.ImageRef != testImage || c.Generation != 1 || c.Created.IsZero() {
 		t.Errorf("running container listed as %+v", c)
 	}
-	if c := byID[createdID]; c.GameID != created || c.State != rtmanager.StateCreated {
+	if c := byID[createdID]; c.GameID != created || c.State != rtm.StateCreated {
 		t.Errorf("created container listed as %+v", c)
 	}
 	if _, ok := byID[foreign.ID]; ok {
@@ -517,11 +517,11 @@ func TestDocker_List_exitCode(t *testing.T) {
 		if err != nil {
 			t.Fatalf("List: %v", err)
 		}
-		i := slices.IndexFunc(list, func(c rtmanager.Container) bool { return c.ID == id })
+		i := slices.IndexFunc(list, func(c rtm.Container) bool { return c.ID == id })
 		if i < 0 {
 			t.Fatalf("List lacks %s", id)
 		}
-		if c := list[i]; c.State == rtmanager.StateExited {
+		if c := list[i]; c.State == rtm.StateExited {
 			if c.ExitCode != 3 {
 				t.Errorf("listed with exit code %d, want 3", c.ExitCode)
 			}
@@ -547,7 +547,7 @@ func TestDocker_Stop_exitsZero(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Inspect: %v", err)
 	}
-	if c.State != rtmanager.StateExited || c.ExitCode != 0 || c.OOMKilled || c.FinishedAt.IsZero() || c.Running() {
+	if c.State != rtm.StateExited || c.ExitCode != 0 || c.OOMKilled || c.FinishedAt.IsZero() || c.Running() {
 		t.Errorf("after Stop: %+v, want exited with 0 and a FinishedAt", c)
 	}
 	if err := d.Stop(ctx, id, time.Second); err != nil {
@@ -557,8 +557,8 @@ func TestDocker_Stop_exitsZero(t *testing.T) {
 
 func TestDocker_Stop_notFound(t *testing.T) {
 	d := newDocker(t, Options{})
-	err := d.Stop(context.Background(), rtmanager.ContainerName(newGameID(t)), time.Second)
-	if !errors.Is(err, rtmanager.ErrNotFound) {
+	err := d.Stop(context.Background(), rtm.ContainerName(newGameID(t)), time.Second)
+	if !errors.Is(err, rtm.ErrNotFound) {
 		t.Fatalf("Stop = %v, want ErrNotFound", err)
 	}
 }
@@ -573,13 +573,13 @@ func TestDocker_Remove_thenNotFound(t *testing.T) {
 	if err := d.Remove(ctx, id); err != nil {
 		t.Fatalf("Remove of a running container: %v", err)
 	}
-	if _, err := d.Inspect(ctx, gameID); !errors.Is(err, rtmanager.ErrNotFound) {
+	if _, err := d.Inspect(ctx, gameID); !errors.Is(err, rtm.ErrNotFound) {
 		t.Fatalf("Inspect after Remove = %v, want ErrNotFound", err)
 	}
-	if _, err := d.InspectID(ctx, id); !errors.Is(err, rtmanager.ErrNotFound) {
+	if _, err := d.InspectID(ctx, id); !errors.Is(err, rtm.ErrNotFound) {
 		t.Fatalf("InspectID after Remove = %v, want ErrNotFound", err)
 	}
-	if err := d.Remove(ctx, id); !errors.Is(err, rtmanager.ErrNotFound) {
+	if err := d.Remove(ctx, id); !errors.Is(err, rtm.ErrNotFound) {
 		t.Fatalf("second Remove = %v, want ErrNotFound", err)
 	}
 	if _, err := os.Stat(spec.StateDir); err != nil {
@@ -593,10 +593,10 @@ func TestDocker_Create_conflict(t *testing.T) {
 	create(t, d, spec)
 
 	_, err := d.Create(context.Background(), spec)
-	if !errors.Is(err, rtmanager.ErrConflict) {
+	if !errors.Is(err, rtm.ErrConflict) {
 		t.Fatalf("second Create = %v, want ErrConflict", err)
 	}
-	if code := rtmanager.CodeOf(err, ""); code != "" {
+	if code := rtm.CodeOf(err, ""); code != "" {
 		t.Errorf("conflict carries code %q, want none", code)
 	}
 }
@@ -607,8 +607,8 @@ func TestDocker_Create_imageAbsent(t *testing.T) {
 	spec.ImageRef = absentImage
 
 	_, err := d.Create(context.Background(), spec)
-	if code := rtmanager.CodeOf(err, ""); code != rtmanager.CodeImagePullFailed {
-		t.Fatalf("Create = %v (code %q), want %s", err, code, rtmanager.CodeImagePullFailed)
+	if code := rtm.CodeOf(err, ""); code != rtm.CodeImagePullFailed {
+		t.Fatalf("Create = %v (code %q), want %s", err, code, rtm.CodeImagePullFailed)
 	}
 }
 
@@ -618,8 +618,8 @@ func TestDocker_Create_missingStateDir(t *testing.T) {
 	spec.StateDir = filepath.Join(t.TempDir(), "absent")
 
 	_, err := d.Create(context.Background(), spec)
-	if code := rtmanager.CodeOf(err, ""); code != rtmanager.CodeContainerStartFailed {
-		t.Fatalf("Create = %v (code %q), want %s", err, code, rtmanager.CodeContainerStartFailed)
+	if code := rtm.CodeOf(err, ""); code != rtm.CodeContainerStartFailed {
+		t.Fatalf("Create = %v (code %q), want %s", err, code, rtm.CodeContainerStartFailed)
 	}
 	if _, statErr := os.Stat(spec.StateDir); !errors.Is(statErr, os.ErrNotExist) {
 		t.Errorf("the daemon created the missing state dir: %v", statErr)
@@ -639,15 +639,15 @@ func TestDocker_Start_failure(t *testing.T) {
 		t.Cleanup(func() { _ = d.Remove(context.Background(), id) })
 		err = d.Start(ctx, id)
 	}
-	if code := rtmanager.CodeOf(err, ""); code != rtmanager.CodeContainerStartFailed {
-		t.Fatalf("Create+Start = %v (code %q), want %s", err, code, rtmanager.CodeContainerStartFailed)
+	if code := rtm.CodeOf(err, ""); code != rtm.CodeContainerStartFailed {
+		t.Fatalf("Create+Start = %v (code %q), want %s", err, code, rtm.CodeContainerStartFailed)
 	}
 }
 
 func TestDocker_Start_notFound(t *testing.T) {
 	d := newDocker(t, Options{})
-	err := d.Start(context.Background(), rtmanager.ContainerName(newGameID(t)))
-	if !errors.Is(err, rtmanager.ErrNotFound) {
+	err := d.Start(context.Background(), rtm.ContainerName(newGameID(t)))
+	if !errors.Is(err, rtm.ErrNotFound) {
 		t.Fatalf("Start = %v, want ErrNotFound", err)
 	}
 }
@@ -664,14 +664,14 @@ func TestDocker_EnsureImage_absent(t *testing.T) {
 	// misbehaving daemon from holding the test.
 	d := newDocker(t, Options{PullTimeout: 20 * time.Second})
 	err := d.EnsureImage(context.Background(), absentImage)
-	var rerr *rtmanager.Error
-	if !errors.As(err, &rerr) || rerr.Code != rtmanager.CodeImagePullFailed {
-		t.Fatalf("EnsureImage(%s) = %v, want code %s", absentImage, err, rtmanager.CodeImagePullFailed)
+	var rerr *rtm.Error
+	if !errors.As(err, &rerr) || rerr.Code != rtm.CodeImagePullFailed {
+		t.Fatalf("EnsureImage(%s) = %v, want code %s", absentImage, err, rtm.CodeImagePullFailed)
 	}
 	if !strings.HasPrefix(rerr.Message, "pulling "+absentImage+": ") {
 		t.Errorf("message = %q, want it to start with %q", rerr.Message, "pulling "+absentImage+": ")
 	}
-	if errors.Is(err, rtmanager.ErrUnavailable) {
+	if errors.Is(err, rtm.ErrUnavailable) {
 		t.Errorf("a failed pull is not the daemon being unavailable: %v", err)
 	}
 }
@@ -720,7 +720,7 @@ func TestDocker_Events_oom(t *testing.T) {
 	if err != nil {
 		t.Fatalf("InspectID: %v", err)
 	}
-	if !got.OOMKilled || got.State != rtmanager.StateExited || got.ExitCode != 137 {
+	if !got.OOMKilled || got.State != rtm.StateExited || got.ExitCode != 137 {
 		t.Errorf("after oom: %+v, want exited, 137, OOMKilled", got)
 	}
 }
@@ -732,7 +732,7 @@ func TestDocker_Events_cancel(t *testing.T) {
 	cancel()
 	select {
 	case err := <-errc:
-		if !errors.Is(err, context.Canceled) || errors.Is(err, rtmanager.ErrUnavailable) {
+		if !errors.Is(err, context.Canceled) || errors.Is(err, rtm.ErrUnavailable) {
 			t.Fatalf("error after cancel = %v, want context.Canceled", err)
 		}
 	case <-time.After(10 * time.Second):
@@ -748,7 +748,7 @@ func TestDocker_Events_unreachableHost(t *testing.T) {
 	_, errc := d.Events(context.Background())
 	select {
 	case err := <-errc:
-		if !errors.Is(err, rtmanager.ErrUnavailable) {
+		if !errors.Is(err, rtm.ErrUnavailable) {
 			t.Fatalf("Events error = %v, want ErrUnavailable", err)
 		}
 	case <-time.After(10 * time.Second):
@@ -759,31 +759,31 @@ func TestDocker_Events_unreachableHost(t *testing.T) {
 func TestEvents_fromMessage(t *testing.T) {
 	at := time.Date(2026, 11, 30, 1, 2, 3, 456, time.UTC)
 	actor := func(attrs map[string]string) events.Actor {
-		attrs[rtmanager.LabelGameID] = "g1"
+		attrs[rtm.LabelGameID] = "g1"
 		return events.Actor{ID: "c1", Attributes: attrs}
 	}
 	tests := []struct {
 		name   string
 		given  events.Message
-		want   rtmanager.DockerEvent
+		want   rtm.DockerEvent
 		wantOK bool
 	}{
 		{
 			name:   "die carries its exit code",
 			given:  events.Message{Action: "die", Actor: actor(map[string]string{"exitCode": "3"}), TimeNano: at.UnixNano()},
-			want:   rtmanager.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "die", ExitCode: 3, Time: at},
+			want:   rtm.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "die", ExitCode: 3, Time: at},
 			wantOK: true,
 		},
 		{
 			name:   "other actions have no exit code",
 			given:  events.Message{Action: "start", Actor: actor(map[string]string{"exitCode": "3"}), TimeNano: at.UnixNano()},
-			want:   rtmanager.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "start", ExitCode: -1, Time: at},
+			want:   rtm.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "start", ExitCode: -1, Time: at},
 			wantOK: true,
 		},
 		{
 			name:   "health status is split",
 			given:  events.Message{Action: "health_status: unhealthy", Actor: actor(map[string]string{}), TimeNano: at.UnixNano()},
-			want:   rtmanager.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "health_status", Health: "unhealthy", ExitCode: -1, Time: at},
+			want:   rtm.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "health_status", Health: "unhealthy", ExitCode: -1, Time: at},
 			wantOK: true,
 		},
 		{
@@ -794,7 +794,7 @@ func TestEvents_fromMessage(t *testing.T) {
 		{
 			name:   "seconds when no nanoseconds",
 			given:  events.Message{Action: "oom", Actor: actor(map[string]string{}), Time: at.Unix()},
-			want:   rtmanager.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "oom", ExitCode: -1, Time: at.Truncate(time.Second)},
+			want:   rtm.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "oom", ExitCode: -1, Time: at.Truncate(time.Second)},
 			wantOK: true,
 		},
 	}

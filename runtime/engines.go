@@ -17,7 +17,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // Defaults applied by NewEngineAddrs to zero EngineAddrsOptions fields.
@@ -178,7 +178,7 @@ func (e *EngineAddrs) refreshDueLocked(now time.Time) bool {
 
 // Refresh takes a new snapshot now (or waits for the refresh in flight to end and takes another,
 // so that the snapshot it leaves began after the call). It returns the refresh's error: a
-// failure wraps rtmanager.ErrUnavailable when the daemon cannot be reached, and the previous
+// failure wraps rtm.ErrUnavailable when the daemon cannot be reached, and the previous
 // snapshot stays in use.
 func (e *EngineAddrs) Refresh(ctx context.Context) error {
 	e.mu.Lock()
@@ -267,7 +267,7 @@ func (e *EngineAddrs) load(ctx context.Context) (addrSnapshot, error) {
 
 	c = d.begin(ctx, "list", e.opts.RefreshTimeout, attrNetwork.String(name))
 	list, err := d.cli.ContainerList(c.ctx, container.ListOptions{
-		All: true, Filters: filters.NewArgs(filters.Arg("label", rtmanager.LabelOwner+"="+rtmanager.OwnerValue)),
+		All: true, Filters: filters.NewArgs(filters.Arg("label", rtm.LabelOwner+"="+rtm.OwnerValue)),
 	})
 	if err != nil {
 		return addrSnapshot{}, c.end(fmt.Errorf("listing owned containers: %w", classify(ctx, err)))
@@ -353,7 +353,7 @@ func (e *EngineAddrs) follow(ctx context.Context, evs <-chan events.Message, err
 			if err == nil {
 				err = errors.New("stream closed")
 			}
-			return &kindError{kind: rtmanager.ErrUnavailable, err: err}
+			return &kindError{kind: rtm.ErrUnavailable, err: err}
 		case m := <-evs:
 			if !e.relevant(m) {
 				continue
@@ -411,7 +411,7 @@ func (e *EngineAddrs) subscribe(ctx context.Context) (<-chan events.Message, <-c
 		if timedOut.Load() {
 			err = fmt.Errorf("timed out after %s", d.opts.CallTimeout)
 		}
-		err = fmt.Errorf("connecting to docker network events: %w", &kindError{kind: rtmanager.ErrUnavailable, err: err})
+		err = fmt.Errorf("connecting to docker network events: %w", &kindError{kind: rtm.ErrUnavailable, err: err})
 		return nil, nil, c.end(err)
 	default:
 		c.finish(nil)

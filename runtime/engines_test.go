@@ -13,7 +13,7 @@ import (
 
 	"github.com/docker/docker/api/types/network"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // startForeign starts a container without RTM's labels on the test network (say, Lobby or RTM
@@ -194,7 +194,7 @@ func TestEngineAddrs_IsEngine_dockerWedged(t *testing.T) {
 	if took := time.Since(start); took > 100*time.Millisecond || calls.Load() != before {
 		t.Errorf("requests within the backoff took %s and %d Docker calls, want none", took, calls.Load()-before)
 	}
-	if err := e.Refresh(ctx); !errors.Is(err, rtmanager.ErrUnavailable) {
+	if err := e.Refresh(ctx); !errors.Is(err, rtm.ErrUnavailable) {
 		t.Errorf("Refresh = %v, want ErrUnavailable", err)
 	}
 }
@@ -221,7 +221,7 @@ func TestDocker_Create_logLimit(t *testing.T) {
 
 // createNamed creates spec's container under another name than RTM's, as an operator starting
 // an engine by hand would, and removes it when the test ends.
-func createNamed(t testing.TB, d *Docker, spec rtmanager.ContainerSpec, name string, start bool) string {
+func createNamed(t testing.TB, d *Docker, spec rtm.ContainerSpec, name string, start bool) string {
 	t.Helper()
 	ctx := context.Background()
 	cfg, hc, nc := d.containerConfig(spec)
@@ -249,7 +249,7 @@ func TestDocker_Inspect_byLabel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Inspect(%s) = %v, want the labelled container", gameID, err)
 	}
-	if c.ID != id || !c.Owned || c.GameID != gameID || c.State != rtmanager.StateRunning || c.IP == "" {
+	if c.ID != id || !c.Owned || c.GameID != gameID || c.State != rtm.StateRunning || c.IP == "" {
 		t.Errorf("Inspect(%s) = %+v, want %s owned and running with an address", gameID, c, id)
 	}
 }
@@ -277,18 +277,18 @@ func TestDocker_Inspect_byLabelNotFound(t *testing.T) {
 	gameID := newGameID(t)
 	spec := newSpec(t, gameID)
 	cfg, hc, nc := d.containerConfig(spec)
-	delete(cfg.Labels, rtmanager.LabelOwner)
+	delete(cfg.Labels, rtm.LabelOwner)
 	resp, err := d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, "hand-"+gameID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Remove(context.Background(), resp.ID) })
-	if _, err := d.Inspect(ctx, gameID); !errors.Is(err, rtmanager.ErrNotFound) {
+	if _, err := d.Inspect(ctx, gameID); !errors.Is(err, rtm.ErrNotFound) {
 		t.Errorf("Inspect of a game whose container lacks the owner label = %v, want ErrNotFound", err)
 	}
 
 	// No container at all.
-	if _, err := d.Inspect(ctx, newGameID(t)); !errors.Is(err, rtmanager.ErrNotFound) {
+	if _, err := d.Inspect(ctx, newGameID(t)); !errors.Is(err, rtm.ErrNotFound) {
 		t.Errorf("Inspect of a game without containers = %v, want ErrNotFound", err)
 	}
 
@@ -303,7 +303,7 @@ func TestDocker_Inspect_byLabelNotFound(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Remove(context.Background(), resp.ID) })
-	if _, err := d.Inspect(ctx, gameID); !errors.Is(err, rtmanager.ErrNotFound) {
+	if _, err := d.Inspect(ctx, gameID); !errors.Is(err, rtm.ErrNotFound) {
 		t.Errorf("Inspect of a game whose container is on another network = %v, want ErrNotFound", err)
 	}
 }

@@ -10,10 +10,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/docker/docker/client"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
-// kindError joins a domain sentinel (rtmanager.ErrNotFound, ErrConflict, ErrUnavailable) to the
+// kindError joins a domain sentinel (rtm.ErrNotFound, ErrConflict, ErrUnavailable) to the
 // SDK's error without changing its text, so that callers match the sentinel with errors.Is and
 // logs still carry the daemon's own words.
 type kindError struct {
@@ -50,11 +50,11 @@ func kindOf(parent context.Context, err error) error {
 	case parent.Err() != nil:
 		return nil
 	case errdefs.IsNotFound(err):
-		return rtmanager.ErrNotFound
+		return rtm.ErrNotFound
 	case errdefs.IsConflict(err):
-		return rtmanager.ErrConflict
+		return rtm.ErrConflict
 	case unreachable(err):
-		return rtmanager.ErrUnavailable
+		return rtm.ErrUnavailable
 	}
 	return nil
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // eventBuffer absorbs short bursts (a mass stop) so a slow consumer does not hold the daemon's
@@ -20,7 +20,7 @@ import (
 const eventBuffer = 64
 
 // Events follows the daemon's events for containers carrying com.galaxy.owner=rtmanager until
-// ctx ends or the stream breaks. Each message becomes a rtmanager.DockerEvent: the game id from
+// ctx ends or the stream breaks. Each message becomes a rtm.DockerEvent: the game id from
 // the container's game id label, the action without its details (a "health_status: healthy"
 // event has Action "health_status" and Health "healthy"), ExitCode from a die event's exitCode
 // attribute (-1 for every other action) and the daemon's timestamp. exec_* events are dropped:
@@ -28,13 +28,13 @@ const eventBuffer = 64
 //
 // The error channel receives exactly one value, then is closed; after it no event is sent and
 // the event channel (never closed) may be dropped. The value is ctx's error when ctx ended, and
-// otherwise wraps rtmanager.ErrUnavailable (the daemon could not be reached within CallTimeout,
+// otherwise wraps rtm.ErrUnavailable (the daemon could not be reached within CallTimeout,
 // restarted, or closed the stream): the caller reconnects, and since events missed in between
 // are lost, reconciles everything.
 //
 // The span and latency sample (op events) cover the subscription only, not the stream's life.
-func (d *Docker) Events(ctx context.Context) (<-chan rtmanager.DockerEvent, <-chan error) {
-	out := make(chan rtmanager.DockerEvent, eventBuffer)
+func (d *Docker) Events(ctx context.Context) (<-chan rtm.DockerEvent, <-chan error) {
+	out := make(chan rtm.DockerEvent, eventBuffer)
 	errc := make(chan error, 1)
 
 	c := d.begin(ctx, "events", 0)
@@ -47,7 +47,7 @@ func (d *Docker) Events(ctx context.Context) (<-chan rtmanager.DockerEvent, <-ch
 	})
 	msgs, errs := d.cli.Events(c.ctx, events.ListOptions{Filters: filters.NewArgs(
 		filters.Arg("type", string(events.ContainerEventType)),
-		filters.Arg("label", rtmanager.LabelOwner+"="+rtmanager.OwnerValue),
+		filters.Arg("label", rtm.LabelOwner+"="+rtm.OwnerValue),
 	)})
 	watchdog.Stop()
 
@@ -61,11 +61,11 @@ func (d *Docker) Events(ctx context.Context) (<-chan rtmanager.DockerEvent, <-ch
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case connectTimedOut.Load():
-			return fmt.Errorf("connecting to docker events: timed out after %s: %w", d.opts.CallTimeout, rtmanager.ErrUnavailable)
+			return fmt.Errorf("connecting to docker events: timed out after %s: %w", d.opts.CallTimeout, rtm.ErrUnavailable)
 		case err == nil:
 			err = errors.New("stream closed")
 		}
-		return fmt.Errorf("%s: %w", what, &kindError{kind: rtmanager.ErrUnavailable, err: err})
+		return fmt.Errorf("%s: %w", what, &kindError{kind: rtm.ErrUnavailable, err: err})
 	}
 
 	// A failed connection has usually queued its error by now; anything later is a stream end.
@@ -108,13 +108,13 @@ func (d *Docker) Events(ctx context.Context) (<-chan rtmanager.DockerEvent, <-ch
 }
 
 // fromMessage converts a container event; ok is false for events RTM ignores.
-func fromMessage(m events.Message) (ev rtmanager.DockerEvent, ok bool) {
+func fromMessage(m events.Message) (ev rtm.DockerEvent, ok bool) {
 	action := string(m.Action)
 	if strings.HasPrefix(action, "exec_") {
-		return rtmanager.DockerEvent{}, false
+		return rtm.DockerEvent{}, false
 	}
-	ev = rtmanager.DockerEvent{
-		GameID:      m.Actor.Attributes[rtmanager.LabelGameID],
+	ev = rtm.DockerEvent{
+		GameID:      m.Actor.Attributes[rtm.LabelGameID],
 		ContainerID: m.Actor.ID,
 		ExitCode:    -1,
 	}

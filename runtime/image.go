@@ -10,15 +10,15 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/image"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // EnsureImage makes ref present on the docker host: an image already there is used as is (no
 // pull, so a local build wins); otherwise it is pulled within PullTimeout and the whole progress
 // stream is read. Concurrent calls for one missing image share one pull; each caller waits for it
 // until its own context ends. Any pull failure (an HTTP error, an error message in the stream, the pull
-// timeout) is *rtmanager.Error with CodeImagePullFailed and a message starting "pulling <ref>:";
-// an unreachable daemon wraps rtmanager.ErrUnavailable instead, since that is transient.
+// timeout) is *rtm.Error with CodeImagePullFailed and a message starting "pulling <ref>:";
+// an unreachable daemon wraps rtm.ErrUnavailable instead, since that is transient.
 func (d *Docker) EnsureImage(ctx context.Context, ref string) error {
 	c := d.begin(ctx, "inspect", d.opts.CallTimeout, attrImage.String(ref))
 	_, err := d.cli.ImageInspect(c.ctx, ref)
@@ -93,16 +93,16 @@ func pullError(c *call, ref string, err error) error {
 	case c.parent.Err() != nil:
 		return fmt.Errorf("pulling %s: %w", ref, err)
 	case c.timedOut():
-		return &rtmanager.Error{
-			Code:    rtmanager.CodeImagePullFailed,
+		return &rtm.Error{
+			Code:    rtm.CodeImagePullFailed,
 			Message: fmt.Sprintf("pulling %s: timed out after %s", ref, c.d.opts.PullTimeout),
 			Err:     err,
 		}
-	case kindOf(c.parent, err) == rtmanager.ErrUnavailable:
-		return fmt.Errorf("pulling %s: %w", ref, &kindError{kind: rtmanager.ErrUnavailable, err: err})
+	case kindOf(c.parent, err) == rtm.ErrUnavailable:
+		return fmt.Errorf("pulling %s: %w", ref, &kindError{kind: rtm.ErrUnavailable, err: err})
 	}
-	return &rtmanager.Error{
-		Code:    rtmanager.CodeImagePullFailed,
+	return &rtm.Error{
+		Code:    rtm.CodeImagePullFailed,
 		Message: fmt.Sprintf("pulling %s: %s", ref, daemonMessage(err)),
 		Err:     err,
 	}

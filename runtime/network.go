@@ -8,14 +8,14 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/network"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // CheckNetwork checks that Options.Network exists and is user-defined (only those give
 // containers DNS aliases). RTM validates the network, it never creates it. A missing network
-// returns an error reading "network <name> not found" that wraps rtmanager.ErrNotFound; a
+// returns an error reading "network <name> not found" that wraps rtm.ErrNotFound; a
 // predefined one (bridge, host, none) a plain error; an unreachable daemon wraps
-// rtmanager.ErrUnavailable.
+// rtm.ErrUnavailable.
 func (d *Docker) CheckNetwork(ctx context.Context) error {
 	name := d.opts.Network
 	c := d.begin(ctx, "network", d.opts.CallTimeout, attrNetwork.String(name))
@@ -30,7 +30,7 @@ func (d *Docker) CheckNetwork(ctx context.Context) error {
 	switch {
 	case err == nil:
 	case errdefs.IsNotFound(err) && ctx.Err() == nil:
-		err = &kindError{msg: fmt.Sprintf("network %s not found", name), kind: rtmanager.ErrNotFound, err: err}
+		err = &kindError{msg: fmt.Sprintf("network %s not found", name), kind: rtm.ErrNotFound, err: err}
 	default:
 		err = fmt.Errorf("inspecting network %s: %w", name, classify(ctx, err))
 	}

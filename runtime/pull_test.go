@@ -12,7 +12,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/galaxy-platform/rtmanager"
+	rtm "github.com/galaxy-platform/rtmanager"
 )
 
 // hangingRegistry accepts connections on loopback and answers nothing until closed: a pull from
@@ -88,9 +88,9 @@ func TestDocker_EnsureImage_concurrentCallsShareOnePull(t *testing.T) {
 	reg.close()
 	for range callers {
 		err := <-errs
-		var rerr *rtmanager.Error
-		if !errors.As(err, &rerr) || rerr.Code != rtmanager.CodeImagePullFailed {
-			t.Errorf("EnsureImage = %v, want code %s", err, rtmanager.CodeImagePullFailed)
+		var rerr *rtm.Error
+		if !errors.As(err, &rerr) || rerr.Code != rtm.CodeImagePullFailed {
+			t.Errorf("EnsureImage = %v, want code %s", err, rtm.CodeImagePullFailed)
 		}
 	}
 	pulls := 0
@@ -131,8 +131,8 @@ func TestDocker_EnsureImage_callerGivesUpAlone(t *testing.T) {
 	default:
 	}
 	reg.close()
-	var rerr *rtmanager.Error
-	if err := <-stayer; !errors.As(err, &rerr) || rerr.Code != rtmanager.CodeImagePullFailed {
-		t.Fatalf("EnsureImage = %v, want code %s", err, rtmanager.CodeImagePullFailed)
+	var rerr *rtm.Error
+	if err := <-stayer; !errors.As(err, &rerr) || rerr.Code != rtm.CodeImagePullFailed {
+		t.Fatalf("EnsureImage = %v, want code %s", err, rtm.CodeImagePullFailed)
 	}
 }

@@ -14,7 +14,7 @@ import (
 // HealthStore is what the inspector reads and writes.
 type HealthStore interface {
 	RunningGames(ctx context.Context) ([]rtm.RunningGame, error)
-	RecordHealth(ctx context.Context, events []rtm.HealthEvent) error
+	CommitHealth(ctx context.Context, events []rtm.HealthEvent) error
 }
 
 // Inspector inspects one game's container.
@@ -127,7 +127,7 @@ func (s *InspectSweep) sweep(ctx context.Context) error {
 			delete(s.bad, id)
 		}
 	}
-	if err := s.Store.RecordHealth(ctx, events); err != nil {
+	if err := s.Store.CommitHealth(ctx, events); err != nil {
 		for _, ev := range events {
 			delete(s.bad, ev.GameID) // not reported: report it again next sweep
 		}

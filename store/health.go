@@ -15,7 +15,7 @@ import (
 // game_id ascending, by the database's ordering (queueLockSnapshots, queueLastTransitions), so
 // that the prober, the inspector and the reconciler never deadlock on them.
 
-// RecordProbeRound records one probe round and publishes the transitions it makes, in one
+// CommitProbeRound records one probe round and publishes the transitions it makes, in one
 // transaction: it locks the snapshots of the outcomes' games (game_id ascending, creating
 // missing ones), drops the outcomes whose container is no longer the running container of its
 // game's record, and computes each game's new probe state from the committed one (probeStep):
@@ -27,7 +27,7 @@ import (
 // A failed transaction changes nothing: the next round decides the same transition again. Two
 // processes probing the same game share its state (the locked row): both count its failures,
 // and only one publishes each transition.
-func (s *Store) RecordProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error) {
+func (s *Store) CommitProbeRound(ctx context.Context, threshold int, outcomes []rtm.ProbeOutcome) ([]rtm.HealthEvent, error) {
 	if len(outcomes) == 0 {
 		return nil, nil
 	}
@@ -166,13 +166,13 @@ func queueLockSnapshots(p *pipe, ids []string) map[string]*snapshot {
 	return out
 }
 
-// RecordHealth publishes health events (through the outbox) and updates the snapshots, in one
+// CommitHealth publishes health events (through the outbox) and updates the snapshots, in one
 // transaction that locks the events' snapshots first (game_id ascending). Transition events
 // are published once per transition, whoever observes them: a probe_failed only while none is
 // reported, a probe_recovered only while one is (whatever events came between), an
 // inspect_unhealthy only when the last transition is not one already. The others are others'
 // to repeat or not.
-func (s *Store) RecordHealth(ctx context.Context, events []rtm.HealthEvent) error {
+func (s *Store) CommitHealth(ctx context.Context, events []rtm.HealthEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
@@ -261,7 +261,7 @@ func queueLastTransitions(p *pipe, events []rtm.HealthEvent) map[string]string {
 // RTM process, or this one before a restart, already published it): such events are published
 // once per transition, whoever observes them. last is the snapshot's last event type, "" when
 // the game has none. Probe events are decided on the snapshot's probe state instead (publish,
-// RecordProbeRound) where it is at hand; this rule, by last event only, is the fallback.
+// CommitProbeRound) where it is at hand; this rule, by last event only, is the fallback.
 func repeated(e rtm.HealthEvent, last string) bool {
 	switch {
 	case !transitionEvent(e.Type):

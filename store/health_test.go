@@ -77,7 +77,7 @@ func probed(id string, ok bool) rtm.ProbeOutcome {
 func TestStore_RecordProbeRound_transitions(t *testing.T) {
 	tests := []struct {
 		name  string
-		given []string // rounds: "ok", "fail", "grace", or an event type recorded by RecordHealth
+		given []string // rounds: "ok", "fail", "grace", or an event type recorded by CommitHealth
 		want  string
 	}{
 		{"failures up to the threshold publish one probe_failed",
@@ -104,9 +104,9 @@ func TestStore_RecordProbeRound_transitions(t *testing.T) {
 				case "ok", "fail", "grace":
 					o := probed("g", r == "ok")
 					o.Grace = r == "grace"
-					_, err = h.s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{o})
+					_, err = h.s.CommitProbeRound(ctx, 2, []rtm.ProbeOutcome{o})
 				default:
-					err = h.s.RecordHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.HealthEventType(r), ContainerID: "c-g"}})
+					err = h.s.CommitHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.HealthEventType(r), ContainerID: "c-g"}})
 				}
 				if err != nil {
 					t.Fatalf("%s: %v", r, err)
@@ -125,7 +125,7 @@ func TestStore_RecordHealth_probeRecoveredAfterInspectUnhealthy(t *testing.T) {
 	ctx := context.Background()
 	for _, typ := range []rtm.HealthEventType{rtm.EventProbeFailed, rtm.EventInspectUnhealthy, rtm.EventProbeRecovered,
 		rtm.EventProbeRecovered, rtm.EventProbeFailed} {
-		if err := h.s.RecordHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: typ, ContainerID: "c"}}); err != nil {
+		if err := h.s.CommitHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: typ, ContainerID: "c"}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -139,15 +139,15 @@ func TestStore_RecordProbeRound_failedCommitDecidesAgain(t *testing.T) {
 	h := openHealth(t)
 	h.running(t, "g")
 	ctx := context.Background()
-	if _, err := h.s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err != nil {
+	if _, err := h.s.CommitProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err != nil {
 		t.Fatal(err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel() // the round that reaches the threshold cannot commit
-	if _, err := h.s.RecordProbeRound(cctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err == nil {
+	if _, err := h.s.CommitProbeRound(cctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err == nil {
 		t.Fatal("a round with a cancelled context committed")
 	}
-	evs, err := h.s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)})
+	evs, err := h.s.CommitProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestStore_RecordProbeRound_staleContainerIsDropped(t *testing.T) {
 	stale := probed("g", false)
 	stale.ContainerID = "c-old"
 	for range 3 {
-		if _, err := h.s.RecordProbeRound(ctx, 1, []rtm.ProbeOutcome{stale}); err != nil {
+		if _, err := h.s.CommitProbeRound(ctx, 1, []rtm.ProbeOutcome{stale}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -203,7 +203,7 @@ func TestStore_RecordProbeRound_concurrentWritersNeitherDeadlockNorRepeat(t *tes
 					outs[i] = probed(id, r%10 >= 5) // five failures, five successes, again
 				}
 				rnd.Shuffle(len(outs), func(i, j int) { outs[i], outs[j] = outs[j], outs[i] })
-				if _, err := h.s.RecordProbeRound(ctx, 3, outs); err != nil {
+				if _, err := h.s.CommitProbeRound(ctx, 3, outs); err != nil {
 					errs <- fmt.Errorf("prober %d round %d: %w", w, r, err)
 				}
 			}
@@ -217,7 +217,7 @@ func TestStore_RecordProbeRound_concurrentWritersNeitherDeadlockNorRepeat(t *tes
 			for i := len(ids) - 1; i >= 0; i-- {
 				evs = append(evs, rtm.HealthEvent{GameID: ids[i], Type: rtm.EventInspectUnhealthy, ContainerID: "c-" + ids[i]})
 			}
-			if err := h.s.RecordHealth(ctx, evs); err != nil {
+			if err := h.s.CommitHealth(ctx, evs); err != nil {
 				errs <- fmt.Errorf("inspector round %d: %w", r, err)
 			}
 		}
@@ -263,7 +263,7 @@ func TestStore_Commit_containerStartedIsNumberedAfterTheRoundItWaitedFor(t *test
 	}
 	h, round := healthDB{s: s, conn: conns[0]}, conns[1]
 	h.running(t, "g")
-	if _, err := s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err != nil {
+	if _, err := s.CommitProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -313,7 +313,7 @@ func TestStore_Commit_containerStartedIsNumberedAfterTheRoundItWaitedFor(t *test
 	// The new engine answers: nothing is reported for it, and the stream agrees.
 	ok := probed("g", true)
 	ok.ContainerID = "c-new"
-	if _, err := s.RecordProbeRound(ctx, 2, []rtm.ProbeOutcome{ok}); err != nil {
+	if _, err := s.CommitProbeRound(ctx, 2, []rtm.ProbeOutcome{ok}); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := strings.Join(h.events(t), " "), "g:probe_failed g:container_started"; got != want {

@@ -296,7 +296,7 @@ func TestStore_Get_unknownIsNotFound(t *testing.T) {
 func TestStore_RecordHealth_updatesSnapshot(t *testing.T) {
 	s, _ := open(t)
 	ctx := context.Background()
-	if err := s.RecordHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.EventContainerExited, ContainerID: "c", ExitCode: rtm.IntPtr(3), DockerState: "exited"}}); err != nil {
+	if err := s.CommitHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.EventContainerExited, ContainerID: "c", ExitCode: rtm.IntPtr(3), DockerState: "exited"}}); err != nil {
 		t.Fatal(err)
 	}
 	h, err := s.Health(ctx, "g")
@@ -306,7 +306,7 @@ func TestStore_RecordHealth_updatesSnapshot(t *testing.T) {
 	if h.Status != rtm.HealthUnhealthy || h.ExitCode == nil || *h.ExitCode != 3 || h.DockerState != "exited" {
 		t.Fatalf("snapshot: %+v", h)
 	}
-	if err := s.RecordHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.EventContainerStarted, ContainerID: "c2"}}); err != nil {
+	if err := s.CommitHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.EventContainerStarted, ContainerID: "c2"}}); err != nil {
 		t.Fatal(err)
 	}
 	if h, _ = s.Health(ctx, "g"); h.Status != rtm.HealthHealthy || h.ExitCode != nil || h.ConsecutiveProbeFailures != 0 {
@@ -335,7 +335,7 @@ func TestStore_RecordHealth_publishesEachProbeTransitionOnce(t *testing.T) {
 	}
 	for _, typ := range []rtm.HealthEventType{rtm.EventContainerStarted, rtm.EventProbeRecovered, rtm.EventProbeFailed,
 		rtm.EventProbeFailed, rtm.EventProbeRecovered, rtm.EventProbeRecovered, rtm.EventInspectUnhealthy, rtm.EventInspectUnhealthy} {
-		if err := s.RecordHealth(ctx, ev(typ)); err != nil {
+		if err := s.CommitHealth(ctx, ev(typ)); err != nil {
 			t.Fatal(err)
 		}
 	}
