@@ -80,6 +80,24 @@ type Answer struct {
 // Succeeded is the answer of a request that reached what it asked for.
 var Succeeded = Answer{Outcome: OutcomeSucceeded}
 
+// For returns the answer as a request of kind gets it when one reconcile answers several pending
+// requests together: patch_rolled_back is the patch's own answer, and internal_error and
+// service_unavailable are a stop's or a removal's (the daemon refused it, or could not be
+// reached); a start, restart or patch answered with one of those learns that its engine could not
+// be started, container_start_failed, with the message as it is. (A start queued behind a stop of
+// the old container, the stop failing until the retry budget runs out, is answered so.)
+func (a Answer) For(kind OpKind) Answer {
+	if a.Outcome != OutcomeFailed || kind == OpStop || kind == OpCleanupContainer {
+		return a
+	}
+	switch {
+	case a.Code == CodePatchRolledBack && kind != OpPatch,
+		a.Code == CodeInternalError, a.Code == CodeServiceUnavailable:
+		a.Code = CodeContainerStartFailed
+	}
+	return a
+}
+
 // Failed returns the failed answer for err, with its contract code (fallback when it has none).
 func Failed(err error, fallback ErrorCode) Answer {
 	return Answer{Outcome: OutcomeFailed, Code: CodeOf(err, fallback), Message: MessageOf(err)}

@@ -61,3 +61,29 @@ func TestRecord_transitions_clearStaleFields(t *testing.T) {
 		})
 	}
 }
+
+// TestAnswer_For: one reconcile's answer, given to each pending request, carries a code that
+// request's kind may get.
+func TestAnswer_For(t *testing.T) {
+	fail := func(c rtm.ErrorCode) rtm.Answer { return rtm.Answer{Outcome: rtm.OutcomeFailed, Code: c, Message: "m"} }
+	for _, tt := range []struct {
+		a    rtm.Answer
+		kind rtm.OpKind
+		want rtm.ErrorCode
+	}{
+		{fail(rtm.CodeInternalError), rtm.OpStart, rtm.CodeContainerStartFailed},
+		{fail(rtm.CodeServiceUnavailable), rtm.OpRestart, rtm.CodeContainerStartFailed},
+		{fail(rtm.CodeInternalError), rtm.OpPatch, rtm.CodeContainerStartFailed},
+		{fail(rtm.CodeInternalError), rtm.OpStop, rtm.CodeInternalError},
+		{fail(rtm.CodeServiceUnavailable), rtm.OpCleanupContainer, rtm.CodeServiceUnavailable},
+		{fail(rtm.CodePatchRolledBack), rtm.OpPatch, rtm.CodePatchRolledBack},
+		{fail(rtm.CodePatchRolledBack), rtm.OpStart, rtm.CodeContainerStartFailed},
+		{fail(rtm.CodeImagePullFailed), rtm.OpStart, rtm.CodeImagePullFailed},
+		{rtm.Succeeded, rtm.OpStart, ""},
+	} {
+		got := tt.a.For(tt.kind)
+		if got.Code != tt.want || got.Outcome != tt.a.Outcome || got.Message != tt.a.Message {
+			t.Errorf("%s answer for a %s: %+v, want code %q", tt.a.Code, tt.kind, got, tt.want)
+		}
+	}
+}

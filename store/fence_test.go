@@ -146,3 +146,33 @@ func TestStore_Commit_aStartJoinedToARolledBackPatchIsAStartFailure(t *testing.T
 		t.Errorf("joined start answered %+v, want container_start_failed", got)
 	}
 }
+
+// A start job queued behind a stop, answered together when the stop's work ran out of its retry
+// budget (internal_error: the daemon kept refusing), is a start failure: internal_error is a
+// stop's code, never a start job's. (Found by make model at 10,000 schedules.)
+func TestStore_Commit_aStartAnsweredWithAStopsFailureIsAStartFailure(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	submit(t, s, startJob("r1", "g", "galaxy/game:1.4.1"))
+	running(t, s, "g", "galaxy/game:1.4.1")
+	submit(t, s, rtm.Request{Channel: rtm.ChannelStopJobs, RequestID: "s2", GameID: "g", Kind: rtm.OpStop,
+		Source: rtm.SourceStopJobs, Reason: "unspecified"})
+	submit(t, s, startJob("r3", "g", "galaxy/game:1.4.9"))
+	rec, _, err := s.Fence(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeInternalError,
+		Message: "gave up after 3 attempts in 210ms: inspecting container galaxy-game-g: injected daemon refusal"}
+	if _, err := s.Commit(ctx, rtm.Change{GameID: "g", Gen: rec.Generation, Epoch: rec.FenceEpoch, Answer: &a,
+		Apply: func(x *rtm.Record, current bool) { x.Status, x.LastErrorCode = rtm.StatusFailed, a.Code }}); err != nil {
+		t.Fatal(err)
+	}
+	if got := answer(t, s, rtm.ChannelStopJobs, "s2"); got == nil || got.Code != rtm.CodeInternalError && got.Code != rtm.CodeConflict {
+		t.Errorf("stop answered %+v, want internal_error (or conflict, superseded)", got)
+	}
+	got := answer(t, s, rtm.ChannelStartJobs, "r3")
+	if got == nil || got.Code != rtm.CodeContainerStartFailed || got.Message != a.Message {
+		t.Errorf("start answered %+v, want container_start_failed with the daemon's words", got)
+	}
+}

@@ -177,10 +177,8 @@ func (s *Store) commit(ctx context.Context, gameID string, decide func(*rtm.Reco
 			case req.Generation < c.Gen && superseded(req, rec.DesiredState, desired):
 				a = rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeConflict,
 					Message: "superseded by a later request for game " + gameID}
-			case a.Code == rtm.CodePatchRolledBack && req.Kind != rtm.OpPatch:
-				// A start that joined a patch of its image: for it the new engine failed to
-				// start (patch_rolled_back is the patch's own answer, never a job's).
-				a.Code = rtm.CodeContainerStartFailed
+			default:
+				a = a.For(req.Kind) // the code its kind may get
 			}
 			queueAnswer(p, rec, req, a, c.ContainerID)
 		}
