@@ -91,7 +91,10 @@ func newRig(t *testing.T) *rig {
 	t.Cleanup(st.Close)
 	rdb := redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
 	t.Cleanup(func() { rdb.Close() })
-	dk, err := runtime.New(runtime.Options{Host: "unix:///var/run/docker.sock", Network: network})
+	dk, err := runtime.New(runtime.Options{Host: "unix:///var/run/docker.sock", Network: network,
+		// These tests are about the reconciler, not Docker's latency: on a machine loaded by other
+		// suites the daemon has taken more than the default 10 s to start a container.
+		CallTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
