@@ -81,6 +81,15 @@ type APIOptions struct {
 	Tracer trace.Tracer
 	// Meter creates the request counter and latency histogram; nil means no metrics.
 	Meter metric.Meter
+	// Logs reads engines' output for GET /runtimes/{game_id}/logs; nil answers that route with
+	// 503 service_unavailable. cmd/manager passes the Docker adapter.
+	Logs EngineLogs
+	// Draining, once closed, ends the follow streams of GET /runtimes/{game_id}/logs, so that a
+	// graceful shutdown does not wait for them (cmd/manager closes it when the listener starts
+	// to shut down); nil never ends them.
+	Draining <-chan struct{}
+	// Version is the binary's version, reported by GET /version; "dev" when empty.
+	Version string
 }
 
 // api serves the routes of CONTRACT §6.
@@ -93,6 +102,9 @@ type api struct {
 	needToken bool
 	wait      time.Duration
 	answers   *Answers // may be nil
+	logs      EngineLogs
+	draining  <-chan struct{}
+	version   string
 	log       *slog.Logger
 	tracer    trace.Tracer
 	requests  metric.Int64Counter
@@ -116,6 +128,8 @@ func routes() []route {
 		{http.MethodGet, "/runtimes/{game_id}", false, (*api).getRuntime},
 		{http.MethodGet, "/runtimes/{game_id}/operations", false, (*api).listOperations},
 		{http.MethodGet, "/runtimes/{game_id}/health", false, (*api).getHealth},
+		{http.MethodGet, "/runtimes/{game_id}/logs", false, (*api).getLogs},
+		{http.MethodGet, "/version", false, (*api).getVersion},
 		{http.MethodPost, "/runtimes/{game_id}/start", true, (*api).start},
 		{http.MethodPost, "/runtimes/{game_id}/stop", true, (*api).stop},
 		{http.MethodPost, "/runtimes/{game_id}/restart", true, (*api).restart},
@@ -132,7 +146,11 @@ func routes() []route {
 // before the API sees them.
 func NewAPI(o APIOptions) http.Handler {
 	a := &api{store: o.Store, enqueue: o.Enqueue, settings: o.Settings, allowed: o.Allowed,
-		wait: o.WaitTimeout, answers: o.Answers, log: o.Log, tracer: o.Tracer}
+		wait: o.WaitTimeout, answers: o.Answers, log: o.Log, tracer: o.Tracer,
+		logs: o.Logs, draining: o.Draining, version: o.Version}
+	if a.version == "" {
+		a.version = "dev"
+	}
 	if a.enqueue == nil {
 		a.enqueue = func(string) {}
 	}
