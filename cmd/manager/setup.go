@@ -217,9 +217,14 @@ func (m *manager) settings() rtm.Settings {
 // setupListener is step 5: the internal HTTP listener (probes, metrics, the REST API).
 func (m *manager) setupListener(context.Context) error {
 	cfg := m.cfg
+	// Follow streams of engine output end when the listener starts to shut down, so that the
+	// drain does not wait for them.
+	draining := make(chan struct{})
+	var endStreams sync.Once
 	api := httpapi.NewAPI(httpapi.APIOptions{Store: m.st, Answers: m.answers, Enqueue: m.ctrl.Enqueue,
 		Settings: m.settings(), Allowed: cfg.AllowedImageRepositories, Token: cfg.InternalToken,
-		WaitTimeout: cfg.RESTWaitTimeout, Log: m.log, Tracer: m.tel.Tracer("rtmanager/rest"), Meter: m.tel.Meter("rtmanager")})
+		WaitTimeout: cfg.RESTWaitTimeout, Log: m.log, Tracer: m.tel.Tracer("rtmanager/rest"), Meter: m.tel.Meter("rtmanager"),
+		Logs: m.dk, Draining: draining, Version: version})
 	handler := httpapi.NewHandler(httpapi.Options{
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: m.st.Ping},
@@ -234,6 +239,7 @@ func (m *manager) setupListener(context.Context) error {
 		return step("internal http listener", err)
 	}
 	m.srv = httpapi.NewServer(handler, cfg.RESTWaitTimeout+15*time.Second)
+	m.srv.RegisterOnShutdown(func() { endStreams.Do(func() { close(draining) }) })
 	m.srvDone = make(chan error, 1)
 	go func() { m.srvDone <- m.srv.Serve(ln) }()
 	m.log.Info("internal http listening", "addr", ln.Addr().String())
