@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
+	"time"
 )
 
 // The internal REST API (CONTRACT §6).
@@ -71,6 +73,29 @@ func (a *app) client() (*client, error) {
 // do sends one request to path (under apiBase) and returns the 2xx answer. Every other outcome is
 // a *failure: an *apiError for an error answer, or the reason the server could not be reached.
 func (c *client) do(ctx context.Context, method, path string, query url.Values, body any) (*response, error) {
+	req, err := c.newRequest(ctx, method, path, query, body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.transportFailure(ctx, method, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return nil, c.transportFailure(ctx, method, err)
+	}
+	rid := resp.Header.Get(requestIDHeader)
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return &response{status: resp.StatusCode, body: b, requestID: rid}, nil
+	}
+	return nil, &failure{err: decodeAPIError(resp.StatusCode, b, rid)}
+}
+
+// newRequest builds a request to path (under apiBase) with the caller, token and, for a body,
+// its JSON.
+func (c *client) newRequest(ctx context.Context, method, path string, query url.Values, body any) (*http.Request, error) {
 	target := c.base + apiBase + path
 	if len(query) > 0 {
 		target += "?" + query.Encode()
@@ -98,20 +123,58 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values, 
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.http.Do(req)
+	return req, nil
+}
+
+// stream sends a GET to path and returns the body of a 2xx answer, open, for the caller to read
+// and close. The answer's headers must come within the client's timeout; the body is read
+// without a deadline when follow is set (a stream that may rightly last hours), else within the
+// same timeout, counted from the request. Errors are those of do.
+func (c *client) stream(ctx context.Context, path string, query url.Values, follow bool) (io.ReadCloser, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	req, err := c.newRequest(sctx, http.MethodGet, path, query, nil)
 	if err != nil {
-		return nil, c.transportFailure(ctx, method, err)
+		cancel()
+		return nil, err
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	req.Header.Set("Accept", "text/plain, application/json")
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(c.http.Timeout, func() { timedOut.Store(true); cancel() })
+	hc := *c.http
+	hc.Timeout = 0 // the timer above bounds what must be bounded
+	resp, err := hc.Do(req)
+	if err == nil && follow && !timer.Stop() {
+		resp.Body.Close()
+		err = context.DeadlineExceeded
+	}
 	if err != nil {
-		return nil, c.transportFailure(ctx, method, err)
+		timer.Stop()
+		cancel()
+		if timedOut.Load() && ctx.Err() == nil {
+			err = context.DeadlineExceeded
+		}
+		return nil, c.transportFailure(ctx, http.MethodGet, err)
 	}
-	rid := resp.Header.Get(requestIDHeader)
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return &response{status: resp.StatusCode, body: b, requestID: rid}, nil
+	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
+		defer cancel()
+		defer timer.Stop()
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+		return nil, &failure{err: decodeAPIError(resp.StatusCode, b, resp.Header.Get(requestIDHeader))}
 	}
-	return nil, &failure{err: decodeAPIError(resp.StatusCode, b, rid)}
+	return &streamBody{ReadCloser: resp.Body, stop: func() { timer.Stop(); cancel() }}, nil
+}
+
+// streamBody is an answer's body that ends its request's context when closed.
+type streamBody struct {
+	io.ReadCloser
+	stop func()
+}
+
+func (b *streamBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.stop()
+	return err
 }
 
 // decodeAPIError reads the contract's envelope; anything else (a proxy's page, a server that is
@@ -182,4 +245,10 @@ func (c *client) hintsFor(e *apiError, gameID string) []string {
 		hs = append(hs, "RTM or one of its dependencies is down: curl "+c.base+"/readyz names which")
 	}
 	return hs
+}
+
+// asAPIError finds the failure and the API's error answer in err; false when err is not an
+// error answer of the API.
+func asAPIError(err error, ae **apiError, f **failure) bool {
+	return errors.As(err, f) && errors.As(err, ae)
 }

@@ -2,9 +2,11 @@
 // through the internal REST API (CONTRACT §6), queues start and stop jobs on the Redis streams
 // the way Lobby does (§5), and tails the job results and health events RTM publishes.
 //
-// Exit codes scripts can rely on: 0 when the command did what was asked, 1 when the API or Redis
-// refused or failed it (also when the server cannot be reached, or a job's outcome is failed),
-// 2 for usage errors (unknown command or flag, missing or bad argument).
+// Exit codes scripts can rely on (the root command's help lists them too): 0 when the command did
+// what was asked, 1 when the API or Redis refused or failed it (also when the server cannot be
+// reached, or a job's or mutation's outcome is failed), 2 for usage errors (unknown command or
+// flag, missing or bad argument), 3 when what was asked was not reached in time: a mutation RTM
+// accepted had not converged when --timeout ran out, or wait's condition was not met.
 package main
 
 import (
@@ -18,6 +20,8 @@ import (
 	"runtime/debug"
 	"syscall"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; a binary built with
@@ -26,15 +30,23 @@ var version = "dev"
 
 // Exit codes.
 const (
-	exitOK      = 0
-	exitFailed  = 1
-	exitUsage   = 2
-	usageSuffix = "Run '%s --help' for usage.\n"
+	exitOK         = 0
+	exitFailed     = 1
+	exitUsage      = 2
+	exitNotReached = 3
+	usageSuffix    = "Run '%s --help' for usage.\n"
 )
 
 func main() {
+	// go-redis prints its pool's dial failures on its own; rtmctl reports them once, as errors.
+	redis.SetLogger(quietRedis{})
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
+
+// quietRedis drops go-redis's own log lines.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
 
 // run executes rtmctl with args (without the program name) and returns the exit code. SIGINT
 // and SIGTERM cancel the command's context: a watch then ends with 0, a wait with 1.
@@ -59,6 +71,9 @@ func runContext(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 		for _, h := range f.hints {
 			fmt.Fprintf(stderr, "  %s\n", h)
 		}
+		if f.code != 0 {
+			return f.code
+		}
 		return exitFailed
 	}
 	// Anything else comes from cobra's parsing (unknown command or flag, bad or missing
@@ -73,10 +88,11 @@ func runContext(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 }
 
 // failure is an error of a command that ran: the API or Redis refused or failed it, or could not
-// be reached. It exits 1; hints are printed below the error line.
+// be reached. It exits with code (1 when zero); hints are printed below the error line.
 type failure struct {
 	err   error
 	hints []string
+	code  int
 }
 
 func (f *failure) Error() string { return f.err.Error() }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -11,10 +12,12 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"k8s.io/client-go/util/jsonpath"
 	"sigs.k8s.io/yaml"
 )
 
-// outputFormat is the value of -o: aligned tables for people, json and yaml for scripts.
+// outputFormat is the value of -o: aligned tables for people; json, yaml, name and
+// jsonpath=TEMPLATE for scripts. A jsonpath format holds its template: "jsonpath={.status}".
 type outputFormat string
 
 const (
@@ -22,34 +25,103 @@ const (
 	outWide  outputFormat = "wide"
 	outJSON  outputFormat = "json"
 	outYAML  outputFormat = "yaml"
+	outName  outputFormat = "name"
+
+	jsonpathPrefix = "jsonpath="
+)
+
+// The kinds of output a command may accept (see annOutputs).
+const (
+	kindTable    = "table"
+	kindWide     = "wide"
+	kindJSON     = "json"
+	kindYAML     = "yaml"
+	kindName     = "name"
+	kindJSONPath = "jsonpath"
 )
 
 func (o *outputFormat) String() string { return string(*o) }
 func (o *outputFormat) Type() string   { return "format" }
 
-// Set accepts the four formats; anything else is a flag error (exit 2).
+// Set accepts the formats above; anything else, or a jsonpath template that does not parse, is a
+// flag error (exit 2).
 func (o *outputFormat) Set(s string) error {
+	if len(s) >= len(jsonpathPrefix) && strings.EqualFold(s[:len(jsonpathPrefix)], jsonpathPrefix) {
+		tmpl := s[len(jsonpathPrefix):]
+		if _, err := newJSONPath(tmpl); err != nil {
+			return err
+		}
+		*o = outputFormat(jsonpathPrefix + tmpl)
+		return nil
+	}
 	switch f := outputFormat(strings.ToLower(s)); f {
-	case outTable, outWide, outJSON, outYAML:
+	case outTable, outWide, outJSON, outYAML, outName:
 		*o = f
 		return nil
 	}
-	return fmt.Errorf("must be one of table, wide, json, yaml")
+	return fmt.Errorf("must be one of table, wide, json, yaml, name or jsonpath=TEMPLATE")
 }
 
-// structured reports whether the format is for machines (json or yaml).
-func (o outputFormat) structured() bool { return o == outJSON || o == outYAML }
+// kind is the format without a jsonpath template: table, wide, json, yaml, name or jsonpath.
+func (o outputFormat) kind() string {
+	if strings.HasPrefix(string(o), jsonpathPrefix) {
+		return kindJSONPath
+	}
+	return string(o)
+}
 
-// printJSON prints raw JSON in the chosen structured format: indented JSON, or YAML with the
-// same field names.
+// structured reports whether the format prints the API's JSON (json, yaml, or a jsonpath
+// template over it).
+func (o outputFormat) structured() bool {
+	return o == outJSON || o == outYAML || o.kind() == kindJSONPath
+}
+
+// newJSONPath parses a template the way kubectl's -o jsonpath does: {.field}, {range …}{end},
+// several expressions with text between them; a template without braces is one expression
+// (".status" and "status" mean "{.status}"). Missing keys print nothing.
+func newJSONPath(tmpl string) (*jsonpath.JSONPath, error) {
+	if strings.TrimSpace(tmpl) == "" {
+		return nil, errors.New("jsonpath needs a template, e.g. jsonpath={.status}")
+	}
+	if !strings.Contains(tmpl, "{") {
+		if !strings.HasPrefix(tmpl, ".") {
+			tmpl = "." + tmpl
+		}
+		tmpl = "{" + tmpl + "}"
+	}
+	j := jsonpath.New("output").AllowMissingKeys(true)
+	if err := j.Parse(tmpl); err != nil {
+		return nil, fmt.Errorf("bad jsonpath template: %v", err)
+	}
+	return j, nil
+}
+
+// printJSON prints raw JSON in the chosen structured format: indented JSON, YAML with the same
+// field names, or the jsonpath template run over it.
 func (a *app) printJSON(raw []byte) error {
-	if a.output == outYAML {
+	switch {
+	case a.output == outYAML:
 		y, err := yaml.JSONToYAML(raw)
 		if err != nil {
 			return fmt.Errorf("converting to yaml: %w", err)
 		}
 		_, err = a.stdout.Write(y)
 		return err
+	case a.output.kind() == kindJSONPath:
+		j, err := newJSONPath(strings.TrimPrefix(string(a.output), jsonpathPrefix))
+		if err != nil {
+			return err
+		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber() // integers print as integers, not as 1e+06
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return fmt.Errorf("the answer is not valid JSON: %w", err)
+		}
+		if err := j.Execute(a.stdout, v); err != nil {
+			return fmt.Errorf("jsonpath: %v", err)
+		}
+		return nil
 	}
 	var buf bytes.Buffer
 	if err := json.Indent(&buf, raw, "", "  "); err != nil {
@@ -69,10 +141,21 @@ func (a *app) printValue(v any) error {
 	return a.printJSON(raw)
 }
 
-// writeTable prints rows under header, columns aligned with three spaces between them.
+// writeTable prints a table to stdout, without its header when --no-headers is set.
+func (a *app) writeTable(header []string, rows [][]string) error {
+	if a.noHeaders {
+		header = nil
+	}
+	return writeTable(a.stdout, header, rows)
+}
+
+// writeTable prints rows under header (none when nil), columns aligned with three spaces
+// between them.
 func writeTable(w io.Writer, header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	if header != nil {
+		fmt.Fprintln(tw, strings.Join(header, "\t"))
+	}
 	for _, r := range rows {
 		cells := make([]string, len(r))
 		for i, c := range r {

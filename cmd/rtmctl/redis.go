@@ -80,6 +80,26 @@ func (a *app) addRedisFlags(fs *pflag.FlagSet, streams ...string) {
 // redisClient connects as the flags say and checks the connection with PING. A malformed
 // --redis is a usage error; an unreachable or refusing server a failure.
 func (a *app) redisClient(ctx context.Context, cmd *cobra.Command) (*redis.Client, error) {
+	opts, err := a.redisOptions(cmd)
+	if err != nil {
+		return nil, err
+	}
+	rc := redis.NewClient(opts)
+	pctx, cancel := context.WithTimeout(ctx, min(a.timeout, 10*time.Second))
+	defer cancel()
+	if err := rc.Ping(pctx).Err(); err != nil {
+		rc.Close()
+		if ctx.Err() != nil {
+			return nil, failf("interrupted")
+		}
+		return nil, &failure{err: fmt.Errorf("redis at %s: %v", opts.Addr, err),
+			hints: []string{"set the address with --redis (or " + envRedisAddr + ") and the password with --redis-password (or " + envRedisPassword + ")"}}
+	}
+	return rc, nil
+}
+
+// redisOptions reads the connection flags; a malformed --redis is a usage error.
+func (a *app) redisOptions(cmd *cobra.Command) (*redis.Options, error) {
 	addr := strings.TrimSpace(a.redis.addr)
 	var opts *redis.Options
 	if strings.Contains(addr, "://") {
@@ -102,18 +122,7 @@ func (a *app) redisClient(ctx context.Context, cmd *cobra.Command) (*redis.Clien
 	}
 	opts.DialTimeout = 5 * time.Second
 	opts.MaxRetries = 1
-	rc := redis.NewClient(opts)
-	pctx, cancel := context.WithTimeout(ctx, min(a.timeout, 10*time.Second))
-	defer cancel()
-	if err := rc.Ping(pctx).Err(); err != nil {
-		rc.Close()
-		if ctx.Err() != nil {
-			return nil, failf("interrupted")
-		}
-		return nil, &failure{err: fmt.Errorf("redis at %s: %v", opts.Addr, err),
-			hints: []string{"set the address with --redis (or " + envRedisAddr + ") and the password with --redis-password (or " + envRedisPassword + ")"}}
-	}
-	return rc, nil
+	return opts, nil
 }
 
 // redactURL hides the password of a redis URL in messages.
@@ -411,7 +420,7 @@ func (a *app) printResults(msgs []redis.XMessage) error {
 		}
 		rows = append(rows, row)
 	}
-	return writeTable(a.stdout, header, rows)
+	return a.writeTable(header, rows)
 }
 
 func (a *app) newWatchCmd() *cobra.Command {
@@ -535,8 +544,10 @@ func (a *app) watch(ctx context.Context, cmd *cobra.Command, stream string, sl s
 			header = append(append([]string(nil), header...), sl.wideHeader...)
 		}
 		lw = newLineWriter(a.stdout, header, sl.minWidths)
-		if err := lw.write(header); err != nil {
-			return err
+		if !a.noHeaders {
+			if err := lw.write(header); err != nil {
+				return err
+			}
 		}
 	}
 	for {

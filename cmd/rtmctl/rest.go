@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,27 +29,48 @@ func (a *app) newGetCmd() *cobra.Command {
 	})
 	var status string
 	var limit int
+	var watch bool
+	var interval time.Duration
 	rt := &cobra.Command{
 		Use:     "runtimes [GAME_ID]",
 		Aliases: []string{"runtime", "rt"},
-		Short:   "List runtimes (all pages), or show one",
+		Short:   "List runtimes (all pages), or show one; -w follows changes",
 		Long: `List the runtime records RTM holds, ordered by game id, or show one game's record.
 
 Without --limit every page is fetched (following next_cursor). The table shows what each game
-should be (DESIRED) next to what RTM last saw (STATUS); IMAGE reads "current → desired" while
+should be (DESIRED) next to what RTM last saw (STATUS), and HEALTH from the game's health
+snapshot: healthy; probe_failing (the engine failed its latest probes, fewer than the
+threshold that makes it unhealthy); unhealthy (it failed the threshold of probes in a row,
+exited, was OOM-killed or vanished); "-" when nothing was observed yet or the game is not
+meant to run; "?" when the snapshot could not be read. IMAGE reads "current → desired" while
 a change of image is pending. -o wide adds the engine endpoint, the last update and the last
-error. -o json prints the API's JSON: the record itself for one game, {"runtimes": […]} for a
-list.`,
+error; --no-headers drops the header line.
+
+-o json and -o yaml print the API's JSON: the record itself for one game, {"runtimes": […]}
+for a list; -o jsonpath=TEMPLATE runs a kubectl-style template over it; -o name prints
+runtime/<game_id> per game.
+
+-w (--watch) prints the table (or the records) once, then polls every --interval and prints
+the row of every game whose row changed, until Ctrl-C (exit 0). With -o json a changed record
+is one line of JSON.`,
 		Example: `  # Every runtime, and only the failed ones with their errors
   rtmctl get runtimes
   rtmctl get runtimes --status failed -o wide
 
-  # The first 20, as JSON
+  # The first 20, as JSON; every game id, one per line
   rtmctl get runtimes --limit 20 -o json
+  rtmctl get runtimes -o name
+  rtmctl get runtimes -o jsonpath='{range .runtimes[*]}{.game_id}{"\t"}{.status}{"\n"}{end}'
 
   # One game; its current image, for a script
   rtmctl get runtime game-42
-  rtmctl get runtime game-42 -o json | jq -r .current_image_ref`,
+  rtmctl get runtime game-42 -o jsonpath='{.current_image_ref}'
+  rtmctl get runtime game-42 --no-headers
+
+  # Follow changes as they happen
+  rtmctl get runtimes -w
+  rtmctl get runtime game-42 -w --interval 1s`,
+		Annotations: outputs(recordOutputs),
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
 				return usagef("%s takes at most one GAME_ID, got %d arguments", cmd.CommandPath(), len(args))
@@ -63,20 +85,33 @@ list.`,
 		},
 		ValidArgsFunction: a.completeGameIDs,
 		RunE: act(func(cmd *cobra.Command, args []string) error {
+			if interval <= 0 {
+				return usagef("--interval must be positive, got %s", interval)
+			}
+			gameID := ""
 			if len(args) == 1 {
-				return a.getRuntime(cmd.Context(), args[0])
+				gameID = args[0]
+			} else {
+				if status != "" && !knownStatus(status) {
+					return usagef("--status must be one of %s, got %q", statusNames(), status)
+				}
+				if cmd.Flags().Changed("limit") && limit < 1 {
+					return usagef("--limit must be at least 1, got %d", limit)
+				}
 			}
-			if status != "" && !knownStatus(status) {
-				return usagef("--status must be one of %s, got %q", statusNames(), status)
+			if watch {
+				return a.watchRuntimes(cmd.Context(), gameID, status, limit, interval)
 			}
-			if cmd.Flags().Changed("limit") && limit < 1 {
-				return usagef("--limit must be at least 1, got %d", limit)
+			if gameID != "" {
+				return a.getRuntime(cmd.Context(), gameID)
 			}
 			return a.listRuntimesCmd(cmd.Context(), status, limit)
 		}),
 	}
 	rt.Flags().StringVar(&status, "status", "", "only runtimes with this status ("+statusNames()+")")
 	rt.Flags().IntVar(&limit, "limit", 0, "at most this many runtimes (default: all, page by page)")
+	rt.Flags().BoolVarP(&watch, "watch", "w", false, "after printing, poll every --interval and print what changed, until Ctrl-C")
+	rt.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often -w polls the API")
 	_ = rt.RegisterFlagCompletionFunc("status", func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
 		var out []cobra.Completion
 		for _, s := range rtm.Statuses {
@@ -100,7 +135,9 @@ to a job result or a REST call. -o wide adds the images, the container, the dura
 error message.`,
 		Example: `  rtmctl ops game-42
   rtmctl ops game-42 --limit 200 -o wide
-  rtmctl ops game-42 -o json | jq '.operations[] | select(.outcome == "failed")'`,
+  rtmctl ops game-42 -o json | jq '.operations[] | select(.outcome == "failed")'
+  rtmctl ops game-42 -o jsonpath='{.operations[0].outcome}'`,
+		Annotations:       outputs(jsonOutputs),
 		Args:              gameIDArg,
 		ValidArgsFunction: a.completeGameIDs,
 		RunE: act(func(cmd *cobra.Command, args []string) error {
@@ -121,7 +158,8 @@ func (a *app) newHealthCmd() *cobra.Command {
 		Long: `Show a game's latest health summary (health_snapshots): healthy, unhealthy or unknown,
 the last health event, consecutive probe failures, exit code and OOM kill, and Docker's state.`,
 		Example: `  rtmctl health game-42
-  rtmctl health game-42 -o json | jq .consecutive_probe_failures`,
+  rtmctl health game-42 -o jsonpath='{.consecutive_probe_failures}'`,
+		Annotations:       outputs(jsonOutputs),
 		Args:              gameIDArg,
 		ValidArgsFunction: a.completeGameIDs,
 		RunE: act(func(cmd *cobra.Command, args []string) error {
@@ -133,10 +171,13 @@ the last health event, consecutive probe failures, exit code and OOM kill, and D
 // mutationLong is the common part of the mutations' help.
 const mutationLong = `
 
-The command returns when the game has converged and prints its record. When RTM's wait for
-convergence (RTMANAGER_REST_WAIT_TIMEOUT) runs out first, it prints the record as it stands,
-notes "not converged yet" on stderr and exits 0: RTM keeps working on the request. A refusal
-prints "error: <code>: <message>" on stderr and exits 1.`
+The command returns when the game has converged and prints its record (-o name prints
+runtime/<game_id>). When RTM's own wait for convergence (RTMANAGER_REST_WAIT_TIMEOUT, 30s by
+default) runs out first, RTM answers 202 and rtmctl keeps waiting, reading the operation log for
+the request's outcome, until --timeout (counted from the start of the command) runs out too:
+then it prints the record as it stands, says "not converged" on stderr and exits 3; RTM keeps
+working on the request. A refusal, or an outcome that is a failure, prints
+"error: <code>: <message>" on stderr and exits 1.`
 
 func (a *app) newStartCmd() *cobra.Command {
 	var image string
@@ -146,7 +187,9 @@ func (a *app) newStartCmd() *cobra.Command {
 		Long: `Ask RTM to run the game with the image (desired state running). A game already running
 that image is left as it is; another image for a running game is refused with conflict (use
 patch).` + mutationLong,
-		Example:           `  rtmctl start game-42 --image galaxy/game:1.4.2`,
+		Example: `  rtmctl start game-42 --image galaxy/game:1.4.2
+  rtmctl start game-42 --image galaxy/game:1.4.2 --timeout 5m -o name`,
+		Annotations:       outputs(recordOutputs),
 		Args:              gameIDArg,
 		ValidArgsFunction: a.completeGameIDs,
 		RunE: act(func(cmd *cobra.Command, args []string) error {
@@ -167,6 +210,7 @@ func (a *app) newStopCmd() *cobra.Command {
 the state directory is never touched.` + mutationLong,
 		Example: `  rtmctl stop game-42
   rtmctl stop game-42 --reason engine_wedged`,
+		Annotations:       outputs(recordOutputs),
 		Args:              gameIDArg,
 		ValidArgsFunction: a.completeGameIDs,
 		RunE: act(func(cmd *cobra.Command, args []string) error {
@@ -183,7 +227,9 @@ func (a *app) newRestartCmd() *cobra.Command {
 		Short: "Replace a game's container with a fresh one, same image",
 		Long: `Ask RTM for a fresh container with the game's image, also after the container was
 disposed of. The state directory carries over.` + mutationLong,
-		Example:           `  rtmctl restart game-42`,
+		Example: `  rtmctl restart game-42
+  rtmctl restart game-42 --timeout 3m || echo "exit $? (3: not converged yet)"`,
+		Annotations:       outputs(recordOutputs),
 		Args:              gameIDArg,
 		ValidArgsFunction: a.completeGameIDs,
 		RunE: act(func(cmd *cobra.Command, args []string) error {
@@ -201,7 +247,9 @@ func (a *app) newPatchCmd() *cobra.Command {
 state directory carries over. The tags must be semver (else image_ref_not_semver) with the
 same major and minor (else semver_patch_only). If the new engine fails to start or to pass its
 probe, RTM runs the previous image again and the command fails with patch_rolled_back.` + mutationLong,
-		Example:           `  rtmctl patch game-42 --image galaxy/game:1.4.3`,
+		Example: `  rtmctl patch game-42 --image galaxy/game:1.4.3
+  rtmctl patch game-42 --image galaxy/game:1.4.3 --timeout 5m -o jsonpath='{.current_image_ref}'`,
+		Annotations:       outputs(recordOutputs),
 		Args:              gameIDArg,
 		ValidArgsFunction: a.completeGameIDs,
 		RunE: act(func(cmd *cobra.Command, args []string) error {
@@ -220,6 +268,7 @@ func (a *app) newCleanupCmd() *cobra.Command {
 		Long: `Remove the game's container; its record becomes removed. A running game is refused with
 runtime_running: stop it first. The state directory on the host is never deleted.` + mutationLong,
 		Example:           `  rtmctl stop game-42 && rtmctl cleanup game-42`,
+		Annotations:       outputs(recordOutputs),
 		Args:              gameIDArg,
 		ValidArgsFunction: a.completeGameIDs,
 		RunE: act(func(cmd *cobra.Command, args []string) error {
@@ -308,11 +357,9 @@ func (a *app) listRuntimesCmd(ctx context.Context, status string, limit int) err
 			NextCursor string            `json:"next_cursor,omitempty"`
 		}{items, next})
 	}
-	recs := make([]rtm.Record, len(items))
-	for i, raw := range items {
-		if err := json.Unmarshal(raw, &recs[i]); err != nil {
-			return failf("unexpected runtime record from the server: %v", err)
-		}
+	recs, err := decodeRecords(items)
+	if err != nil {
+		return err
 	}
 	if len(recs) == 0 {
 		if status != "" {
@@ -322,13 +369,23 @@ func (a *app) listRuntimesCmd(ctx context.Context, status string, limit int) err
 		}
 		return nil
 	}
-	if err := a.printRecords(recs); err != nil {
+	if err := a.printRecords(ctx, c, recs); err != nil {
 		return err
 	}
 	if next != "" {
 		fmt.Fprintf(a.stderr, "More runtimes exist; raise --limit or leave it out to list them all.\n")
 	}
 	return nil
+}
+
+func decodeRecords(items []json.RawMessage) ([]rtm.Record, error) {
+	recs := make([]rtm.Record, len(items))
+	for i, raw := range items {
+		if err := json.Unmarshal(raw, &recs[i]); err != nil {
+			return nil, failf("unexpected runtime record from the server: %v", err)
+		}
+	}
+	return recs, nil
 }
 
 func (a *app) getRuntime(ctx context.Context, gameID string) error {
@@ -340,11 +397,12 @@ func (a *app) getRuntime(ctx context.Context, gameID string) error {
 	if err != nil {
 		return err
 	}
-	return a.printRecordAnswer(resp.body)
+	return a.printRecordAnswer(ctx, c, resp.body)
 }
 
-// printRecordAnswer prints one record as the API sent it (json, yaml) or as a table row.
-func (a *app) printRecordAnswer(body []byte) error {
+// printRecordAnswer prints one record as the API sent it (json, yaml, jsonpath), as its name, or
+// as a table row with its health.
+func (a *app) printRecordAnswer(ctx context.Context, c *client, body []byte) error {
 	if a.output.structured() {
 		return a.printJSON(body)
 	}
@@ -352,26 +410,113 @@ func (a *app) printRecordAnswer(body []byte) error {
 	if err := json.Unmarshal(body, &rec); err != nil {
 		return failf("unexpected runtime record from the server: %v", err)
 	}
-	return a.printRecords([]rtm.Record{rec})
+	return a.printRecords(ctx, c, []rtm.Record{rec})
 }
 
-func (a *app) printRecords(recs []rtm.Record) error {
-	now := a.now()
-	header := []string{"GAME ID", "STATUS", "DESIRED", "IMAGE", "CONTAINER", "AGE"}
-	wide := a.output == outWide
-	if wide {
-		header = append(header, "ENDPOINT", "UPDATED", "ERROR")
+// printRecords prints records as name lines or as a table with their health (fetched here).
+func (a *app) printRecords(ctx context.Context, c *client, recs []rtm.Record) error {
+	if a.output == outName {
+		for _, r := range recs {
+			if _, err := fmt.Fprintln(a.stdout, resourceName(r.GameID)); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
+	health := a.healthOf(ctx, c, recs)
+	now := a.now()
 	rows := make([][]string, 0, len(recs))
 	for _, r := range recs {
-		row := []string{r.GameID, string(r.Status), string(r.DesiredState), imageCell(r),
-			shortID(r.CurrentContainerID), age(now, r.CreatedAt)}
-		if wide {
-			row = append(row, r.EngineEndpoint, age(now, r.UpdatedAt), errorCell(string(r.LastErrorCode), r.LastErrorMessage, 80))
-		}
-		rows = append(rows, row)
+		rows = append(rows, a.recordRow(now, r, health))
 	}
-	return writeTable(a.stdout, header, rows)
+	return a.writeTable(a.recordHeader(), rows)
+}
+
+// resourceName is a game's name in -o name output, as kubectl names its objects.
+func resourceName(gameID string) string { return "runtime/" + gameID }
+
+// recordHeader is the header of the runtime table in the chosen format.
+func (a *app) recordHeader() []string {
+	header := []string{"GAME ID", "STATUS", "HEALTH", "DESIRED", "IMAGE", "CONTAINER", "AGE"}
+	if a.output == outWide {
+		header = append(header, "ENDPOINT", "UPDATED", "ERROR")
+	}
+	return header
+}
+
+// ageColumn is the index of AGE in recordHeader: the one cell that changes with time alone.
+const ageColumn = 6
+
+// recordRow is a record's row of the runtime table.
+func (a *app) recordRow(now time.Time, r rtm.Record, health map[string]*rtm.HealthSnapshot) []string {
+	h, read := health[r.GameID]
+	row := []string{r.GameID, string(r.Status), healthCell(r, h, read), string(r.DesiredState), imageCell(r),
+		shortID(r.CurrentContainerID), age(now, r.CreatedAt)}
+	if a.output == outWide {
+		row = append(row, r.EngineEndpoint, age(now, r.UpdatedAt), errorCell(string(r.LastErrorCode), r.LastErrorMessage, 80))
+	}
+	return row
+}
+
+// Values of the HEALTH column besides the snapshot's healthy and unhealthy.
+const (
+	healthProbeFailing = "probe_failing" // healthy, but the latest probes failed (below the threshold)
+	healthUnread       = "?"             // the snapshot could not be read
+)
+
+// healthCell sums a game's health up for the HEALTH column: unhealthy, probe_failing, healthy;
+// "" (printed "-") when the game is not meant to run or nothing was observed yet; "?" when the
+// snapshot could not be read (read is false).
+func healthCell(r rtm.Record, h *rtm.HealthSnapshot, read bool) string {
+	switch {
+	case r.DesiredState != rtm.DesiredRunning:
+		return ""
+	case !read:
+		return healthUnread
+	case h.Status == rtm.HealthUnhealthy:
+		return string(rtm.HealthUnhealthy)
+	case h.Status == rtm.HealthHealthy && h.ConsecutiveProbeFailures > 0:
+		return healthProbeFailing
+	case h.Status == rtm.HealthHealthy:
+		return string(rtm.HealthHealthy)
+	}
+	return ""
+}
+
+// healthFetches bounds the health requests a table sends at once.
+const healthFetches = 8
+
+// healthOf reads the health snapshots of the records meant to run, healthFetches requests at a
+// time. A snapshot that could not be read is missing from the map; the table shows "?" for it.
+func (a *app) healthOf(ctx context.Context, c *client, recs []rtm.Record) map[string]*rtm.HealthSnapshot {
+	out := make(map[string]*rtm.HealthSnapshot, len(recs))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, healthFetches)
+	for _, r := range recs {
+		if r.DesiredState != rtm.DesiredRunning {
+			continue
+		}
+		wg.Add(1)
+		slots <- struct{}{}
+		go func(gameID string) {
+			defer wg.Done()
+			defer func() { <-slots }()
+			resp, err := c.do(ctx, http.MethodGet, gamePath(gameID)+"/health", nil, nil)
+			if err != nil {
+				return
+			}
+			var h rtm.HealthSnapshot
+			if json.Unmarshal(resp.body, &h) != nil {
+				return
+			}
+			mu.Lock()
+			out[gameID] = &h
+			mu.Unlock()
+		}(r.GameID)
+	}
+	wg.Wait()
+	return out
 }
 
 // imageCell shows the image running, and the one asked for when a change is pending.
@@ -445,7 +590,7 @@ func (a *app) opsCmd(ctx context.Context, gameID string, limit int) error {
 		}
 		rows = append(rows, row)
 	}
-	return writeTable(a.stdout, header, rows)
+	return a.writeTable(header, rows)
 }
 
 func opImage(o rtm.Operation) string {
@@ -517,10 +662,13 @@ func (a *app) healthCmd(ctx context.Context, gameID string) error {
 	})
 }
 
-// mutate sends a mutation and prints the record it answers with. A 202 means RTM's wait ran out
-// before the game converged: the record is printed as it stands, with a note on stderr, and the
-// command succeeds, since the request is recorded and RTM keeps working on it.
+// mutate sends a mutation and prints the record it answers with once the game has converged. A
+// 202 means RTM's own wait ran out first: rtmctl then reads the operation log for the request's
+// outcome until its --timeout (counted from now) runs out too (converge). A success prints the
+// record, a failed outcome is a failure with its code (exit 1), and no outcome in time prints
+// the record as it stands and exits 3 (notConverged).
 func (a *app) mutate(ctx context.Context, method, gameID, action string, body any) error {
+	deadline := time.Now().Add(a.timeout)
 	c, err := a.client()
 	if err != nil {
 		return err
@@ -529,23 +677,10 @@ func (a *app) mutate(ctx context.Context, method, gameID, action string, body an
 	if err != nil {
 		return err
 	}
-	if err := a.printRecordAnswer(resp.body); err != nil {
-		return err
+	if resp.status != http.StatusAccepted {
+		return a.printRecordAnswer(ctx, c, resp.body)
 	}
-	if resp.status == http.StatusAccepted {
-		var rec rtm.Record
-		_ = json.Unmarshal(resp.body, &rec)
-		note := fmt.Sprintf("note: game %s has not converged yet", gameID)
-		if rec.Status != "" {
-			note += fmt.Sprintf(" (status %s, desired %s)", rec.Status, rec.DesiredState)
-		}
-		note += "; RTM keeps working on it."
-		if resp.requestID != "" {
-			note += " Request id " + resp.requestID + "."
-		}
-		fmt.Fprintf(a.stderr, "%s\n  follow it with: rtmctl get runtime %s; rtmctl ops %s\n", note, gameID, gameID)
-	}
-	return nil
+	return a.converge(ctx, c, gameID, resp, deadline)
 }
 
 // completeGameIDs offers the game ids of the first page of runtimes, with their status.

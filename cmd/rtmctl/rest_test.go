@@ -43,7 +43,17 @@ type fakeRTM struct {
 	// mutate answers POST …/{action} and DELETE …/container (action "container"); nil answers
 	// 200 with the record.
 	mutate func(action, gameID string, body map[string]any) (int, any)
+	// logs is each game's engine output; follow, when set, carries what a follow stream sends
+	// after it, until closed.
+	logs   map[string]string
+	follow chan string
+	// version is the body of GET /version; nil answers 404 as an RTM without the route does.
+	version map[string]string
+	// healthDown answers every health read with 503.
+	healthDown bool
 
+	// data guards records, ops and health while a command runs (watch, wait, converge).
+	data sync.Mutex
 	mu   sync.Mutex
 	reqs []seen
 }
@@ -51,7 +61,7 @@ type fakeRTM struct {
 func newFakeRTM(t *testing.T) *fakeRTM {
 	t.Helper()
 	f := &fakeRTM{t: t, pageSize: 500, records: map[string]rtm.Record{}, ops: map[string][]rtm.Operation{},
-		health: map[string]rtm.HealthSnapshot{}}
+		health: map[string]rtm.HealthSnapshot{}, logs: map[string]string{}}
 	mux := http.NewServeMux()
 	const base = "/api/v1/internal"
 	mux.HandleFunc("GET "+base+"/runtimes", f.list)
@@ -62,7 +72,9 @@ func newFakeRTM(t *testing.T) *fakeRTM {
 	})
 	mux.HandleFunc("GET "+base+"/runtimes/{game_id}/operations", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := f.record(w, r); ok {
+			f.data.Lock()
 			ops := f.ops[r.PathValue("game_id")]
+			f.data.Unlock()
 			if n, err := strconv.Atoi(r.URL.Query().Get("limit")); err == nil && n < len(ops) {
 				ops = ops[:n]
 			}
@@ -73,9 +85,27 @@ func newFakeRTM(t *testing.T) *fakeRTM {
 		}
 	})
 	mux.HandleFunc("GET "+base+"/runtimes/{game_id}/health", func(w http.ResponseWriter, r *http.Request) {
-		if _, ok := f.record(w, r); ok {
-			writeJSON(w, http.StatusOK, f.health[r.PathValue("game_id")])
+		if f.healthDown {
+			writeError(w, http.StatusServiceUnavailable, "service_unavailable", "the runtime store is unavailable; retry later")
+			return
 		}
+		if _, ok := f.record(w, r); ok {
+			f.data.Lock()
+			h, ok := f.health[r.PathValue("game_id")]
+			f.data.Unlock()
+			if !ok {
+				h = rtm.HealthSnapshot{GameID: r.PathValue("game_id"), Status: rtm.HealthUnknown}
+			}
+			writeJSON(w, http.StatusOK, h)
+		}
+	})
+	mux.HandleFunc("GET "+base+"/runtimes/{game_id}/logs", f.serveLogs)
+	mux.HandleFunc("GET "+base+"/version", func(w http.ResponseWriter, r *http.Request) {
+		if f.version == nil {
+			writeError(w, http.StatusNotFound, "invalid_request", "no such route: GET "+r.URL.Path)
+			return
+		}
+		writeJSON(w, http.StatusOK, f.version)
 	})
 	for _, action := range []string{"start", "stop", "restart", "patch"} {
 		mux.HandleFunc("POST "+base+"/runtimes/{game_id}/"+action, f.mutation(action))
@@ -111,13 +141,71 @@ func (f *fakeRTM) requests() []seen {
 }
 
 func (f *fakeRTM) add(recs ...rtm.Record) {
+	f.data.Lock()
+	defer f.data.Unlock()
 	for _, r := range recs {
 		f.records[r.GameID] = r
 	}
 }
 
+// get returns the game's record as the fake holds it now.
+func (f *fakeRTM) get(gameID string) rtm.Record {
+	f.data.Lock()
+	defer f.data.Unlock()
+	return f.records[gameID]
+}
+
+// setHealth sets the game's health snapshot.
+func (f *fakeRTM) setHealth(h rtm.HealthSnapshot) {
+	f.data.Lock()
+	defer f.data.Unlock()
+	f.health[h.GameID] = h
+}
+
+// addOp puts an operation at the head of the game's log (newest first).
+func (f *fakeRTM) addOp(op rtm.Operation) {
+	f.data.Lock()
+	defer f.data.Unlock()
+	f.ops[op.GameID] = append([]rtm.Operation{op}, f.ops[op.GameID]...)
+}
+
+// serveLogs answers GET …/logs: the game's output as text, then, with follow=true, what comes
+// on f.follow until it is closed or the client leaves.
+func (f *fakeRTM) serveLogs(w http.ResponseWriter, r *http.Request) {
+	if _, ok := f.record(w, r); !ok {
+		return
+	}
+	text, ok := f.logs[r.PathValue("game_id")]
+	if !ok {
+		writeError(w, http.StatusNotFound, "runtime_not_found", "game "+r.PathValue("game_id")+" has no container")
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	_, _ = io.WriteString(w, text)
+	if r.URL.Query().Get("follow") != "true" || f.follow == nil {
+		return
+	}
+	ctl := http.NewResponseController(w)
+	_ = ctl.Flush()
+	for {
+		select {
+		case l, ok := <-f.follow:
+			if !ok {
+				return
+			}
+			_, _ = io.WriteString(w, l)
+			_ = ctl.Flush()
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
 func (f *fakeRTM) record(w http.ResponseWriter, r *http.Request) (rtm.Record, bool) {
+	f.data.Lock()
 	rec, ok := f.records[r.PathValue("game_id")]
+	f.data.Unlock()
 	if !ok {
 		writeError(w, http.StatusNotFound, "runtime_not_found", "game "+r.PathValue("game_id")+" has no runtime")
 	}
@@ -145,6 +233,8 @@ func (f *fakeRTM) list(w http.ResponseWriter, r *http.Request) {
 		}
 		after = string(b)
 	}
+	f.data.Lock()
+	defer f.data.Unlock()
 	var ids []string
 	for id, rec := range f.records {
 		if id > after && (q.Get("status") == "" || string(rec.Status) == q.Get("status")) {
@@ -235,8 +325,8 @@ func TestRun_getRuntimes_followsNextCursorAndPrintsTable(t *testing.T) {
 	if len(ls) != 6 {
 		t.Fatalf("want a header and 5 rows:\n%s", r.stdout)
 	}
-	header := []string{"GAME ID", "STATUS", "DESIRED", "IMAGE", "CONTAINER", "AGE"}
-	if got := strings.Fields(strings.ReplaceAll(ls[0], "GAME ID", "GAME_ID")); strings.Join(got, " ") != "GAME_ID STATUS DESIRED IMAGE CONTAINER AGE" {
+	header := []string{"GAME ID", "STATUS", "HEALTH", "DESIRED", "IMAGE", "CONTAINER", "AGE"}
+	if got := strings.Fields(strings.ReplaceAll(ls[0], "GAME ID", "GAME_ID")); strings.Join(got, " ") != "GAME_ID STATUS HEALTH DESIRED IMAGE CONTAINER AGE" {
 		t.Fatalf("header %q", ls[0])
 	}
 	starts := columnStarts(ls[0], header...)
@@ -248,21 +338,30 @@ func TestRun_getRuntimes_followsNextCursorAndPrintsTable(t *testing.T) {
 		}
 	}
 	for i, want := range []string{
-		"g1   running   running   galaxy/game:1.4.1   4f1c2a9b8e7d   150m",
-		"g2   running   running   galaxy/game:1.4.2   4f1c2a9b8e7d   5d",
-		"g3   stopped   stopped   galaxy/game:1.4.2   4f1c2a9b8e7d   5d",
+		"g1   running   -   running   galaxy/game:1.4.1   4f1c2a9b8e7d   150m",
+		"g2   running   -   running   galaxy/game:1.4.2   4f1c2a9b8e7d   5d",
+		"g3   stopped   -   stopped   galaxy/game:1.4.2   4f1c2a9b8e7d   5d",
 	} {
 		if strings.Join(strings.Fields(ls[i+1]), " ") != strings.Join(strings.Fields(want), " ") {
 			t.Errorf("row %d = %q, want %q", i+1, ls[i+1], want)
 		}
 	}
 	// Three pages of at most two: the second and third carry the cursor of the one before.
-	var cursors []string
+	// Besides them, only the health of the games meant to run was read.
+	var cursors, health []string
 	for _, q := range f.requests() {
-		if q.path != "/api/v1/internal/runtimes" {
+		switch {
+		case q.path == "/api/v1/internal/runtimes":
+			cursors = append(cursors, q.query["cursor"])
+		case strings.HasSuffix(q.path, "/health"):
+			health = append(health, strings.TrimPrefix(q.path, "/api/v1/internal/runtimes/"))
+		default:
 			t.Fatalf("unexpected request %s %s", q.method, q.path)
 		}
-		cursors = append(cursors, q.query["cursor"])
+	}
+	sort.Strings(health)
+	if strings.Join(health, " ") != "g1/health g2/health g4/health g5/health" {
+		t.Fatalf("health read for %v", health)
 	}
 	if len(cursors) != 3 || cursors[0] != "" || cursors[1] == "" || cursors[2] == "" || cursors[1] == cursors[2] {
 		t.Fatalf("pages fetched with cursors %q", cursors)
@@ -285,7 +384,12 @@ func TestRun_getRuntimes_limitStopsPaging(t *testing.T) {
 	if !strings.Contains(r.stderr, "More runtimes exist") {
 		t.Fatalf("no note that more exist:\n%s", r.stderr)
 	}
-	reqs := f.requests()
+	var reqs []seen
+	for _, q := range f.requests() {
+		if q.path == "/api/v1/internal/runtimes" {
+			reqs = append(reqs, q)
+		}
+	}
 	if len(reqs) != 2 || reqs[0].query["limit"] != "3" || reqs[1].query["limit"] != "1" {
 		t.Fatalf("requests %+v", reqs)
 	}
@@ -578,27 +682,6 @@ func TestRun_mutation_forbiddenForLobby(t *testing.T) {
 	}
 }
 
-func TestRun_mutation_acceptedPrintsRecordAndNote(t *testing.T) {
-	f := newFakeRTM(t)
-	f.add(running("g1", "galaxy/game:1.4.2", time.Hour))
-	f.mutate = func(action, gameID string, body map[string]any) (int, any) {
-		rec := f.records[gameID]
-		rec.Status, rec.DesiredImageRef, rec.Generation = rtm.StatusStarting, body["image_ref"].(string), 2
-		return http.StatusAccepted, rec
-	}
-	r := rtmctl(t, nil, "--server", f.srv.URL, "patch", "g1", "--image", "galaxy/game:1.4.3", "-o", "json")
-	if r.code != 0 {
-		t.Fatalf("%v", r)
-	}
-	var rec rtm.Record
-	if err := json.Unmarshal([]byte(r.stdout), &rec); err != nil || rec.DesiredImageRef != "galaxy/game:1.4.3" {
-		t.Fatalf("record %v: %s", err, r.stdout)
-	}
-	if !strings.Contains(r.stderr, "not converged yet") || !strings.Contains(r.stderr, "status starting") {
-		t.Fatalf("note:\n%s", r.stderr)
-	}
-}
-
 func TestRun_ops_tableAndJSON(t *testing.T) {
 	f := newFakeRTM(t)
 	f.add(running("g1", "galaxy/game:1.4.2", time.Hour))
@@ -707,6 +790,21 @@ func TestRun_usageErrors_exitTwo(t *testing.T) {
 		{"bad redis address", []string{"jobs", "stop", "g1", "--redis", "nowhere"}, "--redis must be host:port"},
 		{"bad from", []string{"watch", "health", "--from", "yesterday"}, "--from must be"},
 		{"completion shell missing", []string{"completion"}, "needs a subcommand"},
+		{"bad jsonpath", []string{"get", "runtimes", "-o", "jsonpath={.runtimes[}"}, "bad jsonpath template"},
+		{"empty jsonpath", []string{"get", "runtimes", "-o", "jsonpath="}, "jsonpath needs a template"},
+		{"name for ops", []string{"ops", "g1", "-o", "name"}, "-o name does not apply to rtmctl ops"},
+		{"json for logs", []string{"logs", "g1", "-o", "json"}, "-o json does not apply to rtmctl logs"},
+		{"jsonpath for watch", []string{"watch", "health", "-o", "jsonpath={.x}"}, "-o jsonpath does not apply to rtmctl watch health"},
+		{"wait without for", []string{"wait", "g1"}, `required flag(s) "for" not set`},
+		{"wait for a phase", []string{"wait", "g1", "--for=phase=running"}, "--for must be status=STATUS"},
+		{"wait for an unknown status", []string{"wait", "g1", "--for=status=sleeping"}, "--for status must be one of"},
+		{"wait interval", []string{"wait", "g1", "--for=status=running", "--interval", "0s"}, "--interval must be positive"},
+		{"watch interval", []string{"get", "runtimes", "-w", "--interval", "-1s"}, "--interval must be positive"},
+		{"negative tail", []string{"logs", "g1", "--tail", "-1"}, "--tail must be from 0 to 10000"},
+		{"tail over the bound", []string{"logs", "g1", "--tail", "10001"}, "--tail must be from 0 to 10000"},
+		{"describe ops over the bound", []string{"describe", "g1", "--ops", "501"}, "--ops must be from 0 to 500"},
+		{"describe bad redis", []string{"describe", "g1", "--redis", "nowhere"}, "--redis must be host:port"},
+		{"version takes no argument", []string{"version", "g1"}, `unknown command "g1"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,11 +29,12 @@ type app struct {
 	getenv         func(string) string
 	now            func() time.Time
 
-	server  string
-	caller  string
-	token   string
-	output  outputFormat
-	timeout time.Duration
+	server    string
+	caller    string
+	token     string
+	output    outputFormat
+	noHeaders bool
+	timeout   time.Duration
 
 	redis redisFlags
 }
@@ -43,22 +44,43 @@ func (a *app) newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "rtmctl",
 		Short: "Operate Runtime Manager: inspect and drive game runtimes, queue jobs, tail events",
-		Long: `rtmctl is the operators' client of Runtime Manager (RTM).
+		Long: `rtmctl is the operators' client of Runtime Manager (RTM), in the manner of kubectl.
 
-It reads and drives game runtimes through RTM's internal REST API, queues start and stop
-jobs on the Redis streams the way Lobby does, and tails the job results and health events
-RTM publishes.
+It reads and drives game runtimes through RTM's internal REST API (get, describe, logs, ops,
+health, start, stop, restart, patch, cleanup, wait), queues start and stop jobs on the Redis
+streams the way Lobby does (jobs), and tails the job results and health events RTM publishes
+(watch).
 
-Exit codes: 0 done; 1 the API or Redis refused or failed the request, or could not be
-reached (the reason is printed as "error: <code>: <message>"); 2 usage error.`,
-		Example: `  # What runs, and what is wrong with it
+The server is --server, else $RTMCTL_SERVER (make dev's environment file sets it), else
+` + defaultServer + `; the token is --token, else $RTMANAGER_INTERNAL_TOKEN.
+
+Exit codes:
+  0  done: the answer is printed; a mutation converged; wait's condition was met
+  1  failed: the API or Redis refused or failed the request, printed on stderr as
+     "error: <code>: <message>" (e.g. semver_patch_only); a job's or a mutation's outcome
+     is failed; the server cannot be reached or did not answer within --timeout
+  2  usage error: unknown command or flag, missing or bad argument
+  3  not reached in time: RTM accepted a mutation (202) but the game had not converged when
+     --timeout ran out (RTM keeps working on it), or wait's --for condition was not met
+     within --timeout`,
+		Example: `  # What runs, and how it is
   rtmctl get runtimes
   rtmctl get runtimes --status failed -o wide
-  rtmctl ops game-42
-  rtmctl health game-42
+  rtmctl describe game-42
+  rtmctl logs game-42 --tail 50 -f
+
+  # Drive a game and wait for it
+  rtmctl start game-42 --image galaxy/game:1.4.2
+  rtmctl patch game-42 --image galaxy/game:1.4.3 --timeout 5m
+  rtmctl stop game-42 && rtmctl wait game-42 --for=status=stopped
+
+  # Follow changes, and feed scripts
+  rtmctl get runtimes -w
+  rtmctl get runtimes -o name
+  rtmctl get runtime game-42 -o jsonpath='{.current_image_ref}'
 
   # Against another RTM, with its token
-  RTMCTL_SERVER=http://rtm-1:8096 RTMANAGER_INTERNAL_TOKEN=… rtmctl get runtime game-42 -o json`,
+  RTMCTL_SERVER=http://rtm-1:8096 RTMANAGER_INTERNAL_TOKEN=… rtmctl version`,
 		Version:       versionString(),
 		SilenceErrors: true,
 		SilenceUsage:  true,
@@ -71,7 +93,7 @@ reached (the reason is printed as "error: <code>: <message>"); 2 usage error.`,
 			default:
 				return usagef("--caller must be admin, gm or lobby (or empty to send none), got %q", a.caller)
 			}
-			return nil
+			return checkOutput(cmd, a.output)
 		},
 	}
 	root.SetOut(a.stdout)
@@ -88,13 +110,17 @@ reached (the reason is printed as "error: <code>: <message>"); 2 usage error.`,
 	pf.StringVar(&a.server, "server", server, "base URL of RTM's internal listener (env "+envServer+")")
 	pf.StringVar(&a.caller, "caller", defaultCaller, "X-Galaxy-Caller to send: admin, gm or lobby (mutations need admin or gm)")
 	pf.StringVar(&a.token, "token", "", "bearer token for the internal API (env "+envToken+")")
-	pf.VarP(&a.output, "output", "o", "output format: table, wide, json or yaml")
-	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "how long to wait for an answer (HTTP request, or a job's result)")
-	_ = root.RegisterFlagCompletionFunc("output", fixedCompletions("table", "wide", "json", "yaml"))
+	pf.VarP(&a.output, "output", "o", "output format: table, wide, json, yaml, name or jsonpath=TEMPLATE (which apply is in each command's help)")
+	pf.BoolVar(&a.noHeaders, "no-headers", false, "print tables without their header line")
+	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "how long to wait: for an answer (HTTP request, a job's result), a mutation to converge, wait's condition")
+	_ = root.RegisterFlagCompletionFunc("output", fixedCompletions("table", "wide", "json", "yaml", "name", "jsonpath="))
 	_ = root.RegisterFlagCompletionFunc("caller", fixedCompletions("admin", "gm", "lobby"))
 
 	root.AddCommand(
 		a.newGetCmd(),
+		a.newDescribeCmd(),
+		a.newLogsCmd(),
+		a.newWaitCmd(),
 		a.newOpsCmd(),
 		a.newHealthCmd(),
 		a.newStartCmd(),
@@ -188,19 +214,33 @@ func fixedCompletions(values ...string) cobra.CompletionFunc {
 	}
 }
 
-func (a *app) newVersionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:     "version",
-		Short:   "Print rtmctl's version",
-		Args:    cobra.NoArgs,
-		Example: "  rtmctl version\n  rtmctl version -o json",
-		RunE: act(func(cmd *cobra.Command, args []string) error {
-			v := map[string]string{"version": versionString(), "go": goVersion(), "platform": platform()}
-			if a.output.structured() {
-				return a.printValue(v)
-			}
-			_, err := fmt.Fprintf(a.stdout, "rtmctl %s (%s, %s)\n", v["version"], v["go"], v["platform"])
-			return err
-		}),
+// annOutputs is the annotation listing the -o kinds a command accepts, separated by spaces;
+// without it a command accepts table, wide, json and yaml.
+const annOutputs = "rtmctl/outputs"
+
+// Output kinds of the commands that print records, and of those that print other JSON.
+const (
+	recordOutputs = "table wide json yaml name jsonpath"
+	jsonOutputs   = "table wide json yaml jsonpath"
+)
+
+// outputs returns the annotation that makes a command accept kinds.
+func outputs(kinds string) map[string]string { return map[string]string{annOutputs: kinds} }
+
+// checkOutput refuses an -o the command cannot print (exit 2).
+func checkOutput(cmd *cobra.Command, o outputFormat) error {
+	allowed := cmd.Annotations[annOutputs]
+	if allowed == "" {
+		allowed = "table wide json yaml"
 	}
+	kinds := strings.Fields(allowed)
+	for _, k := range kinds {
+		if k == o.kind() {
+			return nil
+		}
+	}
+	if len(kinds) == 1 {
+		return usagef("-o %s does not apply to %s", o.kind(), cmd.CommandPath())
+	}
+	return usagef("-o %s does not apply to %s; it prints %s", o.kind(), cmd.CommandPath(), strings.Join(kinds, ", "))
 }
