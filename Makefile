@@ -17,13 +17,20 @@ FUZZ_TARGETS ?= .:FuzzValidateGameID .:FuzzParseImageRef .:FuzzValidateStartImag
 FUZZTIME     ?= 60s
 
 .DEFAULT_GOAL := build
-.PHONY: help build dev test e2e integration bench soak lint chaos model fuzz image clean
+.PHONY: help build rtmctl install dev test e2e integration bench soak lint chaos model fuzz image clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build bin/rtmanager (static)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/rtmanager ./cmd/manager
+
+rtmctl: ## build bin/rtmctl (static), the operators' client
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/rtmctl ./cmd/rtmctl
+
+install: ## install rtmanager and rtmctl (static, versioned) into GOBIN (go env GOBIN, else GOPATH/bin)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(GOBIN_DIR)/rtmanager ./cmd/manager
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(GOBIN_DIR)/rtmctl ./cmd/rtmctl
 
 bin/rtmanager-linux: FORCE
 	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $@ ./cmd/manager
