@@ -235,12 +235,14 @@ export RTMANAGER_LOBBY_INTERNAL_BASE_URL=${RTMANAGER_LOBBY_INTERNAL_BASE_URL:-ht
 export RTMANAGER_LOG_FORMAT=${RTMANAGER_LOG_FORMAT:-text}
 # redis-cli reads the password from REDISCLI_AUTH, so the runbook's redis-cli lines work as written.
 export REDISCLI_AUTH=local
+# rtmctl reads its server from RTMCTL_SERVER (and Redis from the variables above).
+export RTMCTL_SERVER=http://127.0.0.1:$HPORT
 
 {
   echo "# written by hack/dev.sh at $(date -u +%FT%TZ); valid while that session runs"
   for v in RTMANAGER_GAME_STATE_ROOT RTMANAGER_DOCKER_NETWORK RTMANAGER_INTERNAL_HTTP_ADDR \
     RTMANAGER_DOCKER_HOST RTMANAGER_POSTGRES_PRIMARY_DSN RTMANAGER_REDIS_MASTER_ADDR \
-    RTMANAGER_REDIS_PASSWORD RTMANAGER_LOBBY_INTERNAL_BASE_URL RTMANAGER_LOG_FORMAT REDISCLI_AUTH; do
+    RTMANAGER_REDIS_PASSWORD RTMANAGER_LOBBY_INTERNAL_BASE_URL RTMANAGER_LOG_FORMAT REDISCLI_AUTH RTMCTL_SERVER; do
     printf 'export %s=%q\n' "$v" "${!v}"
   done
   printf 'export RTM_DEV_REDIS_PORT=%q RTM_DEV_PG_PORT=%q RTM_DEV_HTTP=%q\n' "$RPORT" "$PGPORT" "http://127.0.0.1:$HPORT"
