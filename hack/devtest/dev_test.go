@@ -84,6 +84,9 @@ func TestDevCleanupLeavesForeignContainers(t *testing.T) {
 	if addr := env["RTMANAGER_INTERNAL_HTTP_ADDR"]; !strings.HasPrefix(addr, "127.0.0.1:") {
 		t.Errorf("RTMANAGER_INTERNAL_HTTP_ADDR = %q, want loopback", addr)
 	}
+	if s := env["RTMCTL_SERVER"]; s != env["RTM_DEV_HTTP"] || s == "" {
+		t.Errorf("RTMCTL_SERVER = %q, want rtmctl pointed at %q", s, env["RTM_DEV_HTTP"])
+	}
 	waitFor(ctx, t, "rtmanager ready", exited, &out, func() bool {
 		resp, err := http.Get(env["RTM_DEV_HTTP"] + "/readyz")
 		if err != nil {
