@@ -79,16 +79,7 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	ctx := context.Background()
-	dsn := env.NewDatabase(t)
-	if err := store.Migrate(ctx, dsn); err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(ctx, dsn, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
+	st, _ := env.MustStore(t)
 	rdb := redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
 	t.Cleanup(func() { rdb.Close() })
 	dk, err := runtime.New(runtime.Options{Host: "unix:///var/run/docker.sock", Network: network,

@@ -39,16 +39,7 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	ctx := context.Background()
-	dsn := env.NewDatabase(t)
-	if err := store.Migrate(ctx, dsn); err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(ctx, dsn, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
+	st, _ := env.MustStore(t)
 	rdb := redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
 	t.Cleanup(func() { rdb.Close() })
 	return &harness{st: st, rdb: rdb, co: coord.New(rdb, "test", 10*time.Second)}

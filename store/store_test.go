@@ -23,17 +23,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
 // open migrates a fresh database and opens a store on it.
 func open(t testing.TB) (*store.Store, string) {
 	t.Helper()
-	ctx := context.Background()
-	dsn := env.NewDatabase(t)
-	if err := store.Migrate(ctx, dsn); err != nil {
-		t.Fatalf("Migrate: %v", err)
-	}
-	s, err := store.Open(ctx, dsn, store.Options{})
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	t.Cleanup(s.Close)
-	return s, dsn
+	return env.MustStore(t)
 }
 
 func TestMigrate_fromEmptyTwiceInParallelAndAgain(t *testing.T) {
