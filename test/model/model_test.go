@@ -68,6 +68,9 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
 
 // The images of the model: A is present, B must be pulled, C is present but its engine answers
 // its probe unhealthy, D exists nowhere.
+// progressEvery is how often, in schedules, a run prints how far it is.
+const progressEvery = 500
+
 const (
 	imgA = "galaxy/game:1.4.1"
 	imgB = "galaxy/game:1.4.2"
@@ -126,6 +129,7 @@ func TestModel(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		failed   int
+		done     int
 		wg       sync.WaitGroup
 		next     = make(chan uint64)
 		parallel = max(*parallelFlag, 1)
@@ -137,15 +141,20 @@ func TestModel(t *testing.T) {
 			for seed := range next {
 				s := newSchedule(h, seed)
 				violations := s.run()
-				if len(violations) == 0 && !*verboseFlag {
-					continue
-				}
 				mu.Lock()
+				done++
 				if len(violations) > 0 {
 					failed++
+				}
+				if done%progressEvery == 0 {
+					// Long runs (make model SCHEDULES=10000 takes about an hour) say how far they are.
+					fmt.Printf("model: %d/%d schedules, %d with violations, %s\n",
+						done, len(seeds), failed, time.Since(start).Round(time.Second))
+				}
+				if len(violations) > 0 {
 					t.Errorf("seed %d: %d violations (replay: go test ./test/model/ -run TestModel -seed=%d -v):\n  %s\nsteps:\n%s\nlog (tail):\n%s",
 						seed, len(violations), seed, strings.Join(violations, "\n  "), s.steps.String(), tail(s.logs.String(), 60))
-				} else {
+				} else if *verboseFlag {
 					t.Logf("seed %d: ok\nsteps:\n%s", seed, s.steps.String())
 				}
 				mu.Unlock()
