@@ -98,3 +98,22 @@ func TestAwaitAnswer_wakesOnTheCommitAndPollsForAnswersCommittedElsewhere(t *tes
 		}
 	}
 }
+
+// TestAwaitAnswer_drainEndsTheWait: when the listener starts to drain, a mutation still waiting
+// for its answer stops waiting (its caller gets 202) instead of holding the drain until the
+// shutdown budget cuts the connection. The rolling-restart chaos test met that cut as EOF.
+func TestAwaitAnswer_drainEndsTheWait(t *testing.T) {
+	st := &answerStore{}
+	draining := make(chan struct{})
+	a := &api{store: st, wait: time.Hour, answers: NewAnswers(), draining: draining}
+	got := make(chan *rtm.Answer, 1)
+	go func() {
+		ans, _ := a.awaitAnswer(context.Background(), "r1")
+		got <- ans
+	}()
+	waitReads(t, st, 2)
+	close(draining)
+	if ans := <-got; ans != nil {
+		t.Fatalf("awaitAnswer returned %+v after the drain began, want nil", ans)
+	}
+}

@@ -167,8 +167,10 @@ func (a *api) answer(w http.ResponseWriter, r *http.Request, c *call, ans rtm.An
 	WriteJSON(w, http.StatusOK, rec)
 }
 
-// awaitAnswer waits for the request's answer until it comes, ctx ends or the wait timeout
-// passes; it returns nil and the last store error (if any) when no answer came. It reads the
+// awaitAnswer waits for the request's answer until it comes, ctx ends, the wait timeout passes
+// or the listener starts to drain (Draining: the caller gets 202 at once rather than a
+// connection cut when the shutdown budget runs out; the request is recorded and will be
+// answered); it returns nil and the last store error (if any) when no answer came. It reads the
 // answer when the store reports the commit that answered it (Answers) and, for an answer
 // committed by another RTM process or when no Answers is wired, every answerPoll (from pollMin,
 // doubling). A failed read is retried: the request is recorded and will be answered whether or
@@ -191,6 +193,8 @@ func (a *api) awaitAnswer(ctx context.Context, requestID string) (*rtm.Answer, e
 	for {
 		select {
 		case <-ctx.Done():
+			return nil, lastErr
+		case <-a.draining:
 			return nil, lastErr
 		case <-t.C:
 			delay = min(2*delay, poll)

@@ -84,9 +84,10 @@ type APIOptions struct {
 	// Logs reads engines' output for GET /runtimes/{game_id}/logs; nil answers that route with
 	// 503 service_unavailable. cmd/manager passes the Docker adapter.
 	Logs EngineLogs
-	// Draining, once closed, ends the follow streams of GET /runtimes/{game_id}/logs, so that a
-	// graceful shutdown does not wait for them (cmd/manager closes it when the listener starts
-	// to shut down); nil never ends them.
+	// Draining, once closed, ends the follow streams of GET /runtimes/{game_id}/logs and answers
+	// mutations still waiting for the reconciler with 202, so that a graceful shutdown neither
+	// waits for them nor cuts them off (cmd/manager closes it when the listener starts to shut
+	// down); nil never ends them.
 	Draining <-chan struct{}
 	// Version is the binary's version, reported by GET /version; "dev" when empty.
 	Version string

@@ -217,8 +217,9 @@ func (m *manager) settings() rtm.Settings {
 // setupListener is step 5: the internal HTTP listener (probes, metrics, the REST API).
 func (m *manager) setupListener(context.Context) error {
 	cfg := m.cfg
-	// Follow streams of engine output end when the listener starts to shut down, so that the
-	// drain does not wait for them.
+	// When the listener starts to shut down, follow streams of engine output end and mutations
+	// waiting for the reconciler are answered 202, so that the drain neither waits for them nor
+	// cuts them off when the budget runs out.
 	draining := make(chan struct{})
 	var endStreams sync.Once
 	api := httpapi.NewAPI(httpapi.APIOptions{Store: m.st, Answers: m.answers, Enqueue: m.ctrl.Enqueue,
