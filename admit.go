@@ -7,6 +7,9 @@ type Admission struct {
 	// Write asks for Record to be stored (inserted or updated) as the game's new desired state.
 	Write  bool
 	Record Record
+	// Discard asks for nothing to be stored: the request, refused by Answer, is answered by its
+	// caller alone (a REST refusal; see Intake).
+	Discard bool
 }
 
 // Settings are the parts of configuration admission needs.
@@ -145,6 +148,8 @@ type Submission struct {
 	Duplicate bool
 	// Answer is set when the request was answered at once.
 	Answer *Answer
+	// Discarded: Answer refused the request and nothing was stored (Admission.Discard).
+	Discarded bool
 	// Request is the request as stored (with its generation).
 	Request Request
 	// Record is the game's record after the request, nil when it has none.

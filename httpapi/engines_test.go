@@ -64,7 +64,7 @@ func newEngineHandler(engines EngineAddrs, token string) (http.Handler, *recordi
 	st := &recordingStore{rec: fuzzRecords[1]}
 	logs := &syncBuffer{}
 	api := NewAPI(APIOptions{Store: st, Allowed: []string{"galaxy/game"}, Token: token, Logs: newFakeLogs("line\n"),
-		Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/var/lib/galaxy/games/" + id }}})
+		Intake: newIntake(st, nil)})
 	h := NewHandler(Options{API: api, Engines: engines, PProf: true,
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "# metrics\n") }),
 		Checks:  []Check{{Name: "nothing", Ping: func(context.Context) error { return nil }}},

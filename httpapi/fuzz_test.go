@@ -160,7 +160,7 @@ func FuzzAPI_mutation(f *testing.F) {
 		route := fuzzRoutes[int(routeN)%len(fuzzRoutes)]
 		st := &recordingStore{rec: fuzzRecords[int(recN)%len(fuzzRecords)]}
 		h := NewAPI(APIOptions{Store: st, Allowed: []string{"galaxy/game"}, WaitTimeout: 50 * time.Millisecond,
-			Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}})
+			Intake: newIntake(st, nil)})
 
 		target := BasePath + "/runtimes/" + url.PathEscape(gameID) + "/" + route
 		u, err := url.Parse("http://rtm.test" + target)
@@ -255,7 +255,7 @@ func FuzzAPI_gameIDPath(f *testing.F) {
 		rt := routes[int(routeN)%len(routes)]
 		st := &recordingStore{rec: fuzzRecords[1]}
 		h := NewAPI(APIOptions{Store: st, Allowed: []string{"galaxy/game"}, WaitTimeout: 50 * time.Millisecond,
-			Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}})
+			Intake: newIntake(st, nil)})
 		target := BasePath + "/runtimes/" + url.PathEscape(gameID) + rt.suffix
 		u, err := url.Parse("http://rtm.test" + target)
 		if err != nil {

@@ -156,18 +156,9 @@ func (a *api) start(w http.ResponseWriter, r *http.Request, c *call) {
 		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, "image_ref is required")
 		return
 	}
-	img, err := rtm.ValidateStartImage(body.ImageRef, a.allowed)
-	if err != nil {
-		writeCoded(w, rtm.CodeOf(err, rtm.CodeStartConfigInvalid), rtm.MessageOf(err))
-		return
-	}
-	rec, ok := a.current(w, r, c)
-	if !ok {
-		return
-	}
 	req := a.request(r, c, rtm.OpStart)
-	req.ImageRef = img.Ref // one spelling per image: see rtm.ImageRef.Ref
-	a.submit(w, r, c, req, rec, nil)
+	req.ImageRef = body.ImageRef // validated by the intake
+	a.submit(w, r, c, req, nil)
 }
 
 func (a *api) stop(w http.ResponseWriter, r *http.Request, c *call) {
@@ -185,16 +176,12 @@ func (a *api) stop(w http.ResponseWriter, r *http.Request, c *call) {
 		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, "reason must not contain NUL characters")
 		return
 	}
-	rec, ok := a.current(w, r, c)
-	if !ok {
-		return
-	}
 	req := a.request(r, c, rtm.OpStop)
 	req.Reason = body.Reason
 	if req.Reason == "" {
 		req.Reason = "unspecified"
 	}
-	a.submit(w, r, c, req, rec, nil)
+	a.submit(w, r, c, req, nil)
 }
 
 func (a *api) restart(w http.ResponseWriter, r *http.Request, c *call) {
@@ -202,11 +189,7 @@ func (a *api) restart(w http.ResponseWriter, r *http.Request, c *call) {
 	if !decodeBody(w, r, &body, false) {
 		return
 	}
-	rec, ok := a.current(w, r, c)
-	if !ok {
-		return
-	}
-	a.submit(w, r, c, a.request(r, c, rtm.OpRestart), rec, nil)
+	a.submit(w, r, c, a.request(r, c, rtm.OpRestart), nil)
 }
 
 // patch validates the new image against the image the game runs (semver, same major and minor,
@@ -238,7 +221,7 @@ func (a *api) patch(w http.ResponseWriter, r *http.Request, c *call) {
 	}
 	req := a.request(r, c, rtm.OpPatch)
 	req.ImageRef, req.OldImageRef = next.Ref, current
-	a.submit(w, r, c, req, rec, func(rec *rtm.Record) *rtm.Answer {
+	a.submit(w, r, c, req, func(rec *rtm.Record) *rtm.Answer {
 		if rec != nil && imageOf(rec) != current {
 			return &rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeConflict,
 				Message: fmt.Sprintf("the image of game %s changed while the patch was checked; retry", c.gameID)}
@@ -248,11 +231,7 @@ func (a *api) patch(w http.ResponseWriter, r *http.Request, c *call) {
 }
 
 func (a *api) cleanup(w http.ResponseWriter, r *http.Request, c *call) {
-	rec, ok := a.current(w, r, c)
-	if !ok {
-		return
-	}
-	a.submit(w, r, c, a.request(r, c, rtm.OpCleanupContainer), rec, nil)
+	a.submit(w, r, c, a.request(r, c, rtm.OpCleanupContainer), nil)
 }
 
 // imageOf is the image a patch replaces: the one running, else the one asked for.

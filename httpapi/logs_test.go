@@ -83,8 +83,7 @@ func newLogsServer(t *testing.T, st Store, logs EngineLogs, draining <-chan stru
 		st = &recordingStore{rec: fuzzRecords[1]}
 	}
 	api := NewAPI(APIOptions{Store: st, Logs: logs, Draining: draining, Version: "v9.8.7", Token: token,
-		Log: slog.New(slog.DiscardHandler), Allowed: []string{"galaxy/game"},
-		Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}})
+		Log: slog.New(slog.DiscardHandler), Allowed: []string{"galaxy/game"}})
 	srv := httptest.NewUnstartedServer(NewHandler(Options{API: api}))
 	srv.Config.WriteTimeout = writeTimeout
 	srv.Start()

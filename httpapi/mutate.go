@@ -94,34 +94,14 @@ func (a *api) current(w http.ResponseWriter, r *http.Request, c *call) (*rtm.Rec
 	return rec, true
 }
 
-// submit applies the admission rules the job consumers use to req, then answers: at once when
-// admission answers, else after enqueueing the game and waiting for the reconciler's answer: 200
-// with the fresh record on success, the envelope on failure, 202 with the record as it stands
-// when the wait times out.
-//
-// A request the game's state refuses as it stands (rec, just read) is answered without being
-// recorded, like one refused by validation: the caller learns it at once and nothing happened,
-// so the operation log keeps what RTM did or tried to do. Admission runs again under the
-// record's lock in Store.Submit, where guard may refuse first; a refusal there (a concurrent
-// change, another operation in flight) is recorded with the request.
-func (a *api) submit(w http.ResponseWriter, r *http.Request, c *call, req rtm.Request, rec *rtm.Record, guard func(*rtm.Record) *rtm.Answer) {
+// submit hands req to the intake (validate, admit under the record's lock, record, enqueue),
+// then answers: at once when admission answered (a refusal leaves no trace: see rtm.Intake),
+// else after waiting for the reconciler's answer: 200 with the fresh record on success, the
+// envelope on failure, 202 with the record as it stands when the wait times out or RTM begins to
+// shut down. guard, when set, refuses on the record as it stands under the lock.
+func (a *api) submit(w http.ResponseWriter, r *http.Request, c *call, req rtm.Request, guard rtm.Guard) {
 	ctx := r.Context()
-	if adm := rtm.Admit(rec, req, false, a.settings); adm.Answer != nil && adm.Answer.Outcome != rtm.OutcomeSucceeded {
-		writeCoded(w, adm.Answer.Code, adm.Answer.Message)
-		return
-	}
-	sub, err := a.store.Submit(ctx, req, func(rec *rtm.Record, busy bool) rtm.Admission {
-		if guard != nil {
-			if ans := guard(rec); ans != nil {
-				return rtm.Admission{Answer: ans}
-			}
-		}
-		return rtm.Admit(rec, req, busy, a.settings)
-	})
-	if err != nil && gameIDCaseTaken(err) {
-		writeCoded(w, rtm.CodeConflict, fmt.Sprintf("game %s differs only in case from a recorded game; their engines' DNS names would collide", req.GameID))
-		return
-	}
+	sub, err := a.intake.Take(ctx, req, guard)
 	if err != nil {
 		a.storeFailed(w, c, err)
 		return
@@ -130,7 +110,6 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request, c *call, req rtm.Re
 		a.answer(w, r, c, *sub.Answer, sub.Record)
 		return
 	}
-	a.enqueue(req.GameID)
 	ans, err := a.awaitAnswer(ctx, req.RequestID)
 	if ans != nil {
 		a.answer(w, r, c, *ans, nil)

@@ -52,21 +52,22 @@ type Store interface {
 	List(ctx context.Context, f rtm.ListFilter) ([]rtm.Record, error)
 	Operations(ctx context.Context, gameID string, limit int) ([]rtm.Operation, error)
 	Health(ctx context.Context, gameID string) (*rtm.HealthSnapshot, error)
-	Submit(ctx context.Context, req rtm.Request, admit rtm.Admitter) (rtm.Submission, error)
 	RequestAnswer(ctx context.Context, ch rtm.Channel, requestID string) (*rtm.Answer, error)
+}
+
+// Intake validates, admits, records and enqueues a request (rtm.Intake), as for jobs.
+type Intake interface {
+	Take(ctx context.Context, req rtm.Request, guard rtm.Guard) (rtm.Submission, error)
 }
 
 // APIOptions configure the REST API.
 type APIOptions struct {
 	// Store holds desired state, records, operations and health; required.
 	Store Store
-	// Enqueue hands a game to the reconciler after a mutation recorded new desired state; nil
-	// enqueues nothing (mutations then answer 202 after WaitTimeout unless answered at once).
-	Enqueue func(gameID string)
-	// Settings are what admission needs (engine port, state dirs), as the job consumers get them;
-	// StateRootJoin is required.
-	Settings rtm.Settings
-	// Allowed lists the image repositories a start or patch may name.
+	// Intake takes every mutation, as it takes jobs; required. Its Enqueue hands the game to the
+	// reconciler (without one, mutations answer 202 after WaitTimeout unless answered at once).
+	Intake Intake
+	// Allowed lists the image repositories a patch may name (the intake checks a start's).
 	Allowed []string
 	// Token, when set, must come as "Authorization: Bearer <token>" on every request.
 	Token string
@@ -96,8 +97,7 @@ type APIOptions struct {
 // api serves the routes of CONTRACT §6.
 type api struct {
 	store     Store
-	enqueue   func(string)
-	settings  rtm.Settings
+	intake    Intake
 	allowed   []string
 	tokenHash [sha256.Size]byte
 	needToken bool
@@ -146,14 +146,11 @@ func routes() []route {
 // paths that are not clean (".." or "//" segments), which the listener's own mux redirects
 // before the API sees them.
 func NewAPI(o APIOptions) http.Handler {
-	a := &api{store: o.Store, enqueue: o.Enqueue, settings: o.Settings, allowed: o.Allowed,
+	a := &api{store: o.Store, intake: o.Intake, allowed: o.Allowed,
 		wait: o.WaitTimeout, answers: o.Answers, log: o.Log, tracer: o.Tracer,
 		logs: o.Logs, draining: o.Draining, version: o.Version}
 	if a.version == "" {
 		a.version = "dev"
-	}
-	if a.enqueue == nil {
-		a.enqueue = func(string) {}
 	}
 	if a.wait <= 0 {
 		a.wait = DefaultWaitTimeout

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -80,6 +81,12 @@ type options struct {
 	noReconcile bool
 }
 
+// newIntake is the intake the API gets in production, over st, enqueueing with enqueue (nil: none).
+func newIntake(st rtm.Recorder, enqueue func(string)) *rtm.Intake {
+	return &rtm.Intake{Store: st, Enqueue: enqueue, Allowed: []string{"galaxy/game"},
+		Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/var/lib/galaxy/games/" + id }}}
+}
+
 // newFixture serves the API, mounted by NewHandler as in production, over a fresh database. Its
 // Enqueue runs o.reconcile (converge by default) synchronously, as one reconcile would.
 func newFixture(t *testing.T, o options) *fixture {
@@ -122,9 +129,8 @@ func newFixture(t *testing.T, o options) *fixture {
 	if o.wrapStore != nil {
 		s = o.wrapStore(st)
 	}
-	apiOpts := APIOptions{Store: s, Enqueue: enqueue, Allowed: []string{"galaxy/game"}, Token: o.token,
-		WaitTimeout: o.wait, Log: slog.New(slog.NewJSONHandler(f.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/var/lib/galaxy/games/" + id }}}
+	apiOpts := APIOptions{Store: s, Intake: newIntake(st, enqueue), Allowed: []string{"galaxy/game"}, Token: o.token,
+		WaitTimeout: o.wait, Log: slog.New(slog.NewJSONHandler(f.log, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	if o.meter != nil {
 		apiOpts.Meter = o.meter.Meter("test")
 	}
@@ -689,7 +695,16 @@ func TestAPI_mutation_timeout(t *testing.T) {
 		t.Fatalf("Location %q", loc)
 	}
 	// While the start is pending, another kind of request is refused; the same kind joins it.
-	f.do(t, "POST", "/runtimes/g1/stop", "admin", `{}`).want(t, 409, rtm.CodeConflict)
+	// The refusal is decided once, under the record's lock, and leaves no trace: no operation
+	// row, and the pending start is still the only request of the game.
+	stop := f.do(t, "POST", "/runtimes/g1/stop", "admin", `{}`)
+	stop.want(t, 409, rtm.CodeConflict)
+	if ops := f.operations(t, "g1"); len(ops) != 0 {
+		t.Fatalf("the refused stop left operation rows %+v", ops)
+	}
+	if _, err := f.st.RequestAnswer(context.Background(), rtm.ChannelREST, stop.header.Get("X-Request-Id")); !errors.Is(err, rtm.ErrNotFound) {
+		t.Fatalf("the refused stop was recorded: %v", err)
+	}
 	f.do(t, "POST", "/runtimes/g1/start", "gm", `{"image_ref":"`+img141+`"}`).want(t, 202, "")
 }
 

@@ -13,7 +13,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -22,9 +21,13 @@ import (
 	rtm "github.com/galaxy-platform/rtmanager"
 )
 
-// JobStore records requests and their desired state.
+// Intake validates, admits, records and enqueues a request (rtm.Intake).
+type Intake interface {
+	Take(ctx context.Context, req rtm.Request, guard rtm.Guard) (rtm.Submission, error)
+}
+
+// JobStore records the jobs the intake cannot take (malformed ones) and reads answers.
 type JobStore interface {
-	Submit(ctx context.Context, req rtm.Request, admit rtm.Admitter) (rtm.Submission, error)
 	AnswerInvalid(ctx context.Context, req rtm.Request, a rtm.Answer) (bool, error)
 	// RequestAnswer returns a recorded request's answer, nil while it is pending.
 	RequestAnswer(ctx context.Context, ch rtm.Channel, requestID string) (*rtm.Answer, error)
@@ -51,16 +54,18 @@ type JobObserver interface {
 	StreamLag(consumer string, lag int64)
 }
 
-// JobConsumer reads one job stream from its persisted offset, records each job and enqueues
-// its game. Delivery is at least once; handling is idempotent by request id.
+// JobConsumer reads one job stream from its persisted offset and hands each job to the intake,
+// which records it and enqueues its game; a malformed job is answered invalid_job here.
+// Delivery is at least once; handling is idempotent by request id.
 type JobConsumer struct {
-	Kind     rtm.JobKind
-	Stream   string
-	Store    JobStore
-	Redis    StreamReader
+	Kind   rtm.JobKind
+	Stream string
+	Intake Intake
+	Store  JobStore
+	Redis  StreamReader
+	// Enqueue enqueues again the game of a resent job that is still pending (the first
+	// delivery's enqueue may have been lost with the process).
 	Enqueue  func(gameID string)
-	Allowed  []string
-	Settings rtm.Settings
 	Log      *slog.Logger
 	Tracer   trace.Tracer
 	Observer JobObserver
@@ -224,29 +229,9 @@ func (c *JobConsumer) handle(ctx context.Context, e rtm.StreamEntry) (err error)
 		}
 		return c.republishLost(ctx, log, e, req, rtm.OutcomeFailed)
 	}
-	var refusal *rtm.Answer
-	if c.Kind == rtm.StartJobs {
-		if img, err := rtm.ValidateStartImage(req.ImageRef, c.Allowed); err != nil {
-			a := rtm.Failed(err, rtm.CodeStartConfigInvalid)
-			refusal = &a
-		} else {
-			req.ImageRef = img.Ref // one spelling per image: see rtm.ImageRef.Ref
-		}
-	}
-	sub, err := c.Store.Submit(ctx, req, func(rec *rtm.Record, busy bool) rtm.Admission {
-		if refusal != nil {
-			return rtm.Admission{Answer: refusal}
-		}
-		return rtm.Admit(rec, req, busy, c.Settings)
-	})
-	if err != nil && gameIDCaseTaken(err) {
-		// Nothing was written; record the job again, refused.
-		a := rtm.Answer{Outcome: rtm.OutcomeFailed, Code: rtm.CodeConflict, Message: fmt.Sprintf(
-			"game %s differs only in case from a recorded game; their engines' DNS names would collide", req.GameID)}
-		sub, err = c.Store.Submit(ctx, req, func(*rtm.Record, bool) rtm.Admission { return rtm.Admission{Answer: &a} })
-	}
+	sub, err := c.Intake.Take(ctx, req, nil)
 	if err != nil {
-		return fmt.Errorf("recording job %s: %w", e.ID, err)
+		return fmt.Errorf("job %s: %w", e.ID, err)
 	}
 	switch {
 	case sub.Duplicate:
@@ -270,8 +255,7 @@ func (c *JobConsumer) handle(ctx context.Context, e rtm.StreamEntry) (err error)
 		log.InfoContext(ctx, "job answered at once", "outcome", string(sub.Answer.Outcome), "error_code", string(sub.Answer.Code))
 		c.observe(ctx, string(sub.Answer.Outcome))
 	default:
-		log.DebugContext(ctx, "job recorded", "generation", sub.Request.Generation)
-		c.Enqueue(req.GameID)
+		log.DebugContext(ctx, "job recorded, game enqueued", "generation", sub.Request.Generation)
 	}
 	return nil
 }
@@ -292,17 +276,6 @@ func (c *JobConsumer) republishLost(ctx context.Context, log *slog.Logger, e rtm
 	}
 	log.DebugContext(ctx, "duplicate job ignored")
 	return nil
-}
-
-// gameIDCaseIndex is migration 000004's unique index on lower(game_id): Docker's DNS does not
-// tell game ids apart by case, so two such games' engines would share a name on the network.
-const gameIDCaseIndex = "runtime_records_game_id_lower_idx"
-
-// gameIDCaseTaken reports whether err is the refusal to record a game whose id differs only in
-// case from a recorded game's.
-func gameIDCaseTaken(err error) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == gameIDCaseIndex
 }
 
 func (c *JobConsumer) observe(ctx context.Context, outcome string) {

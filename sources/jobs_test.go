@@ -46,11 +46,12 @@ func newHarness(t *testing.T) *harness {
 }
 
 func (h *harness) consumer(kind rtm.JobKind, stream string) *sources.JobConsumer {
-	return &sources.JobConsumer{Kind: kind, Stream: stream, Store: h.st, Redis: h.co,
-		Enqueue: func(id string) { h.mu.Lock(); h.woke = append(h.woke, id); h.mu.Unlock() },
-		Allowed: []string{"galaxy/game"}, Block: 50 * time.Millisecond,
-		Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }},
-		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: tracenoop.NewTracerProvider().Tracer("")}
+	enqueue := func(id string) { h.mu.Lock(); h.woke = append(h.woke, id); h.mu.Unlock() }
+	return &sources.JobConsumer{Kind: kind, Stream: stream, Store: h.st, Redis: h.co, Enqueue: enqueue,
+		Intake: &rtm.Intake{Store: h.st, Enqueue: enqueue, Allowed: []string{"galaxy/game"},
+			Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}},
+		Block: 50 * time.Millisecond,
+		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: tracenoop.NewTracerProvider().Tracer("")}
 }
 
 // runUntil runs c until cond holds (or 10s pass), then stops it and waits for it to return.
@@ -323,18 +324,18 @@ func TestMigrate_gameIDCase_failsNamingExistingTwins(t *testing.T) {
 	}
 }
 
-// countingStore counts the jobs handed to the store.
-type countingStore struct {
-	sources.JobStore
+// countingIntake counts the jobs handed to the intake.
+type countingIntake struct {
+	sources.Intake
 	mu      sync.Mutex
 	submits []string
 }
 
-func (s *countingStore) Submit(ctx context.Context, req rtm.Request, admit rtm.Admitter) (rtm.Submission, error) {
+func (s *countingIntake) Take(ctx context.Context, req rtm.Request, guard rtm.Guard) (rtm.Submission, error) {
 	s.mu.Lock()
 	s.submits = append(s.submits, req.RequestID)
 	s.mu.Unlock()
-	return s.JobStore.Submit(ctx, req, admit)
+	return s.Intake.Take(ctx, req, guard)
 }
 
 // checkCounter counts the consumer's checks of its offset against the stream.
@@ -369,9 +370,9 @@ func TestJobConsumer_Run_keepsItsOffsetWhenTheNewestEntriesAreDeleted(t *testing
 		t.Fatal(err)
 	}
 	c := h.consumer(rtm.StopJobs, "runtime:stop_jobs")
-	st := &countingStore{JobStore: h.st}
+	st := &countingIntake{Intake: c.Intake}
 	rd := &checkCounter{Coord: h.co}
-	c.Store, c.Redis = st, rd
+	c.Intake, c.Redis = st, rd
 	// The first check runs before the first read, the second after a read found nothing new: by
 	// then a wrongly reset consumer has read the old entries again.
 	runUntil(t, c, func() bool { return rd.count() >= 2 })
@@ -392,7 +393,7 @@ func TestJobConsumer_Run_enqueuesAJobRecordedButNeverEnqueued(t *testing.T) {
 	// pending, and nobody enqueued its game.
 	lost := rtm.Request{Channel: rtm.ChannelStartJobs, RequestID: "lost-reply", GameID: "g1", Kind: rtm.OpStart,
 		Source: rtm.SourceStartJobs, ImageRef: "galaxy/game:1.4.2", ReceivedAt: time.Now().UTC()}
-	settings := h.consumer(rtm.StartJobs, "").Settings
+	settings := h.consumer(rtm.StartJobs, "").Intake.(*rtm.Intake).Settings
 	if _, err := h.st.Submit(ctx, lost, func(rec *rtm.Record, busy bool) rtm.Admission {
 		return rtm.Admit(rec, lost, busy, settings)
 	}); err != nil {

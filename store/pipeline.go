@@ -164,8 +164,21 @@ func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipe) error) error {
 	return err
 }
 
-// retryable reports whether a transaction that failed with err is worth running again.
+// retryable reports whether a transaction that failed with err is worth running again: a
+// serialization failure, a deadlock, or a unique violation by a concurrent insert (not a game id
+// that differs only in case from a recorded one's: that stays so).
 func retryable(err error) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01" || pe.Code == "23505")
+	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01" || pe.Code == "23505") && !gameIDCaseTaken(err)
+}
+
+// gameIDCaseIndex is migration 000004's unique index on lower(game_id): Docker's DNS does not
+// tell game ids apart by case, so two such games' engines would share a name on the network.
+const gameIDCaseIndex = "runtime_records_game_id_lower_idx"
+
+// gameIDCaseTaken reports whether err is the refusal to record a game whose id differs only in
+// case from a recorded game's.
+func gameIDCaseTaken(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == gameIDCaseIndex
 }

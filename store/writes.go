@@ -14,7 +14,9 @@ import (
 
 // Submit records req and its effect on the game's desired state in one transaction. A request
 // already recorded on the same channel is a duplicate and changes nothing. req's game id must be
-// valid; AnswerInvalid takes the others.
+// valid; AnswerInvalid takes the others. An admission that asks to Discard its refusal leaves no
+// trace (Submission.Discarded); a game id that differs only in case from a recorded game's is
+// refused with an error wrapping rtm.ErrGameIDCaseTaken, nothing written.
 //
 // The transaction costs two round trips: the request's insert with the reads admission needs
 // (the record, locked, and whether other work is pending), then the writes admission asks for.
@@ -54,15 +56,27 @@ func (s *Store) Submit(ctx context.Context, req rtm.Request, admit rtm.Admitter)
 		sub.Request = req
 		if adm.Answer != nil {
 			sub.Answer = adm.Answer
+			if adm.Discard {
+				sub.Discarded = true
+				return errDiscarded // rolled back: the request leaves no trace
+			}
 			queueAnswer(p, rec, req, *adm.Answer, "")
 		}
 		return nil
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, errDiscarded):
+		return sub, nil
+	case gameIDCaseTaken(err):
+		return rtm.Submission{}, fmt.Errorf("recording request %s for game %s: %w", req.RequestID, req.GameID, errors.Join(rtm.ErrGameIDCaseTaken, err))
+	case err != nil:
 		return rtm.Submission{}, err
 	}
 	return sub, nil
 }
+
+// errDiscarded rolls back a submission whose admission asked for nothing to be stored.
+var errDiscarded = errors.New("submission discarded")
 
 // AnswerInvalid records a request that cannot be understood (its game id may be anything) and
 // answers it at once; a duplicate changes nothing. No operation_log row is written for it, since

@@ -48,6 +48,8 @@ type manager struct {
 	cache   *runtime.Cache
 	prober  *probe.HTTP
 	ctrl    *controllers.Controller
+	// intake takes every request, from the job streams and REST alike.
+	intake  *rtm.Intake
 	srv     *http.Server
 	srvDone chan error
 }
@@ -204,10 +206,11 @@ func (m *manager) setupReconciler(context.Context) error {
 	if err != nil {
 		return step("controller", err)
 	}
+	m.intake = &rtm.Intake{Store: m.st, Enqueue: m.ctrl.Enqueue, Settings: m.settings(), Allowed: cfg.AllowedImageRepositories}
 	return nil
 }
 
-// settings are what admission needs, for REST and the job consumers alike.
+// settings are what admission needs (the intake's).
 func (m *manager) settings() rtm.Settings {
 	return rtm.Settings{EnginePort: m.cfg.EnginePort, StateRootJoin: func(id string) string {
 		return filepath.Join(m.cfg.GameStateRoot, id)
@@ -222,8 +225,8 @@ func (m *manager) setupListener(context.Context) error {
 	// cuts them off when the budget runs out.
 	draining := make(chan struct{})
 	var endStreams sync.Once
-	api := httpapi.NewAPI(httpapi.APIOptions{Store: m.st, Answers: m.answers, Enqueue: m.ctrl.Enqueue,
-		Settings: m.settings(), Allowed: cfg.AllowedImageRepositories, Token: cfg.InternalToken,
+	api := httpapi.NewAPI(httpapi.APIOptions{Store: m.st, Intake: m.intake, Answers: m.answers,
+		Allowed: cfg.AllowedImageRepositories, Token: cfg.InternalToken,
 		WaitTimeout: cfg.RESTWaitTimeout, Log: m.log, Tracer: m.tel.Tracer("rtmanager/rest"), Meter: m.tel.Meter("rtmanager"),
 		Logs: m.dk, Draining: draining, Version: version})
 	handler := httpapi.NewHandler(httpapi.Options{
@@ -273,8 +276,8 @@ func (m *manager) runWorkers(ctx context.Context, manual <-chan struct{}) *sync.
 		}})
 	m.pub.Store(relay)
 	jobs := func(kind rtm.JobKind, stream string) *sources.JobConsumer {
-		return &sources.JobConsumer{Kind: kind, Stream: stream, Store: m.st, Redis: m.co,
-			Enqueue: m.ctrl.Enqueue, Allowed: cfg.AllowedImageRepositories, Settings: m.settings(), Log: m.log,
+		return &sources.JobConsumer{Kind: kind, Stream: stream, Intake: m.intake, Store: m.st, Redis: m.co,
+			Enqueue: m.ctrl.Enqueue, Log: m.log,
 			Tracer: m.tel.Tracer("rtmanager/jobs"), Observer: m.metrics, Results: m.st, Marks: m.co}
 	}
 	workers := []struct {
