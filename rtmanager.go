@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -27,6 +29,18 @@ const (
 
 // Statuses lists every status, in the contract's order; gauges report each, also at zero.
 var Statuses = []Status{StatusStarting, StatusRunning, StatusStopping, StatusStopped, StatusExited, StatusFailed, StatusRemoved}
+
+// Known reports whether s is one of Statuses.
+func (s Status) Known() bool { return slices.Contains(Statuses, s) }
+
+// StatusNames lists Statuses for a message: "starting, running, …".
+func StatusNames() string {
+	names := make([]string, len(Statuses))
+	for i, s := range Statuses {
+		names[i] = string(s)
+	}
+	return strings.Join(names, ", ")
+}
 
 // DesiredState is what a game should be: what Lobby or an operator asked for last.
 type DesiredState string

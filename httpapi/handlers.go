@@ -50,8 +50,8 @@ func (a *api) listRuntimes(w http.ResponseWriter, r *http.Request, c *call) {
 	q := r.URL.Query()
 	var f rtm.ListFilter
 	if s := q.Get("status"); s != "" {
-		if !validStatus(rtm.Status(s)) {
-			WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, fmt.Sprintf("status %q is not one of %s", trunc(s), statusList()))
+		if !rtm.Status(s).Known() {
+			WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, fmt.Sprintf("status %q is not one of %s", trunc(s), rtm.StatusNames()))
 			return
 		}
 		f.Status = rtm.Status(s)
@@ -240,23 +240,6 @@ func imageOf(rec *rtm.Record) string {
 		return rec.CurrentImageRef
 	}
 	return rec.DesiredImageRef
-}
-
-func validStatus(s rtm.Status) bool {
-	for _, v := range rtm.Statuses {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
-func statusList() string {
-	ss := make([]string, len(rtm.Statuses))
-	for i, s := range rtm.Statuses {
-		ss[i] = string(s)
-	}
-	return strings.Join(ss, ", ")
 }
 
 // limitParam reads ?limit= (1 to MaxLimit, def when absent); a bad value is answered with 400.

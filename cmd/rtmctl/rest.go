@@ -92,8 +92,8 @@ is one line of JSON.`,
 			if len(args) == 1 {
 				gameID = args[0]
 			} else {
-				if status != "" && !knownStatus(status) {
-					return usagef("--status must be one of %s, got %q", statusNames(), status)
+				if status != "" && !rtm.Status(status).Known() {
+					return usagef("--status must be one of %s, got %q", rtm.StatusNames(), status)
 				}
 				if cmd.Flags().Changed("limit") && limit < 1 {
 					return usagef("--limit must be at least 1, got %d", limit)
@@ -108,7 +108,7 @@ is one line of JSON.`,
 			return a.listRuntimesCmd(cmd.Context(), status, limit)
 		}),
 	}
-	rt.Flags().StringVar(&status, "status", "", "only runtimes with this status ("+statusNames()+")")
+	rt.Flags().StringVar(&status, "status", "", "only runtimes with this status ("+rtm.StatusNames()+")")
 	rt.Flags().IntVar(&limit, "limit", 0, "at most this many runtimes (default: all, page by page)")
 	rt.Flags().BoolVarP(&watch, "watch", "w", false, "after printing, poll every --interval and print what changed, until Ctrl-C")
 	rt.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often -w polls the API")
@@ -706,21 +706,4 @@ func (a *app) completeGameIDs(cmd *cobra.Command, args []string, toComplete stri
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
-}
-
-func knownStatus(s string) bool {
-	for _, v := range rtm.Statuses {
-		if string(v) == s {
-			return true
-		}
-	}
-	return false
-}
-
-func statusNames() string {
-	names := make([]string, len(rtm.Statuses))
-	for i, s := range rtm.Statuses {
-		names[i] = string(s)
-	}
-	return strings.Join(names, ", ")
 }

@@ -178,7 +178,7 @@ When --timeout (default 60s) runs out first, say so on stderr and exit 3. A game
 record yet is waited for (a start job may not have been read yet); an unreachable server or a
 5xx answer is retried until the timeout; any other refusal exits 1, and so does Ctrl-C.
 
-STATUS is one of ` + statusNames() + `.`,
+STATUS is one of ` + rtm.StatusNames() + `.`,
 		Example: `  # After queueing a start job, as Lobby does
   rtmctl jobs start game-42 --image galaxy/game:1.4.2 --wait=false
   rtmctl wait game-42 --for=status=running --timeout 2m
@@ -219,10 +219,10 @@ STATUS is one of ` + statusNames() + `.`,
 func parseCondition(s string) (rtm.Status, error) {
 	k, v, ok := strings.Cut(s, "=")
 	if !ok || k != "status" {
-		return "", usagef("--for must be status=STATUS (STATUS one of %s), got %q", statusNames(), s)
+		return "", usagef("--for must be status=STATUS (STATUS one of %s), got %q", rtm.StatusNames(), s)
 	}
-	if !knownStatus(v) {
-		return "", usagef("--for status must be one of %s, got %q", statusNames(), v)
+	if !rtm.Status(v).Known() {
+		return "", usagef("--for status must be one of %s, got %q", rtm.StatusNames(), v)
 	}
 	return rtm.Status(v), nil
 }
