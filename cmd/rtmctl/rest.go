@@ -181,21 +181,15 @@ working on the request. A refusal, or an outcome that is a failure, prints
 
 func (a *app) newStartCmd() *cobra.Command {
 	var image string
-	cmd := &cobra.Command{
+	cmd := a.mutation(&cobra.Command{
 		Use:   "start GAME_ID --image REF",
 		Short: "Run a game's engine with an image",
 		Long: `Ask RTM to run the game with the image (desired state running). A game already running
 that image is left as it is; another image for a running game is refused with conflict (use
-patch).` + mutationLong,
+patch).`,
 		Example: `  rtmctl start game-42 --image galaxy/game:1.4.2
   rtmctl start game-42 --image galaxy/game:1.4.2 --timeout 5m -o name`,
-		Annotations:       outputs(recordOutputs),
-		Args:              gameIDArg,
-		ValidArgsFunction: a.completeGameIDs,
-		RunE: act(func(cmd *cobra.Command, args []string) error {
-			return a.mutate(cmd.Context(), http.MethodPost, args[0], "start", map[string]string{"image_ref": image})
-		}),
-	}
+	}, http.MethodPost, "start", func() any { return map[string]string{"image_ref": image} })
 	cmd.Flags().StringVar(&image, "image", "", "engine image reference, e.g. galaxy/game:1.4.2 (required)")
 	_ = cmd.MarkFlagRequired("image")
 	return cmd
@@ -203,78 +197,54 @@ patch).` + mutationLong,
 
 func (a *app) newStopCmd() *cobra.Command {
 	var reason string
-	cmd := &cobra.Command{
+	cmd := a.mutation(&cobra.Command{
 		Use:   "stop GAME_ID [--reason R]",
 		Short: "Stop a game's engine",
 		Long: `Ask RTM to stop the game (desired state stopped). The container stays until cleanup;
-the state directory is never touched.` + mutationLong,
+the state directory is never touched.`,
 		Example: `  rtmctl stop game-42
   rtmctl stop game-42 --reason engine_wedged`,
-		Annotations:       outputs(recordOutputs),
-		Args:              gameIDArg,
-		ValidArgsFunction: a.completeGameIDs,
-		RunE: act(func(cmd *cobra.Command, args []string) error {
-			return a.mutate(cmd.Context(), http.MethodPost, args[0], "stop", map[string]string{"reason": reason})
-		}),
-	}
+	}, http.MethodPost, "stop", func() any { return map[string]string{"reason": reason} })
 	cmd.Flags().StringVar(&reason, "reason", "admin_request", "why the game is stopped, kept with the request")
 	return cmd
 }
 
 func (a *app) newRestartCmd() *cobra.Command {
-	return &cobra.Command{
+	return a.mutation(&cobra.Command{
 		Use:   "restart GAME_ID",
 		Short: "Replace a game's container with a fresh one, same image",
 		Long: `Ask RTM for a fresh container with the game's image, also after the container was
-disposed of. The state directory carries over.` + mutationLong,
+disposed of. The state directory carries over.`,
 		Example: `  rtmctl restart game-42
   rtmctl restart game-42 --timeout 3m || echo "exit $? (3: not converged yet)"`,
-		Annotations:       outputs(recordOutputs),
-		Args:              gameIDArg,
-		ValidArgsFunction: a.completeGameIDs,
-		RunE: act(func(cmd *cobra.Command, args []string) error {
-			return a.mutate(cmd.Context(), http.MethodPost, args[0], "restart", struct{}{})
-		}),
-	}
+	}, http.MethodPost, "restart", func() any { return struct{}{} })
 }
 
 func (a *app) newPatchCmd() *cobra.Command {
 	var image string
-	cmd := &cobra.Command{
+	cmd := a.mutation(&cobra.Command{
 		Use:   "patch GAME_ID --image REF",
 		Short: "Upgrade a running game to another patch release",
 		Long: `Replace a running game's container with one of a new patch release of its image; the
 state directory carries over. The tags must be semver (else image_ref_not_semver) with the
 same major and minor (else semver_patch_only). If the new engine fails to start or to pass its
-probe, RTM runs the previous image again and the command fails with patch_rolled_back.` + mutationLong,
+probe, RTM runs the previous image again and the command fails with patch_rolled_back.`,
 		Example: `  rtmctl patch game-42 --image galaxy/game:1.4.3
   rtmctl patch game-42 --image galaxy/game:1.4.3 --timeout 5m -o jsonpath='{.current_image_ref}'`,
-		Annotations:       outputs(recordOutputs),
-		Args:              gameIDArg,
-		ValidArgsFunction: a.completeGameIDs,
-		RunE: act(func(cmd *cobra.Command, args []string) error {
-			return a.mutate(cmd.Context(), http.MethodPost, args[0], "patch", map[string]string{"image_ref": image})
-		}),
-	}
+	}, http.MethodPost, "patch", func() any { return map[string]string{"image_ref": image} })
 	cmd.Flags().StringVar(&image, "image", "", "new engine image reference, e.g. galaxy/game:1.4.3 (required)")
 	_ = cmd.MarkFlagRequired("image")
 	return cmd
 }
 
 func (a *app) newCleanupCmd() *cobra.Command {
-	return &cobra.Command{
+	return a.mutation(&cobra.Command{
 		Use:   "cleanup GAME_ID",
 		Short: "Remove a stopped game's container",
 		Long: `Remove the game's container; its record becomes removed. A running game is refused with
-runtime_running: stop it first. The state directory on the host is never deleted.` + mutationLong,
-		Example:           `  rtmctl stop game-42 && rtmctl cleanup game-42`,
-		Annotations:       outputs(recordOutputs),
-		Args:              gameIDArg,
-		ValidArgsFunction: a.completeGameIDs,
-		RunE: act(func(cmd *cobra.Command, args []string) error {
-			return a.mutate(cmd.Context(), http.MethodDelete, args[0], "container", nil)
-		}),
-	}
+runtime_running: stop it first. The state directory on the host is never deleted.`,
+		Example: `  rtmctl stop game-42 && rtmctl cleanup game-42`,
+	}, http.MethodDelete, "container", func() any { return nil })
 }
 
 // call sends one request and adds the hints an API error deserves.
@@ -706,4 +676,18 @@ func (a *app) completeGameIDs(cmd *cobra.Command, args []string, toComplete stri
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+// mutation completes the command of one mutation route (start, stop, restart, patch, cleanup):
+// a GAME_ID argument with completion, the record outputs, the mutations' help on waiting and exit
+// codes, and a run that sends method to the game's action with the body that body returns then.
+func (a *app) mutation(cmd *cobra.Command, method, action string, body func() any) *cobra.Command {
+	cmd.Long += mutationLong
+	cmd.Annotations = outputs(recordOutputs)
+	cmd.Args = gameIDArg
+	cmd.ValidArgsFunction = a.completeGameIDs
+	cmd.RunE = act(func(cmd *cobra.Command, args []string) error {
+		return a.mutate(cmd.Context(), method, args[0], action, body())
+	})
+	return cmd
 }
