@@ -449,18 +449,7 @@ func variables() []variable {
 		objectName("RTMANAGER_REDIS_JOB_RESULTS_STREAM", func(c *Config) *string { return &c.JobResultsStream }),
 		objectName("RTMANAGER_REDIS_HEALTH_EVENTS_STREAM", func(c *Config) *string { return &c.HealthEventsStream }),
 		objectName("RTMANAGER_NOTIFICATION_INTENTS_STREAM", func(c *Config) *string { return &c.NotificationIntentsStream }),
-		{
-			name: "RTMANAGER_STREAM_RETENTION",
-			set: func(c *Config, v string) error {
-				n, err := strconv.ParseInt(v, 10, 64)
-				if err != nil || n < 0 {
-					return fmt.Errorf("%q is not a number of entries (0 keeps every entry)", v)
-				}
-				c.StreamRetention = n
-				return nil
-			},
-			get: func(c Config) string { return strconv.FormatInt(c.StreamRetention, 10) },
-		},
+		int64From("RTMANAGER_STREAM_RETENTION", 0, "a number of entries (0 keeps every entry)", func(c *Config) *int64 { return &c.StreamRetention }),
 		{
 			name: "RTMANAGER_LOBBY_INTERNAL_BASE_URL",
 			set: func(c *Config, v string) error {
@@ -543,18 +532,7 @@ func variables() []variable {
 			},
 			get: func(c Config) string { return formatCPUs(c.EngineNanoCPUs) },
 		},
-		{
-			name: "RTMANAGER_ENGINE_PIDS_LIMIT",
-			set: func(c *Config, v string) error {
-				n, err := strconv.ParseInt(v, 10, 64)
-				if err != nil || n < 1 {
-					return fmt.Errorf("%q is not a positive integer", v)
-				}
-				c.EnginePidsLimit = n
-				return nil
-			},
-			get: func(c Config) string { return strconv.FormatInt(c.EnginePidsLimit, 10) },
-		},
+		int64From("RTMANAGER_ENGINE_PIDS_LIMIT", 1, "a positive integer", func(c *Config) *int64 { return &c.EnginePidsLimit }),
 		{
 			name: "RTMANAGER_ENGINE_USER",
 			set: func(c *Config, v string) error {
@@ -612,6 +590,23 @@ func duration(n string, field func(*Config) *time.Duration) variable {
 			return nil
 		},
 		get: func(c Config) string { return field(&c).String() },
+	}
+}
+
+// int64From is a variable holding an integer of at least lowest; what names such a value in the
+// error ("a positive integer").
+func int64From(n string, lowest int64, what string, field func(*Config) *int64) variable {
+	return variable{
+		name: n,
+		set: func(c *Config, v string) error {
+			i, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || i < lowest {
+				return fmt.Errorf("%q is not %s", v, what)
+			}
+			*field(c) = i
+			return nil
+		},
+		get: func(c Config) string { return strconv.FormatInt(*field(&c), 10) },
 	}
 }
 
