@@ -40,19 +40,25 @@ func AllGames(ctx context.Context, docker Lister, store ActiveGames, cache ListC
 	if cache != nil {
 		cache.Replace(mark, cs)
 	}
+	return gamesOf(ctx, store, cs)
+}
+
+// gamesOf returns the union of the games with an active record and the games of the owned
+// containers in list whose ids are valid.
+func gamesOf(ctx context.Context, store ActiveGames, list []rtm.Container) ([]string, error) {
 	ids, err := store.ActiveGameIDs(ctx)
 	if err != nil {
 		return nil, err
 	}
-	seen := make(map[string]bool, len(ids)+len(cs))
-	out := make([]string, 0, len(ids)+len(cs))
+	seen := make(map[string]bool, len(ids)+len(list))
+	out := make([]string, 0, len(ids)+len(list))
 	for _, id := range ids {
 		if !seen[id] {
 			seen[id] = true
 			out = append(out, id)
 		}
 	}
-	for _, c := range cs {
+	for _, c := range list {
 		if c.GameID != "" && c.Owned && !seen[c.GameID] && rtm.ValidateGameID(c.GameID) == nil {
 			seen[c.GameID] = true
 			out = append(out, c.GameID)
