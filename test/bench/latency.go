@@ -13,12 +13,13 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	rtm "github.com/galaxy-platform/rtmanager"
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // driver drives one running RTM from outside, as Lobby does: jobs in, results out.
 type driver struct {
 	w     *world
-	rtm   *rtmProc
+	rtm   *harness.Proc
 	watch *watcher
 	raw   *rawStarter
 	seq   atomic.Int64
@@ -27,13 +28,13 @@ type driver struct {
 	dieAt map[string]time.Time // container id → when the bench saw its die event
 }
 
-func (d *driver) requestID() string { return fmt.Sprintf("%s-%d", d.w.run, d.seq.Add(1)) }
+func (d *driver) requestID() string { return fmt.Sprintf("%s-%d", d.w.Run, d.seq.Add(1)) }
 
 // startJob adds a start job and returns its request id and when it was added.
 func (d *driver) startJob(ctx context.Context, gameID string) (string, time.Time, error) {
 	id := d.requestID()
 	t0 := time.Now()
-	err := d.w.rdb.XAdd(ctx, &redis.XAddArgs{Stream: startJobs, Values: []string{
+	err := d.w.RDB.XAdd(ctx, &redis.XAddArgs{Stream: harness.StartJobs, Values: []string{
 		"game_id", gameID, "image_ref", engineImage, "request_id", id}}).Err()
 	return id, t0, err
 }
@@ -62,7 +63,7 @@ func (d *driver) rtmStart(ctx context.Context, gameID string) (time.Duration, st
 	}
 	if os.Getenv("BENCH_DEBUG") != "" {
 		s := d.watch.slot(resultKey(id))
-		logf("DEBUG %s xadd %s result id %s readable %s", gameID, t0.Format("15:04:05.000"), s.id, at.Format("15:04:05.000"))
+		harness.Logf("DEBUG %s xadd %s result id %s readable %s", gameID, t0.Format("15:04:05.000"), s.id, at.Format("15:04:05.000"))
 	}
 	return at.Sub(t0), f["container_id"], nil
 }
@@ -71,7 +72,7 @@ func (d *driver) rtmStart(ctx context.Context, gameID string) (time.Duration, st
 func (d *driver) rtmStop(ctx context.Context, gameID string) (time.Duration, error) {
 	id := d.requestID()
 	t0 := time.Now()
-	if err := d.w.rdb.XAdd(ctx, &redis.XAddArgs{Stream: stopJobs, Values: []string{
+	if err := d.w.RDB.XAdd(ctx, &redis.XAddArgs{Stream: harness.StopJobs, Values: []string{
 		"game_id", gameID, "reason", "benchmark", "request_id", id}}).Err(); err != nil {
 		return 0, err
 	}
@@ -96,15 +97,15 @@ func (d *driver) rawStop(ctx context.Context, id string) (time.Duration, error) 
 // quiesce lets RTM finish what a measurement set off (the reconciles its own Docker events
 // trigger) before the next measurement starts.
 func (d *driver) quiesce(ctx context.Context) {
-	d.rtm.waitIdle(ctx, 5*time.Second)
-	sleepCtx(ctx, 100*time.Millisecond)
+	d.rtm.WaitIdle(ctx, 5*time.Second, 50*time.Millisecond)
+	harness.SleepCtx(ctx, 100*time.Millisecond)
 }
 
 // followDie notes when the daemon reports each owned container's die, the physical floor of
 // exit detection.
 func (d *driver) followDie(ctx context.Context) {
 	d.dieAt = map[string]time.Time{}
-	msgs, errs := d.w.docker.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
+	msgs, errs := d.w.Docker.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
 		filters.Arg("type", string(events.ContainerEventType)), filters.Arg("event", "die"),
 		filters.Arg("label", rtm.LabelOwner+"="+rtm.OwnerValue))})
 	go func() {
@@ -144,22 +145,22 @@ func (d *driver) measureLatency(ctx context.Context, rounds int) (*latencyResult
 	d.followDie(ctx)
 	// A warm-up round, not recorded: the first container on a fresh network makes the daemon
 	// set the bridge up (seconds under load), and RTM opens its connections.
-	if _, _, err := d.rtmStart(ctx, d.w.run+"-w0"); err != nil {
+	if _, _, err := d.rtmStart(ctx, d.w.Run+"-w0"); err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
-	if _, id, err := d.rawStart(ctx, d.w.run+"-w1"); err != nil {
+	if _, id, err := d.rawStart(ctx, d.w.Run+"-w1"); err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	} else if _, err := d.rawStop(ctx, id); err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
-	if _, err := d.rtmStop(ctx, d.w.run+"-w0"); err != nil {
+	if _, err := d.rtmStop(ctx, d.w.Run+"-w0"); err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
 	d.quiesce(ctx)
 	for i := 0; i < rounds; i++ {
-		gRTM := fmt.Sprintf("%s-s%02d", d.w.run, i)
-		gRaw := fmt.Sprintf("%s-r%02d", d.w.run, i)
-		gExit := fmt.Sprintf("%s-e%02d", d.w.run, i)
+		gRTM := fmt.Sprintf("%s-s%02d", d.w.Run, i)
+		gRaw := fmt.Sprintf("%s-r%02d", d.w.Run, i)
+		gExit := fmt.Sprintf("%s-e%02d", d.w.Run, i)
 		var rtmID, rawID string
 		for k := 0; k < 2; k++ {
 			if (i+k)%2 == 0 {
@@ -180,7 +181,7 @@ func (d *driver) measureLatency(ctx context.Context, rounds int) (*latencyResult
 			d.quiesce(ctx)
 		}
 		if i == 0 {
-			if err := checkParity(ctx, d.w.docker, rtmID, rawID); err != nil {
+			if err := checkParity(ctx, d.w.Docker, rtmID, rawID); err != nil {
 				return nil, err
 			}
 		}
@@ -209,7 +210,7 @@ func (d *driver) measureLatency(ctx context.Context, rounds int) (*latencyResult
 		}
 		d.quiesce(ctx)
 		t0 := time.Now()
-		if err := d.w.docker.ContainerKill(ctx, id, "KILL"); err != nil {
+		if err := d.w.Docker.ContainerKill(ctx, id, "KILL"); err != nil {
 			return nil, fmt.Errorf("killing %s: %w", gExit, err)
 		}
 		at, f, err := d.watch.wait(ctx, healthKey(gExit, string(rtm.EventContainerExited)), time.Minute)
@@ -225,7 +226,7 @@ func (d *driver) measureLatency(ctx context.Context, rounds int) (*latencyResult
 		}
 		res.rtmGames = append(res.rtmGames, gExit)
 		d.quiesce(ctx)
-		logf("  round %d/%d: start rtm %.0f raw %.0f ms, stop rtm %.0f raw %.0f ms, exit %.0f ms", i+1, rounds,
+		harness.Logf("  round %d/%d: start rtm %.0f raw %.0f ms, stop rtm %.0f raw %.0f ms, exit %.0f ms", i+1, rounds,
 			res.startRTM[i], res.startRaw[i], res.stopRTM[i], res.stopRaw[i], res.exit[i])
 	}
 	return res, nil
@@ -243,11 +244,11 @@ type burstResult struct {
 func (d *driver) rtmBurst(ctx context.Context, tag string, n int) (time.Duration, []string, error) {
 	games := make([]string, n)
 	reqs := make([]string, n)
-	pipe := d.w.rdb.Pipeline()
+	pipe := d.w.RDB.Pipeline()
 	for i := range games {
-		games[i] = fmt.Sprintf("%s-%s%03d", d.w.run, tag, i)
+		games[i] = fmt.Sprintf("%s-%s%03d", d.w.Run, tag, i)
 		reqs[i] = d.requestID()
-		pipe.XAdd(ctx, &redis.XAddArgs{Stream: startJobs, Values: []string{
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: harness.StartJobs, Values: []string{
 			"game_id", games[i], "image_ref", engineImage, "request_id", reqs[i]}})
 	}
 	t0 := time.Now()
@@ -279,7 +280,7 @@ func (d *driver) rawBurst(ctx context.Context, tag string, n, c int) (time.Durat
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ids[i], errs[i] = d.raw.start(ctx, fmt.Sprintf("%s-%s%03d", d.w.run, tag, i))
+			ids[i], errs[i] = d.raw.start(ctx, fmt.Sprintf("%s-%s%03d", d.w.Run, tag, i))
 		}()
 	}
 	wg.Wait()
@@ -299,11 +300,11 @@ func (d *driver) removeRTMGames(ctx context.Context, games []string) error {
 	for i, g := range games {
 		names[i] = rtm.ContainerName(g)
 	}
-	if err := d.w.removeIDs(ctx, names); err != nil {
+	if err := d.w.RemoveIDs(ctx, names); err != nil {
 		return err
 	}
-	sleepCtx(ctx, 500*time.Millisecond)
-	d.rtm.waitIdle(ctx, 30*time.Second)
+	harness.SleepCtx(ctx, 500*time.Millisecond)
+	d.rtm.WaitIdle(ctx, 30*time.Second, 50*time.Millisecond)
 	return nil
 }
 
@@ -313,7 +314,7 @@ func (d *driver) measureBurst(ctx context.Context, n, rounds, calibN int, levels
 	best := 0.0
 	for _, c := range levels {
 		dur, ids, err := d.rawBurst(ctx, fmt.Sprintf("k%d-", c), calibN, c)
-		if rerr := d.w.removeIDs(ctx, ids); rerr != nil && err == nil {
+		if rerr := d.w.RemoveIDs(ctx, ids); rerr != nil && err == nil {
 			err = rerr
 		}
 		if err != nil {
@@ -323,7 +324,7 @@ func (d *driver) measureBurst(ctx context.Context, n, rounds, calibN int, levels
 		if best == 0 || ms(dur) < best {
 			best, res.concurrency = ms(dur), c
 		}
-		logf("  calibration: %d raw create+starts at concurrency %d: %.0f ms", calibN, c, ms(dur))
+		harness.Logf("  calibration: %d raw create+starts at concurrency %d: %.0f ms", calibN, c, ms(dur))
 		d.quiesce(ctx)
 	}
 	for i := 0; i < rounds; i++ {
@@ -340,7 +341,7 @@ func (d *driver) measureBurst(ctx context.Context, n, rounds, calibN int, levels
 				}
 			} else {
 				dur, ids, err := d.rawBurst(ctx, fmt.Sprintf("q%d-", i), n, res.concurrency)
-				if rerr := d.w.removeIDs(ctx, ids); rerr != nil && err == nil {
+				if rerr := d.w.RemoveIDs(ctx, ids); rerr != nil && err == nil {
 					err = rerr
 				}
 				if err != nil {
@@ -350,7 +351,7 @@ func (d *driver) measureBurst(ctx context.Context, n, rounds, calibN int, levels
 			}
 			d.quiesce(ctx)
 		}
-		logf("  burst round %d/%d: rtm %.0f ms, raw %.0f ms (concurrency %d)", i+1, rounds, res.rtm[i], res.raw[i], res.concurrency)
+		harness.Logf("  burst round %d/%d: rtm %.0f ms, raw %.0f ms (concurrency %d)", i+1, rounds, res.rtm[i], res.raw[i], res.concurrency)
 	}
 	return res, nil
 }

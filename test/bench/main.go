@@ -17,13 +17,13 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // params are the sizes of one run.
@@ -140,12 +140,8 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := harness.SignalContext()
 	defer stop()
-	go func() {
-		<-ctx.Done()
-		stop() // a second Ctrl-C kills at once
-	}()
 	code := run(ctx, p)
 	pprof.StopCPUProfile()
 	os.Exit(code)
@@ -153,19 +149,19 @@ func main() {
 
 func run(ctx context.Context, p params) int {
 	began := time.Now()
-	w := &world{keep: p.keep, logLevel: p.logLevel, extraEnv: p.rtmEnv}
+	w := &world{logLevel: p.logLevel, extraEnv: p.rtmEnv}
 	defer w.close()
-	logf("setting up: PostgreSQL, Redis, engine image %s, rtmanager binary, network", engineImage)
-	if err := setUp(ctx, w); err != nil {
-		logf("set-up failed: %v", err)
+	harness.Logf("setting up: PostgreSQL, Redis, engine image %s, rtmanager binary, network", engineImage)
+	if err := setUp(ctx, w, p.keep); err != nil {
+		harness.Logf("set-up failed: %v", err)
 		return 1
 	}
-	r := &report{params: p, began: began, dockerVer: w.dockerVer}
+	r := &report{params: p, began: began, dockerVer: w.DockerVer}
 	if err := measure(ctx, w, p, r); err != nil {
 		if errors.Is(err, context.Canceled) {
-			logf("interrupted")
+			harness.Logf("interrupted")
 		} else {
-			logf("benchmark failed: %v", err)
+			harness.Logf("benchmark failed: %v", err)
 		}
 		return 1
 	}
@@ -173,30 +169,25 @@ func run(ctx context.Context, p params) int {
 	w.close()
 	r.cleanup = time.Since(cleanStart)
 	r.elapsed = time.Since(began)
-	r.machine, r.commit, r.goVer = machine(), commit(w.root), goVersion()
+	r.machine, r.commit, r.goVer = harness.Machine(), harness.Commit(w.Root), harness.GoVersion()
 	table := r.table()
 	fmt.Println(table)
 	fmt.Printf("run time %s (clean-up %s)\n", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
 	if p.writeDocFile {
-		path := p.out
-		if !filepath.IsAbs(path) {
-			path = filepath.Join(w.root, path)
-		}
-		if err := os.WriteFile(path, []byte(r.markdown()), 0o644); err != nil {
-			logf("writing %s: %v", path, err)
+		if err := harness.WriteDoc(w.Root, p.out, r.markdown()); err != nil {
+			harness.Logf("%v", err)
 			return 1
 		}
-		logf("wrote %s", path)
 	}
 	if r.missed() > 0 {
-		logf("%d target(s) missed", r.missed())
+		harness.Logf("%d target(s) missed", r.missed())
 	}
 	return 0
 }
 
 // measure runs the phases in order and fills r.
 func measure(ctx context.Context, w *world, p params, r *report) error {
-	dsn, err := w.newDatabase("bench_rtm")
+	dsn, err := w.NewDatabase("bench_rtm")
 	if err != nil {
 		return err
 	}
@@ -205,20 +196,20 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 	if err != nil {
 		return err
 	}
-	watch := newWatcher(w.rdb)
+	watch := newWatcher(w.RDB)
 	wctx, cancelWatch := context.WithCancel(ctx)
 	defer cancelWatch()
 	go watch.run(wctx)
 
-	d := &driver{w: w, watch: watch, raw: newRawStarter(w.docker, cfg)}
+	d := &driver{w: w, watch: watch, raw: newRawStarter(w.Docker, cfg)}
 	if p.runs("latency") || p.runs("burst") || p.runs("rest") {
-		logf("starting rtmanager")
-		if d.rtm, err = w.startRTM(ctx, env, "rtmanager-1.log"); err != nil {
+		harness.Logf("starting rtmanager")
+		if d.rtm, err = w.StartRTM(ctx, env, "rtmanager-1.log", nil); err != nil {
 			return err
 		}
 	}
 	if p.runs("latency") {
-		logf("single start, stop and exit detection: %d rounds, RTM and raw alternating", p.rounds)
+		harness.Logf("single start, stop and exit detection: %d rounds, RTM and raw alternating", p.rounds)
 		if err := r.phase("single start, stop, exit", func() (err error) {
 			r.lat, err = d.measureLatency(ctx, p.rounds)
 			return err
@@ -227,7 +218,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 		}
 	}
 	if p.runs("burst") {
-		logf("burst: %d start jobs at once versus %d raw create+starts", p.burstN, p.burstN)
+		harness.Logf("burst: %d start jobs at once versus %d raw create+starts", p.burstN, p.burstN)
 		if err := r.phase("burst", func() (err error) {
 			r.burst, err = d.measureBurst(ctx, p.burstN, p.burstRounds, p.calibN, p.calibLevels)
 			return err
@@ -241,7 +232,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 			games = r.lat.rtmGames
 		} else {
 			for i := 0; i < 5; i++ {
-				g := fmt.Sprintf("%s-t%02d", w.run, i)
+				g := fmt.Sprintf("%s-t%02d", w.Run, i)
 				if _, _, err := d.rtmStart(ctx, g); err != nil {
 					return err
 				}
@@ -249,27 +240,27 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 			}
 		}
 		d.quiesce(ctx)
-		logf("REST: GET /api/v1/internal/runtimes/{id} at %d requests/s for %s", p.restRate, p.restDur)
+		harness.Logf("REST: GET /api/v1/internal/runtimes/{id} at %d requests/s for %s", p.restRate, p.restDur)
 		if err := r.phase("REST", func() (err error) {
-			r.rest, err = measureREST(ctx, d.rtm.api, games, p.restRate, p.restWarm, p.restDur)
+			r.rest, err = measureREST(ctx, d.rtm.API, games, p.restRate, p.restWarm, p.restDur)
 			return err
 		}); err != nil {
 			return err
 		}
 	}
 	if d.rtm != nil {
-		d.rtm.stop(30 * time.Second)
+		d.rtm.Stop(30 * time.Second)
 	}
 
 	if p.runs("standin") {
-		sdsn, err := w.newDatabase("bench_standin")
+		sdsn, err := w.NewDatabase("bench_standin")
 		if err != nil {
 			return err
 		}
 		if err := r.phase("stand-in passes", func() error {
 			for _, n := range p.standin {
-				logf("stand-in runtime: full pass over %d games (%d passes)", n, p.standinPass)
-				pt, err := measureStandin(ctx, sdsn, w.run, n, p.standinPass)
+				harness.Logf("stand-in runtime: full pass over %d games (%d passes)", n, p.standinPass)
+				pt, err := measureStandin(ctx, sdsn, w.Run, n, p.standinPass)
 				if err != nil {
 					return fmt.Errorf("stand-in pass over %d games: %w", n, err)
 				}
@@ -293,18 +284,18 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 // them and its cost at rest.
 func measureScale(ctx context.Context, w *world, d *driver, p params, r *report) error {
 	// A clean slate: no containers, empty Redis, a fresh database, RTM behind the counting proxy.
-	if _, err := w.removeContainers(ctx); err != nil {
+	if _, err := w.RemoveContainers(ctx, w.Net); err != nil {
 		return err
 	}
-	if err := w.rdb.FlushAll(ctx).Err(); err != nil {
+	if err := w.RDB.FlushAll(ctx).Err(); err != nil {
 		return err
 	}
 	d.watch.reset()
-	dsn, err := w.newDatabase("bench_scale")
+	dsn, err := w.NewDatabase("bench_scale")
 	if err != nil {
 		return err
 	}
-	proxy, err := startDockerProxy(filepath.Join(w.work, "docker.sock"), w.run)
+	proxy, err := startDockerProxy(filepath.Join(w.Work, "docker.sock"), w.Run)
 	if err != nil {
 		return err
 	}
@@ -319,11 +310,11 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 	have := 0
 	for _, n := range p.scale {
 		if n > have {
-			logf("scale %d: starting %d engines through RTM", n, n-have)
+			harness.Logf("scale %d: starting %d engines through RTM", n, n-have)
 			if d.rtm != nil {
-				d.rtm.stop(30 * time.Second)
+				d.rtm.Stop(30 * time.Second)
 			}
-			if d.rtm, err = w.startRTM(ctx, bringUp, fmt.Sprintf("rtmanager-scale-%d-up.log", n)); err != nil {
+			if d.rtm, err = w.StartRTM(ctx, bringUp, fmt.Sprintf("rtmanager-scale-%d-up.log", n), nil); err != nil {
 				return err
 			}
 			t0 := time.Now()
@@ -333,13 +324,13 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 			}); err != nil {
 				return err
 			}
-			logf("  %d engines up in %s", n-have, time.Since(t0).Round(100*time.Millisecond))
+			harness.Logf("  %d engines up in %s", n-have, time.Since(t0).Round(100*time.Millisecond))
 			have = n
 		}
-		d.rtm.waitIdle(ctx, time.Minute)
+		d.rtm.WaitIdle(ctx, time.Minute, 50*time.Millisecond)
 		pt := &scalePoint{n: n}
 		for i := 0; i < p.restarts; i++ {
-			sleepCtx(ctx, time.Second)
+			harness.SleepCtx(ctx, time.Second)
 			dur, games, calls, err := d.bootPass(ctx, env, proxy, fmt.Sprintf("rtmanager-scale-%d-%d.log", n, i))
 			if err != nil {
 				return err
@@ -347,19 +338,19 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 			pt.pass = append(pt.pass, ms(dur))
 			pt.passGames = append(pt.passGames, games)
 			pt.passCalls = append(pt.passCalls, calls)
-			logf("  boot pass over %d games: %.1f ms, docker calls: %s", games, ms(dur), formatCalls(calls))
+			harness.Logf("  boot pass over %d games: %.1f ms, docker calls: %s", games, ms(dur), formatCalls(calls))
 		}
 		d.settle(ctx, proxy, p.settle)
 		win := p.window
-		logf("  at rest for %s", win)
+		harness.Logf("  at rest for %s", win)
 		if err := r.phase(fmt.Sprintf("scale %d: at rest", n), func() error {
 			return d.atRest(ctx, pt, proxy, win, 10*time.Second)
 		}); err != nil {
 			return err
 		}
-		logf("  RSS %.1f MB, CPU %.2f s/min, goroutines %.0f", pt.rss.median(), pt.cpuPerMin, pt.goroutines.median())
+		harness.Logf("  RSS %.1f MB, CPU %.2f s/min, goroutines %.0f", pt.rss.median(), pt.cpuPerMin, pt.goroutines.median())
 		r.scale = append(r.scale, pt)
 	}
-	d.rtm.stop(30 * time.Second)
+	d.rtm.Stop(30 * time.Second)
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // scalePoint is what one number of running engines costs RTM.
@@ -30,17 +32,17 @@ type scalePoint struct {
 func (d *driver) startGames(ctx context.Context, from, n, batch int) ([]string, error) {
 	games := make([]string, n)
 	for i := range games {
-		games[i] = fmt.Sprintf("%s-g%04d", d.w.run, from+i)
+		games[i] = fmt.Sprintf("%s-g%04d", d.w.Run, from+i)
 	}
 	for lo := 0; lo < n; lo += batch {
 		hi := min(lo+batch, n)
 		todo := games[lo:hi]
 		for attempt := 0; len(todo) > 0; attempt++ {
 			reqs := make([]string, len(todo))
-			pipe := d.w.rdb.Pipeline()
+			pipe := d.w.RDB.Pipeline()
 			for i, g := range todo {
 				reqs[i] = d.requestID()
-				pipe.XAdd(ctx, &redis.XAddArgs{Stream: startJobs, Values: []string{
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: harness.StartJobs, Values: []string{
 					"game_id", g, "image_ref", engineImage, "request_id", reqs[i]}})
 			}
 			if _, err := pipe.Exec(ctx); err != nil {
@@ -55,7 +57,7 @@ func (d *driver) startGames(ctx context.Context, from, n, batch int) ([]string, 
 					if attempt >= 2 {
 						return nil, err
 					}
-					logf("  retrying %s: %v", todo[i], err)
+					harness.Logf("  retrying %s: %v", todo[i], err)
 					failed = append(failed, todo[i])
 				}
 			}
@@ -69,19 +71,19 @@ func (d *driver) startGames(ctx context.Context, from, n, batch int) ([]string, 
 // to "reconciler initial pass completed" in RTM's own log timestamps, and the Docker API calls
 // the proxy saw in between.
 func (d *driver) bootPass(ctx context.Context, env map[string]string, proxy *dockerProxy, logName string) (time.Duration, int, map[string]int, error) {
-	d.rtm.stop(30 * time.Second)
-	p, err := d.w.startRTM(ctx, env, logName)
+	d.rtm.Stop(30 * time.Second)
+	p, err := d.w.StartRTM(ctx, env, logName, nil)
 	if err != nil {
 		return 0, 0, nil, err
 	}
 	d.rtm = p
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	listen, err := p.waitLog(lctx, 0, func(l logLine) bool { return l.Msg == "internal http listening" })
+	listen, err := p.WaitLog(lctx, 0, func(l harness.LogLine) bool { return l.Msg == "internal http listening" })
 	if err != nil {
 		return 0, 0, nil, err
 	}
-	done, err := p.waitLog(lctx, 0, func(l logLine) bool { return l.Msg == "reconciler initial pass completed" })
+	done, err := p.WaitLog(lctx, 0, func(l harness.LogLine) bool { return l.Msg == "reconciler initial pass completed" })
 	if err != nil {
 		return 0, 0, nil, err
 	}
@@ -97,24 +99,24 @@ func (d *driver) bootPass(ctx context.Context, env map[string]string, proxy *doc
 // connection to every engine. The window starts once that is over: no inspection of ours for
 // 1.5 s, and the goroutine count (two per open probe connection) steady over 5 s.
 func (d *driver) settle(ctx context.Context, proxy *dockerProxy, min time.Duration) {
-	sleepCtx(ctx, min)
+	harness.SleepCtx(ctx, min)
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		if time.Since(proxy.lastCall("inspect")) > 1500*time.Millisecond {
 			break
 		}
-		sleepCtx(ctx, 250*time.Millisecond)
+		harness.SleepCtx(ctx, 250*time.Millisecond)
 	}
-	prev, _ := d.rtm.goroutines(ctx)
+	prev, _ := goroutines(ctx, d.rtm)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		sleepCtx(ctx, 5*time.Second)
-		g, err := d.rtm.goroutines(ctx)
+		harness.SleepCtx(ctx, 5*time.Second)
+		g, err := goroutines(ctx, d.rtm)
 		if err != nil || abs(g-prev) <= max(5, prev/100) {
 			break
 		}
 		prev = g
 	}
-	d.rtm.waitIdle(ctx, time.Minute)
+	d.rtm.WaitIdle(ctx, time.Minute, 50*time.Millisecond)
 }
 
 func abs(n int) int {
@@ -126,32 +128,32 @@ func abs(n int) int {
 
 // atRest samples RTM every step for window: RSS, goroutines, CPU.
 func (d *driver) atRest(ctx context.Context, pt *scalePoint, proxy *dockerProxy, window, step time.Duration) error {
-	prev, err := d.rtm.stat()
+	prev, err := d.rtm.Stat()
 	if err != nil {
 		return err
 	}
 	first := prev
 	for t := time.Duration(0); t < window; t += step {
-		sleepCtx(ctx, step)
+		harness.SleepCtx(ctx, step)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		st, err := d.rtm.stat()
+		st, err := d.rtm.Stat()
 		if err != nil {
 			return err
 		}
-		g, err := d.rtm.goroutines(ctx)
+		g, err := goroutines(ctx, d.rtm)
 		if err != nil {
 			return err
 		}
-		pt.rss = append(pt.rss, float64(st.rssKB)/1024)
+		pt.rss = append(pt.rss, float64(st.RSSKB)/1024)
 		pt.goroutines = append(pt.goroutines, float64(g))
-		pt.cpuSlices = append(pt.cpuSlices, (st.cpu-prev.cpu).Seconds()/st.at.Sub(prev.at).Minutes())
+		pt.cpuSlices = append(pt.cpuSlices, (st.CPU-prev.CPU).Seconds()/st.At.Sub(prev.At).Minutes())
 		prev = st
 	}
-	pt.window = prev.at.Sub(first.at)
-	pt.cpuPerMin = (prev.cpu - first.cpu).Seconds() / pt.window.Minutes()
-	pt.restCalls = proxy.count(first.at, prev.at)
+	pt.window = prev.At.Sub(first.At)
+	pt.cpuPerMin = (prev.CPU - first.CPU).Seconds() / pt.window.Minutes()
+	pt.restCalls = proxy.count(first.At, prev.At)
 	return nil
 }
 
@@ -193,4 +195,10 @@ func sumOwn(m map[string]int) int {
 		}
 	}
 	return n
+}
+
+// goroutines reads RTM's goroutine count from its goroutine profile.
+func goroutines(ctx context.Context, p *harness.Proc) (int, error) {
+	_, n, err := p.GoroutineProfile(ctx)
+	return n, err
 }

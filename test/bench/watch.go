@@ -2,25 +2,18 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
-// RTM's output streams (the defaults of CONTRACT §1).
-const (
-	startJobs    = "runtime:start_jobs"
-	stopJobs     = "runtime:stop_jobs"
-	jobResults   = "runtime:job_results"
-	healthEvents = "runtime:health_events"
-)
-
-// watcher follows RTM's result and health streams with a blocking XREAD and notes when each
-// entry became readable: job results by request id, health events by game id and type (the
-// first of each).
+// watcher follows RTM's result and health streams (harness.Follow) and notes when each entry
+// became readable: job results by request id, health events by game id and type (the first of
+// each).
 type watcher struct {
 	rdb *redis.Client
 
@@ -56,45 +49,19 @@ func (w *watcher) slot(key string) *slot {
 
 // run reads both streams from their beginning until ctx ends.
 func (w *watcher) run(ctx context.Context) {
-	ids := map[string]string{jobResults: "0-0", healthEvents: "0-0"}
-	for ctx.Err() == nil {
-		res, err := w.rdb.XRead(ctx, &redis.XReadArgs{
-			Streams: []string{jobResults, healthEvents, ids[jobResults], ids[healthEvents]},
-			Count:   1000, Block: 2 * time.Second}).Result()
-		at := time.Now()
-		if errors.Is(err, redis.Nil) {
-			continue
+	harness.Follow(ctx, w.rdb, func(e harness.Entry) {
+		key := healthKey(e.Fields["game_id"], e.Fields["event_type"])
+		if e.Stream == harness.JobResults {
+			key = resultKey(e.Fields["request_id"])
 		}
-		if err != nil {
-			if ctx.Err() == nil {
-				logf("watcher: %v", err)
-				sleepCtx(ctx, 100*time.Millisecond)
-			}
-			continue
+		sl := w.slot(key)
+		w.mu.Lock()
+		if sl.fields == nil {
+			sl.at, sl.fields, sl.id = e.At, e.Fields, e.ID
+			close(sl.done)
 		}
-		for _, s := range res {
-			for _, m := range s.Messages {
-				ids[s.Stream] = m.ID
-				f := make(map[string]string, len(m.Values))
-				for k, v := range m.Values {
-					f[k], _ = v.(string)
-				}
-				var key string
-				if s.Stream == jobResults {
-					key = resultKey(f["request_id"])
-				} else {
-					key = healthKey(f["game_id"], f["event_type"])
-				}
-				sl := w.slot(key)
-				w.mu.Lock()
-				if sl.fields == nil {
-					sl.at, sl.fields, sl.id = at, f, m.ID
-					close(sl.done)
-				}
-				w.mu.Unlock()
-			}
-		}
-	}
+		w.mu.Unlock()
+	}, harness.JobResults, harness.HealthEvents)
 }
 
 // wait returns when the entry of key became readable and its fields.

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // dupEvery: every dupEvery-th churn job is delivered twice with the same request_id; the
@@ -52,15 +54,15 @@ func newTraffic(w *world, p *rtmProc, watch *watcher) *traffic {
 	return &traffic{w: w, rtm: p, watch: watch, sent: map[string]bool{}, codes: map[string]int{}}
 }
 
-func (t *traffic) requestID() string { return fmt.Sprintf("%s-%d", t.w.run, t.seq.Add(1)) }
+func (t *traffic) requestID() string { return fmt.Sprintf("%s-%d", t.w.Run, t.seq.Add(1)) }
 
 // job sends one start (image non-empty) or stop job, twice when twice is set, and waits for its
 // result. It returns the result's fields; a job answered failed is an error too.
 func (t *traffic) job(ctx context.Context, game, image string, twice bool) (map[string]string, error) {
 	id := t.requestID()
-	stream, values := stopJobs, []string{"game_id", game, "reason", "soak", "request_id", id}
+	stream, values := harness.StopJobs, []string{"game_id", game, "reason", "soak", "request_id", id}
 	if image != "" {
-		stream, values = startJobs, []string{"game_id", game, "image_ref", image, "request_id", id}
+		stream, values = harness.StartJobs, []string{"game_id", game, "image_ref", image, "request_id", id}
 	}
 	t.mu.Lock()
 	t.sent[id] = true
@@ -71,7 +73,7 @@ func (t *traffic) job(ctx context.Context, game, image string, twice bool) (map[
 		t.delivered2.Add(1)
 	}
 	for i := 0; i < n; i++ {
-		if err := t.w.rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: values}).Err(); err != nil {
+		if err := t.w.RDB.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: values}).Err(); err != nil {
 			return nil, fmt.Errorf("XADD %s: %w", stream, err)
 		}
 	}
@@ -116,7 +118,7 @@ func (t *traffic) startEngines(ctx context.Context, games []string, conc int) er
 			defer func() { <-sem; wg.Done() }()
 			_, err := t.job(ctx, g, imageA, false)
 			if err != nil && ctx.Err() == nil {
-				logf("  start of %s failed, retrying: %v", g, err)
+				harness.Logf("  start of %s failed, retrying: %v", g, err)
 				_, err = t.job(ctx, g, imageA, false)
 			}
 			if err != nil && ctx.Err() == nil {
@@ -125,7 +127,7 @@ func (t *traffic) startEngines(ctx context.Context, games []string, conc int) er
 				mu.Unlock()
 			}
 			if n := done.Add(1); n%50 == 0 {
-				logf("  %d/%d started", n, len(games))
+				harness.Logf("  %d/%d started", n, len(games))
 			}
 		}()
 	}
@@ -194,7 +196,7 @@ func (t *traffic) churn(ctx, stopCtx context.Context, games []string, rate float
 					g.image = otherImage(g.image)
 				}
 			} else if ctx.Err() == nil {
-				logf("churn: %v", err)
+				harness.Logf("churn: %v", err)
 			}
 			mu.Lock()
 			idle = append(idle, g)
@@ -241,7 +243,7 @@ func (t *traffic) reads(ctx context.Context, games []string, rate float64) {
 			}
 		}()
 	}
-	base := t.rtm.api + "/api/v1/internal/runtimes"
+	base := t.rtm.API + "/api/v1/internal/runtimes"
 	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
 	defer tick.Stop()
 	for ctx.Err() == nil {
@@ -311,7 +313,7 @@ type mutation struct {
 // the soak cut short.
 func (t *traffic) mutate(ctx, stopCtx context.Context, patchGame, restartGame string, every time.Duration) {
 	client := &http.Client{Timeout: 2 * time.Minute}
-	base := t.rtm.api + "/api/v1/internal/runtimes/"
+	base := t.rtm.API + "/api/v1/internal/runtimes/"
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for i := 0; ; i++ {
@@ -323,7 +325,7 @@ func (t *traffic) mutate(ctx, stopCtx context.Context, patchGame, restartGame st
 		m := mutation{at: time.Now()}
 		var url, body string
 		if i%2 == 0 {
-			cur := t.currentImage(ctx, base+patchGame)
+			cur := t.currentImage(ctx, patchGame)
 			next := otherImage(cur)
 			m.kind = "patch " + tagOf(cur) + "→" + tagOf(next)
 			m.game, url = patchGame, base+patchGame+"/patch"
@@ -358,14 +360,14 @@ func (t *traffic) mutate(ctx, stopCtx context.Context, patchGame, restartGame st
 		t.mutations = append(t.mutations, m)
 		t.mu.Unlock()
 		if m.code != http.StatusOK {
-			logf("REST %s of %s: %d %s after %s", m.kind, m.game, m.code, m.errCode, m.duration.Round(time.Millisecond))
+			harness.Logf("REST %s of %s: %d %s after %s", m.kind, m.game, m.code, m.errCode, m.duration.Round(time.Millisecond))
 		}
 	}
 }
 
 // currentImage reads a game's current_image_ref (imageA when it cannot tell).
-func (t *traffic) currentImage(ctx context.Context, url string) string {
-	body, err := httpGetBody(ctx, url)
+func (t *traffic) currentImage(ctx context.Context, game string) string {
+	body, err := t.rtm.Get(ctx, "/api/v1/internal/runtimes/"+game)
 	if err != nil {
 		return imageA
 	}

@@ -18,10 +18,9 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/signal"
-	"path/filepath"
-	"syscall"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // params are the sizes of one run.
@@ -71,32 +70,28 @@ func main() {
 		p.out = "docs/soak.md"
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := harness.SignalContext()
 	defer stop()
-	go func() {
-		<-ctx.Done()
-		stop() // a second Ctrl-C kills at once
-	}()
 	os.Exit(run(ctx, p))
 }
 
 func run(ctx context.Context, p params) int {
 	r := &report{p: p, began: time.Now()}
-	w := &world{keep: p.keep}
+	w := &world{}
 	defer w.close()
-	logf("setting up: PostgreSQL, Redis, images %s and %s, rtmanager binary, network", imageA, imageB)
-	if err := setUp(ctx, w); err != nil {
-		logf("set-up failed: %v", err)
+	harness.Logf("setting up: PostgreSQL, Redis, images %s and %s, rtmanager binary, network", imageA, imageB)
+	if err := setUp(ctx, w, p.keep); err != nil {
+		harness.Logf("set-up failed: %v", err)
 		return 1
 	}
 	// The binary was built from the tree as it is now.
-	r.dockerVer, r.commit = w.dockerVer, commit(w.root)
+	r.dockerVer, r.commit = w.DockerVer, harness.Commit(w.Root)
 	err := soak(ctx, w, p, r)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
-			logf("interrupted")
+			harness.Logf("interrupted")
 		} else {
-			logf("soak failed: %v", err)
+			harness.Logf("soak failed: %v", err)
 		}
 		return 1
 	}
@@ -104,22 +99,17 @@ func run(ctx context.Context, p params) int {
 	w.close()
 	r.cleanup = time.Since(cleanStart)
 	r.elapsed = time.Since(r.began)
-	r.machine, r.goVer = machine(), goVersion()
+	r.machine, r.goVer = harness.Machine(), harness.GoVersion()
 	r.evaluate()
 	fmt.Println(r.terminal())
 	if p.out != "" {
-		path := p.out
-		if !filepath.IsAbs(path) {
-			path = filepath.Join(w.root, path)
-		}
-		if err := os.WriteFile(path, []byte(r.markdown()), 0o644); err != nil {
-			logf("writing %s: %v", path, err)
+		if err := harness.WriteDoc(w.Root, p.out, r.markdown()); err != nil {
+			harness.Logf("%v", err)
 			return 1
 		}
-		logf("wrote %s", path)
 	}
 	if r.missed() > 0 {
-		logf("%d criteria missed", r.missed())
+		harness.Logf("%d criteria missed", r.missed())
 		return 1
 	}
 	return 0
@@ -128,16 +118,16 @@ func run(ctx context.Context, p params) int {
 // soak runs RTM, brings the engines up, keeps the traffic going for the window while sampling,
 // and checks the results. It fills r.
 func soak(ctx context.Context, w *world, p params, r *report) error {
-	dsn, err := w.newDatabase("soak")
+	dsn, err := w.NewDatabase("soak")
 	if err != nil {
 		return err
 	}
-	logf("starting rtmanager")
+	harness.Logf("starting rtmanager")
 	rtm, err := w.startRTM(ctx, w.rtmEnv(dsn, nil))
 	if err != nil {
 		return err
 	}
-	watch := newWatcher(w.rdb)
+	watch := newWatcher(w.RDB)
 	wctx, cancelWatch := context.WithCancel(ctx)
 	defer cancelWatch()
 	go watch.run(wctx)
@@ -145,26 +135,26 @@ func soak(ctx context.Context, w *world, p params, r *report) error {
 
 	engines := make([]string, p.engines)
 	for i := range engines {
-		engines[i] = fmt.Sprintf("%s-e%03d", w.run, i)
+		engines[i] = fmt.Sprintf("%s-e%03d", w.Run, i)
 	}
 	pool := make([]string, p.churn)
 	for i := range pool {
-		pool[i] = fmt.Sprintf("%s-c%02d", w.run, i)
+		pool[i] = fmt.Sprintf("%s-c%02d", w.Run, i)
 	}
 
-	logf("starting %d engines through start jobs, %d in flight", p.engines, p.startConc)
+	harness.Logf("starting %d engines through start jobs, %d in flight", p.engines, p.startConc)
 	t0 := time.Now()
 	if err := tr.startEngines(ctx, engines, p.startConc); err != nil {
 		return err
 	}
 	r.startup = time.Since(t0)
-	logf("  %d engines up in %s", p.engines, r.startup.Round(100*time.Millisecond))
-	rtm.waitIdle(ctx, time.Minute)
+	harness.Logf("  %d engines up in %s", p.engines, r.startup.Round(100*time.Millisecond))
+	rtm.WaitIdle(ctx, time.Minute, 200*time.Millisecond)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 
-	logf("steady traffic for %s: %d-game start/stop pool at %g jobs/s, REST reads at %g/s, a REST patch or restart every %s; a reading every %s",
+	harness.Logf("steady traffic for %s: %d-game start/stop pool at %g jobs/s, REST reads at %g/s, a REST patch or restart every %s; a reading every %s",
 		p.duration, p.churn, p.jobRate, p.restRate, p.mutateEvery, p.sample)
 	healthBefore, problemsBefore := watch.healthCounts(), rtm.logProblems()
 	stopCtx, stopTraffic := context.WithCancel(ctx)
@@ -179,12 +169,12 @@ func soak(ctx context.Context, w *world, p params, r *report) error {
 	end := s.began.Add(p.duration)
 	var baseProfile, lastProfile string
 	for next := s.began; !next.After(end.Add(time.Second)); next = next.Add(p.sample) {
-		sleepCtx(ctx, time.Until(next))
+		harness.SleepCtx(ctx, time.Until(next))
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if rtm.exited() {
-			return fmt.Errorf("rtmanager exited during the soak (log %s)", rtm.logPath)
+		if rtm.Exited() {
+			return fmt.Errorf("rtmanager exited during the soak (log %s)", rtm.LogPath)
 		}
 		pt, prof, err := s.read(ctx)
 		if err != nil {
@@ -192,23 +182,23 @@ func soak(ctx context.Context, w *world, p params, r *report) error {
 		}
 		r.points = append(r.points, pt)
 		lastProfile = prof
-		logf("  %s", pt.line())
+		harness.Logf("  %s", pt.line())
 		// The goroutine baseline is the first reading after the warm-up: what RTM holds once
 		// the traffic's connections and the probes' keep-alives are established.
 		if baseProfile == "" && pt.t >= p.warmup {
 			baseProfile, r.baseAt = prof, pt.t
 			if err := saveProfiles(ctx, rtm, p.profiles, "warm", prof); err != nil {
-				logf("saving profiles: %v", err)
+				harness.Logf("saving profiles: %v", err)
 			}
 		}
 	}
 	r.window = time.Since(s.began)
 	if err := saveProfiles(ctx, rtm, p.profiles, "end", lastProfile); err != nil {
-		logf("saving profiles: %v", err)
+		harness.Logf("saving profiles: %v", err)
 	}
 	r.growth = goroutineDiff(baseProfile, lastProfile)
 
-	logf("stopping the traffic; waiting for the jobs in flight")
+	harness.Logf("stopping the traffic; waiting for the jobs in flight")
 	stopTraffic()
 	for i := 0; i < 3; i++ {
 		select {
@@ -217,9 +207,9 @@ func soak(ctx context.Context, w *world, p params, r *report) error {
 			return ctx.Err()
 		}
 	}
-	rtm.waitIdle(ctx, time.Minute)
+	rtm.WaitIdle(ctx, time.Minute, 200*time.Millisecond)
 	// The last results may still be on their way through the outbox (relayed every 250 ms).
-	sleepCtx(ctx, 3*time.Second)
+	harness.SleepCtx(ctx, 3*time.Second)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

@@ -3,9 +3,6 @@ package main
 import (
 	"fmt"
 	"math"
-	"os"
-	"os/exec"
-	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -425,41 +422,3 @@ games come and go, so that column moves by a few. The periodic full pass
 (RTMANAGER_RECONCILE_INTERVAL, 5 min ±10%) enqueues every game: a reading that falls inside it
 shows a deep queue and, for a moment, more goroutines and fds.
 `
-
-func machine() string {
-	model := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	mem := ""
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(line, "MemTotal:") {
-				var kb int64
-				fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "MemTotal:")), "%d", &kb)
-				mem = fmt.Sprintf(", %.1f GiB RAM", float64(kb)/1024/1024)
-			}
-		}
-	}
-	return fmt.Sprintf("%s, %d cores (nproc)%s, %s/%s", model, runtime.NumCPU(), mem, runtime.GOOS, runtime.GOARCH)
-}
-
-// commit returns the short HEAD, marked when the tree has uncommitted changes.
-func commit(root string) string {
-	out, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return "unknown"
-	}
-	c := strings.TrimSpace(string(out))
-	if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
-		c += " (with uncommitted changes)"
-	}
-	return c
-}
-
-func goVersion() string { return runtime.Version() }

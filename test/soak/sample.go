@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // point is one reading of RTM during the soak window; the per-interval figures cover the
@@ -41,37 +43,41 @@ type sampler struct {
 	tr     *traffic
 	watch  *watcher
 	began  time.Time
-	prev   procStat
-	prevM  promText
+	prev   harness.ProcStat
+	prevM  harness.PromText
 	prevJ  int64
 	prevOK int64
 	prevE  int64
 }
 
 func (s *sampler) read(ctx context.Context) (point, string, error) {
-	st, err := s.p.stat()
+	st, err := s.p.Stat()
 	if err != nil {
 		return point{}, "", err
 	}
-	gprof, g, err := s.p.goroutineProfile(ctx)
+	fds, err := s.p.FDs()
 	if err != nil {
 		return point{}, "", err
 	}
-	m, err := s.p.metrics(ctx)
+	gprof, g, err := s.p.GoroutineProfile(ctx)
 	if err != nil {
 		return point{}, "", err
 	}
-	pt := point{t: st.at.Sub(s.began), rssMB: float64(st.rssKB) / 1024, fds: st.fds, goroutines: g,
-		threads: st.threads, heapMB: m.sum("go_memstats_heap_inuse_bytes") / (1 << 20),
-		running: m.sum("rtmanager_runtime_records_by_status", `status="running"`),
-		queue:   m.sum("workqueue_depth", `name="game"`), cpuPct: math.NaN(), restP99: math.NaN(),
+	m, err := s.p.Metrics(ctx)
+	if err != nil {
+		return point{}, "", err
+	}
+	pt := point{t: st.At.Sub(s.began), rssMB: float64(st.RSSKB) / 1024, fds: fds, goroutines: g,
+		threads: st.Threads, heapMB: m.Sum("go_memstats_heap_inuse_bytes") / (1 << 20),
+		running: m.Sum("rtmanager_runtime_records_by_status", `status="running"`),
+		queue:   m.Sum("workqueue_depth", `name="game"`), cpuPct: math.NaN(), restP99: math.NaN(),
 		load1: loadavg(), others: otherTests()}
 	jobs, ok, bad := s.watch.resultsRead(), s.tr.restOK.Load(), s.tr.restErr.Load()
-	if !s.prev.at.IsZero() {
-		secs := st.at.Sub(s.prev.at).Seconds()
-		pt.cpuPct = 100 * (st.cpu - s.prev.cpu).Seconds() / secs
-		pt.probeOK = (m.sum("rtmanager_probe_results_total", `result="ok"`) - s.prevM.sum("rtmanager_probe_results_total", `result="ok"`)) / secs
-		pt.probeFail = (m.sum("rtmanager_probe_results_total", `result="failed"`) - s.prevM.sum("rtmanager_probe_results_total", `result="failed"`)) / secs
+	if !s.prev.At.IsZero() {
+		secs := st.At.Sub(s.prev.At).Seconds()
+		pt.cpuPct = 100 * (st.CPU - s.prev.CPU).Seconds() / secs
+		pt.probeOK = (m.Sum("rtmanager_probe_results_total", `result="ok"`) - s.prevM.Sum("rtmanager_probe_results_total", `result="ok"`)) / secs
+		pt.probeFail = (m.Sum("rtmanager_probe_results_total", `result="failed"`) - s.prevM.Sum("rtmanager_probe_results_total", `result="failed"`)) / secs
 		pt.jobs, pt.rest, pt.restErr = jobs-s.prevJ, ok-s.prevOK, bad-s.prevE
 		if l := s.tr.drainLatencies(); len(l) > 0 {
 			pt.restP99 = quantile(l, 0.99)
@@ -218,7 +224,7 @@ func saveProfiles(ctx context.Context, p *rtmProc, dir, suffix, goroutines strin
 	if err := os.WriteFile(filepath.Join(dir, "goroutine-"+suffix+".txt"), []byte(goroutines), 0o644); err != nil {
 		return err
 	}
-	heap, err := httpGetBody(ctx, p.api+"/debug/pprof/heap")
+	heap, err := p.Get(ctx, "/debug/pprof/heap")
 	if err != nil {
 		return fmt.Errorf("heap profile: %w", err)
 	}

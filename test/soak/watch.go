@@ -2,24 +2,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
-// RTM's streams (the defaults of CONTRACT §1).
-const (
-	startJobs    = "runtime:start_jobs"
-	stopJobs     = "runtime:stop_jobs"
-	jobResults   = "runtime:job_results"
-	healthEvents = "runtime:health_events"
-)
-
-// watcher follows runtime:job_results and runtime:health_events from their beginning with a
-// blocking XREAD. It counts the results of every request id (the exactly-once check) and the
+// watcher follows runtime:job_results and runtime:health_events from their beginning
+// (harness.Follow). It counts the results of every request id (the exactly-once check) and the
 // health events by type.
 type watcher struct {
 	rdb *redis.Client
@@ -52,44 +45,21 @@ func (w *watcher) slot(requestID string) *result {
 
 // run reads both streams until ctx ends.
 func (w *watcher) run(ctx context.Context) {
-	ids := map[string]string{jobResults: "0-0", healthEvents: "0-0"}
-	for ctx.Err() == nil {
-		res, err := w.rdb.XRead(ctx, &redis.XReadArgs{
-			Streams: []string{jobResults, healthEvents, ids[jobResults], ids[healthEvents]},
-			Count:   1000, Block: 2 * time.Second}).Result()
-		if errors.Is(err, redis.Nil) {
-			continue
-		}
-		if err != nil {
-			if ctx.Err() == nil {
-				logf("watcher: %v", err)
-				sleepCtx(ctx, 200*time.Millisecond)
-			}
-			continue
-		}
+	harness.Follow(ctx, w.rdb, func(e harness.Entry) {
 		w.mu.Lock()
-		for _, s := range res {
-			for _, m := range s.Messages {
-				ids[s.Stream] = m.ID
-				f := make(map[string]string, len(m.Values))
-				for k, v := range m.Values {
-					f[k], _ = v.(string)
-				}
-				if s.Stream == healthEvents {
-					w.health[f["event_type"]]++
-					continue
-				}
-				w.total++
-				r := w.slot(f["request_id"])
-				r.count++
-				if r.count == 1 {
-					r.fields = f
-					close(r.done)
-				}
-			}
+		defer w.mu.Unlock()
+		if e.Stream == harness.HealthEvents {
+			w.health[e.Fields["event_type"]]++
+			return
 		}
-		w.mu.Unlock()
-	}
+		w.total++
+		r := w.slot(e.Fields["request_id"])
+		r.count++
+		if r.count == 1 {
+			r.fields = e.Fields
+			close(r.done)
+		}
+	}, harness.JobResults, harness.HealthEvents)
 }
 
 // wait returns the first result of a request id.

@@ -1,0 +1,303 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// LogLine is one JSON log line of RTM.
+type LogLine struct {
+	Time  time.Time
+	Level string
+	Msg   string
+	Attrs map[string]any // every field of the line, msg, level and time included
+}
+
+// Proc is a running rtmanager binary: its log (copied to a file in the work dir and parsed as it
+// is written), its /proc entry and its internal listener.
+type Proc struct {
+	API     string // http://addr of the internal listener
+	LogPath string
+
+	cmd  *exec.Cmd
+	pid  int
+	done chan struct{}
+	http *http.Client
+	keep func(LogLine) bool
+
+	mu      sync.Mutex
+	lines   []LogLine
+	changed chan struct{} // closed and replaced on every line kept
+}
+
+// StartRTM runs the binary with env (and PATH), its log going to logName in the work dir, and
+// waits until it listens and every worker has started. keep is called for every log line, from
+// the goroutine that reads the log; the line is kept for WaitLog when it returns true (nil keeps
+// every line). Close stops the process if the caller has not.
+func (w *World) StartRTM(ctx context.Context, env map[string]string, logName string, keep func(LogLine) bool) (*Proc, error) {
+	logPath := filepath.Join(w.Work, logName)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(w.Bin)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	// Its own process group: a Ctrl-C in the terminal reaches the program, which stops RTM in
+	// order, after nothing depends on it any more.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A kernel pipe (not io.Pipe): RTM's log writes never wait for the parser.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		logFile.Close()
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, pw
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		logFile.Close()
+		return nil, fmt.Errorf("starting rtmanager: %w", err)
+	}
+	if keep == nil {
+		keep = func(LogLine) bool { return true }
+	}
+	p := &Proc{LogPath: logPath, cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{}),
+		http: &http.Client{Timeout: 30 * time.Second}, keep: keep, changed: make(chan struct{})}
+	w.mu.Lock()
+	w.procs = append(w.procs, p)
+	w.mu.Unlock()
+	go func() {
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	go func() {
+		p.readLog(pr, logFile)
+		pr.Close()
+		logFile.Close()
+	}()
+
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	l, err := p.WaitLog(rctx, 0, func(l LogLine) bool { return l.Msg == "internal http listening" })
+	if err != nil {
+		p.Stop(5 * time.Second)
+		return nil, fmt.Errorf("rtmanager did not open its listener: %w (log %s)", err, logPath)
+	}
+	p.API = "http://" + fmt.Sprint(l.Attrs["addr"])
+	if _, err := p.WaitLog(rctx, 0, func(l LogLine) bool { return l.Msg == "worker started" && l.Attrs["worker"] == "publisher" }); err != nil {
+		p.Stop(5 * time.Second)
+		return nil, fmt.Errorf("rtmanager did not start its workers: %w (log %s)", err, logPath)
+	}
+	return p, nil
+}
+
+func (p *Proc) readLog(r io.Reader, copyTo io.Writer) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		b := sc.Bytes()
+		_, _ = copyTo.Write(append(b, '\n'))
+		var m map[string]any
+		if json.Unmarshal(b, &m) != nil {
+			continue
+		}
+		l := LogLine{Attrs: m}
+		l.Msg, _ = m["msg"].(string)
+		l.Level, _ = m["level"].(string)
+		if ts, ok := m["time"].(string); ok {
+			l.Time, _ = time.Parse(time.RFC3339Nano, ts)
+		}
+		// Start-up lines are always kept: StartRTM waits for them.
+		if !p.keep(l) && l.Msg != "internal http listening" && l.Msg != "worker started" {
+			continue
+		}
+		p.mu.Lock()
+		p.lines = append(p.lines, l)
+		close(p.changed)
+		p.changed = make(chan struct{})
+		p.mu.Unlock()
+	}
+	_, _ = io.Copy(io.Discard, r)
+}
+
+// WaitLog returns the first kept line at index ≥ from that matches, or an error when RTM exits
+// or ctx ends first.
+func (p *Proc) WaitLog(ctx context.Context, from int, match func(LogLine) bool) (LogLine, error) {
+	for {
+		p.mu.Lock()
+		for i := from; i < len(p.lines); i++ {
+			if match(p.lines[i]) {
+				l := p.lines[i]
+				p.mu.Unlock()
+				return l, nil
+			}
+		}
+		from = len(p.lines)
+		ch := p.changed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-p.done:
+			return LogLine{}, fmt.Errorf("rtmanager exited")
+		case <-ctx.Done():
+			return LogLine{}, ctx.Err()
+		}
+	}
+}
+
+// Exited reports whether RTM is gone.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop sends SIGTERM and waits up to grace before killing.
+func (p *Proc) Stop(grace time.Duration) {
+	if p.Exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// ProcStat is a reading of /proc/<pid>.
+type ProcStat struct {
+	At      time.Time
+	CPU     time.Duration // user + system
+	RSSKB   int64
+	Threads int64
+}
+
+// Stat reads RTM's CPU time, RSS and threads from /proc.
+func (p *Proc) Stat() (ProcStat, error) {
+	st := ProcStat{At: time.Now()}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
+	if err != nil {
+		return st, err
+	}
+	// Fields after the command name (which may hold spaces) start after ")".
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const clkTck = 100 // USER_HZ on Linux
+	st.CPU = time.Duration(utime+stime) * time.Second / clkTck
+	b, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
+	if err != nil {
+		return st, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.Fields(v + " 0")[0], 10, 64)
+		switch k {
+		case "VmRSS":
+			st.RSSKB = n
+		case "Threads":
+			st.Threads = n
+		}
+	}
+	return st, nil
+}
+
+// FDs counts RTM's open file descriptors.
+func (p *Proc) FDs() (int, error) {
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid))
+	return len(fds), err
+}
+
+// Get returns the body of a GET of path on RTM's internal listener.
+func (p *Proc) Get(ctx context.Context, path string) (string, error) {
+	return HTTPGet(ctx, p.http, p.API+path)
+}
+
+// GoroutineProfile returns /debug/pprof/goroutine?debug=1 and the total on its first line.
+func (p *Proc) GoroutineProfile(ctx context.Context) (string, int, error) {
+	body, err := p.Get(ctx, "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return "", 0, err
+	}
+	first, _, _ := strings.Cut(body, "\n")
+	var n int
+	if _, err := fmt.Sscanf(first, "goroutine profile: total %d", &n); err != nil {
+		return "", 0, fmt.Errorf("reading goroutine profile: %q", first)
+	}
+	return body, n, nil
+}
+
+// Metrics scrapes /metrics once.
+func (p *Proc) Metrics(ctx context.Context) (PromText, error) {
+	body, err := p.Get(ctx, "/metrics")
+	return PromText(body), err
+}
+
+// PromText is a Prometheus text exposition.
+type PromText string
+
+// Sum adds the samples of a metric whose labels contain all of want.
+func (t PromText) Sum(name string, want ...string) float64 {
+	var total float64
+	for _, line := range strings.Split(string(t), "\n") {
+		if !strings.HasPrefix(line, name) || len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ' {
+			continue
+		}
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(line, w)
+		}
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err == nil {
+			total += v
+		}
+	}
+	return total
+}
+
+// WaitIdle returns once the controller's queue is empty and no reconcile runs, twice in a row
+// every apart, or after timeout.
+func (p *Proc) WaitIdle(ctx context.Context, timeout, every time.Duration) {
+	deadline := time.Now().Add(timeout)
+	quiet := 0
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		m, err := p.Metrics(ctx)
+		if err == nil && m.Sum("workqueue_depth", `name="game"`) == 0 && m.Sum("controller_runtime_active_workers", `controller="game"`) == 0 {
+			quiet++
+			if quiet >= 2 {
+				return
+			}
+		} else {
+			quiet = 0
+		}
+		SleepCtx(ctx, every)
+	}
+}
