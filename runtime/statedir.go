@@ -19,6 +19,12 @@ type StateDirs struct {
 	GID  int
 }
 
+// Path returns the host path of gameID's state dir: the one rule for it, which admission records
+// in a game's desired state and Ensure creates. It checks nothing; Ensure refuses an invalid id.
+func (s StateDirs) Path(gameID string) string {
+	return filepath.Join(s.Root, gameID)
+}
+
 // Ensure returns the host path of gameID's state dir, creating it with the configured mode and
 // owner when missing. It is never deleted by RTM. A game id that is not valid, a path that exists
 // but is not a plain directory (a symlink, a file), or a root that cannot be used fails with
@@ -35,7 +41,7 @@ func (s StateDirs) Ensure(gameID string) (string, error) {
 		return "", &rtm.Error{Code: rtm.CodeStartConfigInvalid, Message: "the game state root cannot be opened", Err: err}
 	}
 	defer root.Close()
-	path := filepath.Join(s.Root, gameID)
+	path := s.Path(gameID)
 	fi, err := root.Lstat(gameID)
 	switch {
 	case err == nil && fi.Mode()&fs.ModeSymlink != 0:

@@ -43,6 +43,10 @@ func TestStateDirs_Ensure(t *testing.T) {
 			if err != nil || got != filepath.Join(root, tt.given) {
 				t.Fatalf("Ensure(%q) = %q, %v", tt.given, got, err)
 			}
+			// Admission records Path in the desired state; the reconciler mounts what Ensure made.
+			if p := dirs.Path(tt.given); p != got {
+				t.Fatalf("Path(%q) = %q, Ensure made %q", tt.given, p, got)
+			}
 			fi, err := os.Lstat(got)
 			if err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o750 {
 				t.Fatalf("dir %v mode %v", err, fi.Mode())

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,10 +184,8 @@ func (m *manager) reportTelemetry(context.Context) error {
 func (m *manager) setupReconciler(context.Context) error {
 	cfg := m.cfg
 	m.prober = probe.New(cfg.EnginePort, cfg.ProbeTarget == config.ProbeTargetContainerIP, cfg.ProbeTimeout)
-	dirs := runtime.StateDirs{Root: cfg.GameStateRoot, Mode: os.FileMode(cfg.GameStateDirMode),
-		UID: cfg.GameStateOwnerUID, GID: cfg.GameStateOwnerGID}
 	m.cache = runtime.NewCache()
-	rec, err := controllers.New(m.st, m.dk, m.co, dirs, m.prober, controllers.Options{
+	rec, err := controllers.New(m.st, m.dk, m.co, m.stateDirs(), m.prober, controllers.Options{
 		Network: cfg.DockerNetwork, EnginePort: cfg.EnginePort, StateMount: cfg.EngineStateMount,
 		StopTimeout: cfg.EngineStopTimeout, MemoryBytes: cfg.EngineMemoryBytes, NanoCPUs: cfg.EngineNanoCPUs,
 		PidsLimit: cfg.EnginePidsLimit, User: cfg.EngineUser, ReadOnlyRoot: cfg.EngineReadOnlyRoot,
@@ -210,11 +207,17 @@ func (m *manager) setupReconciler(context.Context) error {
 	return nil
 }
 
-// settings are what admission needs (the intake's).
+// stateDirs are the games' state directories, which the reconciler creates.
+func (m *manager) stateDirs() runtime.StateDirs {
+	cfg := m.cfg
+	return runtime.StateDirs{Root: cfg.GameStateRoot, Mode: os.FileMode(cfg.GameStateDirMode),
+		UID: cfg.GameStateOwnerUID, GID: cfg.GameStateOwnerGID}
+}
+
+// settings are what admission needs (the intake's): a game's state dir is the one the
+// reconciler creates.
 func (m *manager) settings() rtm.Settings {
-	return rtm.Settings{EnginePort: m.cfg.EnginePort, StateRootJoin: func(id string) string {
-		return filepath.Join(m.cfg.GameStateRoot, id)
-	}}
+	return rtm.Settings{EnginePort: m.cfg.EnginePort, StateRootJoin: m.stateDirs().Path}
 }
 
 // setupListener is step 5: the internal HTTP listener (probes, metrics, the REST API).
