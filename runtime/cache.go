@@ -7,9 +7,10 @@ import (
 	rtm "github.com/galaxy-platform/rtmanager"
 )
 
-// Cache is the reconciler's view of the owned containers, like an informer's cache: filled by one
-// List call (the boot pass and every periodic pass) and invalidated game by game by Docker
-// events, so that a pass over a converged world costs no per-game Docker call. The reconciler
+// Cache is the reconciler's view of the owned containers, an informer's store: filled by one List
+// call (the boot pass, every periodic pass and the Informer's relist after each subscription to
+// the events) and invalidated game by game by the Docker events the Informer applies, so that a
+// pass over a converged world costs no per-game Docker call. The reconciler
 // decides on the cached view and, before acting, inspects afresh under the game's lease: a stale
 // entry costs a look, never a wrong action.
 //
