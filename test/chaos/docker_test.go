@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // TestChaos_dockerUnreachable cuts RTM's path to the Docker daemon (every RTM of the suite reaches
@@ -87,7 +89,7 @@ func TestChaos_dockerUnreachable(t *testing.T) {
 		if !saw503 {
 			t.Errorf("round %d (%s): /readyz never answered 503 naming docker", round, mode)
 		}
-		eventually(t, 30*time.Second, "/readyz 200 after docker returned", func() (bool, string) {
+		testenv.Eventually(t, 30*time.Second, "/readyz 200 after docker returned", func() (bool, string) {
 			code, body := p.readyz()
 			return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
 		})
@@ -146,7 +148,7 @@ func TestChaos_dockerRefusesStop(t *testing.T) {
 	stopID := r.sendStop(wedged)
 	r.sendStop(others[0])
 	r.sendStart(others[1], img(v141)) // already running: answered at once
-	eventually(t, 90*time.Second, "the refused stop answered", func() (bool, string) {
+	testenv.Eventually(t, 90*time.Second, "the refused stop answered", func() (bool, string) {
 		if len(r.results.byRequest()[stopID]) > 0 {
 			return true, ""
 		}

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // TestChaos_leaseExpiresMidPatch lets a game's lease expire in the middle of a slow operation. Two
@@ -64,7 +66,7 @@ func TestChaos_leaseExpiresMidPatch(t *testing.T) {
 			patched <- answer{code, body, id, time.Now()}
 		}()
 		// A is verifying once the 1.4.3 container runs.
-		eventually(t, 60*time.Second, "the 1.4.3 container created and started", func() (bool, string) {
+		testenv.Eventually(t, 60*time.Second, "the 1.4.3 container created and started", func() (bool, string) {
 			c := r.watch.createdImages(g)
 			return len(c) > createsBefore && c[len(c)-1] == img(v143) && r.watch.startedLatest(g), fmt.Sprint(c)
 		})

@@ -9,9 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -56,7 +54,7 @@ func runSuite(m *testing.M) int {
 	_, _ = rand.Read(b[:])
 	suite.run = "c" + hex.EncodeToString(b[:])
 
-	if err := dockerAnswers(); err != nil {
+	if err := testenv.DockerPing(context.Background()); err != nil {
 		fmt.Fprintf(os.Stderr, "chaos: no Docker daemon (%v); the tests will skip unless %s=1\n", err, testenv.EnvE2ERequired)
 		return m.Run()
 	}
@@ -119,12 +117,7 @@ func prepare(ctx context.Context) error {
 			return
 		}
 		suite.bin = filepath.Join(suite.work, "rtmanager")
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-X main.version=chaos", "-o", suite.bin, "./cmd/manager")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build ./cmd/manager: %w\n%s", err, out)
-		}
+		binErr = testenv.GoBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=chaos")
 	}()
 	go func() {
 		defer wg.Done()
@@ -140,25 +133,9 @@ func prepare(ctx context.Context) error {
 	return nil
 }
 
-func dockerAnswers() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "docker", "version", "--format", "{{.Server.Version}}").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
 // requireSuite is the first call of every test: it skips without Docker (fails under
 // RTM_E2E_REQUIRED=1) and fails when the suite could not be prepared.
-func requireSuite(t *testing.T) {
-	t.Helper()
-	testenv.RequireDocker(t)
-	if suite.err != nil || suite.env == nil {
-		t.Fatalf("the suite was not prepared: %v", suite.err)
-	}
-}
+func requireSuite(t *testing.T) { t.Helper(); testenv.RequireSuite(t, suite.env, suite.err) }
 
 // report prints a fault's report line so that it shows in `make chaos` output (fmt) and in the
 // test's log (t.Log), and keeps it for the summary TestMain prints at the end.

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // restCall is one REST request of the overlap test and its answer.
@@ -175,7 +177,7 @@ func TestChaos_rollingOverlap(t *testing.T) {
 			mutations = append(mutations, cl.requestID)
 		}
 	}
-	eventually(t, 30*time.Second, "every accepted REST mutation in operation_log once", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "every accepted REST mutation in operation_log once", func() (bool, string) {
 		rows, err := r.pg.Query(ctx, `SELECT request_id, count(*) FROM operation_log WHERE request_id = ANY($1) GROUP BY 1`, mutations)
 		if err != nil {
 			return false, err.Error()

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // TestChaos_postgresStopped stops PostgreSQL for 10s while jobs arrive, twice. RTM keeps running,
@@ -78,7 +80,7 @@ func TestChaos_postgresStopped(t *testing.T) {
 		if !saw503 {
 			t.Errorf("round %d: /readyz never answered 503 naming postgres during the outage", round)
 		}
-		eventually(t, 30*time.Second, "/readyz 200 after postgres returned", func() (bool, string) {
+		testenv.Eventually(t, 30*time.Second, "/readyz 200 after postgres returned", func() (bool, string) {
 			code, body := p.readyz()
 			return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
 		})
@@ -198,13 +200,13 @@ func TestChaos_postgresBlackholed(t *testing.T) {
 	if !saw503 {
 		t.Errorf("/readyz never answered 503 naming postgres during the black hole: %s", strings.Join(readyz, " "))
 	}
-	eventually(t, 60*time.Second, "every job answered after the black hole ended", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "every job answered after the black hole ended", func() (bool, string) {
 		c := r.counts()
 		return c.lost == 0, fmt.Sprintf("%d of %d jobs without a result; %d of the %d connections RTM had opened before or during the "+
 			"black hole are still open (a PostgreSQL call without a deadline waits on them for ever); %s",
 			c.lost, c.sent, pp.holes(), holesAtEnd, r.pgSummary())
 	})
-	eventually(t, 30*time.Second, "/readyz 200 after the black hole ended", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "/readyz 200 after the black hole ended", func() (bool, string) {
 		code, body := p.readyz()
 		return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
 	})

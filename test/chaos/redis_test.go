@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // TestChaos_redisRestartedEmpty restarts Redis empty (streams, offsets, leases and publish
@@ -44,7 +46,7 @@ func TestChaos_redisRestartedEmpty(t *testing.T) {
 			}
 		}
 		burst = append(burst, r.sendStop(r.game("unknown")), r.send(startJobs, "bad/id", "image_ref", img(v141)))
-		eventually(t, 30*time.Second, "the burst recorded in postgres", func() (bool, string) {
+		testenv.Eventually(t, 30*time.Second, "the burst recorded in postgres", func() (bool, string) {
 			var n int
 			if err := r.pg.QueryRow(ctx, `SELECT count(*) FROM requests WHERE request_id = ANY($1)`, burst).Scan(&n); err != nil {
 				return false, err.Error()
@@ -63,7 +65,8 @@ func TestChaos_redisRestartedEmpty(t *testing.T) {
 		r.results.drain(t)
 		before := r.counts()
 		crash := time.Now()
-		r.redis.RestartEmpty()
+		r.redis.Kill() // as a crash would
+		r.redis.Restart()
 		r.results.start("0-0")
 		if !p.alive() {
 			t.Fatalf("round %d: RTM exited with %d when Redis went away", round, p.code)
@@ -81,7 +84,7 @@ func TestChaos_redisRestartedEmpty(t *testing.T) {
 			t.Fatalf("round %d: RTM exited with %d", round, p.code)
 		}
 		var off string
-		eventually(t, 10*time.Second, "the consumers' offsets saved in the new Redis", func() (bool, string) {
+		testenv.Eventually(t, 10*time.Second, "the consumers' offsets saved in the new Redis", func() (bool, string) {
 			var err error
 			off, err = r.rdb.Get(ctx, "rtmanager:stream_offsets:stopjobs").Result()
 			return err == nil && off != "", fmt.Sprint(err)
@@ -147,7 +150,7 @@ func TestChaos_redisCutOff(t *testing.T) {
 			answered <- answer{code, body}
 		}()
 		// A is verifying once the 1.4.3 container runs.
-		eventually(t, 60*time.Second, "the 1.4.3 container created and started", func() (bool, string) {
+		testenv.Eventually(t, 60*time.Second, "the 1.4.3 container created and started", func() (bool, string) {
 			c := r.watch.createdImages(g)
 			return len(c) > createsBefore && c[len(c)-1] == img(v143) && r.watch.startedLatest(g), fmt.Sprint(c)
 		})

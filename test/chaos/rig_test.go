@@ -24,6 +24,8 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // Streams RTM reads and writes (the contract's defaults).
@@ -44,7 +46,7 @@ type rig struct {
 	stateRoot string
 	dsn       string
 	pg        *pgxpool.Pool
-	redis     *redisServer
+	redis     *testenv.RedisServer
 	rdb       *redis.Client
 	env       map[string]string
 	results   *collector
@@ -106,8 +108,10 @@ func newRig(t *testing.T, tag string) *rig {
 	}
 	t.Cleanup(pool.Close)
 	r.pg = pool
-	r.redis = startRedis(t)
-	r.rdb = r.redis.Client()
+	r.redis = testenv.StartRedisServer(t)
+	r.rdb = r.redis.Client(func(o *redis.Options) {
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 2*time.Second, 3*time.Second, 3*time.Second
+	})
 
 	r.env = map[string]string{
 		"RTMANAGER_INTERNAL_HTTP_ADDR":         "127.0.0.1:0",
@@ -643,7 +647,7 @@ func (r *rig) counts() counts {
 // waitAnswered waits until every job sent has a result.
 func (r *rig) waitAnswered(timeout time.Duration) {
 	r.t.Helper()
-	eventually(r.t, timeout, "every job answered", func() (bool, string) {
+	testenv.Eventually(r.t, timeout, "every job answered", func() (bool, string) {
 		c := r.counts()
 		if c.lost == 0 {
 			return true, ""
@@ -791,7 +795,7 @@ func describe(c *seenContainer) string {
 // waitConverged waits until RTM has nothing pending and every record equals what Docker shows.
 func (r *rig) waitConverged(timeout time.Duration) {
 	r.t.Helper()
-	eventually(r.t, timeout, "records converged with docker", func() (bool, string) {
+	testenv.Eventually(r.t, timeout, "records converged with docker", func() (bool, string) {
 		m := r.mismatches()
 		return len(m) == 0, strings.Join(head(m, 12), "; ")
 	})
@@ -905,22 +909,6 @@ func (r *rig) finish(fault string, timeout time.Duration) {
 		r.t.Errorf("fault %s: %d interleaved mutations: a process changed a game's container while another was in the middle of "+
 			"its own work on it (two processes acting on one game at once: the lease did not exclude them):\n  %s",
 			fault, len(inter), strings.Join(head(inter, 20), "\n  "))
-	}
-}
-
-// eventually polls cond every 200ms until it holds or timeout passes, then fails the test.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %s", what, timeout, msg)
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }
 

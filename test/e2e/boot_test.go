@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/network"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // bootSequence is CONTRACT §2's start-up order, as log messages.
@@ -33,7 +35,7 @@ func TestBoot_HealthyStartupLogsRunbookOrderAndSevenWorkers(t *testing.T) {
 	r := newRig(t, "boot")
 	r.Start()
 	// Give the workers their moment: readiness may answer before the last line is written.
-	eventually(t, 5*time.Second, "seven worker started lines", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "seven worker started lines", func() (bool, string) {
 		n := 0
 		for _, l := range r.LogLines() {
 			if l.str("msg") == "worker started" {
@@ -120,7 +122,7 @@ func TestReadyz_Turns503PerDependency(t *testing.T) {
 
 	notReady := func(prefix string) {
 		t.Helper()
-		eventually(t, 15*time.Second, "/readyz 503 naming "+prefix, func() (bool, string) {
+		testenv.Eventually(t, 15*time.Second, "/readyz 503 naming "+prefix, func() (bool, string) {
 			code, body := httpGet(r.API + "/readyz")
 			msg := errorMessage(body)
 			return code == http.StatusServiceUnavailable && errorCode(body) == "service_unavailable" &&
@@ -129,7 +131,7 @@ func TestReadyz_Turns503PerDependency(t *testing.T) {
 	}
 	ready := func() {
 		t.Helper()
-		eventually(t, 30*time.Second, "/readyz ready again", func() (bool, string) {
+		testenv.Eventually(t, 30*time.Second, "/readyz ready again", func() (bool, string) {
 			code, body := httpGet(r.API + "/readyz")
 			return code == http.StatusOK && strings.Contains(string(body), `"status":"ready"`), string(body)
 		})
@@ -208,7 +210,7 @@ func TestShutdown_PersistsOffsetsAndResumesWithoutRehandling(t *testing.T) {
 	}
 	expect(t, r.Ops(a, "start", "") == 1 && r.Ops(a, "stop", "") == 1, "game a's jobs were handled again: %q", r.OpKinds(a))
 	expect(t, r.State(a) == "exited", "the stopped game was started again: %q", r.State(a))
-	eventually(t, 5*time.Second, "start jobs offset advanced", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "start jobs offset advanced", func() (bool, string) {
 		off, _ := r.RDB.Get(ctx, "rtmanager:stream_offsets:startjobs").Result()
 		return off == laterID, "offset " + off + ", want " + laterID
 	})

@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // The contract's verbs, spoken the way RTM's peers speak them: job entries on the input
@@ -89,7 +91,7 @@ func (r *rig) Results(requestID string) []entry {
 func (r *rig) WaitResult(requestID string, timeout time.Duration) entry {
 	r.t.Helper()
 	var got []entry
-	eventually(r.t, timeout, "job result for "+requestID, func() (bool, string) {
+	testenv.Eventually(r.t, timeout, "job result for "+requestID, func() (bool, string) {
 		got = r.Results(requestID)
 		return len(got) > 0, "none on the job results stream"
 	})
@@ -125,7 +127,7 @@ func (r *rig) HealthEvents(gameID, eventType string) []entry {
 func (r *rig) WaitHealth(gameID, eventType string, timeout time.Duration) entry {
 	r.t.Helper()
 	var got []entry
-	eventually(r.t, timeout, eventType+" event for "+gameID, func() (bool, string) {
+	testenv.Eventually(r.t, timeout, eventType+" event for "+gameID, func() (bool, string) {
 		got = r.HealthEvents(gameID, eventType)
 		return len(got) > 0, fmt.Sprintf("events of the game so far: %v", r.HealthEvents(gameID, ""))
 	})
@@ -176,7 +178,7 @@ func (r *rig) Record(gameID string) record {
 func (r *rig) WaitStatus(gameID, status string, timeout time.Duration) record {
 	r.t.Helper()
 	var rec record
-	eventually(r.t, timeout, "record "+gameID+" "+status, func() (bool, string) {
+	testenv.Eventually(r.t, timeout, "record "+gameID+" "+status, func() (bool, string) {
 		rec = r.Record(gameID)
 		return rec.Status == status, fmt.Sprintf("record %+v", rec)
 	})

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // Day two for operators (issue 18): what a signal, a wiped Redis, a typo or a hand-started
@@ -134,7 +136,7 @@ func TestDay2_SIGHUP_RunsAManualReconcilePass(t *testing.T) {
 	t0 := time.Now()
 	r.signal(syscall.SIGHUP)
 	var pass logLine
-	eventually(t, 30*time.Second, "manual reconcile pass logged", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "manual reconcile pass logged", func() (bool, string) {
 		lines := r.logged("manual reconcile pass")
 		if len(lines) == 0 {
 			return false, "no such line"
@@ -159,7 +161,7 @@ func TestDay2_SIGHUP_RunsAManualReconcilePass(t *testing.T) {
 	code, body := httpGet(r.API + "/healthz")
 	expect(t, code == http.StatusOK, "/healthz after SIGHUP: %d %s", code, body)
 	r.signal(syscall.SIGHUP)
-	eventually(t, 30*time.Second, "second manual reconcile pass logged", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "second manual reconcile pass logged", func() (bool, string) {
 		n := len(r.logged("manual reconcile pass"))
 		return n == 2, fmt.Sprintf("%d such lines", n)
 	})
@@ -193,7 +195,7 @@ func TestDay2_RedisWipe_ResentJobAnsweredAgainOnce(t *testing.T) {
 	again := r.WaitResult(req, 60*time.Second)
 	expect(t, maps.Equal(again.F, first.F), "the result published again differs:\n got %v\nwant %v", again.F, first.F)
 	var info []logLine
-	eventually(t, 10*time.Second, "info line on the result published again", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "info line on the result published again", func() (bool, string) {
 		info = r.logged("duplicate job's result lost from redis, published again")
 		return len(info) > 0, "none"
 	})
@@ -202,7 +204,7 @@ func TestDay2_RedisWipe_ResentJobAnsweredAgainOnce(t *testing.T) {
 
 	// Once more, now that Redis holds the result again: nothing is added.
 	last := r.StartJob(g, img(v141), req)
-	eventually(t, 30*time.Second, "the resent job handled and the outbox drained", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the resent job handled and the outbox drained", func() (bool, string) {
 		off, _ := r.RDB.Get(ctx, "rtmanager:stream_offsets:startjobs").Result()
 		backlog := r.outboxBacklog()
 		return off == last && backlog == 0, fmt.Sprintf("offset %s (want %s), outbox backlog %d", off, last, backlog)
@@ -243,7 +245,7 @@ func TestDay2_StreamRetention_BoundsOutputStreams(t *testing.T) {
 	}
 	lastRes := r.WaitResult(req(jobs-1), 120*time.Second)
 	expect(t, lastRes.F["error_code"] == "start_config_invalid", "the last result %v", lastRes)
-	eventually(t, 30*time.Second, "outbox drained", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "outbox drained", func() (bool, string) {
 		n := r.outboxBacklog()
 		return n == 0, fmt.Sprintf("%d rows unpublished", n)
 	})
@@ -326,7 +328,7 @@ func TestDay2_AdoptByLabel_AnyName(t *testing.T) {
 	rec = r.WaitStatus(live, "running", 30*time.Second)
 	expect(t, rec.ContainerID == idLive, "live adopt: record %+v, want %s", rec, short(idLive))
 	expect(t, r.Ops(live, "reconcile_adopt", "") == 1, "operation log %q", r.OpKinds(live))
-	eventually(t, 15*time.Second, "adopted engine probed healthy", func() (bool, string) {
+	testenv.Eventually(t, 15*time.Second, "adopted engine probed healthy", func() (bool, string) {
 		s := r.Snapshot(live)
 		return s.LastProbeAt != nil && s.Status == "healthy", pretty(s)
 	})

@@ -5,6 +5,8 @@ package e2e
 import (
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // An engine that exits by itself with a non-zero code is reported as container_exited carrying
@@ -26,7 +28,7 @@ func TestHealth_EngineExitReportsContainerExited(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339, ev.F["observed_at"]); err != nil {
 		t.Fatalf("observed_at %q: %v", ev.F["observed_at"], err)
 	}
-	eventually(t, 5*time.Second, "snapshot unhealthy with exit code 3", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "snapshot unhealthy with exit code 3", func() (bool, string) {
 		s := r.Snapshot(g)
 		return s.Status == "unhealthy" && s.ExitCode != nil && *s.ExitCode == 3 && !s.OOMKilled, pretty(s)
 	})
@@ -48,7 +50,7 @@ func TestHealth_DockerKillReportsContainerExited(t *testing.T) {
 	r.DockerKill(g)
 	ev := r.WaitHealth(g, "container_exited", 5*time.Second)
 	expect(t, ev.F["exit_code"] == "137", "event %v, want exit_code 137", ev)
-	eventually(t, 5*time.Second, "snapshot after the kill", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "snapshot after the kill", func() (bool, string) {
 		s := r.Snapshot(g)
 		return s.Status == "unhealthy" && s.ExitCode != nil && *s.ExitCode == 137 && !s.OOMKilled, pretty(s)
 	})
@@ -69,7 +71,7 @@ func TestHealth_OOMKillReportsContainerOOM(t *testing.T) {
 	r.Engine(g, "/control/oom")
 	ev := r.WaitHealth(g, "container_oom", 20*time.Second)
 	expect(t, ev.F["game_id"] == g, "event %v", ev)
-	eventually(t, 5*time.Second, "snapshot oom_killed", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "snapshot oom_killed", func() (bool, string) {
 		s := r.Snapshot(g)
 		return s.Status == "unhealthy" && s.OOMKilled, pretty(s)
 	})
@@ -84,7 +86,7 @@ func TestHealth_ProbeFailureAndRecovery(t *testing.T) {
 	r.Start()
 	g := r.game("a")
 	r.StartGame(g, img(v141))
-	eventually(t, 5*time.Second, "a first successful probe", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "a first successful probe", func() (bool, string) {
 		s := r.Snapshot(g)
 		return s.LastProbeAt != nil && s.Status == "healthy", pretty(s)
 	})
@@ -94,7 +96,7 @@ func TestHealth_ProbeFailureAndRecovery(t *testing.T) {
 	// interval 1s, threshold 2: well within 8s.
 	r.WaitHealth(g, "probe_failed", 8*time.Second)
 	t.Logf("probe_failed %s after the engine turned sick", time.Since(t0).Round(time.Millisecond))
-	eventually(t, 5*time.Second, "snapshot unhealthy with failures counted", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "snapshot unhealthy with failures counted", func() (bool, string) {
 		s := r.Snapshot(g)
 		return s.Status == "unhealthy" && s.ProbeFailures >= 2 && s.LastEventType == "probe_failed", pretty(s)
 	})
@@ -105,7 +107,7 @@ func TestHealth_ProbeFailureAndRecovery(t *testing.T) {
 
 	r.Engine(g, "/control/well")
 	r.WaitHealth(g, "probe_recovered", 8*time.Second)
-	eventually(t, 5*time.Second, "snapshot healthy again", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "snapshot healthy again", func() (bool, string) {
 		s := r.Snapshot(g)
 		return s.Status == "healthy" && s.ProbeFailures == 0 && s.LastEventType == "probe_recovered", pretty(s)
 	})

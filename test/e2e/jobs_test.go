@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // Lobby's path: a start job brings up galaxy-game-<id> as CONTRACT §3 describes it and answers
@@ -52,7 +54,7 @@ func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
 	dir := filepath.Join(r.StateRoot, g)
 	st, err := os.Stat(dir)
 	expect(t, err == nil && st.Mode().Perm() == 0o750, "state dir %s: %v mode %v, want 0750", dir, err, st)
-	eventually(t, 5*time.Second, "the engine's boot counter in its state dir", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "the engine's boot counter in its state dir", func() (bool, string) {
 		return r.Boots(g) == "1", "boots " + r.Boots(g)
 	})
 
@@ -110,7 +112,7 @@ func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
 	r.StartJob(g, img(v141), "req-"+g+"-restart")
 	r.WaitSucceeded("req-" + g + "-restart")
 	expect(t, r.State(g) == "running", "container after a second start: %q", r.State(g))
-	eventually(t, 5*time.Second, "second boot from the same state dir", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "second boot from the same state dir", func() (bool, string) {
 		return r.Boots(g) == "2", "boots " + r.Boots(g)
 	})
 }
@@ -146,7 +148,7 @@ func TestStartFailure_EachPublishesItsIntent(t *testing.T) {
 				t.Fatalf("result %v, want failed with %s and a message", res, tc.code)
 			}
 			var intents []entry
-			eventually(t, 10*time.Second, "notification intent", func() (bool, string) {
+			testenv.Eventually(t, 10*time.Second, "notification intent", func() (bool, string) {
 				intents = r.Intents(tc.game)
 				return len(intents) > 0, "none"
 			})

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -81,7 +80,7 @@ func runSuite(m *testing.M) int {
 	_, _ = rand.Read(b[:])
 	suite.run = "e" + hex.EncodeToString(b[:])
 
-	if err := dockerAnswers(); err != nil {
+	if err := testenv.DockerPing(context.Background()); err != nil {
 		// Every test calls requireDocker first: it skips, or fails under RTM_E2E_REQUIRED=1.
 		fmt.Fprintf(os.Stderr, "e2e: no Docker daemon (%v); the tests will skip unless %s=1\n", err, testenv.EnvE2ERequired)
 		return m.Run()
@@ -140,7 +139,7 @@ func prepare(ctx context.Context, work string) (func(), error) {
 	go func() {
 		defer wg.Done()
 		suite.bin = filepath.Join(work, "rtmanager")
-		binErr = goBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=e2e")
+		binErr = testenv.GoBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=e2e")
 	}()
 	go func() {
 		defer wg.Done()
@@ -188,38 +187,9 @@ func setDefaultEnv(k, v string) {
 	}
 }
 
-func dockerAnswers() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "docker", "version", "--format", "{{.Server.Version}}").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
 // requireDocker is the first call of every test: without a Docker daemon the test skips, or
 // fails when RTM_E2E_REQUIRED=1 (CI sets it, so CI never passes by skipping).
-func requireDocker(t *testing.T) {
-	t.Helper()
-	testenv.RequireDocker(t)
-	if suite.setupErr != nil || suite.env == nil {
-		t.Fatalf("the suite was not prepared: %v", suite.setupErr)
-	}
-}
-
-// goBuild builds a static linux binary of pkg (relative to root) into out.
-func goBuild(ctx context.Context, root, out, pkg string, flags ...string) error {
-	args := append([]string{"build", "-trimpath", "-o", out}, flags...)
-	args = append(args, pkg)
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
-	}
-	return nil
-}
+func requireDocker(t *testing.T) { t.Helper(); testenv.RequireSuite(t, suite.env, suite.setupErr) }
 
 // buildEngineImages builds the stand-in engine once and one FROM scratch image per version with
 // testcontainers-go's FromDockerfile.
@@ -227,7 +197,7 @@ func buildEngineImages(ctx context.Context, root, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := goBuild(ctx, root, filepath.Join(dir, "engine"), "./"+testenv.EngineDir); err != nil {
+	if err := testenv.GoBuild(ctx, root, filepath.Join(dir, "engine"), "./"+testenv.EngineDir); err != nil {
 		return err
 	}
 	provider, err := testcontainers.NewDockerProvider()

@@ -19,6 +19,8 @@ import (
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // The production shape: RTM runs as a container built from the product's Dockerfile, on the game
@@ -88,7 +90,7 @@ func TestProductionShape_RTMInContainerProbesEnginesByDNSName(t *testing.T) {
 	}
 	r.API = ep
 
-	eventually(t, 5*time.Second, "seven workers started in the container", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "seven workers started in the container", func() (bool, string) {
 		return strings.Count(logs(), `"msg":"worker started"`) == 7, tailString(logs(), 5)
 	})
 	expect(t, strings.Contains(logs(), `"RTMANAGER_PROBE_TARGET":"endpoint"`), "RTM does not run with RTMANAGER_PROBE_TARGET=endpoint")
@@ -97,10 +99,10 @@ func TestProductionShape_RTMInContainerProbesEnginesByDNSName(t *testing.T) {
 	res := r.StartGame(g, img(v141))
 	expect(t, res.F["engine_endpoint"] == "http://galaxy-game-"+g+":8080", "result %v", res)
 	// The bind mount's source is a host path: the engine's state lands under the host's root.
-	eventually(t, 5*time.Second, "the engine's state on the host", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
+	testenv.Eventually(t, 5*time.Second, "the engine's state on the host", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
 
 	// Probed by DNS name from inside the network: healthy, then failing, then recovered.
-	eventually(t, 10*time.Second, "probes by DNS name succeed", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "probes by DNS name succeed", func() (bool, string) {
 		s := r.Snapshot(g)
 		return s.Status == "healthy" && s.LastProbeAt != nil && time.Since(*s.LastProbeAt) < 5*time.Second, pretty(s)
 	})
@@ -117,7 +119,7 @@ func TestProductionShape_RTMInContainerProbesEnginesByDNSName(t *testing.T) {
 	expect(t, code == http.StatusOK && decodeJSON(t, b)["engine_endpoint"] == "http://galaxy-game-"+g+":8080", "GET runtime: %d %s", code, b)
 	rec := r.Admin(http.StatusOK, http.MethodPost, gamePath(g, "/patch"), map[string]string{"image_ref": img(v142)})
 	expect(t, rec["current_image_ref"] == img(v142), "patch answered %v", rec)
-	eventually(t, 5*time.Second, "state kept across the patch", func() (bool, string) { return r.Boots(g) == "2", r.Boots(g) })
+	testenv.Eventually(t, 5*time.Second, "state kept across the patch", func() (bool, string) { return r.Boots(g) == "2", r.Boots(g) })
 
 	r.StopJob(g, "req-"+g+"-stop", "admin_request")
 	r.WaitSucceeded("req-" + g + "-stop")

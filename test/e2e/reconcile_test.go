@@ -10,6 +10,8 @@ import (
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // handStarted runs a labelled engine container the way the runbook's operator does for
@@ -53,7 +55,7 @@ func TestAdopt_HandStartedLabelledContainer(t *testing.T) {
 
 	// Adopted games are probed like any other: the probe time advances, no failures.
 	var first time.Time
-	eventually(t, 10*time.Second, "adopted game probed", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "adopted game probed", func() (bool, string) {
 		s := r.Snapshot(live)
 		if s.LastProbeAt == nil {
 			return false, pretty(s)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // The runbook's Patch Upgrade: the container is replaced by one of the new image, the endpoint
@@ -21,7 +23,7 @@ func TestPatch_UpgradeReplacesContainerAndKeepsState(t *testing.T) {
 	r.Start()
 	g := r.game("a")
 	r.StartGame(g, img(v141))
-	eventually(t, 5*time.Second, "first boot", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
+	testenv.Eventually(t, 5*time.Second, "first boot", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
 	oldID := r.ContainerID(g)
 	endpoint := fmt.Sprintf("http://galaxy-game-%s:%d", g, r.cfg.EnginePort)
 
@@ -40,7 +42,7 @@ func TestPatch_UpgradeReplacesContainerAndKeepsState(t *testing.T) {
 	expect(t, c != nil && c.State.Running && c.ID != oldID && c.Config.Image == img(v142),
 		"after the patch: container %v", c != nil && c.ID != oldID)
 	expect(t, rec["current_container_id"] == c.ID, "record names container %v, Docker runs %s", rec["current_container_id"], c.ID)
-	eventually(t, 5*time.Second, "the patched engine booted from the kept state", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "the patched engine booted from the kept state", func() (bool, string) {
 		return r.Boots(g) == "2", "boots " + r.Boots(g)
 	})
 	expect(t, r.Ops(g, "patch", "op_source = 'admin_rest' AND outcome = 'succeeded' AND old_image_ref = $1 AND new_image_ref = $2",
@@ -100,7 +102,7 @@ func TestRestart_FreshContainerSameImageAlsoAfterDispose(t *testing.T) {
 	c := r.Inspect(g)
 	expect(t, c != nil && c.State.Running && c.ID != oldID && c.Config.Image == img(v141), "after restart: same container or not running")
 	expect(t, rec["status"] == "running" && rec["current_container_id"] == c.ID && rec["current_image_ref"] == img(v141), "restart answered %v", rec)
-	eventually(t, 5*time.Second, "second boot", func() (bool, string) { return r.Boots(g) == "2", "boots " + r.Boots(g) })
+	testenv.Eventually(t, 5*time.Second, "second boot", func() (bool, string) { return r.Boots(g) == "2", "boots " + r.Boots(g) })
 	expect(t, r.Ops(g, "restart", "op_source = 'admin_rest' AND outcome = 'succeeded'") == 1, "operation log %q", r.OpKinds(g))
 
 	// The container vanishes (dispose), then the operator restarts the game.
@@ -109,7 +111,7 @@ func TestRestart_FreshContainerSameImageAlsoAfterDispose(t *testing.T) {
 	rec = r.Admin(http.StatusOK, http.MethodPost, gamePath(g, "/restart"), map[string]any{})
 	expect(t, rec["status"] == "running", "restart after a dispose answered %v", rec)
 	expect(t, r.State(g) == "running", "no container after restarting a disposed game: %q", r.State(g))
-	eventually(t, 5*time.Second, "third boot", func() (bool, string) { return r.Boots(g) == "3", "boots " + r.Boots(g) })
+	testenv.Eventually(t, 5*time.Second, "third boot", func() (bool, string) { return r.Boots(g) == "3", "boots " + r.Boots(g) })
 
 	code, b := r.Call(http.MethodPost, gamePath(r.game("nobody"), "/restart"), "gm", map[string]any{})
 	expect(t, code == http.StatusNotFound && errorCode(b) == "runtime_not_found", "restart of an unknown game: %d %s", code, b)

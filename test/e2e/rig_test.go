@@ -32,6 +32,7 @@ import (
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 
 	"github.com/galaxy-platform/rtmanager/config"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // rig is one test's world: its own PostgreSQL database, its own redis-server, its own Docker
@@ -47,7 +48,7 @@ type rig struct {
 	StateRoot string
 	DSN       string // the service role's DSN, search_path=rtmanager form
 	LibpqDSN  string // the same in libpq form (options=-csearch_path%3Drtmanager), psql's form
-	Redis     *redisServer
+	Redis     *testenv.RedisServer
 	RDB       *redis.Client
 	PG        *pgxpool.Pool // as the service role, which owns the tables
 
@@ -109,7 +110,7 @@ func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
 	}
 	t.Cleanup(pool.Close)
 	r.PG = pool
-	r.Redis = startRedis(t, o.redisBind...)
+	r.Redis = testenv.StartRedisServer(t, o.redisBind...)
 	r.RDB = r.Redis.Client()
 
 	r.Env = map[string]string{
@@ -443,23 +444,6 @@ func gamePath(gameID string, rest ...string) string {
 }
 
 // ---- waiting ----
-
-// eventually polls cond every 100 ms until it holds or timeout passes, then fails the test with
-// the last message cond gave.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %s", what, timeout, msg)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 // ---- Docker ----
 

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // ctlVersion is the version linked into the rtmctl binary the test builds.
@@ -45,7 +47,7 @@ func newCtl(t *testing.T, r *rig) *ctl {
 	bin := filepath.Join(t.TempDir(), "rtmctl")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := goBuild(ctx, suite.root, bin, "./cmd/rtmctl", "-ldflags", "-X main.version="+ctlVersion); err != nil {
+	if err := testenv.GoBuild(ctx, suite.root, bin, "./cmd/rtmctl", "-ldflags", "-X main.version="+ctlVersion); err != nil {
 		t.Fatal(err)
 	}
 	cfg := r.Config()
@@ -177,7 +179,7 @@ func TestRtmctl_VerbsAgainstARealRTM(t *testing.T) {
 
 	// get: the HEALTH column follows the probes.
 	var last string
-	eventually(t, 10*time.Second, "HEALTH healthy", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "HEALTH healthy", func() (bool, string) {
 		h, out := c.healthOf(g)
 		last = out
 		return h == "healthy", out
@@ -185,7 +187,7 @@ func TestRtmctl_VerbsAgainstARealRTM(t *testing.T) {
 	res = c.run("get", "runtimes")
 	expect(t, res.code == 0 && strings.Contains(res.stdout, "HEALTH") && strings.Contains(res.stdout, "GAME ID"), "get runtimes: %v", res)
 	r.Engine(g, "/control/sick")
-	eventually(t, 10*time.Second, "HEALTH unhealthy for an engine failing every probe", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "HEALTH unhealthy for an engine failing every probe", func() (bool, string) {
 		h, out := c.healthOf(g)
 		if h == "probe_failing" {
 			t.Logf("seen on the way: %s", strings.TrimSpace(out))
@@ -196,7 +198,7 @@ func TestRtmctl_VerbsAgainstARealRTM(t *testing.T) {
 	expect(t, res.code == 0 && strings.Contains(res.stdout, "unhealthy (probe_failed)") && strings.Contains(res.stdout, "probe_failed"),
 		"describe of a sick engine: %v", res)
 	r.Engine(g, "/control/well")
-	eventually(t, 10*time.Second, "HEALTH healthy again", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "HEALTH healthy again", func() (bool, string) {
 		h, out := c.healthOf(g)
 		return h == "healthy", out
 	})
@@ -214,7 +216,7 @@ func TestRtmctl_VerbsAgainstARealRTM(t *testing.T) {
 
 	// describe: record, health, operations, events in one view (the events reach Redis through
 	// the outbox, a moment after the snapshot changed).
-	eventually(t, 10*time.Second, "describe shows it all", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "describe shows it all", func() (bool, string) {
 		res = c.run("describe", g)
 		for _, want := range []string{"Name:", g, "Status:", "running", "Health:", "healthy", "Health Snapshot:",
 			"Operations (newest first", "start", "admin_rest", "succeeded", "Events (" + r.Config().HealthEventsStream,
@@ -238,7 +240,7 @@ func TestRtmctl_VerbsAgainstARealRTM(t *testing.T) {
 
 	// logs -f and wait --for=status=stopped across a stop: the stream ends with the container.
 	follow := c.start("logs", g, "-f", "--tail", "1")
-	eventually(t, 10*time.Second, "logs -f opened", func() (bool, string) { return follow.out.String() != "", follow.errOut.String() })
+	testenv.Eventually(t, 10*time.Second, "logs -f opened", func() (bool, string) { return follow.out.String() != "", follow.errOut.String() })
 	waiter := c.start("wait", g, "--for=status=stopped", "--interval", "200ms")
 	res = c.run("stop", g)
 	expect(t, res.code == 0 && strings.Contains(res.stdout, "stopped"), "stop: %v", res)
@@ -254,14 +256,14 @@ func TestRtmctl_VerbsAgainstARealRTM(t *testing.T) {
 
 	// get -w prints the row again when it changes; Ctrl-C ends it with 0.
 	watch := c.start("get", "runtime", g, "-w", "--interval", "200ms")
-	eventually(t, 10*time.Second, "get -w printed the table", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "get -w printed the table", func() (bool, string) {
 		return len(strings.Split(strings.TrimSpace(watch.out.String()), "\n")) >= 2, watch.out.String()
 	})
 	res = c.run("start", g, "--image", img(v141))
 	expect(t, res.code == 0, "start again: %v", res)
 	res = c.run("wait", g, "--for=status=running")
 	expect(t, res.code == 0 && strings.Contains(res.stdout, "condition met"), "wait --for=status=running: %v", res)
-	eventually(t, 10*time.Second, "get -w printed the running row", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "get -w printed the running row", func() (bool, string) {
 		ls := strings.Split(strings.TrimSpace(watch.out.String()), "\n")
 		return len(ls) >= 3 && strings.Fields(ls[len(ls)-1])[1] == "running", watch.out.String()
 	})
@@ -275,7 +277,7 @@ func TestRtmctl_VerbsAgainstARealRTM(t *testing.T) {
 		strings.Contains(res.stderr, "rtmctl wait "+g+" --for=status=running"), "patch not converged: %v", res)
 	var rec map[string]any
 	expect(t, json.Unmarshal([]byte(res.stdout), &rec) == nil && rec["game_id"] == g, "the record as it stands: %v", res)
-	eventually(t, 30*time.Second, "the first patch rolled back", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the first patch rolled back", func() (bool, string) {
 		return r.Ops(g, "patch", "outcome = 'failed'") == 1, strings.Join(r.OpKinds(g), " ")
 	})
 	r.WaitStatus(g, "running", 10*time.Second)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // runbookShell runs a snippet of the runbook with bash, as an operator on the RTM host would:
@@ -67,11 +69,11 @@ func TestRunbook_DiagnosticQueriesReturnExpectedRows(t *testing.T) {
 	startID = r.StartJob(h, img(v141), "req-"+h+"-start")
 	stopID := r.StopJob(h, "req-"+h+"-stop", "admin_request")
 	r.WaitSucceeded("req-" + h + "-stop")
-	eventually(t, 5*time.Second, "health snapshot of "+g, func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "health snapshot of "+g, func() (bool, string) {
 		s := r.Snapshot(g)
 		return s.Status == "healthy", pretty(s)
 	})
-	eventually(t, 5*time.Second, "offsets persisted", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "offsets persisted", func() (bool, string) {
 		a, _ := r.RDB.Get(context.Background(), "rtmanager:stream_offsets:startjobs").Result()
 		b, _ := r.RDB.Get(context.Background(), "rtmanager:stream_offsets:stopjobs").Result()
 		return a == startID && b == stopID, a + " " + b

@@ -81,11 +81,8 @@ func BuildEngineImages(ctx context.Context, repo string, versions ...string) err
 	}
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "engine")
-	goBuild := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./"+EngineDir)
-	goBuild.Dir = root
-	goBuild.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
-	if out, err := goBuild.CombinedOutput(); err != nil {
-		return fmt.Errorf("testenv: building %s: %w\n%s", EngineDir, err, out)
+	if err := GoBuild(ctx, root, bin, "./"+EngineDir); err != nil {
+		return fmt.Errorf("testenv: %w", err)
 	}
 	layer, err := tarFile(bin, "engine")
 	if err != nil {

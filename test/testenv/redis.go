@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -131,62 +130,29 @@ func installRedis(ctx context.Context) error {
 // spawnRedis starts redis-server as a child process on e.redisPort and waits until it answers.
 // The caller holds redisMu.
 func (e *Env) spawnRedis(ctx context.Context) error {
-	logf, err := os.OpenFile(e.redisLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	p, err := spawnRedis(ctx, redisArgs{port: e.redisPort, password: e.RedisPassword, bind: []string{"127.0.0.1"},
+		dir: e.WorkDir, log: e.redisLog})
 	if err != nil {
-		return fmt.Errorf("testenv: redis log: %w", err)
+		return err
 	}
-	defer logf.Close()
-	cmd := exec.Command("redis-server",
-		"--port", strconv.Itoa(e.redisPort), "--bind", "127.0.0.1",
-		"--requirepass", e.RedisPassword,
-		"--save", "", "--appendonly", "no",
-		"--dir", e.WorkDir, "--daemonize", "no", "--loglevel", "warning")
-	cmd.Dir = e.WorkDir
-	// Output goes to a file, never an inherited pipe: go test waits for its pipes to close.
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("testenv: starting redis-server: %w", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	e.redisCmd, e.redisDone = cmd, done
-	_ = os.WriteFile(filepath.Join(e.WorkDir, "redis.pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
-
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case <-done:
-			e.redisCmd, e.redisDone = nil, nil
-			return fmt.Errorf("testenv: redis-server on port %d exited during start-up:\n%s", e.redisPort, tail(e.redisLog, 10))
-		default:
-		}
-		if err := e.pingRedis(ctx, time.Second); err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			e.killRedis()
-			return fmt.Errorf("testenv: redis-server on port %d did not answer PING:\n%s", e.redisPort, tail(e.redisLog, 10))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.redisProc = p
+	_ = os.WriteFile(filepath.Join(e.WorkDir, "redis.pid"), []byte(strconv.Itoa(p.cmd.Process.Pid)), 0o644)
+	return nil
 }
 
 // killRedis stops the child redis-server, if any. The caller holds redisMu.
 func (e *Env) killRedis() {
-	if e.redisCmd == nil {
-		return
-	}
-	_ = e.redisCmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-e.redisDone:
-	case <-time.After(5 * time.Second):
-		_ = e.redisCmd.Process.Kill()
-		<-e.redisDone
-	}
-	e.redisCmd, e.redisDone = nil, nil
+	e.redisProc.stop()
+	e.redisProc = nil
+}
+
+// MustRedis returns a client of a fresh logical database of the environment's Redis
+// (NewRedisDB), closed when tb ends.
+func (e *Env) MustRedis(tb testing.TB) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(e.RedisOptions(e.NewRedisDB(tb)))
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 func (e *Env) pingRedis(ctx context.Context, timeout time.Duration) error {

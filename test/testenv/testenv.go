@@ -84,8 +84,7 @@ type Env struct {
 	pgUID, pgGID int // owner of the data dir when we run as root
 
 	redisMu   sync.Mutex
-	redisCmd  *exec.Cmd
-	redisDone chan struct{}
+	redisProc *redisProc
 	redisPort int
 	redisLog  string
 
@@ -195,7 +194,7 @@ func ModuleRoot() (string, error) {
 // RTM_E2E_REQUIRED=1 (CI must not silently skip the suites that need Docker).
 func RequireDocker(tb testing.TB) {
 	tb.Helper()
-	err := dockerPing(context.Background())
+	err := DockerPing(context.Background())
 	if err == nil {
 		return
 	}
@@ -205,7 +204,33 @@ func RequireDocker(tb testing.TB) {
 	tb.Skipf("docker not available: %v", err)
 }
 
-func dockerPing(ctx context.Context) error {
+// RequireSuite is the first call of every test of a suite that TestMain prepares once (the
+// e2e and chaos suites): RequireDocker, then it fails the test when the suite has no Env or
+// preparing it failed with prepErr.
+func RequireSuite(tb testing.TB, env *Env, prepErr error) {
+	tb.Helper()
+	RequireDocker(tb)
+	if prepErr != nil || env == nil {
+		tb.Fatalf("the suite was not prepared: %v", prepErr)
+	}
+}
+
+// GoBuild builds a static linux binary of pkg (relative to the module root root) into out, with
+// extra build flags.
+func GoBuild(ctx context.Context, root, out, pkg string, flags ...string) error {
+	args := append([]string{"build", "-trimpath", "-o", out}, flags...)
+	args = append(args, pkg)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return nil
+}
+
+// DockerPing reports whether a Docker daemon answers `docker version` within 15 s.
+func DockerPing(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "docker", "version", "--format", "{{.Server.Version}}").CombinedOutput()
