@@ -351,21 +351,15 @@ func (s *schedule) loseLease() {
 	p.leaser.arm(after, steal)
 }
 
-// submit records a request with the admission its channel uses and enqueues the game on p, as
-// the job consumer or the API of p would.
-func (s *schedule) submit(ctx context.Context, p *process, req rtm.Request, guard func(*rtm.Record) *rtm.Answer) {
+// submit hands a request to p's intake, as p's job consumer or API would: validated, admitted
+// under the record's lock, recorded, its game enqueued on p.
+func (s *schedule) submit(ctx context.Context, p *process, req rtm.Request, guard rtm.Guard) {
 	s.reqs++
 	req.RequestID = fmt.Sprintf("%sr%d", s.prefix, s.reqs)
 	req.ReceivedAt = time.Now().UTC()
-	settings := rtm.Settings{EnginePort: 8080, StateRootJoin: stateDirs{}.join}
-	sub, err := s.h.st.Submit(ctx, req, func(rec *rtm.Record, busy bool) rtm.Admission {
-		if guard != nil {
-			if a := guard(rec); a != nil {
-				return rtm.Admission{Answer: a}
-			}
-		}
-		return rtm.Admit(rec, req, busy, settings)
-	})
+	in := &rtm.Intake{Store: s.h.st, Enqueue: p.enqueue, Allowed: []string{"galaxy/game"},
+		Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: stateDirs{}.join}}
+	sub, err := in.Take(ctx, req, guard)
 	if err != nil {
 		s.violate("recording %s %s: %v", req.Kind, req.RequestID, err)
 		return
@@ -373,25 +367,26 @@ func (s *schedule) submit(ctx context.Context, p *process, req rtm.Request, guar
 	switch {
 	case sub.Duplicate:
 		s.step("  → %s duplicate", req.RequestID)
+	case sub.Discarded:
+		s.step("  → %s refused at once, nothing recorded: %s", req.RequestID, sub.Answer.Code)
 	case sub.Answer != nil:
 		s.step("  → %s answered at once: %s %s", req.RequestID, sub.Answer.Outcome, sub.Answer.Code)
 	default:
 		s.step("  → %s recorded (generation %d)", req.RequestID, sub.Request.Generation)
-		p.enqueue(req.GameID)
 	}
 }
 
-// rest submits a REST mutation as the API does: refused at once, unrecorded, when the game's
-// state refuses it; a patch picks another image than the game's.
+// rest submits a REST mutation as the API does: a patch picks another image than the game's and
+// is guarded against a change of image while it was checked; a refusal leaves nothing recorded.
 func (s *schedule) rest(ctx context.Context, p *process, req rtm.Request) {
 	req.Channel, req.Source = rtm.ChannelREST, rtm.SourceAdminREST
-	rec, err := s.h.st.Get(ctx, req.GameID)
-	if err != nil {
-		s.step("  → refused: %v", err) // 404 (or 503): nothing recorded
-		return
-	}
-	var guard func(*rtm.Record) *rtm.Answer
+	var guard rtm.Guard
 	if req.Kind == rtm.OpPatch {
+		rec, err := s.h.st.Get(ctx, req.GameID)
+		if err != nil {
+			s.step("  → refused: %v", err) // 404 (or 503): nothing recorded
+			return
+		}
 		current := rec.CurrentImageRef
 		if current == "" {
 			current = rec.DesiredImageRef
@@ -411,11 +406,6 @@ func (s *schedule) rest(ctx context.Context, p *process, req rtm.Request) {
 			}
 			return nil
 		}
-	}
-	settings := rtm.Settings{EnginePort: 8080, StateRootJoin: stateDirs{}.join}
-	if adm := rtm.Admit(rec, req, false, settings); adm.Answer != nil && adm.Answer.Outcome != rtm.OutcomeSucceeded {
-		s.step("  → refused at once: %s", adm.Answer.Code)
-		return
 	}
 	s.submit(ctx, p, req, guard)
 }
@@ -704,7 +694,7 @@ func (s *schedule) startProcess(slot, incarnation int) *process {
 	p.ctrl, p.alive = ctrl, true
 	scoped := scopedStore{Store: s.h.st, prefix: s.prefix}
 	workers := []func(context.Context) error{
-		(&sources.DockerEvents{Docker: fake, Lister: fake, Store: scoped, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run,
+		(&sources.DockerEvents{Informer: runtime.NewInformer(fake, fake, cache, log), Store: scoped, Enqueue: ctrl.Enqueue}).Run,
 		(&sources.Ticker{Interval: 150 * time.Millisecond, Docker: fake, Store: scoped, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run,
 		(&probe.Prober{Interval: 60 * time.Millisecond, Threshold: 2, Grace: 60 * time.Millisecond, Store: scoped,
 			Docker: fake, Probe: fake, Log: log}).Run,
