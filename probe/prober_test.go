@@ -37,11 +37,7 @@ func newProbeWorld(t *testing.T) *probeWorld {
 	t.Helper()
 	ctx := context.Background()
 	st, dsn := env.MustStore(t)
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
+	conn := testenv.MustConn(t, dsn)
 	if _, err := conn.Exec(ctx, `INSERT INTO runtime_records (game_id, status, desired_state, current_container_id,
 		engine_endpoint) VALUES ('g', 'running', 'running', 'c-g', 'http://galaxy-game-g:8080')`); err != nil {
 		t.Fatal(err)
@@ -79,21 +75,9 @@ func (w *probeWorld) set(fn func(w *probeWorld)) {
 // events returns the published health events' types, in outbox order.
 func (w *probeWorld) events(t *testing.T) []string {
 	t.Helper()
-	rows, err := w.conn.Query(context.Background(), `SELECT fields FROM outbox WHERE stream = 'health_events' ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, f := range fs {
-		for i := 0; i+1 < len(f); i += 2 {
-			if f[i] == "event_type" {
-				out = append(out, f[i+1])
-			}
-		}
+	for _, f := range testenv.OutboxFields(t, w.conn, "health_events") {
+		out = append(out, f["event_type"])
 	}
 	return out
 }
@@ -105,20 +89,6 @@ func (w *probeWorld) run(t *testing.T, p *probe.Prober) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = p.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-}
-
-// waitFor waits until cond holds, failing the test after a while.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		<-tick.C
-	}
 }
 
 // failingRounds fails chosen calls of CommitProbeRound without reaching the store.
@@ -166,14 +136,14 @@ func TestProber_Run_failedCommitLosesNoTransition(t *testing.T) {
 	st := &failingRounds{Store: w.st, fail: map[int]bool{2: true}}
 	w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: st, Docker: w, Probe: w,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	waitFor(t, "probe_failed is published", func() bool { return len(w.events(t)) > 0 })
+	testenv.WaitFor(t, "probe_failed is published", func() bool { return len(w.events(t)) > 0 })
 
 	// The engine answers again; the round that sees it first cannot commit.
 	w.set(func(w *probeWorld) { w.healthy = true })
 	st.failNext(1)
-	waitFor(t, "probe_recovered is published", func() bool { return len(w.events(t)) > 1 })
+	testenv.WaitFor(t, "probe_recovered is published", func() bool { return len(w.events(t)) > 1 })
 	n := st.count()
-	waitFor(t, "more rounds have run", func() bool { return st.count() > n+3 })
+	testenv.WaitFor(t, "more rounds have run", func() bool { return st.count() > n+3 })
 	if got := strings.Join(w.events(t), " "); got != "probe_failed probe_recovered" {
 		t.Fatalf("published %q, want one probe_failed then one probe_recovered", got)
 	}
@@ -206,7 +176,7 @@ func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
 			w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: w.st, Docker: w, Probe: w,
 				Marks: tt.marks(cache), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			probes := func() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.probed) }
-			waitFor(t, "the engine is probed a few times", func() bool { return probes() >= 3 })
+			testenv.WaitFor(t, "the engine is probed a few times", func() bool { return probes() >= 3 })
 			w.set(func(w *probeWorld) {
 				if tt.marks(cache) == nil && w.inspects < len(w.probed) {
 					t.Errorf("%d inspections for %d probes, want one a probe", w.inspects, len(w.probed))
@@ -218,7 +188,7 @@ func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
 				w.container.IP, w.container.StartedAt = "10.0.0.2", time.Now()
 			})
 			tt.restart(cache)
-			waitFor(t, "the engine is probed at its new address", func() bool {
+			testenv.WaitFor(t, "the engine is probed at its new address", func() bool {
 				w.mu.Lock()
 				defer w.mu.Unlock()
 				return w.probed[len(w.probed)-1] == "10.0.0.2"

@@ -14,6 +14,7 @@ import (
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/sources"
 	"github.com/galaxy-platform/rtmanager/store"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // probeWorld is a real store with one running game g (container c-g), a fake Docker that
@@ -32,11 +33,7 @@ func newProbeWorld(t *testing.T) *probeWorld {
 	t.Helper()
 	ctx := context.Background()
 	st, dsn := env.MustStore(t)
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
+	conn := testenv.MustConn(t, dsn)
 	if _, err := conn.Exec(ctx, `INSERT INTO runtime_records (game_id, status, desired_state, current_container_id,
 		engine_endpoint) VALUES ('g', 'running', 'running', 'c-g', 'http://galaxy-game-g:8080')`); err != nil {
 		t.Fatal(err)
@@ -74,37 +71,11 @@ func (w *probeWorld) set(fn func(w *probeWorld)) {
 // events returns the published health events' types, in outbox order.
 func (w *probeWorld) events(t *testing.T) []string {
 	t.Helper()
-	rows, err := w.conn.Query(context.Background(), `SELECT fields FROM outbox WHERE stream = 'health_events' ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, f := range fs {
-		for i := 0; i+1 < len(f); i += 2 {
-			if f[i] == "event_type" {
-				out = append(out, f[i+1])
-			}
-		}
+	for _, f := range testenv.OutboxFields(t, w.conn, "health_events") {
+		out = append(out, f["event_type"])
 	}
 	return out
-}
-
-// waitFor waits until cond holds, failing the test after a while.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		<-tick.C
-	}
 }
 
 // count returns one of the world's counters, read under its lock.
@@ -126,7 +97,7 @@ func TestInspectSweep_Run_listsOnceAndInspectsOnlySuspects(t *testing.T) {
 	go func() { defer close(done); _ = sweep.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	waitFor(t, "five sweeps", func() bool { return w.count(&w.lists) >= 5 })
+	testenv.WaitFor(t, "five sweeps", func() bool { return w.count(&w.lists) >= 5 })
 	if n := w.count(&w.inspects); n != 0 {
 		t.Fatalf("%d inspections of a running, well container; want none", n)
 	}
@@ -135,7 +106,7 @@ func TestInspectSweep_Run_listsOnceAndInspectsOnlySuspects(t *testing.T) {
 	}
 
 	w.set(func(w *probeWorld) { w.container.State = rtm.StatePaused })
-	waitFor(t, "inspect_unhealthy published", func() bool { return strings.Join(w.events(t), ",") == "inspect_unhealthy" })
+	testenv.WaitFor(t, "inspect_unhealthy published", func() bool { return strings.Join(w.events(t), ",") == "inspect_unhealthy" })
 	if w.count(&w.inspects) == 0 {
 		t.Fatal("the paused container was reported without an inspection")
 	}
@@ -143,21 +114,27 @@ func TestInspectSweep_Run_listsOnceAndInspectsOnlySuspects(t *testing.T) {
 		t.Fatal("the paused container's game was not enqueued")
 	}
 	lists := w.count(&w.lists)
-	waitFor(t, "five more sweeps", func() bool { return w.count(&w.lists) >= lists+5 })
+	testenv.WaitFor(t, "five more sweeps", func() bool { return w.count(&w.lists) >= lists+5 })
 	if got := w.events(t); len(got) != 1 {
 		t.Fatalf("events %v: a lasting pause must be reported once", got)
 	}
 
 	w.set(func(w *probeWorld) { w.container.State = rtm.StateRunning })
 	lists = w.count(&w.lists)
-	waitFor(t, "sweeps after the resume", func() bool { return w.count(&w.lists) >= lists+3 })
+	testenv.WaitFor(t, "sweeps after the resume", func() bool { return w.count(&w.lists) >= lists+3 })
 	inspects := w.count(&w.inspects)
 	lists = w.count(&w.lists)
-	waitFor(t, "more sweeps", func() bool { return w.count(&w.lists) >= lists+3 })
+	testenv.WaitFor(t, "more sweeps", func() bool { return w.count(&w.lists) >= lists+3 })
 	if n := w.count(&w.inspects); n != inspects {
 		t.Fatalf("%d inspections after the container ran well again; want none", n-inspects)
 	}
 	// Docker's healthcheck, as the list's status line shows it, makes a suspect too.
 	w.set(func(w *probeWorld) { w.container.Health = "unhealthy" })
-	waitFor(t, "an inspection of the unhealthy container", func() bool { return w.count(&w.inspects) > inspects })
+	testenv.WaitFor(t, "an inspection of the unhealthy container", func() bool { return w.count(&w.inspects) > inspects })
+}
+
+// waitFor waits until cond holds, failing the test after a while (testenv.WaitFor).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	testenv.WaitFor(t, what, cond)
 }

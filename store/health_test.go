@@ -13,6 +13,7 @@ import (
 
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/store"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // healthDB is a migrated database with a store and a direct connection for the test's reads.
@@ -24,12 +25,7 @@ type healthDB struct {
 func openHealth(t *testing.T) healthDB {
 	t.Helper()
 	s, dsn := open(t)
-	conn, err := pgx.Connect(context.Background(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return healthDB{s: s, conn: conn}
+	return healthDB{s: s, conn: testenv.MustConn(t, dsn)}
 }
 
 // running records games as running their container c-<id>.
@@ -47,21 +43,9 @@ func (h healthDB) running(t *testing.T, ids ...string) {
 // events returns the published health events as "game:type", in outbox order.
 func (h healthDB) events(t *testing.T) []string {
 	t.Helper()
-	rows, err := h.conn.Query(context.Background(), `SELECT fields FROM outbox WHERE stream = 'health_events' ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, f := range fs {
-		m := map[string]string{}
-		for i := 0; i+1 < len(f); i += 2 {
-			m[f[i]] = f[i+1]
-		}
-		out = append(out, m["game_id"]+":"+m["event_type"])
+	for _, f := range testenv.OutboxFields(t, h.conn, "health_events") {
+		out = append(out, f["game_id"]+":"+f["event_type"])
 	}
 	return out
 }

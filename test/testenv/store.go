@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/galaxy-platform/rtmanager/store"
 )
 
@@ -22,4 +24,44 @@ func (e *Env) MustStore(tb testing.TB) (*store.Store, string) {
 	}
 	tb.Cleanup(st.Close)
 	return st, dsn
+}
+
+// MustConn returns a direct connection to dsn, closed when tb ends, for what a test reads or
+// writes beside the code under test.
+func MustConn(tb testing.TB, dsn string) *pgx.Conn {
+	tb.Helper()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		tb.Fatalf("connecting to %s: %v", dsn, err)
+	}
+	tb.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// Querier is what OutboxFields reads with: a *pgx.Conn or a *pgxpool.Pool.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// OutboxFields returns the fields of the outbox entries of a logical stream ("health_events",
+// "job_results", …), in outbox order, each as a map.
+func OutboxFields(tb testing.TB, q Querier, stream string) []map[string]string {
+	tb.Helper()
+	rows, err := q.Query(context.Background(), `SELECT fields FROM outbox WHERE stream = $1 ORDER BY id`, stream)
+	if err != nil {
+		tb.Fatalf("reading the outbox: %v", err)
+	}
+	fs, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
+	if err != nil {
+		tb.Fatalf("reading the outbox: %v", err)
+	}
+	out := make([]map[string]string, 0, len(fs))
+	for _, f := range fs {
+		m := make(map[string]string, len(f)/2)
+		for i := 0; i+1 < len(f); i += 2 {
+			m[f[i]] = f[i+1]
+		}
+		out = append(out, m)
+	}
+	return out
 }

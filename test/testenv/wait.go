@@ -21,3 +21,18 @@ func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() (
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// WaitFor polls cond every 5 ms until it holds, and fails the test when it still does not after
+// 20 s: for the unit and integration tests, whose conditions hold within milliseconds.
+func WaitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting until %s", what)
+		}
+		<-tick.C
+	}
+}
