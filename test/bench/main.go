@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"maps"
@@ -151,33 +150,22 @@ func run(ctx context.Context, p params) int {
 	began := time.Now()
 	w := &world{logLevel: p.logLevel, extraEnv: p.rtmEnv}
 	defer w.close()
-	harness.Logf("setting up: PostgreSQL, Redis, engine image %s, rtmanager binary, network", engineImage)
 	if err := setUp(ctx, w, p.keep); err != nil {
 		harness.Logf("set-up failed: %v", err)
 		return 1
 	}
 	r := &report{params: p, began: began, dockerVer: w.DockerVer}
-	if err := measure(ctx, w, p, r); err != nil {
-		if errors.Is(err, context.Canceled) {
-			harness.Logf("interrupted")
-		} else {
-			harness.Logf("benchmark failed: %v", err)
-		}
+	var ok bool
+	if r.cleanup, ok = harness.Finish(measure(ctx, w, p, r), "benchmark", w.close); !ok {
 		return 1
 	}
-	cleanStart := time.Now()
-	w.close()
-	r.cleanup = time.Since(cleanStart)
 	r.elapsed = time.Since(began)
 	r.machine, r.commit, r.goVer = harness.Machine(), harness.Commit(w.Root), harness.GoVersion()
 	table := r.table()
 	fmt.Println(table)
 	fmt.Printf("run time %s (clean-up %s)\n", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
-	if p.writeDocFile {
-		if err := harness.WriteDoc(w.Root, p.out, r.markdown()); err != nil {
-			harness.Logf("%v", err)
-			return 1
-		}
+	if p.writeDocFile && !harness.WriteDoc(w.Root, p.out, r.markdown()) {
+		return 1
 	}
 	if r.missed() > 0 {
 		harness.Logf("%d target(s) missed", r.missed())
@@ -197,9 +185,8 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 		return err
 	}
 	watch := newWatcher(w.RDB)
-	wctx, cancelWatch := context.WithCancel(ctx)
-	defer cancelWatch()
-	go watch.run(wctx)
+	stopWatch := harness.Go(ctx, watch.run)
+	defer stopWatch()
 
 	d := &driver{w: w, watch: watch, raw: newRawStarter(w.Docker, cfg)}
 	if p.runs("latency") || p.runs("burst") || p.runs("rest") {

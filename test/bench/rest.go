@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sync"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // restResult holds the REST latencies (ms) of the measured requests and per-second p99s.
@@ -45,26 +46,19 @@ func measureREST(ctx context.Context, api string, games []string, rate int, warm
 	}
 	out := make([]obs, total)
 	jobs := make(chan job, total)
-	var wg sync.WaitGroup
-	for k := 0; k < 128; k++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range jobs {
-				sent := time.Now()
-				url := api + "/api/v1/internal/runtimes/" + games[j.i%len(games)]
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-				resp, err := client.Do(req)
-				ok := err == nil
-				if ok {
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					ok = resp.StatusCode == http.StatusOK
-				}
-				out[j.i] = obs{due: j.due, lat: time.Since(sent), lag: sent.Sub(j.due), err: !ok, completed: true}
-			}
-		}()
-	}
+	wait := harness.Workers(128, jobs, func(j job) {
+		sent := time.Now()
+		url := api + "/api/v1/internal/runtimes/" + games[j.i%len(games)]
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		ok := err == nil
+		if ok {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			ok = resp.StatusCode == http.StatusOK
+		}
+		out[j.i] = obs{due: j.due, lat: time.Since(sent), lag: sent.Sub(j.due), err: !ok, completed: true}
+	})
 	start := time.Now().Add(10 * time.Millisecond)
 	for i := 0; i < total && ctx.Err() == nil; i++ {
 		due := start.Add(time.Duration(i) * interval)
@@ -74,7 +68,7 @@ func measureREST(ctx context.Context, api string, games []string, rate int, warm
 		jobs <- job{i: i, due: due}
 	}
 	close(jobs)
-	wg.Wait()
+	wait()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}

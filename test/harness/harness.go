@@ -9,11 +9,13 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -63,4 +65,52 @@ func HTTPGet(ctx context.Context, client *http.Client, url string) (string, erro
 		return "", fmt.Errorf("GET %s: %d", url, resp.StatusCode)
 	}
 	return string(b), nil
+}
+
+// Workers starts n goroutines that call work for each item of jobs until it is closed, and
+// returns a wait that returns once they all have.
+func Workers[T any](n int, jobs <-chan T, work func(T)) (wait func()) {
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				work(j)
+			}
+		}()
+	}
+	return wg.Wait
+}
+
+// Finish ends a run whose measuring returned err: it logs an interruption or a failure (what
+// names the run), or else closes the world with closeWorld and returns how long that took.
+// ok is false when the run failed.
+func Finish(err error, what string, closeWorld func()) (cleanup time.Duration, ok bool) {
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			Logf("interrupted")
+		} else {
+			Logf("%s failed: %v", what, err)
+		}
+		return 0, false
+	}
+	start := time.Now()
+	closeWorld()
+	return time.Since(start), true
+}
+
+// Go runs fn in a goroutine with a context of its own; stop ends that context and waits for fn
+// to return.
+func Go(ctx context.Context, fn func(context.Context)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }

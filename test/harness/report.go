@@ -51,14 +51,15 @@ func Commit(root string) string {
 func GoVersion() string { return runtime.Version() }
 
 // WriteDoc writes a report to path, taken from the module root root when relative, and logs
-// where it went.
-func WriteDoc(root, path, text string) error {
+// where it went or why it could not. It reports whether the report was written.
+func WriteDoc(root, path, text string) bool {
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(root, path)
 	}
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+		Logf("writing %s: %v", path, err)
+		return false
 	}
 	Logf("wrote %s", path)
-	return nil
+	return true
 }

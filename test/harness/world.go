@@ -61,6 +61,7 @@ type World struct {
 // Close in either case.
 func SetUp(ctx context.Context, w *World, o Options) error {
 	w.opts = o
+	Logf("setting up: PostgreSQL, Redis, engine images %s:%s, rtmanager binary, network", o.EngineRepo, strings.Join(o.EngineVersions, ","))
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	w.Run = o.Name[:1] + hex.EncodeToString(b[:])

@@ -215,34 +215,27 @@ var restClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transp
 func (t *traffic) reads(ctx context.Context, games []string, rate float64) {
 	type req struct{ route, url string }
 	jobs := make(chan req, 64)
-	var wg sync.WaitGroup
-	for k := 0; k < 16; k++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for r := range jobs {
-				t0 := time.Now()
-				code := t.get(ctx, r.url)
-				if ctx.Err() != nil {
-					continue
-				}
-				lat := float64(time.Since(t0)) / float64(time.Millisecond)
-				t.mu.Lock()
-				if code == http.StatusOK {
-					t.lat = append(t.lat, lat)
-					t.all = append(t.all, lat)
-				} else {
-					t.codes[fmt.Sprintf("%d %s", code, r.route)]++
-				}
-				t.mu.Unlock()
-				if code == http.StatusOK {
-					t.restOK.Add(1)
-				} else {
-					t.restErr.Add(1)
-				}
-			}
-		}()
-	}
+	wait := harness.Workers(16, jobs, func(r req) {
+		t0 := time.Now()
+		code := t.get(ctx, r.url)
+		if ctx.Err() != nil {
+			return
+		}
+		lat := float64(time.Since(t0)) / float64(time.Millisecond)
+		t.mu.Lock()
+		if code == http.StatusOK {
+			t.lat = append(t.lat, lat)
+			t.all = append(t.all, lat)
+		} else {
+			t.codes[fmt.Sprintf("%d %s", code, r.route)]++
+		}
+		t.mu.Unlock()
+		if code == http.StatusOK {
+			t.restOK.Add(1)
+		} else {
+			t.restErr.Add(1)
+		}
+	})
 	base := t.rtm.API + "/api/v1/internal/runtimes"
 	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
 	defer tick.Stop()
@@ -270,7 +263,7 @@ func (t *traffic) reads(ctx context.Context, games []string, rate float64) {
 		}
 	}
 	close(jobs)
-	wg.Wait()
+	wait()
 }
 
 // get returns the status code of a GET (0 when the request failed).

@@ -13,7 +13,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"math"
@@ -79,34 +78,22 @@ func run(ctx context.Context, p params) int {
 	r := &report{p: p, began: time.Now()}
 	w := &world{}
 	defer w.close()
-	harness.Logf("setting up: PostgreSQL, Redis, images %s and %s, rtmanager binary, network", imageA, imageB)
 	if err := setUp(ctx, w, p.keep); err != nil {
 		harness.Logf("set-up failed: %v", err)
 		return 1
 	}
 	// The binary was built from the tree as it is now.
 	r.dockerVer, r.commit = w.DockerVer, harness.Commit(w.Root)
-	err := soak(ctx, w, p, r)
-	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			harness.Logf("interrupted")
-		} else {
-			harness.Logf("soak failed: %v", err)
-		}
+	var ok bool
+	if r.cleanup, ok = harness.Finish(soak(ctx, w, p, r), "soak", w.close); !ok {
 		return 1
 	}
-	cleanStart := time.Now()
-	w.close()
-	r.cleanup = time.Since(cleanStart)
 	r.elapsed = time.Since(r.began)
 	r.machine, r.goVer = harness.Machine(), harness.GoVersion()
 	r.evaluate()
 	fmt.Println(r.terminal())
-	if p.out != "" {
-		if err := harness.WriteDoc(w.Root, p.out, r.markdown()); err != nil {
-			harness.Logf("%v", err)
-			return 1
-		}
+	if p.out != "" && !harness.WriteDoc(w.Root, p.out, r.markdown()) {
+		return 1
 	}
 	if r.missed() > 0 {
 		harness.Logf("%d criteria missed", r.missed())
@@ -128,9 +115,8 @@ func soak(ctx context.Context, w *world, p params, r *report) error {
 		return err
 	}
 	watch := newWatcher(w.RDB)
-	wctx, cancelWatch := context.WithCancel(ctx)
-	defer cancelWatch()
-	go watch.run(wctx)
+	stopWatch := harness.Go(ctx, watch.run)
+	defer stopWatch()
 	tr := newTraffic(w, rtm, watch)
 
 	engines := make([]string, p.engines)

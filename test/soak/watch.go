@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -34,12 +35,13 @@ func newWatcher(rdb *redis.Client) *watcher {
 	return &watcher{rdb: rdb, results: map[string]*result{}, health: map[string]int{}}
 }
 
+// slot returns the result of a request id, made on first use. The caller holds mu.
 func (w *watcher) slot(requestID string) *result {
-	r := w.results[requestID]
-	if r == nil {
-		r = &result{done: make(chan struct{})}
-		w.results[requestID] = r
+	if r, ok := w.results[requestID]; ok {
+		return r
 	}
+	r := &result{done: make(chan struct{})}
+	w.results[requestID] = r
 	return r
 }
 
@@ -83,11 +85,7 @@ func (w *watcher) wait(ctx context.Context, requestID string, timeout time.Durat
 func (w *watcher) healthCounts() map[string]int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := make(map[string]int, len(w.health))
-	for k, v := range w.health {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(w.health)
 }
 
 // resultsRead is the number of job results read so far.
