@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -103,28 +102,22 @@ func prepare(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("docker client: %w", err)
 	}
-	var wg sync.WaitGroup
-	var envErr, binErr, imgErr error
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		suite.env, envErr = testenv.Start(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		if bin := os.Getenv(envChaosBin); bin != "" {
-			suite.bin = bin // a binary built elsewhere, e.g. from another commit to compare with
-			return
-		}
-		suite.bin = filepath.Join(suite.work, "rtmanager")
-		binErr = testenv.GoBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=chaos")
-	}()
-	go func() {
-		defer wg.Done()
-		imgErr = testenv.BuildEngineImages(ctx, engineRepo, v141, v142, v143)
-	}()
-	wg.Wait()
-	if err := errors.Join(envErr, binErr, imgErr); err != nil {
+	err = testenv.Parallel(
+		func() (err error) {
+			suite.env, err = testenv.Start(ctx)
+			return err
+		},
+		func() error {
+			if bin := os.Getenv(envChaosBin); bin != "" {
+				suite.bin = bin // a binary built elsewhere, e.g. from another commit to compare with
+				return nil
+			}
+			suite.bin = filepath.Join(suite.work, "rtmanager")
+			return testenv.GoBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=chaos")
+		},
+		func() error { return testenv.BuildEngineImages(ctx, engineRepo, v141, v142, v143) },
+	)
+	if err != nil {
 		return err
 	}
 	if !suite.env.PostgresManaged {

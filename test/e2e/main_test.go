@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -129,28 +127,22 @@ func prepare(ctx context.Context, work string) (func(), error) {
 	undo = append(undo, func() { _ = suite.docker.Close() })
 
 	// The three slow steps are independent; run them side by side.
-	var wg sync.WaitGroup
-	var envErr, binErr, engErr error
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		suite.env, envErr = testenv.Start(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		suite.bin = filepath.Join(work, "rtmanager")
-		binErr = testenv.GoBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=e2e")
-	}()
-	go func() {
-		defer wg.Done()
-		engErr = buildEngineImages(ctx, root, filepath.Join(work, "engine"))
-	}()
-	wg.Wait()
+	err = testenv.Parallel(
+		func() (err error) {
+			suite.env, err = testenv.Start(ctx)
+			return err
+		},
+		func() error {
+			suite.bin = filepath.Join(work, "rtmanager")
+			return testenv.GoBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=e2e")
+		},
+		func() error { return buildEngineImages(ctx, root, filepath.Join(work, "engine")) },
+	)
 	if suite.env != nil {
 		env := suite.env
 		undo = append(undo, env.Stop)
 	}
-	if err := errors.Join(envErr, binErr, engErr); err != nil {
+	if err != nil {
 		return cleanup, err
 	}
 

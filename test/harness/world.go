@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -95,29 +94,18 @@ func SetUp(ctx context.Context, w *World, o Options) error {
 	w.DockerVer = fmt.Sprintf("%s (API %s)", v.Version, v.APIVersion)
 
 	// The three slow steps run side by side: the servers, the images, the binary.
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		w.Env, errs[0] = testenv.Start(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		errs[1] = testenv.BuildEngineImages(ctx, o.EngineRepo, o.EngineVersions...)
-	}()
-	go func() {
-		defer wg.Done()
-		w.Bin = filepath.Join(w.Work, "rtmanager")
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", w.Bin, "./cmd/manager")
-		cmd.Dir = w.Root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			errs[2] = fmt.Errorf("building rtmanager: %w\n%s", err, out)
-		}
-	}()
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	err = testenv.Parallel(
+		func() (err error) {
+			w.Env, err = testenv.Start(ctx)
+			return err
+		},
+		func() error { return testenv.BuildEngineImages(ctx, o.EngineRepo, o.EngineVersions...) },
+		func() error {
+			w.Bin = filepath.Join(w.Work, "rtmanager")
+			return testenv.GoBuild(ctx, w.Root, w.Bin, "./cmd/manager")
+		},
+	)
+	if err != nil {
 		return err
 	}
 	o2 := w.Env.RedisOptions(0)

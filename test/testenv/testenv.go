@@ -330,3 +330,19 @@ func Main(m *testing.M, env **Env) int {
 	*env = e
 	return m.Run()
 }
+
+// Parallel runs the steps side by side (a suite's slow preparations: the servers, the images,
+// the binary) and returns their errors joined once all have returned.
+func Parallel(steps ...func() error) error {
+	errs := make([]error, len(steps))
+	var wg sync.WaitGroup
+	for i, step := range steps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = step()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
