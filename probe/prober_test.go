@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/probe"
 	"github.com/galaxy-platform/rtmanager/runtime"
@@ -23,42 +21,16 @@ import (
 // probeWorld is a real store with one running game g (container c-g), a fake Docker that
 // answers its inspections, and a fake engine whose answers the test sets.
 type probeWorld struct {
-	st   *store.Store
-	conn *pgx.Conn
-
-	mu        sync.Mutex
-	container rtm.Container // what Inspect answers for g
-	inspects  int
-	healthy   bool
-	probed    []string // the IPs probed, in order
+	*testenv.OneGame // its Mutex guards the fields below too
+	healthy          bool
+	probed           []string // the IPs probed, in order
 }
 
-func newProbeWorld(t *testing.T) *probeWorld {
-	t.Helper()
-	ctx := context.Background()
-	st, dsn := env.MustStore(t)
-	conn := testenv.MustConn(t, dsn)
-	if _, err := conn.Exec(ctx, `INSERT INTO runtime_records (game_id, status, desired_state, current_container_id,
-		engine_endpoint) VALUES ('g', 'running', 'running', 'c-g', 'http://galaxy-game-g:8080')`); err != nil {
-		t.Fatal(err)
-	}
-	return &probeWorld{st: st, conn: conn,
-		container: rtm.Container{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning, IP: "10.0.0.1"}}
-}
-
-func (w *probeWorld) Inspect(_ context.Context, gameID string) (rtm.Container, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.inspects++
-	if gameID != "g" {
-		return rtm.Container{}, rtm.ErrNotFound
-	}
-	return w.container, nil
-}
+func newProbeWorld(t *testing.T) *probeWorld { return &probeWorld{OneGame: env.NewOneGame(t)} }
 
 func (w *probeWorld) Probe(_ context.Context, c rtm.Container, _ string) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.Lock()
+	defer w.Unlock()
 	w.probed = append(w.probed, c.IP)
 	if !w.healthy {
 		return errors.New("connection refused")
@@ -67,19 +39,9 @@ func (w *probeWorld) Probe(_ context.Context, c rtm.Container, _ string) error {
 }
 
 func (w *probeWorld) set(fn func(w *probeWorld)) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.Lock()
+	defer w.Unlock()
 	fn(w)
-}
-
-// events returns the published health events' types, in outbox order.
-func (w *probeWorld) events(t *testing.T) []string {
-	t.Helper()
-	var out []string
-	for _, f := range testenv.OutboxFields(t, w.conn, "health_events") {
-		out = append(out, f["event_type"])
-	}
-	return out
 }
 
 // run runs p until the test ends.
@@ -133,18 +95,18 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
 func TestProber_Run_failedCommitLosesNoTransition(t *testing.T) {
 	w := newProbeWorld(t)
 	// The second round reaches the threshold, and its commit fails.
-	st := &failingRounds{Store: w.st, fail: map[int]bool{2: true}}
+	st := &failingRounds{Store: w.Store, fail: map[int]bool{2: true}}
 	w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: st, Docker: w, Probe: w,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	testenv.WaitFor(t, "probe_failed is published", func() bool { return len(w.events(t)) > 0 })
+	testenv.WaitFor(t, "probe_failed is published", func() bool { return len(w.HealthEvents(t)) > 0 })
 
 	// The engine answers again; the round that sees it first cannot commit.
 	w.set(func(w *probeWorld) { w.healthy = true })
 	st.failNext(1)
-	testenv.WaitFor(t, "probe_recovered is published", func() bool { return len(w.events(t)) > 1 })
+	testenv.WaitFor(t, "probe_recovered is published", func() bool { return len(w.HealthEvents(t)) > 1 })
 	n := st.count()
 	testenv.WaitFor(t, "more rounds have run", func() bool { return st.count() > n+3 })
-	if got := strings.Join(w.events(t), " "); got != "probe_failed probe_recovered" {
+	if got := strings.Join(w.HealthEvents(t), " "); got != "probe_failed probe_recovered" {
 		t.Fatalf("published %q, want one probe_failed then one probe_recovered", got)
 	}
 }
@@ -173,24 +135,24 @@ func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
 			w.set(func(w *probeWorld) { w.healthy = true })
 			cache := runtime.NewCache()
 			cache.Replace(cache.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning}})
-			w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: w.st, Docker: w, Probe: w,
+			w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: w.Store, Docker: w, Probe: w,
 				Marks: tt.marks(cache), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-			probes := func() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.probed) }
+			probes := func() int { w.Lock(); defer w.Unlock(); return len(w.probed) }
 			testenv.WaitFor(t, "the engine is probed a few times", func() bool { return probes() >= 3 })
 			w.set(func(w *probeWorld) {
-				if tt.marks(cache) == nil && w.inspects < len(w.probed) {
-					t.Errorf("%d inspections for %d probes, want one a probe", w.inspects, len(w.probed))
+				if tt.marks(cache) == nil && w.Inspects < len(w.probed) {
+					t.Errorf("%d inspections for %d probes, want one a probe", w.Inspects, len(w.probed))
 				}
-				if tt.marks(cache) != nil && w.inspects != 1 {
-					t.Errorf("%d inspections of a container whose life did not change, want 1", w.inspects)
+				if tt.marks(cache) != nil && w.Inspects != 1 {
+					t.Errorf("%d inspections of a container whose life did not change, want 1", w.Inspects)
 				}
 				// docker stop, then docker start: same container, another address
-				w.container.IP, w.container.StartedAt = "10.0.0.2", time.Now()
+				w.Container.IP, w.Container.StartedAt = "10.0.0.2", time.Now()
 			})
 			tt.restart(cache)
 			testenv.WaitFor(t, "the engine is probed at its new address", func() bool {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				w.Lock()
+				defer w.Unlock()
 				return w.probed[len(w.probed)-1] == "10.0.0.2"
 			})
 		})
