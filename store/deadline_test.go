@@ -16,6 +16,7 @@ import (
 
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/store"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // pgProxy is a test-owned TCP proxy to the harness's PostgreSQL that can black-hole the network:
@@ -133,41 +134,6 @@ func via(t testing.TB, dsn, addr string) string {
 	}
 	u.Host = addr
 	return u.String()
-}
-
-// silentListener accepts connections and never answers: a black hole on loopback. The test's
-// cleanup closes it and every connection it accepted.
-func silentListener(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return ln.Addr().String()
 }
 
 // within calls fn with a context that ends long after the timeouts under test (so that, without
@@ -330,7 +296,7 @@ func TestMigrate_waitsForTheAdvisoryLockAtMostTheMigrationLockTimeout(t *testing
 }
 
 func TestMigrateAndPing_blackHoledFailWithinConnectTimeout(t *testing.T) {
-	dsn := via(t, env.NewDatabase(t), silentListener(t))
+	dsn := via(t, env.NewDatabase(t), testenv.BlackHole(t))
 	to := store.Timeouts{Connect: 500 * time.Millisecond}
 	took, err := within(func(ctx context.Context) error { return store.Migrate(ctx, dsn, to) })
 	if !errors.Is(err, rtm.ErrUnavailable) || took > to.Connect+slack {

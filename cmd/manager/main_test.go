@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // envRunMain makes the test binary run the command itself (run, then exit with its code)
@@ -39,41 +41,6 @@ func TestMain(m *testing.M) {
 // slack is what a loaded test machine may add to a bound.
 const slack = 3 * time.Second
 
-// blackHole listens on loopback, accepts connections and never answers (packets dropped, not
-// refused). The test's cleanup closes it and what it accepted.
-func blackHole(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
-
 func TestRun_blackHoledPostgresFailsStartUpWithinTheConnectTimeout(t *testing.T) {
 	const connect = time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second) // kills a hung child
@@ -81,7 +48,7 @@ func TestRun_blackHoledPostgresFailsStartUpWithinTheConnectTimeout(t *testing.T)
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envRunMain+"=1",
 		// No sslmode: the TLS attempt and the plain one share the connect timeout.
-		"RTMANAGER_POSTGRES_PRIMARY_DSN=postgres://rtmanagerservice:pw@"+blackHole(t)+"/galaxy?search_path=rtmanager",
+		"RTMANAGER_POSTGRES_PRIMARY_DSN=postgres://rtmanagerservice:pw@"+testenv.BlackHole(t)+"/galaxy?search_path=rtmanager",
 		"RTMANAGER_POSTGRES_CONNECT_TIMEOUT="+connect.String(),
 		"RTMANAGER_GAME_STATE_ROOT="+t.TempDir(),
 		"RTMANAGER_REDIS_MASTER_ADDR=127.0.0.1:1",

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/galaxy-platform/rtmanager/test/testenv"
@@ -16,24 +15,6 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
-
-// syncBuffer is a bytes.Buffer safe for a command writing while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // result is how one rtmctl invocation ended.
 type result struct {
@@ -54,7 +35,7 @@ func rtmctl(tb testing.TB, vars map[string]string, args ...string) result {
 
 func rtmctlContext(tb testing.TB, ctx context.Context, vars map[string]string, args ...string) result {
 	tb.Helper()
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	code := runContext(ctx, args, &out, &errOut, func(k string) string { return vars[k] })
 	return result{code: code, stdout: out.String(), stderr: errOut.String()}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // redisURL returns a redis:// URL with password for a fresh logical database, and a client of it.
@@ -185,7 +187,7 @@ func TestRun_watchHealth_replaysFiltersAndAligns(t *testing.T) {
 
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- runContext(wctx, []string{"watch", "health", "--game", "g1", "--from", "0", "--redis", url}, &out, &errOut,
@@ -220,7 +222,7 @@ func TestRun_watchResults_newEntriesOnlyAsJSON(t *testing.T) {
 
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- runContext(wctx, []string{"watch", "results", "-o", "json", "--redis", url}, &out, &errOut, func(string) string { return "" })

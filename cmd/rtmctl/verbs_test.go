@@ -12,10 +12,11 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	rtm "github.com/galaxy-platform/rtmanager"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // start runs rtmctl in the background with ctx; the exit code comes on the returned channel.
-func start(ctx context.Context, out, errOut *syncBuffer, args ...string) <-chan int {
+func start(ctx context.Context, out, errOut *testenv.SyncBuffer, args ...string) <-chan int {
 	done := make(chan int, 1)
 	go func() { done <- runContext(ctx, args, out, errOut, func(string) string { return "" }) }()
 	return done
@@ -242,7 +243,7 @@ func TestRun_logs_printsAndFollows(t *testing.T) {
 
 	// -f prints what comes until the stream ends (the container stopped): exit 0.
 	f.follow = make(chan string)
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	done := start(context.Background(), &out, &errOut, "--server", f.srv.URL, "logs", "g1", "-f", "--tail", "0")
 	waitFor(t, func() bool { return out.String() == f.logs["g1"] })
 	f.follow <- "engine: later\n"
@@ -257,7 +258,7 @@ func TestRun_logs_printsAndFollows(t *testing.T) {
 	// Ctrl-C ends a follow with 0 too, even past --timeout (the stream has no deadline).
 	f.follow = make(chan string)
 	ctx, cancel := context.WithCancel(context.Background())
-	var out2, errOut2 syncBuffer
+	var out2, errOut2 testenv.SyncBuffer
 	done = start(ctx, &out2, &errOut2, "--server", f.srv.URL, "--timeout", "100ms", "logs", "g1", "-f")
 	waitFor(t, func() bool { return out2.String() == f.logs["g1"] })
 	time.Sleep(300 * time.Millisecond) // past --timeout: only the answer's headers are bounded by it
@@ -297,7 +298,7 @@ func TestRun_wait_forStatus(t *testing.T) {
 	}
 
 	// Reached later: the game stops while rtmctl waits.
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	done := start(context.Background(), &out, &errOut, "--server", f.srv.URL, "wait", "g1", "--for", "status=stopped", "--interval", "20ms", "-o", "json")
 	before := f.count("/runtimes/g1")
 	waitFor(t, func() bool { return f.count("/runtimes/g1") >= before+2 })
@@ -313,7 +314,7 @@ func TestRun_wait_forStatus(t *testing.T) {
 	}
 
 	// A game without a record yet is waited for (a start job may still be queued).
-	var out2, errOut2 syncBuffer
+	var out2, errOut2 testenv.SyncBuffer
 	done = start(context.Background(), &out2, &errOut2, "--server", f.srv.URL, "wait", "g9", "--for=status=running", "--interval", "20ms")
 	waitFor(t, func() bool { return f.count("/runtimes/g9") >= 2 })
 	f.add(running("g9", "galaxy/game:1.4.2", time.Second))
@@ -333,7 +334,7 @@ func TestRun_wait_forStatus(t *testing.T) {
 
 	// Ctrl-C: exit 1.
 	ctx, cancel := context.WithCancel(context.Background())
-	var out3, errOut3 syncBuffer
+	var out3, errOut3 testenv.SyncBuffer
 	done = start(ctx, &out3, &errOut3, "--server", f.srv.URL, "wait", "g9", "--for=status=removed", "--interval", "20ms")
 	waitFor(t, func() bool { return f.count("/runtimes/g9") >= 6 })
 	cancel()
@@ -359,7 +360,7 @@ func TestRun_getWatch_printsChangedRows(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	done := start(ctx, &out, &errOut, "--server", f.srv.URL, "get", "runtimes", "-w", "--interval", "20ms")
 	waitFor(t, func() bool { return len(lines(out.String())) == 3 })
 
@@ -399,7 +400,7 @@ func TestRun_getWatch_oneGameAsJSONLines(t *testing.T) {
 	f.add(running("g1", "galaxy/game:1.4.2", time.Hour))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	done := start(ctx, &out, &errOut, "--server", f.srv.URL, "get", "runtime", "g1", "-w", "--interval", "20ms", "-o", "json")
 	waitFor(t, func() bool { return len(lines(out.String())) == 1 })
 	g1 := f.get("g1")
@@ -486,7 +487,7 @@ func TestRun_mutation_acceptedKeepsWaitingUntilConverged(t *testing.T) {
 	f := newFakeRTM(t)
 	f.add(running("g1", "galaxy/game:1.4.2", time.Hour))
 	accepted(f)
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	done := start(context.Background(), &out, &errOut, "--server", f.srv.URL, "patch", "g1", "--image", "galaxy/game:1.4.3", "-o", "json")
 	waitFor(t, func() bool { return f.count("/g1/operations") >= 2 })
 	rec := f.get("g1")
@@ -510,7 +511,7 @@ func TestRun_mutation_acceptedThenFailedExitsOneWithCode(t *testing.T) {
 	f := newFakeRTM(t)
 	f.add(running("g1", "galaxy/game:1.4.2", time.Hour))
 	accepted(f)
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	done := start(context.Background(), &out, &errOut, "--server", f.srv.URL, "patch", "g1", "--image", "galaxy/game:1.4.3")
 	waitFor(t, func() bool { return f.count("/g1/operations") >= 1 })
 	f.addOp(rtm.Operation{ID: 2, GameID: "g1", Kind: rtm.OpPatch, Outcome: rtm.OutcomeFailed, RequestID: "rest-0123456789abcdef",

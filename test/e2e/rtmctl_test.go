@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -60,10 +58,10 @@ func newCtl(t *testing.T, r *rig) *ctl {
 	}}
 }
 
-func (c *ctl) command(ctx context.Context, args ...string) (*exec.Cmd, *lockedBuffer, *lockedBuffer) {
+func (c *ctl) command(ctx context.Context, args ...string) (*exec.Cmd, *testenv.SyncBuffer, *testenv.SyncBuffer) {
 	cmd := exec.CommandContext(ctx, c.bin, args...)
 	cmd.Env = c.env
-	var out, errOut lockedBuffer
+	var out, errOut testenv.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	return cmd, &out, &errOut
 }
@@ -86,7 +84,7 @@ func (c *ctl) run(args ...string) ctlRun {
 // background is an rtmctl running while the test does something else.
 type background struct {
 	cmd         *exec.Cmd
-	out, errOut *lockedBuffer
+	out, errOut *testenv.SyncBuffer
 	done        chan struct{}
 }
 
@@ -121,24 +119,6 @@ func (b *background) interrupt(t *testing.T) ctlRun {
 	t.Helper()
 	_ = b.cmd.Process.Signal(syscall.SIGINT)
 	return b.end(t, 10*time.Second)
-}
-
-// lockedBuffer is a bytes.Buffer a process writes while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // healthOf is the HEALTH cell of the game's row in `rtmctl get runtime g --no-headers`.
