@@ -60,8 +60,12 @@ func (r *rig) newDockerProxy(proc string) *dockerProxy {
 			MaxIdleConnsPerHost: 16,
 		},
 		FlushInterval:  -1, // the events stream
-		ModifyResponse: d.learnCreated,
-		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+		ModifyResponse: func(resp *http.Response) error {
+			noteStatus(resp.Request.Context(), resp.StatusCode)
+			return d.learnCreated(resp)
+		},
+		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
+			noteStatus(req.Context(), http.StatusBadGateway)
 			w.WriteHeader(http.StatusBadGateway)
 			_ = json.NewEncoder(w).Encode(map[string]string{"message": "chaos docker proxy: " + err.Error()})
 		},
@@ -116,9 +120,9 @@ func (d *dockerProxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
-	sw := &statusWriter{ResponseWriter: w}
-	d.rp.ServeHTTP(sw, req)
-	c.status, c.end = sw.status, time.Now()
+	status := new(int)
+	d.rp.ServeHTTP(w, req.WithContext(context.WithValue(req.Context(), statusKey{}, status)))
+	c.status, c.end = *status, time.Now()
 	d.ledger.add(c)
 }
 
@@ -142,28 +146,16 @@ func (d *dockerProxy) learnCreated(resp *http.Response) error {
 	return nil
 }
 
-// statusWriter remembers the status of a response passed through.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
+// statusKey keys the *int in a proxied request's context where the reverse proxy notes the
+// status it answers with: the daemon's (ModifyResponse), or 502 when the daemon cannot be
+// reached (ErrorHandler).
+type statusKey struct{}
 
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
+func noteStatus(ctx context.Context, code int) {
+	if p, ok := ctx.Value(statusKey{}).(*int); ok {
+		*p = code
 	}
-	w.ResponseWriter.WriteHeader(code)
 }
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController flush the events stream through the wrapper.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // connListener is the net.Listener an http.Server serves: the proxy pushes the connections it
 // accepts in forward mode.
