@@ -10,6 +10,7 @@ import (
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/controllers"
 	"github.com/galaxy-platform/rtmanager/probe"
+	"github.com/galaxy-platform/rtmanager/runtime"
 	"github.com/galaxy-platform/rtmanager/runtime/runtimetest"
 	"github.com/galaxy-platform/rtmanager/sources"
 )
@@ -18,7 +19,7 @@ import (
 var (
 	_ controllers.ContainerRuntime = (*runtimetest.Fake)(nil)
 	_ rtm.EngineProber             = (*runtimetest.Fake)(nil)
-	_ sources.EventStream          = (*runtimetest.Fake)(nil)
+	_ runtime.EventSource          = (*runtimetest.Fake)(nil)
 	_ sources.Lister               = (*runtimetest.Fake)(nil)
 	_ sources.Inspector            = (*runtimetest.Fake)(nil)
 	_ probe.Inspector              = (*runtimetest.Fake)(nil)
