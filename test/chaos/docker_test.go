@@ -27,14 +27,8 @@ func TestChaos_dockerUnreachable(t *testing.T) {
 	p := r.startRTM("rtm", nil)
 	px := p.docker
 	ctx := context.Background()
-	games := make([]string, 10)
-	for i := range games {
-		games[i] = r.game(fmt.Sprint(i))
-	}
-	for _, g := range games[:8] {
-		r.sendStart(g, img(v141))
-	}
-	r.settle(60 * time.Second)
+	games := r.games(10)
+	r.startGames(games[:8])
 
 	const outage = 10 * time.Second
 	for round, mode := range []proxyMode{proxyRefuse, proxyHang} {

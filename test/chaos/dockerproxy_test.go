@@ -59,7 +59,7 @@ func (r *rig) newDockerProxy(proc string) *dockerProxy {
 			},
 			MaxIdleConnsPerHost: 16,
 		},
-		FlushInterval:  -1, // the events stream
+		FlushInterval: -1, // the events stream
 		ModifyResponse: func(resp *http.Response) error {
 			noteStatus(resp.Request.Context(), resp.StatusCode)
 			return d.learnCreated(resp)

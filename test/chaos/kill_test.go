@@ -19,10 +19,7 @@ func TestChaos_sigkillMidBurst(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("random seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
-	games := make([]string, 10)
-	for i := range games {
-		games[i] = r.game(fmt.Sprint(i))
-	}
+	games := r.games(10)
 	p := r.startRTM("rtm-1", nil)
 	const rounds, burst = 5, 50
 	for round := 1; round <= rounds; round++ {

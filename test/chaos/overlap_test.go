@@ -101,32 +101,30 @@ func TestChaos_rollingOverlap(t *testing.T) {
 			r.redeliver(id)
 		}
 	}
+	// every calls fn after a pause of minMS to minMS+spreadMS milliseconds, again and again,
+	// until stop is closed.
+	every := func(stop <-chan struct{}, minMS, spreadMS int, fn func()) {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Duration(minMS+rand.IntN(spreadMS)) * time.Millisecond):
+				fn()
+			}
+		}
+	}
 	// traffic sends jobs every 150-350ms and keeps two REST callers busy until stop is closed.
 	traffic := func(stop <-chan struct{}) *sync.WaitGroup {
 		var wg sync.WaitGroup
 		wg.Add(3)
 		go func() {
 			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(time.Duration(150+rand.IntN(200)) * time.Millisecond):
-					jobOnce()
-				}
-			}
+			every(stop, 150, 200, jobOnce)
 		}()
 		for i := 0; i < 2; i++ {
 			go func() {
 				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					case <-time.After(time.Duration(100+rand.IntN(300)) * time.Millisecond):
-						restOnce()
-					}
-				}
+				every(stop, 100, 300, restOnce)
 			}()
 		}
 		return &wg

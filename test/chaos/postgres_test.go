@@ -21,14 +21,8 @@ import (
 func TestChaos_postgresStopped(t *testing.T) {
 	r := newRig(t, "pg")
 	p := r.startRTM("rtm", nil)
-	games := make([]string, 8)
-	for i := range games {
-		games[i] = r.game(fmt.Sprint(i))
-	}
-	for _, g := range games[:5] {
-		r.sendStart(g, img(v141))
-	}
-	r.settle(60 * time.Second)
+	games := r.games(8)
+	r.startGames(games[:5])
 
 	const outage = 10 * time.Second
 	for round := 1; round <= 2; round++ {
@@ -113,14 +107,8 @@ func TestChaos_postgresBlackholed(t *testing.T) {
 	pp := newProxy(t, "tcp", "127.0.0.1:0", "tcp", u.Host)
 	u.Host = pp.addr
 	p := r.startRTM("rtm", map[string]string{"RTMANAGER_POSTGRES_PRIMARY_DSN": u.String()})
-	games := make([]string, 7)
-	for i := range games {
-		games[i] = r.game(fmt.Sprint(i))
-	}
-	for _, g := range games[:5] {
-		r.sendStart(g, img(v141))
-	}
-	r.settle(60 * time.Second)
+	games := r.games(7)
+	r.startGames(games[:5])
 
 	const hole = 8 * time.Second
 	pp.Blackhole()

@@ -321,15 +321,9 @@ func (p *proxy) holes() int {
 	return n
 }
 
+// close cuts the proxy for good and removes its socket file (addr is fixed once started).
 func (p *proxy) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.setMode(proxyRefuse)
-	if p.ln != nil {
-		_ = p.ln.Close()
-		p.ln = nil
-	}
-	p.dropAll()
+	p.Cut()
 	if p.network == "unix" {
 		_ = os.Remove(p.addr)
 	}

@@ -26,14 +26,8 @@ func TestChaos_redisRestartedEmpty(t *testing.T) {
 	r := newRig(t, "redis")
 	p := r.startRTM("rtm", nil)
 	ctx := context.Background()
-	games := make([]string, 8)
-	for i := range games {
-		games[i] = r.game(fmt.Sprint(i))
-	}
-	for _, g := range games[:6] {
-		r.sendStart(g, img(v141))
-	}
-	r.settle(60 * time.Second)
+	games := r.games(8)
+	r.startGames(games[:6])
 
 	for round := 1; round <= 2; round++ {
 		// A burst RTM records before the crash; its reconciles are in flight when Redis dies.

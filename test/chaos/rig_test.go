@@ -186,6 +186,24 @@ func (r *rig) longBurst(game string, gap time.Duration) {
 // game returns the test's game id with suffix.
 func (r *rig) game(suffix string) string { return r.prefix + "-" + suffix }
 
+// games returns n game ids of the rig: r.game("0"), r.game("1"), ….
+func (r *rig) games(n int) []string {
+	games := make([]string, n)
+	for i := range games {
+		games[i] = r.game(fmt.Sprint(i))
+	}
+	return games
+}
+
+// startGames sends a start job at img(v141) for each game and waits for the rig to settle.
+func (r *rig) startGames(games []string) {
+	r.t.Helper()
+	for _, g := range games {
+		r.sendStart(g, img(v141))
+	}
+	r.settle(60 * time.Second)
+}
+
 func (r *rig) removeContainers(ctx context.Context) {
 	list, err := suite.docker.ContainerList(ctx, container.ListOptions{All: true,
 		Filters: filters.NewArgs(filters.Arg("name", "galaxy-game-"+r.prefix))})
@@ -832,30 +850,24 @@ func (r *rig) checkExactlyOnce() {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	rows, err := r.pg.Query(ctx, `SELECT fields[array_position(fields, 'request_id') + 1], count(*) FROM outbox
-		WHERE stream = 'job_results' GROUP BY 1 HAVING count(*) > 1`)
-	if err != nil {
-		r.t.Fatal(err)
+	for _, q := range []struct{ sql, what string }{
+		{`SELECT fields[array_position(fields, 'request_id') + 1], count(*) FROM outbox
+		WHERE stream = 'job_results' GROUP BY 1 HAVING count(*) > 1`, "job results in the outbox"},
+		{`SELECT request_id, count(*) FROM operation_log WHERE request_id <> ''
+		GROUP BY 1 HAVING count(*) > 1`, "operation_log rows (a double operation)"},
+	} {
+		rows, err := r.pg.Query(ctx, q.sql)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		for rows.Next() {
+			var id string
+			var n int
+			_ = rows.Scan(&id, &n)
+			r.t.Errorf("request %s has %d %s", id, n, q.what)
+		}
+		rows.Close()
 	}
-	for rows.Next() {
-		var id string
-		var n int
-		_ = rows.Scan(&id, &n)
-		r.t.Errorf("request %s has %d job results in the outbox", id, n)
-	}
-	rows.Close()
-	rows, err = r.pg.Query(ctx, `SELECT request_id, count(*) FROM operation_log WHERE request_id <> ''
-		GROUP BY 1 HAVING count(*) > 1`)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	for rows.Next() {
-		var id string
-		var n int
-		_ = rows.Scan(&id, &n)
-		r.t.Errorf("request %s has %d operation_log rows (a double operation)", id, n)
-	}
-	rows.Close()
 	var outboxResults int
 	if err := r.pg.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE stream = 'job_results'`).Scan(&outboxResults); err != nil {
 		r.t.Fatal(err)
