@@ -58,8 +58,7 @@ func newFaultEnv(t *testing.T) *faultEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	rdb := redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
-	t.Cleanup(func() { rdb.Close() })
+	rdb := env.MustRedis(t)
 	return &faultEnv{st: st, pool: pool, rdb: rdb}
 }
 

@@ -80,8 +80,7 @@ type rig struct {
 func newRig(t *testing.T) *rig {
 	t.Helper()
 	st, _ := env.MustStore(t)
-	rdb := redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
-	t.Cleanup(func() { rdb.Close() })
+	rdb := env.MustRedis(t)
 	dk, err := runtime.New(runtime.Options{Host: "unix:///var/run/docker.sock", Network: network,
 		// These tests are about the reconciler, not Docker's latency: on a machine loaded by other
 		// suites the daemon has taken more than the default 10 s to start a container.

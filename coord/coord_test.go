@@ -20,9 +20,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
 
 func client(t *testing.T) *redis.Client {
 	t.Helper()
-	rdb := redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
-	t.Cleanup(func() { rdb.Close() })
-	return rdb
+	return env.MustRedis(t)
 }
 
 func TestCoord_Acquire_excludesOthersUntilReleased(t *testing.T) {

@@ -117,8 +117,7 @@ func newRigWith(t *testing.T, o rigOptions) *rig {
 	}
 	r := &rig{obs: &counter{seen: map[string]int{}}}
 	if r.rdb = o.rdb; r.rdb == nil {
-		r.rdb = redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
-		t.Cleanup(func() { r.rdb.Close() })
+		r.rdb = env.MustRedis(t)
 	}
 	var err error
 	r.st, err = store.Open(ctx, dsn, store.Options{OnOutbox: func(rows []rtm.OutboxEntry) { r.pub.Offer(rows) }})
