@@ -4,8 +4,6 @@ package chaos
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,9 +47,7 @@ func TestMain(m *testing.M) { os.Exit(runSuite(m)) }
 
 func runSuite(m *testing.M) int {
 	suite.begin = time.Now()
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	suite.run = "c" + hex.EncodeToString(b[:])
+	suite.run = testenv.RunID("c")
 
 	if err := testenv.DockerPing(context.Background()); err != nil {
 		fmt.Fprintf(os.Stderr, "chaos: no Docker daemon (%v); the tests will skip unless %s=1\n", err, testenv.EnvE2ERequired)

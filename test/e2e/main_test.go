@@ -4,8 +4,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
@@ -74,9 +72,7 @@ func runSuite(m *testing.M) int {
 	// Containers log through their test (t.Logf); the image builds need no banner.
 	tclog.SetDefault(tclog.NewNoopLogger())
 
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	suite.run = "e" + hex.EncodeToString(b[:])
+	suite.run = testenv.RunID("e")
 
 	if err := testenv.DockerPing(context.Background()); err != nil {
 		// Every test calls requireDocker first: it skips, or fails under RTM_E2E_REQUIRED=1.

@@ -2,8 +2,6 @@ package harness
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -61,9 +59,7 @@ type World struct {
 func SetUp(ctx context.Context, w *World, o Options) error {
 	w.opts = o
 	Logf("setting up: PostgreSQL, Redis, engine images %s:%s, rtmanager binary, network", o.EngineRepo, strings.Join(o.EngineVersions, ","))
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	w.Run = o.Name[:1] + hex.EncodeToString(b[:])
+	w.Run = testenv.RunID(o.Name[:1])
 	w.tb = &programTB{name: o.Name}
 	root, err := testenv.ModuleRoot()
 	if err != nil {

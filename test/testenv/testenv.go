@@ -28,6 +28,8 @@ package testenv
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -345,4 +347,12 @@ func Parallel(steps ...func() error) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// RunID returns prefix and six random hex digits: the prefix that keeps one run's game ids,
+// networks and request ids apart from another run's on the same Docker daemon.
+func RunID(prefix string) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
 }
