@@ -63,7 +63,7 @@ type informerHandlers struct {
 func (in *Informer) Run(ctx context.Context, handle func(gameID string),
 	known func(ctx context.Context, listed []rtm.Container) ([]string, error)) error {
 	h := informerHandlers{handle: handle, known: known}
-	var b eventsBackoff
+	var b rtm.Backoff
 	first := true
 	for ctx.Err() == nil {
 		sctx, cancel := context.WithCancel(ctx)
@@ -90,25 +90,36 @@ func (in *Informer) Run(ctx context.Context, handle func(gameID string),
 			return nil
 		}
 		if time.Since(connected) > 30*time.Second {
-			b.reset()
+			b.Reset()
 		}
-		wait := b.next()
+		wait := b.Next()
 		in.log.Warn("docker events stream ended, reconnecting", "error", err, "retry_in", wait.String())
-		if !sleepCtx(ctx, wait) {
+		if !rtm.Sleep(ctx, wait) {
 			return nil
 		}
 	}
 	return nil
 }
 
+// List lists every owned container with one Docker call and installs the list in the cache:
+// every full pass (the boot pass, the periodic and manual passes) lists through it, so the cache
+// is filled in one place.
+func (in *Informer) List(ctx context.Context) ([]rtm.Container, error) {
+	mark := in.cache.Begin()
+	list, err := in.lister.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	in.cache.Replace(mark, list)
+	return list, nil
+}
+
 // relist lists every owned container once, installs the list in the cache and hands over the
 // games known makes of it; it reports whether it did, logging why not (unless ctx ended).
 func (in *Informer) relist(ctx context.Context, first bool, h informerHandlers) bool {
-	mark := in.cache.Begin()
-	list, err := in.lister.List(ctx)
+	list, err := in.List(ctx)
 	var ids []string
 	if err == nil {
-		in.cache.Replace(mark, list)
 		if h.known != nil {
 			ids, err = h.known(ctx, list)
 		}
@@ -130,8 +141,8 @@ func (in *Informer) relist(ctx context.Context, first bool, h informerHandlers) 
 
 // relistUntilDone retries relist with backoff until it succeeds or ctx (the stream's) ends.
 func (in *Informer) relistUntilDone(ctx context.Context, first bool, h informerHandlers) {
-	var b eventsBackoff
-	for sleepCtx(ctx, b.next()) {
+	var b rtm.Backoff
+	for rtm.Sleep(ctx, b.Next()) {
 		if in.relist(ctx, first, h) {
 			return
 		}
@@ -188,29 +199,3 @@ func (in *Informer) apply(ev rtm.DockerEvent) bool {
 	}
 	return true
 }
-
-// sleepCtx waits d or until ctx ends; it reports whether ctx is still live.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// eventsBackoff doubles from 100 ms to 5 s; the zero value starts at 100 ms.
-type eventsBackoff struct{ d time.Duration }
-
-func (b *eventsBackoff) next() time.Duration {
-	if b.d == 0 {
-		b.d = 100 * time.Millisecond
-	} else {
-		b.d = min(2*b.d, 5*time.Second)
-	}
-	return b.d
-}
-
-func (b *eventsBackoff) reset() { b.d = 0 }

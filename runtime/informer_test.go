@@ -325,3 +325,24 @@ func TestInformer_Run_realDockerOOM(t *testing.T) {
 		t.Errorf("inspection after oom: %+v, want OOMKilled, 137", got)
 	}
 }
+
+// TestInformer_List_fillsTheCache: a full pass lists through the informer, which installs the
+// list in the cache (the cache is filled in one place); a failed list leaves the cache as it was.
+func TestInformer_List_fillsTheCache(t *testing.T) {
+	cache := NewCache()
+	in := NewInformer(nil, listed{{GameID: "g1", ID: "c1", Owned: true, State: "running"}}, cache, discard())
+	list, err := in.List(context.Background())
+	if err != nil || len(list) != 1 {
+		t.Fatalf("List: %v %v", list, err)
+	}
+	if ct, found, known, _ := cache.Lookup("g1"); !known || !found || ct.ID != "c1" {
+		t.Fatalf("after List the cache has g1 as %+v found=%v known=%v", ct, found, known)
+	}
+	failing := NewInformer(nil, &flakyLister{fails: 1}, cache, discard())
+	if _, err := failing.List(context.Background()); err == nil {
+		t.Fatal("a failing list reported no error")
+	}
+	if _, found, known, _ := cache.Lookup("g1"); !known || !found {
+		t.Fatal("a failed list changed the cache")
+	}
+}

@@ -87,7 +87,7 @@ func (c *JobConsumer) Run(ctx context.Context) error {
 	for off == "" {
 		o, err := c.Redis.Offset(ctx, name)
 		if err != nil {
-			if !sleep(ctx, time.Second) {
+			if !rtm.Sleep(ctx, time.Second) {
 				return nil
 			}
 			c.Log.Warn("reading offset failed, retrying", "worker", name, "error", err)
@@ -122,7 +122,7 @@ func (c *JobConsumer) Run(ctx context.Context) error {
 		c.Log.Info("worker stopped", "worker", name, "offset", off)
 	}()
 	off = c.checkReset(ctx, off)
-	backoff := newBackoff()
+	var backoff rtm.Backoff
 	for ctx.Err() == nil {
 		entries, err := c.Redis.Read(ctx, c.Stream, off, 64, c.Block)
 		if err != nil {
@@ -130,13 +130,13 @@ func (c *JobConsumer) Run(ctx context.Context) error {
 				return nil
 			}
 			c.Log.Warn("reading job stream failed, retrying", "worker", name, "stream", c.Stream, "error", err)
-			if !sleep(ctx, backoff.next()) {
+			if !rtm.Sleep(ctx, backoff.Next()) {
 				return nil
 			}
 			off = c.checkReset(ctx, off)
 			continue
 		}
-		backoff.reset()
+		backoff.Reset()
 		if len(entries) == 0 {
 			off = c.checkReset(ctx, off)
 			continue
@@ -152,11 +152,11 @@ func (c *JobConsumer) Run(ctx context.Context) error {
 				}
 				// The store is down: never skip a job, try it again.
 				c.Log.Warn("recording job failed, retrying", "worker", name, "entry_id", e.ID, "error", err)
-				if !sleep(ctx, backoff.next()) {
+				if !rtm.Sleep(ctx, backoff.Next()) {
 					return nil
 				}
 			}
-			backoff.reset()
+			backoff.Reset()
 			off = e.ID
 		}
 		_ = persist(ctx) // logged; the next batch or the stop tries again
@@ -350,31 +350,3 @@ func splitID(id string) (uint64, uint64) {
 	}
 	return ms, seq
 }
-
-// sleep waits d or until ctx ends; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// backoff doubles from 100ms to 5s.
-type backoff struct{ d time.Duration }
-
-func newBackoff() *backoff { return &backoff{} }
-
-func (b *backoff) next() time.Duration {
-	if b.d == 0 {
-		b.d = 100 * time.Millisecond
-	} else {
-		b.d = min(2*b.d, 5*time.Second)
-	}
-	return b.d
-}
-
-func (b *backoff) reset() { b.d = 0 }

@@ -19,26 +19,13 @@ type ActiveGames interface {
 	ActiveGameIDs(ctx context.Context) ([]string, error)
 }
 
-// ListCache is the reconciler's container cache, refreshed by every full list.
-type ListCache interface {
-	Begin() uint64
-	Replace(mark uint64, list []rtm.Container)
-}
-
 // AllGames returns the union of the games with an active record and the games of every owned
-// container: what a full reconcile pass looks at. It costs one Docker list call and one query,
-// and refreshes cache (may be nil) with the list.
-func AllGames(ctx context.Context, docker Lister, store ActiveGames, cache ListCache) ([]string, error) {
-	var mark uint64
-	if cache != nil {
-		mark = cache.Begin()
-	}
-	cs, err := docker.List(ctx)
+// container: what a full reconcile pass looks at. It costs one list call (the runtime's informer
+// refreshes its cache with it) and one query.
+func AllGames(ctx context.Context, lister Lister, store ActiveGames) ([]string, error) {
+	cs, err := lister.List(ctx)
 	if err != nil {
 		return nil, err
-	}
-	if cache != nil {
-		cache.Replace(mark, cs)
 	}
 	return gamesOf(ctx, store, cs)
 }
@@ -73,9 +60,8 @@ func gamesOf(ctx context.Context, store ActiveGames, list []rtm.Container) ([]st
 // periodic passes keep their schedule.
 type Ticker struct {
 	Interval time.Duration
-	Docker   Lister
+	Docker   Lister // the runtime's informer, which refreshes its cache with each list
 	Store    ActiveGames
-	Cache    ListCache
 	Enqueue  func(gameID string)
 	Log      *slog.Logger
 	Trigger  <-chan struct{} // nil: no manual passes
@@ -96,7 +82,7 @@ func (t *Ticker) Run(ctx context.Context) error {
 			timer.Stop()
 			manual = true
 		}
-		ids, err := AllGames(ctx, t.Docker, t.Store, t.Cache)
+		ids, err := AllGames(ctx, t.Docker, t.Store)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

@@ -45,8 +45,10 @@ type manager struct {
 	dk      *runtime.Docker
 	engines *runtime.EngineAddrs
 	cache   *runtime.Cache
-	prober  *probe.HTTP
-	ctrl    *controllers.Controller
+	// informer keeps cache current: Docker events, and every full list goes through it.
+	informer *runtime.Informer
+	prober   *probe.HTTP
+	ctrl     *controllers.Controller
 	// intake takes every request, from the job streams and REST alike.
 	intake  *rtm.Intake
 	srv     *http.Server
@@ -185,6 +187,7 @@ func (m *manager) setupReconciler(context.Context) error {
 	cfg := m.cfg
 	m.prober = probe.New(cfg.EnginePort, cfg.ProbeTarget == config.ProbeTargetContainerIP, cfg.ProbeTimeout)
 	m.cache = runtime.NewCache()
+	m.informer = runtime.NewInformer(m.dk, m.dk, m.cache, m.log.With("worker", "dockerevents"))
 	rec, err := controllers.New(m.st, m.dk, m.co, m.stateDirs(), m.prober, controllers.Options{
 		Network: cfg.DockerNetwork, EnginePort: cfg.EnginePort, StateMount: cfg.EngineStateMount,
 		StopTimeout: cfg.EngineStopTimeout, MemoryBytes: cfg.EngineMemoryBytes, NanoCPUs: cfg.EngineNanoCPUs,
@@ -257,7 +260,7 @@ func (m *manager) setupListener(context.Context) error {
 
 // setupInitialPass is step 6: the synchronous reconcile of every known game.
 func (m *manager) setupInitialPass(ctx context.Context) error {
-	ids, err := sources.AllGames(ctx, m.dk, m.st, m.cache)
+	ids, err := sources.AllGames(ctx, m.informer, m.st)
 	if err != nil {
 		_ = m.srv.Close()
 		return step("reconciler initial pass", err)
@@ -291,14 +294,14 @@ func (m *manager) runWorkers(ctx context.Context, manual <-chan struct{}) *sync.
 		{"startjobs", jobs(rtm.StartJobs, cfg.StartJobsStream).Run},
 		{"stopjobs", jobs(rtm.StopJobs, cfg.StopJobsStream).Run},
 		{"dockerevents", (&sources.DockerEvents{Store: m.st, Enqueue: m.ctrl.Enqueue,
-			Informer: runtime.NewInformer(m.dk, m.dk, m.cache, m.log.With("worker", "dockerevents"))}).Run},
+			Informer: m.informer}).Run},
 		{"prober", (&probe.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
 			Grace: cfg.ProbeInterval, Store: m.st, Docker: m.dk, Probe: m.prober, Marks: m.cache,
 			Observer: m.metrics, Log: m.log}).Run},
-		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: m.st, Docker: m.dk, Lister: m.dk,
+		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: m.st, Docker: m.dk, Lister: m.informer,
 			Enqueue: m.ctrl.Enqueue, Log: m.log}).Run},
-		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: m.dk, Store: m.st,
-			Cache: m.cache, Enqueue: m.ctrl.Enqueue, Log: m.log, Trigger: manual}).Run},
+		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: m.informer, Store: m.st,
+			Enqueue: m.ctrl.Enqueue, Log: m.log, Trigger: manual}).Run},
 		{"publisher", relay.Run},
 	}
 	var wg sync.WaitGroup

@@ -27,18 +27,6 @@ const (
 	outcomeWindow = 50
 )
 
-// sleepCtx waits d; it reports false, at once, when ctx ends first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // transient reports whether a failed request may succeed if sent again: no answer came (the
 // server is restarting, a network blip) or the server answered 5xx.
 func transient(err error) bool {
@@ -155,7 +143,7 @@ func (a *app) awaitOutcome(ctx context.Context, c *client, gameID, requestID str
 				}
 			}
 		}
-		if !sleepCtx(dctx, delay) {
+		if !rtm.Sleep(dctx, delay) {
 			if ctx.Err() != nil {
 				return nil, interrupted(http.MethodPost)
 			}
@@ -264,7 +252,7 @@ func (a *app) wait(ctx context.Context, gameID string, want rtm.Status, interval
 			}
 			return err
 		}
-		if !sleepCtx(dctx, interval) {
+		if !rtm.Sleep(dctx, interval) {
 			if ctx.Err() != nil {
 				return interrupted(http.MethodGet)
 			}
@@ -319,7 +307,7 @@ func (a *app) watchRuntimes(ctx context.Context, gameID, status string, limit in
 		}
 		warned := false
 		for {
-			if !sleepCtx(ctx, interval) {
+			if !rtm.Sleep(ctx, interval) {
 				return nil
 			}
 			if items, err = fetch(); err == nil {

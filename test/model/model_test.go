@@ -693,9 +693,10 @@ func (s *schedule) startProcess(slot, incarnation int) *process {
 	}
 	p.ctrl, p.alive = ctrl, true
 	scoped := scopedStore{Store: s.h.st, prefix: s.prefix}
+	informer := runtime.NewInformer(fake, fake, cache, log)
 	workers := []func(context.Context) error{
-		(&sources.DockerEvents{Informer: runtime.NewInformer(fake, fake, cache, log), Store: scoped, Enqueue: ctrl.Enqueue}).Run,
-		(&sources.Ticker{Interval: 150 * time.Millisecond, Docker: fake, Store: scoped, Cache: cache, Enqueue: ctrl.Enqueue, Log: log}).Run,
+		(&sources.DockerEvents{Informer: informer, Store: scoped, Enqueue: ctrl.Enqueue}).Run,
+		(&sources.Ticker{Interval: 150 * time.Millisecond, Docker: informer, Store: scoped, Enqueue: ctrl.Enqueue, Log: log}).Run,
 		(&probe.Prober{Interval: 60 * time.Millisecond, Threshold: 2, Grace: 60 * time.Millisecond, Store: scoped,
 			Docker: fake, Probe: fake, Log: log}).Run,
 	}
@@ -703,7 +704,7 @@ func (s *schedule) startProcess(slot, incarnation int) *process {
 	go func() {
 		defer p.wg.Done()
 		// The boot pass, then the workers, as cmd/manager does.
-		if ids, err := sources.AllGames(ctx, fake, scoped, cache); err == nil {
+		if ids, err := sources.AllGames(ctx, informer, scoped); err == nil {
 			ctrl.InitialPass(ctx, ids)
 		}
 		for _, w := range workers {

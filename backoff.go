@@ -1,0 +1,35 @@
+package rtmanager
+
+import (
+	"context"
+	"time"
+)
+
+// Backoff is the wait between retries of a worker's failing call (a stream read, a relist, an
+// events subscription): 100 ms, doubling to 5 s. The zero value is ready; Reset starts over.
+type Backoff struct{ d time.Duration }
+
+// Next returns the next wait.
+func (b *Backoff) Next() time.Duration {
+	if b.d == 0 {
+		b.d = 100 * time.Millisecond
+	} else {
+		b.d = min(2*b.d, 5*time.Second)
+	}
+	return b.d
+}
+
+// Reset makes the next wait the first again.
+func (b *Backoff) Reset() { b.d = 0 }
+
+// Sleep waits d or until ctx ends; it reports whether ctx is still live.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
