@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/galaxy-platform/rtmanager/test/testenv"
+
 	rtm "github.com/galaxy-platform/rtmanager"
 )
 
@@ -60,9 +62,9 @@ func bodyFor(path string) io.Reader {
 	return nil
 }
 
-func newEngineHandler(engines EngineAddrs, token string) (http.Handler, *recordingStore, *syncBuffer) {
+func newEngineHandler(engines EngineAddrs, token string) (http.Handler, *recordingStore, *testenv.SyncBuffer) {
 	st := &recordingStore{rec: fuzzRecords[1]}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	api := NewAPI(APIOptions{Store: st, Allowed: []string{"galaxy/game"}, Token: token, Logs: newFakeLogs("line\n"),
 		Intake: newIntake(st, nil)})
 	h := NewHandler(Options{API: api, Engines: engines, PProf: true,

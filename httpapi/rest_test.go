@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -68,7 +67,7 @@ func rollBack(rec *rtm.Record) (func(*rtm.Record), rtm.Answer) {
 type fixture struct {
 	st  *store.Store
 	srv *httptest.Server
-	log *syncBuffer
+	log *testenv.SyncBuffer
 }
 
 type options struct {
@@ -124,7 +123,7 @@ func newFixture(t *testing.T, o options) *fixture {
 			}
 		}
 	}
-	f := &fixture{st: st, log: &syncBuffer{}}
+	f := &fixture{st: st, log: &testenv.SyncBuffer{}}
 	var s Store = st
 	if o.wrapStore != nil {
 		s = o.wrapStore(st)
@@ -226,23 +225,6 @@ func (f *fixture) operations(t *testing.T, gameID string) []rtm.Operation {
 		t.Fatal(err)
 	}
 	return ops
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestAPI_auth_callers(t *testing.T) {

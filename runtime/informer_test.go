@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/galaxy-platform/rtmanager/test/testenv"
+
 	rtm "github.com/galaxy-platform/rtmanager"
 )
 
@@ -179,24 +181,6 @@ func (l *flakyLister) List(context.Context) ([]rtm.Container, error) {
 	return l.list, nil
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestInformer_Run_reconnectRelistsUntilItSucceeds(t *testing.T) {
 	cache := NewCache()
 	lister := &flakyLister{list: []rtm.Container{{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}}}
@@ -210,7 +194,7 @@ func TestInformer_Run_reconnectRelistsUntilItSucceeds(t *testing.T) {
 			lister.mu.Unlock()
 		}
 	}}
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	var handedOver atomic.Int32
 	runInformer(t, NewInformer(src, lister, cache, slog.New(slog.NewTextHandler(&logs, nil))),
 		func(string) { handedOver.Add(1) }, listedGames)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -86,22 +85,4 @@ func TestDockerEvents_Run_enqueuesWhatTheInformerHandsOver(t *testing.T) {
 	if ct, _, known, _ := cache.Lookup("g2"); !known || ct.State != rtm.StateExited || ct.ExitCode != 2 {
 		t.Errorf("the die was not applied to the cache: %+v known=%v", ct, known)
 	}
-}
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

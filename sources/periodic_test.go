@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/galaxy-platform/rtmanager/test/testenv"
+
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/sources"
 )
@@ -25,7 +27,7 @@ func (a fakeActive) ActiveGameIDs(context.Context) ([]string, error) { return a,
 // pass: every game (records and owned containers) is enqueued at once, and the pass is logged at
 // info with the number of games.
 func TestTicker_Run_triggerRunsAManualPassAtOnce(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	var mu sync.Mutex
 	var woke []string
 	trigger := make(chan struct{}, 1)

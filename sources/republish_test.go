@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/galaxy-platform/rtmanager/test/testenv"
+
 	rtm "github.com/galaxy-platform/rtmanager"
 
 	"github.com/redis/go-redis/v9"
@@ -30,7 +32,7 @@ func TestJobConsumer_Run_answersAgainAResentJobWhoseResultRedisLost(t *testing.T
 	defer func() { stopPub(); <-pubDone }()
 
 	results := func() int64 { return h.rdb.XLen(ctx, "results").Val() }
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	resend := func(want int64) {
 		t.Helper()
 		// Refused at once (the image is not allowed): answered by the consumer itself.
@@ -85,7 +87,7 @@ func TestJobConsumer_Run_offsetNotSavedAtStopIsAWarning(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs", Values: []any{"game_id", "g1", "request_id", "s1"}})
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	c := h.consumer(rtm.StopJobs, "runtime:stop_jobs")
 	c.Redis = failingOffsets{h.co}
 	c.Log = slog.New(slog.NewTextHandler(&logs, nil))

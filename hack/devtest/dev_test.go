@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -59,7 +58,7 @@ func TestDevCleanupLeavesForeignContainers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	cmd := exec.CommandContext(ctx, filepath.Join(root, "hack", "dev.sh"))
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "RTM_DEV_DIR="+dir, "RTMANAGER_DOCKER_NETWORK="+devNet, "NO_COLOR=")
@@ -181,7 +180,7 @@ func docker(ctx context.Context, t *testing.T, args ...string) string {
 
 // waitFor polls cond every 200ms until it holds; it fails the test when dev.sh exits first or
 // ctx ends.
-func waitFor(ctx context.Context, t *testing.T, what string, exited <-chan error, out *syncBuffer, cond func() bool) {
+func waitFor(ctx context.Context, t *testing.T, what string, exited <-chan error, out *testenv.SyncBuffer, cond func() bool) {
 	t.Helper()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
@@ -197,7 +196,7 @@ func waitFor(ctx context.Context, t *testing.T, what string, exited <-chan error
 }
 
 // waitForEnv waits for dev.sh's environment file and returns its exported variables.
-func waitForEnv(ctx context.Context, t *testing.T, path string, exited <-chan error, out *syncBuffer) map[string]string {
+func waitForEnv(ctx context.Context, t *testing.T, path string, exited <-chan error, out *testenv.SyncBuffer) map[string]string {
 	t.Helper()
 	env := map[string]string{}
 	waitFor(ctx, t, "environment file", exited, out, func() bool {
@@ -214,22 +213,4 @@ func waitForEnv(ctx context.Context, t *testing.T, path string, exited <-chan er
 		return env["RTM_DEV_HTTP"] != "" && env["RTMANAGER_POSTGRES_PRIMARY_DSN"] != ""
 	})
 	return env
-}
-
-// syncBuffer is the script's output, written by exec's copying goroutine and read by the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

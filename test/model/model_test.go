@@ -17,11 +17,9 @@
 package model
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -182,7 +180,7 @@ type schedule struct {
 	reqs   int
 	mark   int64 // the outbox's last id before the schedule began
 
-	logs  syncBuffer
+	logs  testenv.SyncBuffer
 	steps strings.Builder
 	log   *slog.Logger
 
@@ -1007,24 +1005,6 @@ type stateDirs struct{}
 func (stateDirs) join(gameID string) string              { return "/srv/galaxy/games/" + gameID }
 func (d stateDirs) Ensure(gameID string) (string, error) { return d.join(gameID), nil }
 
-// syncBuffer is a bytes.Buffer safe for the loggers of several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
@@ -1032,8 +1012,6 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-var _ io.Writer = (*syncBuffer)(nil)
 
 // leaseCtx is the wrapped lease context with the lease's own synchronous Err: a context derived
 // from coord's lease learns of its end through a goroutine, later than the lease itself.
