@@ -159,13 +159,22 @@ const (
 	EngineLogMaxFiles = 3
 )
 
-// containerConfig turns spec into the SDK's create arguments.
+// containerConfig turns spec into the SDK's create arguments, on the adapter's network unless
+// spec names one.
 func (d *Docker) containerConfig(spec rtm.ContainerSpec) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
+	if spec.Network == "" {
+		spec.Network = d.opts.Network
+	}
+	return ContainerConfig(spec)
+}
+
+// ContainerConfig turns spec (its Network set) into the SDK's create arguments: the container RTM
+// creates for a game. It is exported for the benchmark's raw baseline (test/bench), which must
+// create the very same container through the SDK to measure what RTM adds; RTM's own code calls
+// Docker.Create.
+func ContainerConfig(spec rtm.ContainerSpec) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
 	name := rtm.ContainerName(spec.GameID)
 	netName := spec.Network
-	if netName == "" {
-		netName = d.opts.Network
-	}
 
 	env := make([]string, 0, len(spec.Env))
 	for k, v := range spec.Env {

@@ -6,12 +6,9 @@ import (
 	"math"
 	"os"
 	"slices"
-	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
@@ -70,50 +67,11 @@ func (r *rawStarter) stop(ctx context.Context, id string) error {
 	return r.cli.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs})
 }
 
-// containerConfig is runtime.Docker's containerConfig (runtime/containers.go) with the owner
-// label's value as a parameter. checkParity compares the result with RTM's containers.
+// containerConfig is the container RTM creates for spec (runtime.ContainerConfig), with the
+// owner label's value as a parameter. checkParity compares the result with RTM's containers.
 func containerConfig(spec rtm.ContainerSpec, owner string) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
-	name := rtm.ContainerName(spec.GameID)
-	netName := spec.Network
-	env := make([]string, 0, len(spec.Env))
-	for k, v := range spec.Env {
-		env = append(env, k+"="+v)
-	}
-	sort.Strings(env)
-	cfg := &container.Config{
-		Image: spec.ImageRef,
-		Env:   env,
-		User:  spec.User,
-		Labels: map[string]string{
-			rtm.LabelOwner:      owner,
-			rtm.LabelGameID:     spec.GameID,
-			rtm.LabelImageRef:   spec.ImageRef,
-			rtm.LabelGeneration: strconv.FormatInt(spec.Generation, 10),
-		},
-	}
-	hostCfg := &container.HostConfig{
-		NetworkMode:    container.NetworkMode(netName),
-		RestartPolicy:  container.RestartPolicy{Name: container.RestartPolicyDisabled},
-		Mounts:         []mount.Mount{{Type: mount.TypeBind, Source: spec.StateDir, Target: spec.StateMount}},
-		SecurityOpt:    []string{"no-new-privileges"},
-		CapDrop:        []string{"ALL"},
-		ReadonlyRootfs: spec.ReadOnlyRoot,
-		Tmpfs:          map[string]string{"/tmp": "rw,noexec,nosuid,size=16m"},
-	}
-	if spec.MemoryBytes > 0 {
-		hostCfg.Memory = spec.MemoryBytes
-		hostCfg.MemorySwap = spec.MemoryBytes
-	}
-	if spec.NanoCPUs > 0 {
-		hostCfg.NanoCPUs = spec.NanoCPUs
-	}
-	if spec.PidsLimit > 0 {
-		pids := spec.PidsLimit
-		hostCfg.PidsLimit = &pids
-	}
-	netCfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
-		netName: {Aliases: []string{name}},
-	}}
+	cfg, hostCfg, netCfg := runtime.ContainerConfig(spec)
+	cfg.Labels[rtm.LabelOwner] = owner
 	return cfg, hostCfg, netCfg
 }
 
