@@ -44,7 +44,9 @@ type manager struct {
 	co      *coord.Coord
 	dk      *runtime.Docker
 	engines *runtime.EngineAddrs
-	cache   *runtime.Cache
+	// followEngines starts following the engines' addresses (EngineAddrs.Run); nil once started.
+	followEngines func()
+	cache         *runtime.Cache
 	// informer keeps cache current: Docker events, and every full list goes through it.
 	informer *runtime.Informer
 	prober   *probe.HTTP
@@ -163,11 +165,17 @@ func (m *manager) setupDocker(ctx context.Context) error {
 	if err := m.engines.Refresh(ctx); err != nil {
 		return step("docker network", err)
 	}
+	// The snapshot is followed (network events, resyncs) from the end of the initial pass on,
+	// so that the pass has the daemon to itself; until then an address the snapshot is unsure
+	// of costs a request a refresh (EngineAddrs.IsEngine), as while the event stream is down.
 	engCtx, stopEngines := context.WithCancel(context.WithoutCancel(ctx))
 	engDone := make(chan struct{})
-	go func() { defer close(engDone); _ = m.engines.Run(engCtx) }()
+	m.followEngines = func() { go func() { defer close(engDone); _ = m.engines.Run(engCtx) }() }
 	m.stop.onClose(func(ctx context.Context) {
 		stopEngines()
+		if m.followEngines != nil {
+			return // never started
+		}
 		select {
 		case <-engDone:
 		case <-ctx.Done():
@@ -267,6 +275,8 @@ func (m *manager) setupInitialPass(ctx context.Context) error {
 	}
 	failed := m.ctrl.InitialPass(ctx, ids)
 	m.log.Info("reconciler initial pass completed", "games", len(ids), "retrying", failed)
+	m.followEngines()
+	m.followEngines = nil
 	return nil
 }
 
