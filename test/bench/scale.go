@@ -197,8 +197,16 @@ func sumOwn(m map[string]int) int {
 	return n
 }
 
-// goroutines reads RTM's goroutine count from its goroutine profile.
+// goroutines reads RTM's goroutine count from its goroutine profile. Over the target, the
+// profile's largest groups (debug=1 lists them by count, largest first) go to the log, to say
+// what holds them.
 func goroutines(ctx context.Context, p *harness.Proc) (int, error) {
-	_, n, err := p.GoroutineProfile(ctx)
+	prof, n, err := p.GoroutineProfile(ctx)
+	if err == nil && n > targetGoroutines {
+		groups := strings.Split(prof, "\n\n")
+		for _, g := range groups[:min(len(groups), 4)] {
+			harness.Logf("  goroutines over %d: %s", targetGoroutines, strings.Join(strings.Split(g, "\n")[:min(8, len(strings.Split(g, "\n")))], " | "))
+		}
+	}
 	return n, err
 }

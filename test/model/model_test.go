@@ -18,6 +18,7 @@ package model
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -357,7 +358,14 @@ func (s *schedule) submit(ctx context.Context, p *process, req rtm.Request, guar
 	req.ReceivedAt = time.Now().UTC()
 	in := &rtm.Intake{Store: s.h.st, Enqueue: p.enqueue, Allowed: []string{"galaxy/game"},
 		Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: stateDirs{}.join}}
+	// A store that cannot answer now (a lock timeout on a loaded machine) is retried, as the job
+	// consumer retries its entry; anything else is a violation.
 	sub, err := in.Take(ctx, req, guard)
+	var b rtm.Backoff
+	for tries := 1; errors.Is(err, rtm.ErrUnavailable) && tries < 5 && rtm.Sleep(ctx, b.Next()); tries++ {
+		s.step("  → %s not recorded yet, retried: %v", req.RequestID, err)
+		sub, err = in.Take(ctx, req, guard)
+	}
 	if err != nil {
 		s.violate("recording %s %s: %v", req.Kind, req.RequestID, err)
 		return
