@@ -267,7 +267,10 @@ func (e *EngineAddrs) load(ctx context.Context) (addrSnapshot, error) {
 
 	c = d.begin(ctx, "list", e.opts.RefreshTimeout, attrNetwork.String(name))
 	list, err := d.cli.ContainerList(c.ctx, container.ListOptions{
-		All: true, Filters: filters.NewArgs(filters.Arg("label", rtm.LabelOwner+"="+rtm.OwnerValue)),
+		// Only this network's: an owned container elsewhere has no address here, and other RTMs'
+		// engines (a thousand on a shared host) would make every refresh slower for nothing.
+		All: true, Filters: filters.NewArgs(filters.Arg("label", rtm.LabelOwner+"="+rtm.OwnerValue),
+			filters.Arg("network", name)),
 	})
 	if err != nil {
 		return addrSnapshot{}, c.end(fmt.Errorf("listing owned containers: %w", classify(ctx, err)))

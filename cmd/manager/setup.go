@@ -162,7 +162,14 @@ func (m *manager) setupDocker(ctx context.Context) error {
 	}
 	m.log.Info("docker network found", "network", m.cfg.DockerNetwork)
 	m.engines = runtime.NewEngineAddrs(dk, runtime.EngineAddrsOptions{Logger: m.log})
-	if err := m.engines.Refresh(ctx); err != nil {
+	// A refresh's calls are bounded tightly (a request may wait for one); a daemon slow for a
+	// moment at start-up gets three tries before the start-up gives up.
+	var b rtm.Backoff
+	err = m.engines.Refresh(ctx)
+	for try := 1; err != nil && try < 3 && rtm.Sleep(ctx, b.Next()); try++ {
+		err = m.engines.Refresh(ctx)
+	}
+	if err != nil {
 		return step("docker network", err)
 	}
 	// The snapshot is followed (network events, resyncs) from the end of the initial pass on,
