@@ -126,6 +126,9 @@ func TestCleanup_StopThenDeleteKeepsStateDir(t *testing.T) {
 	r.Start()
 	g := r.game("a")
 	r.StartGame(g, img(v141))
+	// The engine records its boot a moment after its container runs; the check below is that
+	// cleanup keeps what the engine wrote, so it must have written it.
+	testenv.Eventually(t, 5*time.Second, "first boot", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
 
 	code, b := r.Call(http.MethodDelete, gamePath(g, "/container"), "admin", nil)
 	expect(t, code == http.StatusConflict && errorCode(b) == "runtime_running", "cleanup of a running container: %d %s", code, b)
