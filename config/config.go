@@ -254,14 +254,9 @@ func Load(getenv func(string) string) (Config, error) {
 // variable to change (the first of a pair; for two equal streams, the later one in CONTRACT §1's
 // order), or nil.
 func (c Config) Validate() error {
-	required := []struct{ name, value string }{
-		{"RTMANAGER_GAME_STATE_ROOT", c.GameStateRoot},
-		{"RTMANAGER_POSTGRES_PRIMARY_DSN", c.PostgresDSN},
-		{"RTMANAGER_REDIS_MASTER_ADDR", c.RedisAddr},
-	}
-	for _, r := range required {
-		if r.value == "" {
-			return &Error{Var: r.name, Reason: "required but not set"}
+	for _, v := range variables() {
+		if v.required && v.get(c) == "" {
+			return &Error{Var: v.name, Reason: "required but not set"}
 		}
 	}
 
@@ -354,115 +349,28 @@ type variable struct {
 // the first bad one is the one reported.
 func variables() []variable {
 	return []variable{
-		{
-			name: "RTMANAGER_INTERNAL_HTTP_ADDR",
-			set: func(c *Config, v string) error {
-				if _, err := parseHostPort(v, 0, false); err != nil {
-					return err
-				}
-				c.InternalHTTPAddr = v
-				return nil
-			},
-			get: func(c Config) string { return c.InternalHTTPAddr },
-		},
-		{
-			name: "RTMANAGER_DOCKER_HOST",
-			set: func(c *Config, v string) error {
-				if err := checkDockerHost(v); err != nil {
-					return err
-				}
-				c.DockerHost = v
-				return nil
-			},
-			get:    func(c Config) string { return c.DockerHost },
-			redact: redactURL,
-		},
+		checked("RTMANAGER_INTERNAL_HTTP_ADDR", func(c *Config) *string { return &c.InternalHTTPAddr }, hostPort(0, false)),
+		checked("RTMANAGER_DOCKER_HOST", func(c *Config) *string { return &c.DockerHost }, checkDockerHost).hiddenBy(redactURL),
 		objectName("RTMANAGER_DOCKER_NETWORK", func(c *Config) *string { return &c.DockerNetwork }),
-		{
-			name:     "RTMANAGER_GAME_STATE_ROOT",
-			required: true,
-			set: func(c *Config, v string) error {
-				if !filepath.IsAbs(v) {
-					return fmt.Errorf("%q is not an absolute path", v)
-				}
-				c.GameStateRoot = filepath.Clean(v)
-				return nil
-			},
-			get: func(c Config) string { return c.GameStateRoot },
-		},
-		{
-			name: "RTMANAGER_GAME_STATE_DIR_MODE",
-			set: func(c *Config, v string) error {
-				digits := v
-				if len(v) > 2 && (v[:2] == "0o" || v[:2] == "0O") {
-					digits = v[2:]
-				}
-				m, err := strconv.ParseUint(digits, 8, 32)
-				if err != nil || m > 0o7777 {
-					return fmt.Errorf("%q is not an octal file mode between 0000 and 7777 (e.g. 0750)", v)
-				}
-				c.GameStateDirMode = uint32(m)
-				return nil
-			},
-			get: func(c Config) string { return fmt.Sprintf("%04o", c.GameStateDirMode) },
-		},
+		parsed("RTMANAGER_GAME_STATE_ROOT", func(c *Config) *string { return &c.GameStateRoot }, parseHostPath, verbatim).mandatory(),
+		parsed("RTMANAGER_GAME_STATE_DIR_MODE", func(c *Config) *uint32 { return &c.GameStateDirMode }, parseDirMode, formatDirMode),
 		id("RTMANAGER_GAME_STATE_OWNER_UID", "uid", func(c *Config) *int { return &c.GameStateOwnerUID }),
 		id("RTMANAGER_GAME_STATE_OWNER_GID", "gid", func(c *Config) *int { return &c.GameStateOwnerGID }),
-		{
-			name:     "RTMANAGER_POSTGRES_PRIMARY_DSN",
-			required: true,
-			set: func(c *Config, v string) error {
-				if err := checkPostgresDSN(v); err != nil {
-					return err
-				}
-				c.PostgresDSN = v
-				return nil
-			},
-			get:    func(c Config) string { return c.PostgresDSN },
-			redact: redactDSN,
-		},
+		checked("RTMANAGER_POSTGRES_PRIMARY_DSN", func(c *Config) *string { return &c.PostgresDSN }, checkPostgresDSN).mandatory().hiddenBy(redactDSN),
 		duration("RTMANAGER_POSTGRES_CONNECT_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresConnectTimeout }),
 		duration("RTMANAGER_POSTGRES_OPERATION_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresOperationTimeout }),
 		duration("RTMANAGER_POSTGRES_STATEMENT_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresStatementTimeout }),
 		duration("RTMANAGER_POSTGRES_LOCK_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresLockTimeout }),
 		duration("RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT", func(c *Config) *time.Duration { return &c.PostgresMigrationLockTimeout }),
-		{
-			name:     "RTMANAGER_REDIS_MASTER_ADDR",
-			required: true,
-			set: func(c *Config, v string) error {
-				if _, err := parseHostPort(v, 1, true); err != nil {
-					return err
-				}
-				c.RedisAddr = v
-				return nil
-			},
-			get: func(c Config) string { return c.RedisAddr },
-		},
-		{
-			name:   "RTMANAGER_REDIS_PASSWORD",
-			set:    func(c *Config, v string) error { c.RedisPassword = v; return nil },
-			get:    func(c Config) string { return c.RedisPassword },
-			redact: redactSecret,
-		},
+		checked("RTMANAGER_REDIS_MASTER_ADDR", func(c *Config) *string { return &c.RedisAddr }, hostPort(1, true)).mandatory(),
+		checked("RTMANAGER_REDIS_PASSWORD", func(c *Config) *string { return &c.RedisPassword }, anything).hiddenBy(redactSecret),
 		objectName("RTMANAGER_REDIS_START_JOBS_STREAM", func(c *Config) *string { return &c.StartJobsStream }),
 		objectName("RTMANAGER_REDIS_STOP_JOBS_STREAM", func(c *Config) *string { return &c.StopJobsStream }),
 		objectName("RTMANAGER_REDIS_JOB_RESULTS_STREAM", func(c *Config) *string { return &c.JobResultsStream }),
 		objectName("RTMANAGER_REDIS_HEALTH_EVENTS_STREAM", func(c *Config) *string { return &c.HealthEventsStream }),
 		objectName("RTMANAGER_NOTIFICATION_INTENTS_STREAM", func(c *Config) *string { return &c.NotificationIntentsStream }),
 		int64From("RTMANAGER_STREAM_RETENTION", 0, "a number of entries (0 keeps every entry)", func(c *Config) *int64 { return &c.StreamRetention }),
-		{
-			name: "RTMANAGER_LOBBY_INTERNAL_BASE_URL",
-			set: func(c *Config, v string) error {
-				u, err := url.Parse(v)
-				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-					return errors.New("not an http:// or https:// URL with a host (e.g. http://127.0.0.1:8095)")
-				}
-				c.LobbyInternalBaseURL = v
-				return nil
-			},
-			get:    func(c Config) string { return c.LobbyInternalBaseURL },
-			redact: redactURL,
-		},
+		checked("RTMANAGER_LOBBY_INTERNAL_BASE_URL", func(c *Config) *string { return &c.LobbyInternalBaseURL }, checkHTTPURL).hiddenBy(redactURL),
 		duration("RTMANAGER_SHUTDOWN_TIMEOUT", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
 		duration("RTMANAGER_RECONCILE_INTERVAL", func(c *Config) *time.Duration { return &c.ReconcileInterval }),
 		duration("RTMANAGER_INSPECT_INTERVAL", func(c *Config) *time.Duration { return &c.InspectInterval }),
@@ -482,211 +390,206 @@ func variables() []variable {
 		atLeastOne("RTMANAGER_RECONCILE_QUEUE_BUFFER", func(c *Config) *int { return &c.ReconcileQueueBuffer }),
 		atLeastOne("RTMANAGER_REDIS_POOL_SIZE", func(c *Config) *int { return &c.RedisPoolSize }),
 		atLeastOne("RTMANAGER_POSTGRES_MAX_CONNECTIONS", func(c *Config) *int { return &c.PostgresMaxConns }),
-		{
-			name: "RTMANAGER_ENGINE_PORT",
-			set: func(c *Config, v string) error {
-				p, err := parsePort(v, 1)
-				if err != nil {
-					return err
-				}
-				c.EnginePort = p
-				return nil
-			},
-			get: func(c Config) string { return strconv.Itoa(c.EnginePort) },
-		},
-		{
-			name: "RTMANAGER_ENGINE_STATE_MOUNT",
-			set: func(c *Config, v string) error {
-				// A path inside the Linux container, hence path, not filepath.
-				p := path.Clean(v)
-				if !path.IsAbs(p) || p == "/" {
-					return fmt.Errorf("%q is not an absolute path below /", v)
-				}
-				c.EngineStateMount = p
-				return nil
-			},
-			get: func(c Config) string { return c.EngineStateMount },
-		},
+		parsed("RTMANAGER_ENGINE_PORT", func(c *Config) *int { return &c.EnginePort }, func(v string) (int, error) { return parsePort(v, 1) }, strconv.Itoa),
+		parsed("RTMANAGER_ENGINE_STATE_MOUNT", func(c *Config) *string { return &c.EngineStateMount }, parseMountPath, verbatim),
 		duration("RTMANAGER_ENGINE_STOP_TIMEOUT", func(c *Config) *time.Duration { return &c.EngineStopTimeout }),
-		{
-			name: "RTMANAGER_ENGINE_MEMORY_LIMIT",
-			set: func(c *Config, v string) error {
-				n, err := parseMemory(v)
-				if err != nil {
-					return err
-				}
-				c.EngineMemoryBytes = n
-				return nil
-			},
-			get: func(c Config) string { return formatMemory(c.EngineMemoryBytes) },
-		},
-		{
-			name: "RTMANAGER_ENGINE_CPUS",
-			set: func(c *Config, v string) error {
-				n, err := parseCPUs(v)
-				if err != nil {
-					return err
-				}
-				c.EngineNanoCPUs = n
-				return nil
-			},
-			get: func(c Config) string { return formatCPUs(c.EngineNanoCPUs) },
-		},
+		parsed("RTMANAGER_ENGINE_MEMORY_LIMIT", func(c *Config) *int64 { return &c.EngineMemoryBytes }, parseMemory, formatMemory),
+		parsed("RTMANAGER_ENGINE_CPUS", func(c *Config) *int64 { return &c.EngineNanoCPUs }, parseCPUs, formatCPUs),
 		int64From("RTMANAGER_ENGINE_PIDS_LIMIT", 1, "a positive integer", func(c *Config) *int64 { return &c.EnginePidsLimit }),
-		{
-			name: "RTMANAGER_ENGINE_USER",
-			set: func(c *Config, v string) error {
-				uid, gid, ok := strings.Cut(v, ":")
-				if !ok || !isID(uid) || !isID(gid) {
-					return fmt.Errorf("%q is not a numeric uid:gid (e.g. 1000:1000)", v)
-				}
-				c.EngineUser = v
-				return nil
-			},
-			get: func(c Config) string { return c.EngineUser },
-		},
+		checked("RTMANAGER_ENGINE_USER", func(c *Config) *string { return &c.EngineUser }, checkUser),
 		boolean("RTMANAGER_ENGINE_READ_ONLY_ROOTFS", func(c *Config) *bool { return &c.EngineReadOnlyRoot }),
-		{
-			name: "RTMANAGER_ALLOWED_IMAGE_REPOSITORIES",
-			set: func(c *Config, v string) error {
-				repos, err := parseRepositories(v)
-				if err != nil {
-					return err
-				}
-				c.AllowedImageRepositories = repos
-				return nil
-			},
-			get: func(c Config) string { return strings.Join(c.AllowedImageRepositories, ",") },
-		},
+		parsed("RTMANAGER_ALLOWED_IMAGE_REPOSITORIES", func(c *Config) *[]string { return &c.AllowedImageRepositories }, parseRepositories,
+			func(repos []string) string { return strings.Join(repos, ",") }),
 		oneOf("RTMANAGER_TELEMETRY_EXPORTER", func(c *Config) *string { return &c.TelemetryExporter },
 			TelemetryOTLPGRPC, TelemetryOTLPHTTP, TelemetryStdout, TelemetryNone),
 		oneOf("RTMANAGER_LOG_LEVEL", func(c *Config) *string { return &c.LogLevel }, "debug", "info", "warn", "error"),
 		oneOf("RTMANAGER_LOG_FORMAT", func(c *Config) *string { return &c.LogFormat }, "json", "text"),
-		{
-			name:   "RTMANAGER_INTERNAL_TOKEN",
-			set:    func(c *Config, v string) error { c.InternalToken = v; return nil },
-			get:    func(c Config) string { return c.InternalToken },
-			redact: redactSecret,
-		},
+		checked("RTMANAGER_INTERNAL_TOKEN", func(c *Config) *string { return &c.InternalToken }, anything).hiddenBy(redactSecret),
 		duration("RTMANAGER_REST_WAIT_TIMEOUT", func(c *Config) *time.Duration { return &c.RESTWaitTimeout }),
 		boolean("RTMANAGER_PPROF", func(c *Config) *bool { return &c.PProf }),
 		boolean("RTMANAGER_STRICT_ENV", func(c *Config) *bool { return &c.StrictEnv }),
 	}
 }
 
-// duration is a variable read with time.ParseDuration; zero and negative values are refused.
-func duration(n string, field func(*Config) *time.Duration) variable {
+// mandatory marks v as one Load refuses to start without.
+func (v variable) mandatory() variable {
+	v.required = true
+	return v
+}
+
+// hiddenBy makes Redacted print v's value through redact.
+func (v variable) hiddenBy(redact func(string) string) variable {
+	v.redact = redact
+	return v
+}
+
+// parsed is a variable that parse reads into field (its error names what is wrong with the value)
+// and format prints back in the form parse reads. Every kind of variable below is one.
+func parsed[T any](n string, field func(*Config) *T, parse func(string) (T, error), format func(T) string) variable {
 	return variable{
 		name: n,
 		set: func(c *Config, v string) error {
-			d, err := time.ParseDuration(v)
+			x, err := parse(v)
 			if err != nil {
-				return fmt.Errorf("%q is not a duration (e.g. 500ms, 30s, 5m)", v)
+				return err
 			}
-			if d <= 0 {
-				return fmt.Errorf("%q must be positive", v)
-			}
-			*field(c) = d
+			*field(c) = x
 			return nil
 		},
-		get: func(c Config) string { return field(&c).String() },
+		get: func(c Config) string { return format(*field(&c)) },
 	}
+}
+
+// checked is a string variable kept as written once check accepts it.
+func checked(n string, field func(*Config) *string, check func(string) error) variable {
+	return parsed(n, field, func(v string) (string, error) { return v, check(v) }, verbatim)
+}
+
+// verbatim prints a string setting as it is.
+func verbatim(s string) string { return s }
+
+// anything accepts every value (a password, a token).
+func anything(string) error { return nil }
+
+// duration is a variable read with time.ParseDuration; zero and negative values are refused.
+func duration(n string, field func(*Config) *time.Duration) variable {
+	return parsed(n, field, func(v string) (time.Duration, error) {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not a duration (e.g. 500ms, 30s, 5m)", v)
+		}
+		if d <= 0 {
+			return 0, fmt.Errorf("%q must be positive", v)
+		}
+		return d, nil
+	}, time.Duration.String)
 }
 
 // int64From is a variable holding an integer of at least lowest; what names such a value in the
 // error ("a positive integer").
 func int64From(n string, lowest int64, what string, field func(*Config) *int64) variable {
-	return variable{
-		name: n,
-		set: func(c *Config, v string) error {
-			i, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || i < lowest {
-				return fmt.Errorf("%q is not %s", v, what)
-			}
-			*field(c) = i
-			return nil
-		},
-		get: func(c Config) string { return strconv.FormatInt(*field(&c), 10) },
-	}
+	return parsed(n, field, func(v string) (int64, error) {
+		i, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || i < lowest {
+			return 0, fmt.Errorf("%q is not %s", v, what)
+		}
+		return i, nil
+	}, func(i int64) string { return strconv.FormatInt(i, 10) })
 }
 
-// atLeastOne is a variable holding an integer of at least 1.
+// atLeastOne is a variable holding an integer of at least 1 (and at most 2^31-1).
 func atLeastOne(n string, field func(*Config) *int) variable {
-	return variable{
-		name: n,
-		set: func(c *Config, v string) error {
-			i, err := strconv.ParseInt(v, 10, 32)
-			if err != nil || i < 1 {
-				return fmt.Errorf("%q is not an integer of at least 1", v)
-			}
-			*field(c) = int(i)
-			return nil
-		},
-		get: func(c Config) string { return strconv.Itoa(*field(&c)) },
-	}
+	return parsed(n, field, func(v string) (int, error) {
+		i, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || i < 1 {
+			return 0, fmt.Errorf("%q is not an integer of at least 1", v)
+		}
+		return int(i), nil
+	}, strconv.Itoa)
 }
 
 // boolean is a variable read with strconv.ParseBool (1, t, true, 0, f, false, …).
 func boolean(n string, field func(*Config) *bool) variable {
-	return variable{
-		name: n,
-		set: func(c *Config, v string) error {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return fmt.Errorf("%q is not a boolean (true, false, 1 or 0)", v)
-			}
-			*field(c) = b
-			return nil
-		},
-		get: func(c Config) string { return strconv.FormatBool(*field(&c)) },
-	}
+	return parsed(n, field, func(v string) (bool, error) {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return false, fmt.Errorf("%q is not a boolean (true, false, 1 or 0)", v)
+		}
+		return b, nil
+	}, strconv.FormatBool)
 }
 
 // oneOf is a variable whose value must be one of allowed, spelled exactly.
 func oneOf(n string, field func(*Config) *string, allowed ...string) variable {
-	return variable{
-		name: n,
-		set: func(c *Config, v string) error {
-			if !slices.Contains(allowed, v) {
-				return fmt.Errorf("%q is not one of %s", v, strings.Join(allowed, ", "))
-			}
-			*field(c) = v
-			return nil
-		},
-		get: func(c Config) string { return *field(&c) },
-	}
+	return checked(n, field, func(v string) error {
+		if !slices.Contains(allowed, v) {
+			return fmt.Errorf("%q is not one of %s", v, strings.Join(allowed, ", "))
+		}
+		return nil
+	})
 }
 
 // objectName is a variable holding a Docker or Redis name: anything without white space or control
 // characters, which would break the operators' docker and redis-cli command lines.
 func objectName(n string, field func(*Config) *string) variable {
-	return variable{
-		name: n,
-		set: func(c *Config, v string) error {
-			if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
-				return fmt.Errorf("%q contains white space or control characters", v)
-			}
-			*field(c) = v
-			return nil
-		},
-		get: func(c Config) string { return *field(&c) },
-	}
+	return checked(n, field, func(v string) error {
+		if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+			return fmt.Errorf("%q contains white space or control characters", v)
+		}
+		return nil
+	})
 }
 
 // id is a variable holding a numeric uid or gid.
 func id(n, what string, field func(*Config) *int) variable {
-	return variable{
-		name: n,
-		set: func(c *Config, v string) error {
-			if !isID(v) {
-				return fmt.Errorf("%q is not a numeric %s (0 to 4294967294)", v, what)
-			}
-			i, _ := strconv.Atoi(v)
-			*field(c) = i
-			return nil
-		},
-		get: func(c Config) string { return strconv.Itoa(*field(&c)) },
+	return parsed(n, field, func(v string) (int, error) {
+		if !isID(v) {
+			return 0, fmt.Errorf("%q is not a numeric %s (0 to 4294967294)", v, what)
+		}
+		i, _ := strconv.Atoi(v)
+		return i, nil
+	}, strconv.Itoa)
+}
+
+// hostPort checks a host:port address as net.Listen and net.Dial take it: a port of at least
+// minPort and, with needHost, a host.
+func hostPort(minPort int, needHost bool) func(string) error {
+	return func(v string) error {
+		_, err := parseHostPort(v, minPort, needHost)
+		return err
 	}
+}
+
+// parseHostPath reads an absolute path of the host, cleaned.
+func parseHostPath(v string) (string, error) {
+	if !filepath.IsAbs(v) {
+		return "", fmt.Errorf("%q is not an absolute path", v)
+	}
+	return filepath.Clean(v), nil
+}
+
+// parseMountPath reads an absolute path inside the Linux container below /, cleaned (hence path,
+// not filepath).
+func parseMountPath(v string) (string, error) {
+	p := path.Clean(v)
+	if !path.IsAbs(p) || p == "/" {
+		return "", fmt.Errorf("%q is not an absolute path below /", v)
+	}
+	return p, nil
+}
+
+// parseDirMode reads an octal file mode, "0750", "750" or "0o750".
+func parseDirMode(v string) (uint32, error) {
+	digits := v
+	if len(v) > 2 && (v[:2] == "0o" || v[:2] == "0O") {
+		digits = v[2:]
+	}
+	m, err := strconv.ParseUint(digits, 8, 32)
+	if err != nil || m > 0o7777 {
+		return 0, fmt.Errorf("%q is not an octal file mode between 0000 and 7777 (e.g. 0750)", v)
+	}
+	return uint32(m), nil
+}
+
+// formatDirMode prints a file mode as four octal digits, as parseDirMode reads it.
+func formatDirMode(m uint32) string { return fmt.Sprintf("%04o", m) }
+
+// checkHTTPURL accepts an http:// or https:// URL with a host.
+func checkHTTPURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("not an http:// or https:// URL with a host (e.g. http://127.0.0.1:8095)")
+	}
+	return nil
+}
+
+// checkUser accepts a numeric uid:gid.
+func checkUser(v string) error {
+	uid, gid, ok := strings.Cut(v, ":")
+	if !ok || !isID(uid) || !isID(gid) {
+		return fmt.Errorf("%q is not a numeric uid:gid (e.g. 1000:1000)", v)
+	}
+	return nil
 }
 
 // isID reports whether s is a decimal uid or gid: 0 to 2^32-2 (2^32-1 is the kernel's "no id").
