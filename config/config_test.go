@@ -69,65 +69,6 @@ func diff(got, want config.Config) string {
 	return b.String()
 }
 
-func TestDefault(t *testing.T) {
-	c := config.Default()
-	want := config.Config{
-		InternalHTTPAddr:          ":8096",
-		DockerHost:                "unix:///var/run/docker.sock",
-		DockerNetwork:             "galaxy-net",
-		GameStateDirMode:          0o750,
-		StartJobsStream:           "runtime:start_jobs",
-		StopJobsStream:            "runtime:stop_jobs",
-		JobResultsStream:          "runtime:job_results",
-		HealthEventsStream:        "runtime:health_events",
-		NotificationIntentsStream: "notification:intents",
-		ShutdownTimeout:           30 * time.Second,
-		ReconcileInterval:         5 * time.Minute,
-		InspectInterval:           30 * time.Second,
-		ProbeInterval:             5 * time.Second,
-		ProbeTimeout:              2 * time.Second,
-		ProbeFailureThreshold:     3,
-		ProbeTarget:               "container_ip",
-		PatchVerifyTimeout:        60 * time.Second,
-		GameLeaseTTL:              30 * time.Second,
-		EnginePort:                8080,
-		EngineStateMount:          "/var/lib/galaxy-game",
-		EngineStopTimeout:         10 * time.Second,
-		EngineMemoryBytes:         1 << 30,
-		EngineNanoCPUs:            1e9,
-		EnginePidsLimit:           512,
-		EngineReadOnlyRoot:        true,
-		AllowedImageRepositories:  []string{"galaxy/game"},
-		TelemetryExporter:         "none",
-		LogLevel:                  "info",
-		LogFormat:                 "json",
-		RESTWaitTimeout:           30 * time.Second,
-
-		PostgresConnectTimeout:       5 * time.Second,
-		PostgresOperationTimeout:     10 * time.Second,
-		PostgresStatementTimeout:     5 * time.Second,
-		PostgresLockTimeout:          3 * time.Second,
-		PostgresMigrationLockTimeout: time.Minute,
-
-		RetryAttempts: 5,
-		RetryWindow:   time.Minute,
-
-		ReconcileWorkers:     16,
-		ReconcileRate:        50,
-		ReconcileBurst:       300,
-		ReconcileBackoffMin:  5 * time.Millisecond,
-		ReconcileBackoffMax:  time.Minute,
-		ReconcileQueueBuffer: 8192,
-		RedisPoolSize:        32,
-		PostgresMaxConns:     20,
-
-		StreamRetention: 100000,
-	}
-	if d := diff(c, want); d != "" {
-		t.Errorf("Default() differs from CONTRACT §1:%s", d)
-	}
-}
-
 func TestLoad_valid(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -573,25 +514,6 @@ func TestConfig_Redacted(t *testing.T) {
 				"RTMANAGER_INTERNAL_TOKEN":       "[redacted]",
 			},
 		},
-		{
-			name: "password as a query parameter",
-			given: with(func(c *config.Config) {
-				c.PostgresDSN = "postgres://rtmanagerservice@db/galaxy?password=" + secret + "&search_path=rtmanager"
-			}),
-			want: map[string]string{
-				"RTMANAGER_POSTGRES_PRIMARY_DSN": "postgres://rtmanagerservice@db/galaxy?password=xxxxx&search_path=rtmanager",
-			},
-		},
-		{
-			name:  "dsn without password shown whole",
-			given: with(func(c *config.Config) { c.PostgresDSN = "postgres://u@db/galaxy?search_path=rtmanager" }),
-			want:  map[string]string{"RTMANAGER_POSTGRES_PRIMARY_DSN": "postgres://u@db/galaxy?search_path=rtmanager"},
-		},
-		{
-			name:  "unparsable dsn hidden whole",
-			given: with(func(c *config.Config) { c.PostgresDSN = "postgres://u:" + secret + "@db:port/galaxy" }),
-			want:  map[string]string{"RTMANAGER_POSTGRES_PRIMARY_DSN": "[redacted]"},
-		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -613,6 +535,29 @@ func TestConfig_Redacted(t *testing.T) {
 			}
 			if !strings.Contains(buf.String(), `"RTMANAGER_PROBE_INTERVAL":"5s"`) {
 				t.Errorf("slog output lacks the settings: %s", buf.String())
+			}
+		})
+	}
+}
+
+// TestConfig_Redacted_dsn checks where Redacted finds the DSN's password.
+func TestConfig_Redacted_dsn(t *testing.T) {
+	tests := []struct{ name, given, want string }{
+		{"password as a query parameter",
+			"postgres://rtmanagerservice@db/galaxy?password=" + secret + "&search_path=rtmanager",
+			"postgres://rtmanagerservice@db/galaxy?password=xxxxx&search_path=rtmanager"},
+		{"sslpassword as a query parameter",
+			"postgres://u@db/galaxy?search_path=rtmanager&sslpassword=" + secret,
+			"postgres://u@db/galaxy?search_path=rtmanager&sslpassword=xxxxx"},
+		{"without password shown whole",
+			"postgres://u@db/galaxy?search_path=rtmanager", "postgres://u@db/galaxy?search_path=rtmanager"},
+		{"unparsable hidden whole", "postgres://u:" + secret + "@db:port/galaxy", "[redacted]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := with(func(c *config.Config) { c.PostgresDSN = tt.given })
+			if got := c.Redacted()["RTMANAGER_POSTGRES_PRIMARY_DSN"]; got != tt.want {
+				t.Errorf("Redacted() DSN = %q, want %q", got, tt.want)
 			}
 		})
 	}
