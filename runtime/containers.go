@@ -19,6 +19,7 @@ import (
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 
 	"encoding/json"
 	"io"
@@ -77,7 +78,7 @@ func (d *Docker) Inspect(ctx context.Context, gameID string) (rtm.Container, err
 	if id == "" {
 		return ct, err
 	}
-	return d.inspect(ctx, id, attrContainerID.String(id))
+	return d.inspect(ctx, id, semconv.ContainerID(id))
 }
 
 // labelled returns the id of the owned container on the configured network labelled with
@@ -116,7 +117,7 @@ func (d *Docker) labelled(ctx context.Context, gameID string) (string, error) {
 
 // InspectID is Inspect by container id (or name), with the same results and errors.
 func (d *Docker) InspectID(ctx context.Context, id string) (rtm.Container, error) {
-	return d.inspect(ctx, id, attrContainerID.String(id))
+	return d.inspect(ctx, id, semconv.ContainerID(id))
 }
 
 func (d *Docker) inspect(ctx context.Context, ref string, attr attribute.KeyValue) (rtm.Container, error) {
@@ -141,13 +142,13 @@ func (d *Docker) inspect(ctx context.Context, ref string, attr attribute.KeyValu
 func (d *Docker) Create(ctx context.Context, spec rtm.ContainerSpec) (string, error) {
 	name := rtm.ContainerName(spec.GameID)
 	c := d.begin(ctx, "create", d.opts.CallTimeout,
-		attrGameID.String(spec.GameID), attrContainer.String(name), attrImage.String(spec.ImageRef))
+		attrGameID.String(spec.GameID), semconv.ContainerName(name), semconv.ContainerImageName(spec.ImageRef))
 	cfg, hostCfg, netCfg := d.containerConfig(spec)
 	resp, err := d.cli.ContainerCreate(c.ctx, cfg, hostCfg, netCfg, nil, name)
 	if err != nil {
 		return "", c.end(d.createError(c, name, spec.ImageRef, err))
 	}
-	c.span.SetAttributes(attrContainerID.String(resp.ID))
+	c.span.SetAttributes(semconv.ContainerID(resp.ID))
 	d.log.Debug("container created", "game_id", spec.GameID, "container_id", resp.ID, "image_ref", spec.ImageRef)
 	return resp.ID, c.end(nil)
 }
@@ -274,7 +275,7 @@ func (d *Docker) containerMissing(ctx context.Context, id string) bool {
 // any other refusal (a missing network, a bad user, an unusable image, …) is *rtm.Error
 // with CodeContainerStartFailed.
 func (d *Docker) Start(ctx context.Context, id string) error {
-	c := d.begin(ctx, "start", d.opts.CallTimeout, attrContainerID.String(id))
+	c := d.begin(ctx, "start", d.opts.CallTimeout, semconv.ContainerID(id))
 	err := d.cli.ContainerStart(c.ctx, id, container.StartOptions{})
 	if err == nil {
 		return c.end(nil)
@@ -301,7 +302,7 @@ func (d *Docker) Start(ctx context.Context, id string) error {
 func (d *Docker) Stop(ctx context.Context, id string, grace time.Duration) error {
 	secs := int(math.Ceil(max(grace, 0).Seconds()))
 	c := d.begin(ctx, "stop", time.Duration(secs)*time.Second+d.opts.CallTimeout,
-		attrContainerID.String(id), attribute.Int("docker.stop_timeout_s", secs))
+		semconv.ContainerID(id), attribute.Int("docker.stop_timeout_s", secs))
 	err := d.cli.ContainerStop(c.ctx, id, container.StopOptions{Timeout: &secs})
 	if err != nil {
 		err = fmt.Errorf("stopping container %s: %w", id, classify(ctx, err))
@@ -314,7 +315,7 @@ func (d *Docker) Stop(ctx context.Context, id string, grace time.Duration) error
 // callers treat as done; a removal already in progress wraps rtm.ErrConflict; an
 // unreachable daemon wraps rtm.ErrUnavailable.
 func (d *Docker) Remove(ctx context.Context, id string) error {
-	c := d.begin(ctx, "remove", d.opts.CallTimeout, attrContainerID.String(id))
+	c := d.begin(ctx, "remove", d.opts.CallTimeout, semconv.ContainerID(id))
 	err := d.cli.ContainerRemove(c.ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	if err != nil {
 		err = fmt.Errorf("removing container %s: %w", id, classify(ctx, err))
@@ -443,7 +444,7 @@ func shortID(id string) string {
 // timeout) is *rtm.Error with CodeImagePullFailed and a message starting "pulling <ref>:";
 // an unreachable daemon wraps rtm.ErrUnavailable instead, since that is transient.
 func (d *Docker) EnsureImage(ctx context.Context, ref string) error {
-	c := d.begin(ctx, "inspect", d.opts.CallTimeout, attrImage.String(ref))
+	c := d.begin(ctx, "inspect", d.opts.CallTimeout, semconv.ContainerImageName(ref))
 	_, err := d.cli.ImageInspect(c.ctx, ref)
 	switch {
 	case err == nil:
@@ -459,7 +460,7 @@ func (d *Docker) EnsureImage(ctx context.Context, ref string) error {
 	ch := d.pulls.DoChan(ref, func() (any, error) {
 		pctx := context.WithoutCancel(ctx)
 		d.log.Debug("pulling image", "image_ref", ref)
-		c := d.begin(pctx, "pull", d.opts.PullTimeout, attrImage.String(ref))
+		c := d.begin(pctx, "pull", d.opts.PullTimeout, semconv.ContainerImageName(ref))
 		if err := d.pull(c.ctx, ref); err != nil {
 			return nil, c.end(pullError(c, ref, err))
 		}

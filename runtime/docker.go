@@ -10,6 +10,7 @@
 package runtime
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -81,18 +82,10 @@ type Docker struct {
 // (the daemon here speaks API 1.41). It does not contact the daemon: call Ping for that. It
 // fails only on an unusable host address or when the histogram cannot be created.
 func New(opts Options) (*Docker, error) {
-	if opts.Host == "" {
-		opts.Host = DefaultHost
-	}
-	if opts.CallTimeout <= 0 {
-		opts.CallTimeout = DefaultCallTimeout
-	}
-	if opts.PullTimeout <= 0 {
-		opts.PullTimeout = DefaultPullTimeout
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
+	opts.Host = cmp.Or(opts.Host, DefaultHost)
+	opts.CallTimeout = positiveOr(opts.CallTimeout, DefaultCallTimeout)
+	opts.PullTimeout = positiveOr(opts.PullTimeout, DefaultPullTimeout)
+	opts.Logger = cmp.Or(opts.Logger, slog.New(slog.DiscardHandler))
 	if opts.Tracer == nil {
 		opts.Tracer = tracenoop.NewTracerProvider().Tracer("github.com/galaxy-platform/rtmanager/runtime")
 	}
@@ -188,17 +181,23 @@ func (c *call) finish(err error) {
 	c.span.End()
 }
 
+// positiveOr returns v, or def when v is not positive: an option left unset.
+func positiveOr[T ~int64](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
 // timedOut reports whether the call failed because its own timeout fired while the caller's
 // context was still live.
 func (c *call) timedOut() bool {
 	return c.parent.Err() == nil && errors.Is(c.ctx.Err(), context.DeadlineExceeded)
 }
 
-// Span attribute keys.
+// Span attribute keys of RTM's own; the container's are OpenTelemetry's semantic conventions
+// (semconv.ContainerID, ContainerName, ContainerImageName).
 var (
-	attrGameID      = attribute.Key("rtmanager.game_id")
-	attrContainerID = attribute.Key("container.id")
-	attrContainer   = attribute.Key("container.name")
-	attrImage       = attribute.Key("container.image.name")
-	attrNetwork     = attribute.Key("network.name")
+	attrGameID  = attribute.Key("rtmanager.game_id")
+	attrNetwork = attribute.Key("network.name")
 )

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -91,15 +91,9 @@ type refreshFlight struct {
 // successful refresh every address but loopback is treated as an engine. Call Refresh once
 // before serving and Run for the process's life.
 func NewEngineAddrs(d *Docker, opts EngineAddrsOptions) *EngineAddrs {
-	if opts.RefreshTimeout <= 0 {
-		opts.RefreshTimeout = DefaultEngineRefreshTimeout
-	}
-	if opts.Resync <= 0 {
-		opts.Resync = DefaultEngineResync
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
+	opts.RefreshTimeout = positiveOr(opts.RefreshTimeout, DefaultEngineRefreshTimeout)
+	opts.Resync = positiveOr(opts.Resync, DefaultEngineResync)
+	opts.Logger = cmp.Or(opts.Logger, slog.New(slog.DiscardHandler))
 	return &EngineAddrs{d: d, opts: opts, log: opts.Logger.With("component", "engine_addrs")}
 }
 
@@ -399,19 +393,13 @@ func (e *EngineAddrs) relevant(m events.Message) bool {
 func (e *EngineAddrs) subscribe(ctx context.Context) (<-chan events.Message, <-chan error, error) {
 	d := e.d
 	c := d.begin(ctx, "events", 0, attrNetwork.String(d.opts.Network))
-	var timedOut atomic.Bool
-	watchdog := time.AfterFunc(d.opts.CallTimeout, func() {
-		timedOut.Store(true)
-		c.cancel()
-	})
-	evs, errs := d.cli.Events(c.ctx, events.ListOptions{Filters: filters.NewArgs(
+	evs, errs, timedOut := d.connectEvents(c,
 		filters.Arg("type", string(events.NetworkEventType)),
 		filters.Arg("network", d.opts.Network),
-	)})
-	watchdog.Stop()
+	)
 	select {
 	case err := <-errs:
-		if timedOut.Load() {
+		if timedOut() {
 			err = fmt.Errorf("timed out after %s", d.opts.CallTimeout)
 		}
 		err = fmt.Errorf("connecting to docker network events: %w", &kindError{kind: rtm.ErrUnavailable, err: err})

@@ -19,6 +19,20 @@ import (
 // stream.
 const eventBuffer = 64
 
+// connectEvents opens the daemon's event stream selected by filters, within c. The stream has no
+// timeout, but connecting to it does: the SDK's Events blocks until the daemon answers, so a
+// wedged daemon has c cancelled after CallTimeout, and timedOut then reports true.
+func (d *Docker) connectEvents(c *call, filter ...filters.KeyValuePair) (msgs <-chan events.Message, errs <-chan error, timedOut func() bool) {
+	var fired atomic.Bool
+	watchdog := time.AfterFunc(d.opts.CallTimeout, func() {
+		fired.Store(true)
+		c.cancel()
+	})
+	msgs, errs = d.cli.Events(c.ctx, events.ListOptions{Filters: filters.NewArgs(filter...)})
+	watchdog.Stop()
+	return msgs, errs, fired.Load
+}
+
 // Events follows the daemon's events for containers carrying com.galaxy.owner=rtmanager until
 // ctx ends or the stream breaks. Each message becomes a rtm.DockerEvent: the game id from
 // the container's game id label, the action without its details (a "health_status: healthy"
@@ -38,18 +52,10 @@ func (d *Docker) Events(ctx context.Context) (<-chan rtm.DockerEvent, <-chan err
 	errc := make(chan error, 1)
 
 	c := d.begin(ctx, "events", 0)
-	// The stream has no timeout, but connecting to it does: the SDK's Events blocks until the
-	// daemon answers, so a wedged daemon cancels the stream after CallTimeout.
-	var connectTimedOut atomic.Bool
-	watchdog := time.AfterFunc(d.opts.CallTimeout, func() {
-		connectTimedOut.Store(true)
-		c.cancel()
-	})
-	msgs, errs := d.cli.Events(c.ctx, events.ListOptions{Filters: filters.NewArgs(
+	msgs, errs, connectTimedOut := d.connectEvents(c,
 		filters.Arg("type", string(events.ContainerEventType)),
 		filters.Arg("label", rtm.LabelOwner+"="+rtm.OwnerValue),
-	)})
-	watchdog.Stop()
+	)
 
 	// streamError turns the SDK's final error into the one this method promises.
 	streamError := func(err error, connecting bool) error {
@@ -60,7 +66,7 @@ func (d *Docker) Events(ctx context.Context) (<-chan rtm.DockerEvent, <-chan err
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case connectTimedOut.Load():
+		case connectTimedOut():
 			return fmt.Errorf("connecting to docker events: timed out after %s: %w", d.opts.CallTimeout, rtm.ErrUnavailable)
 		case err == nil:
 			err = errors.New("stream closed")

@@ -12,6 +12,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/pkg/stdcopy"
 	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 
 	rtm "github.com/galaxy-platform/rtmanager"
 )
@@ -45,7 +46,7 @@ func (d *Docker) Logs(ctx context.Context, gameID string, tail int, follow, time
 		return nil, fmt.Errorf("reading the output of game %s: %w", gameID, err)
 	}
 
-	c := d.begin(ctx, "logs", 0, attrGameID.String(gameID), attrContainerID.String(ct.ID),
+	c := d.begin(ctx, "logs", 0, attrGameID.String(gameID), semconv.ContainerID(ct.ID),
 		attribute.Bool("docker.logs.follow", follow), attribute.Int("docker.logs.tail", tail))
 	// The daemon answers the request's headers at once, then streams; only the wait for the
 	// headers is bounded here, as a follow stream may rightly stay open for hours.
@@ -88,7 +89,7 @@ func (d *Docker) Logs(ctx context.Context, gameID string, tail int, follow, time
 // tty reports whether the container has a terminal: its output then comes as one raw stream,
 // not multiplexed. RTM never creates one, but an adopted, hand-started container may have one.
 func (d *Docker) tty(ctx context.Context, id string) (bool, error) {
-	c := d.begin(ctx, "inspect", d.opts.CallTimeout, attrContainerID.String(id))
+	c := d.begin(ctx, "inspect", d.opts.CallTimeout, semconv.ContainerID(id))
 	resp, err := d.cli.ContainerInspect(c.ctx, id)
 	if err != nil {
 		return false, c.end(fmt.Errorf("inspecting container %s: %w", id, classify(ctx, err)))
