@@ -170,6 +170,14 @@ func createStarted(t testing.TB, d *Docker, spec rtm.ContainerSpec) (string, rtm
 	return id, c
 }
 
+// startGame creates and starts the container of a new game with newSpec's settings and waits
+// until its engine answers; the container returned carries the game id, the id and the address.
+func startGame(t testing.TB, d *Docker) rtm.Container {
+	t.Helper()
+	_, c := createStarted(t, d, newSpec(t, newGameID(t)))
+	return c
+}
+
 // waitEngine waits until the engine at ip answers /healthz.
 func waitEngine(t testing.TB, ip string) {
 	t.Helper()
@@ -506,7 +514,8 @@ func TestDocker_List_ownedOnly(t *testing.T) {
 func TestDocker_List_exitCode(t *testing.T) {
 	d := newDocker(t, Options{})
 	events := subscribe(t, d)
-	id, c := createStarted(t, d, newSpec(t, newGameID(t)))
+	c := startGame(t, d)
+	id := c.ID
 	control(t, c.IP, "/control/exit?code=3")
 	events.waitAction(t, id, "die")
 
@@ -537,13 +546,13 @@ func TestDocker_List_exitCode(t *testing.T) {
 func TestDocker_Stop_exitsZero(t *testing.T) {
 	ctx := context.Background()
 	d := newDocker(t, Options{})
-	gameID := newGameID(t)
-	id, _ := createStarted(t, d, newSpec(t, gameID))
+	started := startGame(t, d)
+	id := started.ID
 
 	if err := d.Stop(ctx, id, 5*time.Second); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
-	c, err := d.Inspect(ctx, gameID)
+	c, err := d.Inspect(ctx, started.GameID)
 	if err != nil {
 		t.Fatalf("Inspect: %v", err)
 	}
@@ -680,8 +689,8 @@ func TestDocker_Events_lifecycle(t *testing.T) {
 	ctx := context.Background()
 	d := newDocker(t, Options{})
 	events := subscribe(t, d)
-	gameID := newGameID(t)
-	id, c := createStarted(t, d, newSpec(t, gameID))
+	c := startGame(t, d)
+	id, gameID := c.ID, c.GameID
 
 	start := events.waitAction(t, id, "start")
 	if start.GameID != gameID || start.ExitCode != -1 || start.Time.IsZero() {

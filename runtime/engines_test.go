@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
 
 	rtm "github.com/galaxy-platform/rtmanager"
@@ -20,68 +21,66 @@ import (
 // itself) and returns its address there.
 func startForeign(t testing.TB, d *Docker) netip.Addr {
 	t.Helper()
-	ctx := context.Background()
-	spec := newSpec(t, newGameID(t))
-	cfg, hc, nc := d.containerConfig(spec)
-	cfg.Labels = nil
-	resp, err := d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, "rtmtest-foreign-"+randomHex(4))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Remove(context.Background(), resp.ID) })
-	if err := d.Start(ctx, resp.ID); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := d.cli.ContainerInspect(ctx, resp.ID)
+	id := createByHand(t, d, newSpec(t, newGameID(t)), "rtmtest-foreign-"+randomHex(4), true,
+		func(cfg *container.Config, _ *container.HostConfig, _ *network.NetworkingConfig) { cfg.Labels = nil })
+	raw, err := d.cli.ContainerInspect(context.Background(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return netip.MustParseAddr(raw.NetworkSettings.Networks[testNetwork].IPAddress)
 }
 
-// testSubnet returns the test network's first subnet and gateway.
-func testSubnet(t testing.TB, d *Docker) (netip.Prefix, netip.Addr) {
+// addrs are the addresses the EngineAddrs tests ask about on the test network.
+type addrs struct {
+	engine  netip.Addr // a running engine's
+	other   netip.Addr // a running container's that is no engine
+	gateway netip.Addr // the network's gateway: the host
+	unused  netip.Addr // inside the network's subnet, held by no container
+}
+
+// startAddrs starts an engine and a foreign container on the test network and returns their
+// addresses with the gateway and an unused one.
+func startAddrs(t testing.TB, d *Docker) addrs {
 	t.Helper()
+	engine := startGame(t, d)
+	a := addrs{engine: netip.MustParseAddr(engine.IP), other: startForeign(t, d)}
 	nw, err := d.cli.NetworkInspect(context.Background(), testNetwork, network.InspectOptions{})
 	if err != nil || len(nw.IPAM.Config) == 0 {
 		t.Fatalf("inspecting %s: %+v, %v", testNetwork, nw.IPAM, err)
 	}
-	return netip.MustParsePrefix(nw.IPAM.Config[0].Subnet), netip.MustParseAddr(nw.IPAM.Config[0].Gateway)
+	a.gateway = netip.MustParseAddr(nw.IPAM.Config[0].Gateway)
+	a.unused = netip.MustParsePrefix(nw.IPAM.Config[0].Subnet).Addr()
+	for range 200 { // far above the addresses the tests' containers take
+		a.unused = a.unused.Next()
+	}
+	return a
 }
 
 func TestEngineAddrs_IsEngine_realContainers(t *testing.T) {
 	ctx := context.Background()
 	d := newDocker(t, Options{})
-	_, engine := createStarted(t, d, newSpec(t, newGameID(t)))
-	other := startForeign(t, d)
-	subnet, gateway := testSubnet(t, d)
-
+	a := startAddrs(t, d)
 	e := NewEngineAddrs(d, EngineAddrsOptions{})
 	if err := e.Refresh(ctx); err != nil {
 		t.Fatalf("Refresh: %v", err)
 	}
 	// An engine started after the last refresh is refused from its first request: the unknown
 	// address inside the network makes IsEngine refresh before answering.
-	_, fresh := createStarted(t, d, newSpec(t, newGameID(t)))
-
-	unused := subnet.Addr()
-	for range 200 { // an address of the subnet no container holds
-		unused = unused.Next()
-	}
+	fresh := startGame(t, d)
 	tests := []struct {
 		name string
 		addr netip.Addr
 		want bool
 	}{
-		{"engine", netip.MustParseAddr(engine.IP), true},
-		{"engine, IPv4-mapped", netip.AddrFrom16(netip.MustParseAddr(engine.IP).As16()), true},
+		{"engine", a.engine, true},
+		{"engine, IPv4-mapped", netip.AddrFrom16(a.engine.As16()), true},
 		{"engine started after the refresh", netip.MustParseAddr(fresh.IP), true},
-		{"other container on the network", other, false},
-		{"gateway (the host)", gateway, false},
+		{"other container on the network", a.other, false},
+		{"gateway (the host)", a.gateway, false},
 		{"loopback", netip.MustParseAddr("127.0.0.1"), false},
 		{"IPv6 loopback", netip.IPv6Loopback(), false},
 		{"outside the network", netip.MustParseAddr("203.0.113.5"), false},
-		{"unknown inside the network", unused, true},
+		{"unknown inside the network", a.unused, true},
 		{"link-local", netip.MustParseAddr("fe80::42:acff:fe1e:7"), true},
 	}
 	for _, tt := range tests {
@@ -114,8 +113,7 @@ func TestEngineAddrs_Run_followsNetworkEvents(t *testing.T) {
 		return e.live && e.loaded
 	})
 
-	_, c := createStarted(t, d, newSpec(t, newGameID(t)))
-	ip := netip.MustParseAddr(c.IP)
+	ip := netip.MustParseAddr(startGame(t, d).IP)
 	waitFor(t, "the engine in a trusted snapshot", func() bool {
 		e.mu.Lock()
 		defer e.mu.Unlock()
@@ -142,9 +140,7 @@ func TestEngineAddrs_Run_followsNetworkEvents(t *testing.T) {
 func TestEngineAddrs_IsEngine_dockerWedged(t *testing.T) {
 	ctx := context.Background()
 	d := newDocker(t, Options{})
-	_, engine := createStarted(t, d, newSpec(t, newGameID(t)))
-	other := startForeign(t, d)
-	subnet, _ := testSubnet(t, d)
+	a := startAddrs(t, d)
 	e := NewEngineAddrs(d, EngineAddrsOptions{RefreshTimeout: 300 * time.Millisecond})
 	if err := e.Refresh(ctx); err != nil {
 		t.Fatalf("Refresh: %v", err)
@@ -166,12 +162,8 @@ func TestEngineAddrs_IsEngine_dockerWedged(t *testing.T) {
 	e.changes++ // a network event arrived: the snapshot is no longer trusted
 	e.mu.Unlock()
 
-	unknown := subnet.Addr()
-	for range 201 {
-		unknown = unknown.Next()
-	}
 	start := time.Now()
-	if !e.IsEngine(ctx, unknown) {
+	if !e.IsEngine(ctx, a.unused) {
 		t.Error("an unknown address inside the network was allowed while Docker was wedged")
 	}
 	if took := time.Since(start); took > 2*time.Second {
@@ -182,13 +174,13 @@ func TestEngineAddrs_IsEngine_dockerWedged(t *testing.T) {
 	}
 	before := calls.Load()
 	start = time.Now()
-	if e.IsEngine(ctx, other) {
+	if e.IsEngine(ctx, a.other) {
 		t.Error("a container the last snapshot knew as no engine was refused during the outage")
 	}
-	if !e.IsEngine(ctx, netip.MustParseAddr(engine.IP)) {
+	if !e.IsEngine(ctx, a.engine) {
 		t.Error("a known engine was allowed during the outage")
 	}
-	if !e.IsEngine(ctx, unknown) {
+	if !e.IsEngine(ctx, a.unused) {
 		t.Error("an unknown address inside the network was allowed during the outage")
 	}
 	if took := time.Since(start); took > 100*time.Millisecond || calls.Load() != before {
@@ -219,13 +211,15 @@ func TestDocker_Create_logLimit(t *testing.T) {
 	}
 }
 
-// createNamed creates spec's container under another name than RTM's, as an operator starting
-// an engine by hand would, and removes it when the test ends.
-func createNamed(t testing.TB, d *Docker, spec rtm.ContainerSpec, name string, start bool) string {
+// createByHand creates spec's container under name through the SDK, not through Create, as an
+// operator or another program would, after edit changed the request; it starts the container
+// when start is set and removes it when the test ends.
+func createByHand(t testing.TB, d *Docker, spec rtm.ContainerSpec, name string, start bool,
+	edit func(*container.Config, *container.HostConfig, *network.NetworkingConfig)) string {
 	t.Helper()
 	ctx := context.Background()
 	cfg, hc, nc := d.containerConfig(spec)
-	nc.EndpointsConfig[spec.Network].Aliases = nil
+	edit(cfg, hc, nc)
 	resp, err := d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, name)
 	if err != nil {
 		t.Fatal(err)
@@ -237,6 +231,20 @@ func createNamed(t testing.TB, d *Docker, spec rtm.ContainerSpec, name string, s
 		}
 	}
 	return resp.ID
+}
+
+// withoutOwner drops the owner label from a create request: the container is nobody's.
+func withoutOwner(cfg *container.Config, _ *container.HostConfig, _ *network.NetworkingConfig) {
+	delete(cfg.Labels, rtm.LabelOwner)
+}
+
+// createNamed creates spec's container under another name than RTM's, as an operator starting
+// an engine by hand would, and removes it when the test ends.
+func createNamed(t testing.TB, d *Docker, spec rtm.ContainerSpec, name string, start bool) string {
+	t.Helper()
+	return createByHand(t, d, spec, name, start, func(_ *container.Config, _ *container.HostConfig, nc *network.NetworkingConfig) {
+		nc.EndpointsConfig[spec.Network].Aliases = nil
+	})
 }
 
 func TestDocker_Inspect_byLabel(t *testing.T) {
@@ -275,14 +283,7 @@ func TestDocker_Inspect_byLabelNotFound(t *testing.T) {
 
 	// Labelled with the game but without the owner label: not RTM's, not found.
 	gameID := newGameID(t)
-	spec := newSpec(t, gameID)
-	cfg, hc, nc := d.containerConfig(spec)
-	delete(cfg.Labels, rtm.LabelOwner)
-	resp, err := d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, "hand-"+gameID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Remove(context.Background(), resp.ID) })
+	createByHand(t, d, newSpec(t, gameID), "hand-"+gameID, false, withoutOwner)
 	if _, err := d.Inspect(ctx, gameID); !errors.Is(err, rtm.ErrNotFound) {
 		t.Errorf("Inspect of a game whose container lacks the owner label = %v, want ErrNotFound", err)
 	}
@@ -295,14 +296,12 @@ func TestDocker_Inspect_byLabelNotFound(t *testing.T) {
 	// Fully labelled but on another network: another RTM's, not found here.
 	other := newDocker(t, Options{Network: "bridge"})
 	gameID = newGameID(t)
-	spec = newSpec(t, gameID)
+	spec := newSpec(t, gameID)
 	spec.Network = "bridge"
-	cfg, hc, _ = other.containerConfig(spec)
-	resp, err = d.cli.ContainerCreate(ctx, cfg, hc, &network.NetworkingConfig{}, nil, "hand-"+gameID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Remove(context.Background(), resp.ID) })
+	createByHand(t, other, spec, "hand-"+gameID, false,
+		func(_ *container.Config, _ *container.HostConfig, nc *network.NetworkingConfig) {
+			*nc = network.NetworkingConfig{}
+		})
 	if _, err := d.Inspect(ctx, gameID); !errors.Is(err, rtm.ErrNotFound) {
 		t.Errorf("Inspect of a game whose container is on another network = %v, want ErrNotFound", err)
 	}

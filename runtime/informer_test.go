@@ -253,8 +253,8 @@ func TestInformer_Run_failingKnownIsRetried(t *testing.T) {
 func TestInformer_Run_realDocker(t *testing.T) {
 	ctx := context.Background()
 	d := newDocker(t, Options{})
-	gameID := newGameID(t)
-	id, c := createStarted(t, d, newSpec(t, gameID))
+	c := startGame(t, d)
+	id, gameID := c.ID, c.GameID
 	cache := NewCache()
 	var h handled
 	runInformer(t, NewInformer(d, d, cache, discard()), h.handle, listedGames)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
 
 	rtm "github.com/galaxy-platform/rtmanager"
 )
@@ -37,16 +38,22 @@ func readAll(t *testing.T, r io.Reader) string {
 	}
 }
 
+// openLogs opens gameID's log stream, failing the test when Logs refuses.
+func openLogs(t *testing.T, ctx context.Context, d *Docker, gameID string, tail int, follow, timestamps bool) io.ReadCloser {
+	t.Helper()
+	rc, err := d.Logs(ctx, gameID, tail, follow, timestamps)
+	if err != nil {
+		t.Fatalf("Logs(tail %d, follow %v, timestamps %v): %v", tail, follow, timestamps, err)
+	}
+	return rc
+}
+
 func TestDocker_Logs_tailDemultiplexedText(t *testing.T) {
 	ctx := context.Background()
 	d := newDocker(t, Options{})
-	gameID := newGameID(t)
-	createStarted(t, d, newSpec(t, gameID))
+	gameID := startGame(t, d).GameID
 
-	rc, err := d.Logs(ctx, gameID, 100, false, false)
-	if err != nil {
-		t.Fatalf("Logs: %v", err)
-	}
+	rc := openLogs(t, ctx, d, gameID, 100, false, false)
 	out := readAll(t, rc)
 	if err := rc.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -59,10 +66,7 @@ func TestDocker_Logs_tailDemultiplexedText(t *testing.T) {
 	}
 
 	// tail 0: no past lines at all.
-	rc, err = d.Logs(ctx, gameID, 0, false, false)
-	if err != nil {
-		t.Fatalf("Logs(tail 0): %v", err)
-	}
+	rc = openLogs(t, ctx, d, gameID, 0, false, false)
 	if out := readAll(t, rc); out != "" {
 		t.Errorf("tail 0 gave %q, want nothing", out)
 	}
@@ -70,15 +74,8 @@ func TestDocker_Logs_tailDemultiplexedText(t *testing.T) {
 }
 
 func TestDocker_Logs_timestampsPrefixEachLine(t *testing.T) {
-	ctx := context.Background()
 	d := newDocker(t, Options{})
-	gameID := newGameID(t)
-	createStarted(t, d, newSpec(t, gameID))
-
-	rc, err := d.Logs(ctx, gameID, 10, false, true)
-	if err != nil {
-		t.Fatalf("Logs: %v", err)
-	}
+	rc := openLogs(t, context.Background(), d, startGame(t, d).GameID, 10, false, true)
 	defer rc.Close()
 	lines := strings.Split(strings.TrimSuffix(readAll(t, rc), "\n"), "\n")
 	for _, l := range lines {
@@ -90,15 +87,9 @@ func TestDocker_Logs_timestampsPrefixEachLine(t *testing.T) {
 }
 
 func TestDocker_Logs_followEndsWhenTheContainerStops(t *testing.T) {
-	ctx := context.Background()
 	d := newDocker(t, Options{})
-	gameID := newGameID(t)
-	_, c := createStarted(t, d, newSpec(t, gameID))
-
-	rc, err := d.Logs(ctx, gameID, 0, true, false)
-	if err != nil {
-		t.Fatalf("Logs: %v", err)
-	}
+	c := startGame(t, d)
+	rc := openLogs(t, context.Background(), d, c.GameID, 0, true, false)
 	defer rc.Close()
 	control(t, c.IP, "/control/exit?code=3")
 	if out := readAll(t, rc); !strings.Contains(out, "exiting with 3 as asked") || strings.Contains(out, "serving on") {
@@ -109,13 +100,9 @@ func TestDocker_Logs_followEndsWhenTheContainerStops(t *testing.T) {
 func TestDocker_Logs_closeEndsAFollowStream(t *testing.T) {
 	ctx := context.Background()
 	d := newDocker(t, Options{})
-	gameID := newGameID(t)
-	createStarted(t, d, newSpec(t, gameID))
+	gameID := startGame(t, d).GameID
 
-	rc, err := d.Logs(ctx, gameID, 1, true, false)
-	if err != nil {
-		t.Fatalf("Logs: %v", err)
-	}
+	rc := openLogs(t, ctx, d, gameID, 1, true, false)
 	buf := make([]byte, 4096)
 	if n, err := rc.Read(buf); err != nil || !strings.Contains(string(buf[:n]), "serving on") {
 		t.Fatalf("first read %q, %v", buf[:n], err)
@@ -133,10 +120,7 @@ func TestDocker_Logs_closeEndsAFollowStream(t *testing.T) {
 
 	// The caller's context ends the stream too.
 	cctx, cancel := context.WithCancel(ctx)
-	rc, err = d.Logs(cctx, gameID, 0, true, false)
-	if err != nil {
-		t.Fatalf("Logs: %v", err)
-	}
+	rc = openLogs(t, cctx, d, gameID, 0, true, false)
 	defer rc.Close()
 	cancel()
 	done := make(chan error, 1)
@@ -158,14 +142,7 @@ func TestDocker_Logs_notRTMsOrMissing(t *testing.T) {
 
 	// A container of the game's name without the owner label is nobody's: not read.
 	gameID := newGameID(t)
-	spec := newSpec(t, gameID)
-	cfg, hc, nc := d.containerConfig(spec)
-	delete(cfg.Labels, rtm.LabelOwner)
-	resp, err := d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, rtm.ContainerName(gameID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Remove(context.Background(), resp.ID) })
+	createByHand(t, d, newSpec(t, gameID), rtm.ContainerName(gameID), false, withoutOwner)
 	if _, err := d.Logs(ctx, gameID, 10, false, false); !errors.Is(err, rtm.ErrNotFound) {
 		t.Errorf("Logs of a container without the owner label = %v, want ErrNotFound", err)
 	}
@@ -176,18 +153,13 @@ func TestDocker_Logs_notRTMsOrMissing(t *testing.T) {
 }
 
 func TestDocker_Logs_driverWithoutOutputIsConflict(t *testing.T) {
-	ctx := context.Background()
 	d := newDocker(t, Options{})
 	gameID := newGameID(t)
-	spec := newSpec(t, gameID)
-	cfg, hc, nc := d.containerConfig(spec)
-	hc.LogConfig = container.LogConfig{Type: "none"}
-	resp, err := d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, rtm.ContainerName(gameID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Remove(context.Background(), resp.ID) })
-	if _, err := d.Logs(ctx, gameID, 10, false, false); !errors.Is(err, rtm.ErrConflict) {
+	createByHand(t, d, newSpec(t, gameID), rtm.ContainerName(gameID), false,
+		func(_ *container.Config, hc *container.HostConfig, _ *network.NetworkingConfig) {
+			hc.LogConfig = container.LogConfig{Type: "none"}
+		})
+	if _, err := d.Logs(context.Background(), gameID, 10, false, false); !errors.Is(err, rtm.ErrConflict) {
 		t.Errorf("Logs of a container logging to none = %v, want ErrConflict", err)
 	}
 }
