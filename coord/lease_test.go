@@ -13,6 +13,7 @@ import (
 
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/coord"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // Short TTLs keep the lease tests fast; the rule is the same as with the production defaults.
@@ -22,13 +23,13 @@ const (
 )
 
 // viaProxy returns a client of the test's Redis database whose connections go through a proxy
-// the test can pause, and a direct client of the same database.
-func viaProxy(t *testing.T) (*proxy, *redis.Client, *redis.Client) {
+// the test can cut, and a direct client of the same database.
+func viaProxy(t *testing.T) (*testenv.Proxy, *redis.Client, *redis.Client) {
 	t.Helper()
 	opts := env.RedisOptions(env.NewRedisDB(t))
-	px := newProxy(t, opts.Addr)
+	px := testenv.NewProxy(t, opts.Addr)
 	cut := *opts
-	cut.Addr = px.addr()
+	cut.Addr = px.Addr()
 	cut.ReadTimeout, cut.WriteTimeout, cut.MaxRetries = 300*time.Millisecond, 300*time.Millisecond, -1
 	proxied, direct := redis.NewClient(&cut), redis.NewClient(opts)
 	t.Cleanup(func() { proxied.Close(); direct.Close() })
@@ -62,7 +63,7 @@ func TestCoord_Acquire_holderCutOffFromRedisStopsBeforeAnotherTakesItsLease(t *t
 	ended := make(chan time.Time, 1)
 	go func() { <-lctx.Done(); ended <- time.Now() }()
 
-	px.pause()
+	px.Cut()
 	cut := time.Now()
 	var took time.Time
 	var holderErr error
@@ -81,7 +82,7 @@ func TestCoord_Acquire_holderCutOffFromRedisStopsBeforeAnotherTakesItsLease(t *t
 			<-tick.C
 		}
 	}
-	px.resume()
+	px.Heal()
 	var end time.Time
 	select {
 	case end = <-ended:
@@ -190,9 +191,9 @@ func TestCoord_Acquire_takesItsOwnLeaseLeftByALostRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	px.pause()
+	px.Cut()
 	release() // the DEL never reaches Redis
-	px.resume()
+	px.Heal()
 	if v := direct.Get(ctx, "rtmanager:game_lease:g1").Val(); v != "a" {
 		t.Fatalf("lease key holds %q after a lost release, want a (the test's premise)", v)
 	}

@@ -6,8 +6,6 @@ import (
 	"net"
 	"net/url"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,112 +16,6 @@ import (
 	"github.com/galaxy-platform/rtmanager/store"
 	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
-
-// pgProxy is a test-owned TCP proxy to the harness's PostgreSQL that can black-hole the network:
-// while dropping, every byte either way is read and thrown away (nothing is refused, nothing
-// answers), as when packets are dropped. Healing closes the connections that lost bytes, as
-// their peers would once the network came back.
-type pgProxy struct {
-	ln       net.Listener
-	upstream string
-	dropping atomic.Bool
-
-	mu    sync.Mutex
-	pairs map[*proxyPair]struct{}
-	wg    sync.WaitGroup
-}
-
-type proxyPair struct {
-	client, server net.Conn
-	lost           atomic.Bool
-}
-
-func (p *proxyPair) close() { p.client.Close(); p.server.Close() }
-
-// newPGProxy starts a proxy to upstream (host:port); the test's cleanup stops it and waits for
-// its goroutines.
-func newPGProxy(t testing.TB, upstream string) *pgProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &pgProxy{ln: ln, upstream: upstream, pairs: map[*proxyPair]struct{}{}}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		for pr := range p.pairs {
-			pr.close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *pgProxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", p.upstream)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		pr := &proxyPair{client: c, server: s}
-		p.mu.Lock()
-		p.pairs[pr] = struct{}{}
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(pr, c, s)
-		go p.pipe(pr, s, c)
-	}
-}
-
-// pipe copies from src to dst, dropping what it reads while the proxy black-holes.
-func (p *pgProxy) pipe(pr *proxyPair, src, dst net.Conn) {
-	defer p.wg.Done()
-	defer func() {
-		pr.close()
-		p.mu.Lock()
-		delete(p.pairs, pr)
-		p.mu.Unlock()
-	}()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if p.dropping.Load() {
-				pr.lost.Store(true)
-			} else if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// blackHole starts dropping everything.
-func (p *pgProxy) blackHole() { p.dropping.Store(true) }
-
-// heal forwards again and closes the connections that lost bytes.
-func (p *pgProxy) heal() {
-	p.dropping.Store(false)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for pr := range p.pairs {
-		if pr.lost.Load() {
-			pr.close()
-		}
-	}
-}
 
 // via returns dsn pointed at addr instead of its host.
 func via(t testing.TB, dsn, addr string) string {
@@ -155,9 +47,9 @@ func TestStore_blackHoledCallsFailUnavailableWithinOperationTimeoutAndRecover(t 
 	if err := store.Migrate(ctx, dsn); err != nil {
 		t.Fatal(err)
 	}
-	px := newPGProxy(t, net.JoinHostPort(env.PGHost, strconv.Itoa(env.PGPort)))
+	px := testenv.NewProxy(t, net.JoinHostPort(env.PGHost, strconv.Itoa(env.PGPort)))
 	const op = time.Second
-	s, err := store.Open(ctx, via(t, dsn, px.ln.Addr().String()), store.Options{
+	s, err := store.Open(ctx, via(t, dsn, px.Addr()), store.Options{
 		Timeouts: store.Timeouts{Connect: op, Operation: op}})
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +61,7 @@ func TestStore_blackHoledCallsFailUnavailableWithinOperationTimeoutAndRecover(t 
 		t.Fatal(err)
 	}
 
-	px.blackHole()
+	px.Cut()
 	calls := []struct {
 		name string
 		call func(ctx context.Context) error
@@ -212,7 +104,7 @@ func TestStore_blackHoledCallsFailUnavailableWithinOperationTimeoutAndRecover(t 
 		t.Errorf("Get with a 100ms deadline: %v after %s", err, time.Since(start))
 	}
 
-	px.heal()
+	px.Heal()
 	if _, err := s.Get(ctx, "g"); err != nil {
 		t.Fatalf("Get after the network healed: %v", err)
 	}
