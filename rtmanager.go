@@ -248,6 +248,9 @@ type Container struct {
 	Created    time.Time
 	StartedAt  time.Time
 	FinishedAt time.Time
+	// Final is set when the container cannot be started again, only replaced: a terminated Pod
+	// on Kubernetes (a Pod runs once). Docker containers are never final.
+	Final bool
 }
 
 // Running reports whether the container's process is up (running, paused or restarting).

@@ -47,6 +47,7 @@ func TestDecide(t *testing.T) {
 		{"failed start is terminal until desired changes", given(record(rtm.StatusFailed, rtm.DesiredRunning, false), nil), ActNone},
 		{"pending start with the right running container settles", given(record(rtm.StatusStarting, rtm.DesiredRunning, true), ctr(rtm.StateRunning)), ActSettle},
 		{"pending start with a stopped right container starts it", given(record(rtm.StatusStopped, rtm.DesiredRunning, true), ctr(rtm.StateExited)), ActStartExisting},
+		{"pending start with a final (terminated Pod) right container replaces it", given(record(rtm.StatusStopped, rtm.DesiredRunning, true), ctr(rtm.StateExited, func(c *rtm.Container) { c.Final = true })), ActReplace},
 		{"pending start with another image stopped replaces", given(record(rtm.StatusStopped, rtm.DesiredRunning, true, func(r *rtm.Record) { r.DesiredImageRef = img2 }), ctr(rtm.StateExited)), ActReplace},
 		{"pending new image on a running container replaces it (a pending patch request makes it a patch)", given(record(rtm.StatusRunning, rtm.DesiredRunning, true, func(r *rtm.Record) { r.DesiredImageRef = img2 }), ctr(rtm.StateRunning)), ActReplace},
 		{"restart asks for a newer container generation", given(record(rtm.StatusRunning, rtm.DesiredRunning, true, func(r *rtm.Record) { r.ContainerGeneration = 2 }), ctr(rtm.StateRunning)), ActReplace},

@@ -427,6 +427,8 @@ func Decide(rec *rtm.Record, c *rtm.Container) Action {
 			return ActReplace
 		case c.Running():
 			return ActSettle
+		case c.Final:
+			return ActReplace // a terminated Pod runs no more: a new one replaces it
 		}
 		return ActStartExisting
 	case rtm.DesiredStopped:
