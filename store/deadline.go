@@ -156,16 +156,15 @@ func transient(err error) bool {
 	if errors.As(err, &de) && de.OrigErr != nil && transient(de.OrigErr) {
 		return true
 	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		switch pe.Code {
+	if code := sqlState(err); code != "" {
+		switch code {
 		case "57014", // query_canceled: statement_timeout
 			"55P03",                   // lock_not_available: lock_timeout
 			"57P01", "57P02", "57P03", // admin_shutdown, crash_shutdown, cannot_connect_now
 			"53300": // too_many_connections
 			return true
 		}
-		return strings.HasPrefix(pe.Code, "08") // connection_exception
+		return strings.HasPrefix(code, "08") // connection_exception
 	}
 	var ce *pgconn.ConnectError
 	var ne net.Error

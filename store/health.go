@@ -47,14 +47,7 @@ func (s *Store) CommitProbeRound(ctx context.Context, threshold int, outcomes []
 		running := map[string]string{}
 		// Read after the locks are held (a statement of its own, so with a fresh snapshot): a
 		// container replaced by a commit we waited for is seen replaced.
-		p.query("reading running containers", func(rows pgx.Rows) error {
-			var id, cid string
-			if err := rows.Scan(&id, &cid); err != nil {
-				return err
-			}
-			running[id] = cid
-			return nil
-		}, `SELECT game_id, current_container_id FROM runtime_records WHERE game_id = ANY($1) AND status = 'running'`, ids)
+		p.query("reading running containers", intoMap(running), `SELECT game_id, current_container_id FROM runtime_records WHERE game_id = ANY($1) AND status = 'running'`, ids)
 		if err := p.flush(ctx); err != nil {
 			return err
 		}
@@ -246,14 +239,7 @@ func queueLastTransitions(p *pipe, events []rtm.HealthEvent) map[string]string {
 	if len(ids) == 0 {
 		return last
 	}
-	p.query("reading health snapshots", func(rows pgx.Rows) error {
-		var id, t string
-		if err := rows.Scan(&id, &t); err != nil {
-			return err
-		}
-		last[id] = t
-		return nil
-	}, `SELECT game_id, last_event_type FROM health_snapshots WHERE game_id = ANY($1) ORDER BY game_id FOR UPDATE`, ids)
+	p.query("reading health snapshots", intoMap(last), `SELECT game_id, last_event_type FROM health_snapshots WHERE game_id = ANY($1) ORDER BY game_id FOR UPDATE`, ids)
 	return last
 }
 

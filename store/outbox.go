@@ -2,14 +2,12 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	rtm "github.com/galaxy-platform/rtmanager"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // RelayOutbox claims up to limit unsent entries in id order (rows another process holds are
@@ -103,8 +101,7 @@ func (s *Store) OutboxEpoch(ctx context.Context) (string, error) {
 	err := s.pool.QueryRow(ctx, `SELECT c.system_identifier::text || '-' ||
 	substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '-' || d.oid::text
 FROM pg_control_system() c, pg_database d WHERE d.datname = current_database()`).Scan(&epoch)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+	if sqlState(err) == "42501" { // insufficient_privilege
 		err = s.pool.QueryRow(ctx, `SELECT 'db-' || oid::text FROM pg_database WHERE datname = current_database()`).Scan(&epoch)
 	}
 	if err != nil {

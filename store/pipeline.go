@@ -71,6 +71,18 @@ func (p *pipe) queryRow(what string, scan func(pgx.Row) error, sql string, args 
 	}
 }
 
+// intoMap is a row scanner for query that reads rows of two text columns into m, key and value.
+func intoMap(m map[string]string) func(pgx.Rows) error {
+	return func(rows pgx.Rows) error {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return err
+		}
+		m[k] = v
+		return nil
+	}
+}
+
 // query queues a query and hands each of its rows to scan.
 func (p *pipe) query(what string, scan func(pgx.Rows) error, sql string, args ...any) {
 	p.batch.Queue(sql, args...).Fn = func(br pgx.BatchResults) error {
@@ -168,8 +180,17 @@ func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipe) error) error {
 // serialization failure, a deadlock, or a unique violation by a concurrent insert (not a game id
 // that differs only in case from a recorded one's: that stays so).
 func retryable(err error) bool {
+	code := sqlState(err)
+	return (code == "40001" || code == "40P01" || code == "23505") && !gameIDCaseTaken(err)
+}
+
+// sqlState returns the SQLSTATE code of the PostgreSQL error err wraps, or "" when it wraps none.
+func sqlState(err error) string {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01" || pe.Code == "23505") && !gameIDCaseTaken(err)
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
 }
 
 // gameIDCaseIndex is migration 000004's unique index on lower(game_id): Docker's DNS does not
