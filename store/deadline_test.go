@@ -119,19 +119,8 @@ func TestStore_lockTimeoutIsUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	holder, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close(ctx)
-	tx, err := holder.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tx := lockRow(t, testenv.MustConn(t, dsn), "runtime_records", "g")
 	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM runtime_records WHERE game_id = 'g' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
 	took, err := within(func(ctx context.Context) error {
 		_, err := s.Commit(ctx, rtm.Change{GameID: "g", Gen: rec.Generation})
 		return err

@@ -61,28 +61,23 @@ func probed(id string, ok bool) rtm.ProbeOutcome {
 func TestStore_RecordProbeRound_transitions(t *testing.T) {
 	tests := []struct {
 		name  string
-		given []string // rounds: "ok", "fail", "grace", or an event type recorded by CommitHealth
+		given string // the rounds, in order: "ok", "fail", "grace", or an event type recorded by CommitHealth
 		want  string
 	}{
-		{"failures up to the threshold publish one probe_failed",
-			[]string{"fail", "fail", "fail", "fail"}, "g:probe_failed"},
-		{"a success before the threshold publishes nothing",
-			[]string{"fail", "ok", "fail", "ok"}, ""},
-		{"failures in the grace period do not count",
-			[]string{"grace", "grace", "fail", "grace", "ok"}, ""},
-		{"the first success after a reported failure publishes probe_recovered",
-			[]string{"fail", "fail", "ok", "ok"}, "g:probe_failed g:probe_recovered"},
-		{"an inspect_unhealthy between does not drop probe_recovered",
-			[]string{"fail", "fail", "inspect_unhealthy", "ok"}, "g:probe_failed g:inspect_unhealthy g:probe_recovered"},
-		{"a container start forgets the reported failure",
-			[]string{"fail", "fail", "container_started", "ok", "fail"}, "g:probe_failed g:container_started"},
+		{"failures up to the threshold publish one probe_failed", "fail fail fail fail", "g:probe_failed"},
+		{"a success before the threshold publishes nothing", "fail ok fail ok", ""},
+		{"failures in the grace period do not count", "grace grace fail grace ok", ""},
+		{"the first success after a reported failure publishes probe_recovered", "fail fail ok ok", "g:probe_failed g:probe_recovered"},
+		{"an inspect_unhealthy between does not drop probe_recovered", "fail fail inspect_unhealthy ok",
+			"g:probe_failed g:inspect_unhealthy g:probe_recovered"},
+		{"a container start forgets the reported failure", "fail fail container_started ok fail", "g:probe_failed g:container_started"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := openHealth(t)
 			h.running(t, "g")
 			ctx := context.Background()
-			for _, r := range tt.given {
+			for _, r := range strings.Fields(tt.given) {
 				var err error
 				switch r {
 				case "ok", "fail", "grace":
@@ -236,16 +231,7 @@ func TestStore_RecordProbeRound_concurrentWritersNeitherDeadlockNorRepeat(t *tes
 func TestStore_Commit_containerStartedIsNumberedAfterTheRoundItWaitedFor(t *testing.T) {
 	s, dsn := open(t)
 	ctx := context.Background()
-	conns := make([]*pgx.Conn, 2)
-	for i := range conns {
-		c, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close(context.Background()) })
-		conns[i] = c
-	}
-	h, round := healthDB{s: s, conn: conns[0]}, conns[1]
+	h, round := healthDB{s: s, conn: testenv.MustConn(t, dsn)}, testenv.MustConn(t, dsn)
 	h.running(t, "g")
 	if _, err := s.CommitProbeRound(ctx, 2, []rtm.ProbeOutcome{probed("g", false)}); err != nil {
 		t.Fatal(err)
@@ -254,14 +240,8 @@ func TestStore_Commit_containerStartedIsNumberedAfterTheRoundItWaitedFor(t *test
 	var wg sync.WaitGroup
 	defer wg.Wait() // after the round's rollback below, on every path
 	// The prober's round: it holds the snapshot while it publishes probe_failed for c-g.
-	tx, err := round.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tx := lockRow(t, round, "health_snapshots", "g")
 	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM health_snapshots WHERE game_id = 'g' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
 	var pid int32
 	if err := round.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
 		t.Fatal(err)
@@ -303,6 +283,22 @@ func TestStore_Commit_containerStartedIsNumberedAfterTheRoundItWaitedFor(t *test
 	if got, want := strings.Join(h.events(t), " "), "g:probe_failed g:container_started"; got != want {
 		t.Fatalf("published %q, want %q", got, want)
 	}
+}
+
+// lockRow begins a transaction on conn that holds game g's row of table locked (FOR UPDATE), as
+// another session would; the caller ends it.
+func lockRow(t *testing.T, conn *pgx.Conn, table, g string) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM `+pgx.Identifier{table}.Sanitize()+` WHERE game_id = $1 FOR UPDATE`, g); err != nil {
+		_ = tx.Rollback(ctx)
+		t.Fatal(err)
+	}
+	return tx
 }
 
 // waitBlockedBy waits until a backend waits for a lock that backend pid holds, failing the test
