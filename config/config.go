@@ -29,6 +29,10 @@ import (
 
 // Config is every setting of CONTRACT §1, parsed and validated.
 type Config struct {
+	// Runtime is where games run: RuntimeDocker (one Docker host, the default) or
+	// RuntimeKubernetes (one namespace of a cluster). A setting of the other runtime is refused.
+	Runtime string // RTMANAGER_RUNTIME
+
 	InternalHTTPAddr string // RTMANAGER_INTERNAL_HTTP_ADDR
 	DockerHost       string // RTMANAGER_DOCKER_HOST
 	DockerNetwork    string // RTMANAGER_DOCKER_NETWORK
@@ -110,6 +114,14 @@ type Config struct {
 	RESTWaitTimeout time.Duration // RTMANAGER_REST_WAIT_TIMEOUT
 	PProf           bool          // RTMANAGER_PPROF=1 exposes /debug/pprof on the internal listener
 
+	// The Kubernetes runtime (RTMANAGER_RUNTIME=kubernetes; credentials from KUBECONFIG, else
+	// the Pod's service account).
+	KubeNamespace         string        // RTMANAGER_KUBE_NAMESPACE (required with kubernetes)
+	KubeStorageClass      string        // RTMANAGER_KUBE_STORAGE_CLASS ("": the cluster's default class)
+	KubeStateSize         string        // RTMANAGER_KUBE_STATE_SIZE (a quantity: 1Gi, 500Mi)
+	KubeStartTimeout      time.Duration // RTMANAGER_KUBE_START_TIMEOUT (a Pod not running by then fails its start)
+	KubeEvictionTolerance time.Duration // RTMANAGER_KUBE_EVICTION_TOLERATION (a lost node's Pods go after it)
+
 	// StrictEnv makes an unknown RTMANAGER_* variable (see Unknown) stop the start-up, exit 2,
 	// instead of a warning.
 	StrictEnv bool // RTMANAGER_STRICT_ENV
@@ -119,6 +131,15 @@ type Config struct {
 const (
 	ProbeTargetContainerIP = "container_ip" // the container's address on the configured network
 	ProbeTargetEndpoint    = "endpoint"     // the DNS name of engine_endpoint
+	// ProbeTargetReadiness trusts the Pod's readiness, which the kubelet probes (Kubernetes
+	// only; the default there when RTM runs outside the cluster and cannot reach Pod IPs).
+	ProbeTargetReadiness = "readiness"
+)
+
+// Runtimes accepted by RTMANAGER_RUNTIME.
+const (
+	RuntimeDocker     = "docker"
+	RuntimeKubernetes = "kubernetes"
 )
 
 // Telemetry exporters accepted by RTMANAGER_TELEMETRY_EXPORTER.
@@ -155,6 +176,7 @@ func (e *Error) Error() string { return e.Var + ": " + e.Reason }
 // PostgresDSN, RedisAddr) are left empty, so Default().Validate() fails until they are set.
 func Default() Config {
 	return Config{
+		Runtime:          RuntimeDocker,
 		InternalHTTPAddr: ":8096",
 		DockerHost:       "unix:///var/run/docker.sock",
 		DockerNetwork:    "galaxy-net",
@@ -216,6 +238,10 @@ func Default() Config {
 		LogFormat:         "json",
 
 		RESTWaitTimeout: 30 * time.Second,
+
+		KubeStateSize:         "1Gi",
+		KubeStartTimeout:      2 * time.Minute,
+		KubeEvictionTolerance: 30 * time.Second,
 	}
 }
 
@@ -226,13 +252,25 @@ func Default() Config {
 // It then runs Validate. On failure it returns the zero Config and a *Error.
 func Load(getenv func(string) string) (Config, error) {
 	cfg := Default()
-	for _, v := range variables() {
+	vars := variables()
+	// The runtime decides which of the others apply: read it first.
+	for _, v := range vars {
+		if val := getenv(v.name); v.name == "RTMANAGER_RUNTIME" && val != "" {
+			if err := v.set(&cfg, val); err != nil {
+				return Config{}, &Error{Var: v.name, Reason: err.Error()}
+			}
+		}
+	}
+	for _, v := range vars {
 		val := getenv(v.name)
 		if val == "" {
-			if v.required {
+			if v.required && v.applies(cfg.Runtime) {
 				return Config{}, &Error{Var: v.name, Reason: "required but not set"}
 			}
 			continue
+		}
+		if !v.applies(cfg.Runtime) {
+			return Config{}, &Error{Var: v.name, Reason: fmt.Sprintf("applies only to RTMANAGER_RUNTIME=%s (this runtime is %s); unset it", v.only, cfg.Runtime)}
 		}
 		if err := v.set(&cfg, val); err != nil {
 			return Config{}, &Error{Var: v.name, Reason: err.Error()}
@@ -240,6 +278,9 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if getenv("RTMANAGER_ENGINE_USER") == "" && (cfg.GameStateOwnerUID != 0 || cfg.GameStateOwnerGID != 0) {
 		cfg.EngineUser = strconv.Itoa(cfg.GameStateOwnerUID) + ":" + strconv.Itoa(cfg.GameStateOwnerGID)
+	}
+	if cfg.Runtime == RuntimeKubernetes {
+		kubeDefaults(&cfg, getenv)
 	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
@@ -255,7 +296,7 @@ func Load(getenv func(string) string) (Config, error) {
 // order), or nil.
 func (c Config) Validate() error {
 	for _, v := range variables() {
-		if v.required && v.get(c) == "" {
+		if v.required && v.applies(c.Runtime) && v.get(c) == "" {
 			return &Error{Var: v.name, Reason: "required but not set"}
 		}
 	}
@@ -279,6 +320,8 @@ func (c Config) Validate() error {
 	}
 
 	switch {
+	case c.ProbeTarget == ProbeTargetReadiness && c.Runtime != RuntimeKubernetes:
+		return &Error{Var: "RTMANAGER_PROBE_TARGET", Reason: fmt.Sprintf("%q applies only to RTMANAGER_RUNTIME=%s", c.ProbeTarget, RuntimeKubernetes)}
 	case c.ProbeTimeout >= c.ProbeInterval:
 		return &Error{Var: "RTMANAGER_PROBE_TIMEOUT", Reason: fmt.Sprintf("%s must be shorter than RTMANAGER_PROBE_INTERVAL (%s)", c.ProbeTimeout, c.ProbeInterval)}
 	case c.PatchVerifyTimeout < c.ProbeInterval:
@@ -305,6 +348,9 @@ func (c Config) Redacted() map[string]string {
 	out := make(map[string]string, len(vars))
 	for _, v := range vars {
 		val := v.get(c)
+		if !v.applies(c.Runtime) {
+			val = "" // not a setting of this runtime: Load would refuse it
+		}
 		if v.redact != nil {
 			val = v.redact(val)
 		}
@@ -340,6 +386,7 @@ func Vars() []string {
 type variable struct {
 	name     string
 	required bool
+	only     string                          // the one runtime the variable applies to; "": every runtime
 	set      func(c *Config, v string) error // v is non-empty; the error's text becomes Error.Reason
 	get      func(c Config) string
 	redact   func(v string) string // nil: the value is not secret
@@ -349,11 +396,12 @@ type variable struct {
 // the first bad one is the one reported.
 func variables() []variable {
 	return []variable{
+		oneOf("RTMANAGER_RUNTIME", func(c *Config) *string { return &c.Runtime }, RuntimeDocker, RuntimeKubernetes),
 		checked("RTMANAGER_INTERNAL_HTTP_ADDR", func(c *Config) *string { return &c.InternalHTTPAddr }, hostPort(0, false)),
-		checked("RTMANAGER_DOCKER_HOST", func(c *Config) *string { return &c.DockerHost }, checkDockerHost).hiddenBy(redactURL),
-		objectName("RTMANAGER_DOCKER_NETWORK", func(c *Config) *string { return &c.DockerNetwork }),
-		parsed("RTMANAGER_GAME_STATE_ROOT", func(c *Config) *string { return &c.GameStateRoot }, parseHostPath, verbatim).mandatory(),
-		parsed("RTMANAGER_GAME_STATE_DIR_MODE", func(c *Config) *uint32 { return &c.GameStateDirMode }, parseDirMode, formatDirMode),
+		checked("RTMANAGER_DOCKER_HOST", func(c *Config) *string { return &c.DockerHost }, checkDockerHost).hiddenBy(redactURL).of(RuntimeDocker),
+		objectName("RTMANAGER_DOCKER_NETWORK", func(c *Config) *string { return &c.DockerNetwork }).of(RuntimeDocker),
+		parsed("RTMANAGER_GAME_STATE_ROOT", func(c *Config) *string { return &c.GameStateRoot }, parseHostPath, verbatim).mandatory().of(RuntimeDocker),
+		parsed("RTMANAGER_GAME_STATE_DIR_MODE", func(c *Config) *uint32 { return &c.GameStateDirMode }, parseDirMode, formatDirMode).of(RuntimeDocker),
 		id("RTMANAGER_GAME_STATE_OWNER_UID", "uid", func(c *Config) *int { return &c.GameStateOwnerUID }),
 		id("RTMANAGER_GAME_STATE_OWNER_GID", "gid", func(c *Config) *int { return &c.GameStateOwnerGID }),
 		checked("RTMANAGER_POSTGRES_PRIMARY_DSN", func(c *Config) *string { return &c.PostgresDSN }, checkPostgresDSN).mandatory().hiddenBy(redactDSN),
@@ -377,7 +425,7 @@ func variables() []variable {
 		duration("RTMANAGER_PROBE_INTERVAL", func(c *Config) *time.Duration { return &c.ProbeInterval }),
 		duration("RTMANAGER_PROBE_TIMEOUT", func(c *Config) *time.Duration { return &c.ProbeTimeout }),
 		atLeastOne("RTMANAGER_PROBE_FAILURE_THRESHOLD", func(c *Config) *int { return &c.ProbeFailureThreshold }),
-		oneOf("RTMANAGER_PROBE_TARGET", func(c *Config) *string { return &c.ProbeTarget }, ProbeTargetContainerIP, ProbeTargetEndpoint),
+		oneOf("RTMANAGER_PROBE_TARGET", func(c *Config) *string { return &c.ProbeTarget }, ProbeTargetContainerIP, ProbeTargetEndpoint, ProbeTargetReadiness),
 		duration("RTMANAGER_PATCH_VERIFY_TIMEOUT", func(c *Config) *time.Duration { return &c.PatchVerifyTimeout }),
 		duration("RTMANAGER_GAME_LEASE_TTL", func(c *Config) *time.Duration { return &c.GameLeaseTTL }),
 		atLeastOne("RTMANAGER_RETRY_ATTEMPTS", func(c *Config) *int { return &c.RetryAttempts }),
@@ -395,7 +443,7 @@ func variables() []variable {
 		duration("RTMANAGER_ENGINE_STOP_TIMEOUT", func(c *Config) *time.Duration { return &c.EngineStopTimeout }),
 		parsed("RTMANAGER_ENGINE_MEMORY_LIMIT", func(c *Config) *int64 { return &c.EngineMemoryBytes }, parseMemory, formatMemory),
 		parsed("RTMANAGER_ENGINE_CPUS", func(c *Config) *int64 { return &c.EngineNanoCPUs }, parseCPUs, formatCPUs),
-		int64From("RTMANAGER_ENGINE_PIDS_LIMIT", 1, "a positive integer", func(c *Config) *int64 { return &c.EnginePidsLimit }),
+		int64From("RTMANAGER_ENGINE_PIDS_LIMIT", 1, "a positive integer", func(c *Config) *int64 { return &c.EnginePidsLimit }).of(RuntimeDocker),
 		checked("RTMANAGER_ENGINE_USER", func(c *Config) *string { return &c.EngineUser }, checkUser),
 		boolean("RTMANAGER_ENGINE_READ_ONLY_ROOTFS", func(c *Config) *bool { return &c.EngineReadOnlyRoot }),
 		parsed("RTMANAGER_ALLOWED_IMAGE_REPOSITORIES", func(c *Config) *[]string { return &c.AllowedImageRepositories }, parseRepositories,
@@ -408,8 +456,51 @@ func variables() []variable {
 		duration("RTMANAGER_REST_WAIT_TIMEOUT", func(c *Config) *time.Duration { return &c.RESTWaitTimeout }),
 		boolean("RTMANAGER_PPROF", func(c *Config) *bool { return &c.PProf }),
 		boolean("RTMANAGER_STRICT_ENV", func(c *Config) *bool { return &c.StrictEnv }),
+		checked("RTMANAGER_KUBE_NAMESPACE", func(c *Config) *string { return &c.KubeNamespace }, checkDNSLabel).mandatory().of(RuntimeKubernetes),
+		checked("RTMANAGER_KUBE_STORAGE_CLASS", func(c *Config) *string { return &c.KubeStorageClass }, checkDNSSubdomain).of(RuntimeKubernetes),
+		checked("RTMANAGER_KUBE_STATE_SIZE", func(c *Config) *string { return &c.KubeStateSize }, checkQuantity).of(RuntimeKubernetes),
+		duration("RTMANAGER_KUBE_START_TIMEOUT", func(c *Config) *time.Duration { return &c.KubeStartTimeout }).of(RuntimeKubernetes),
+		duration("RTMANAGER_KUBE_EVICTION_TOLERATION", func(c *Config) *time.Duration { return &c.KubeEvictionTolerance }).of(RuntimeKubernetes),
 	}
 }
+
+// applies reports whether v is a setting of runtime.
+func (v variable) applies(runtime string) bool { return v.only == "" || v.only == runtime }
+
+// of marks v as a setting of one runtime only: set under another, it stops the start-up.
+func (v variable) of(runtime string) variable {
+	v.only = runtime
+	return v
+}
+
+// kubeDefaults fills what the Kubernetes runtime defaults differently from Docker, where the
+// environment leaves it unset: the probe reaches Pod IPs only from inside the cluster (outside,
+// it trusts the Pods' readiness), and a start waits for the scheduler and the kubelet (seconds,
+// not Docker's tens of milliseconds), so more reconciles run at once and start faster.
+func kubeDefaults(c *Config, getenv func(string) string) {
+	if getenv("RTMANAGER_PROBE_TARGET") == "" {
+		c.ProbeTarget = ProbeTargetReadiness
+		if getenv("KUBERNETES_SERVICE_HOST") != "" && getenv("KUBECONFIG") == "" {
+			c.ProbeTarget = ProbeTargetContainerIP
+		}
+	}
+	for name, set := range map[string]func(){
+		"RTMANAGER_RECONCILE_WORKERS": func() { c.ReconcileWorkers = KubeReconcileWorkers },
+		"RTMANAGER_RECONCILE_RATE":    func() { c.ReconcileRate = KubeReconcileRate },
+		"RTMANAGER_RECONCILE_BURST":   func() { c.ReconcileBurst = KubeReconcileBurst },
+	} {
+		if getenv(name) == "" {
+			set()
+		}
+	}
+}
+
+// The work queue's defaults on Kubernetes (see kubeDefaults).
+const (
+	KubeReconcileWorkers = 256
+	KubeReconcileRate    = 500
+	KubeReconcileBurst   = 2000
+)
 
 // mandatory marks v as one Load refuses to start without.
 func (v variable) mandatory() variable {
@@ -538,6 +629,40 @@ func hostPort(minPort int, needHost bool) func(string) error {
 		_, err := parseHostPort(v, minPort, needHost)
 		return err
 	}
+}
+
+// dnsLabel is a Kubernetes namespace name (RFC 1123 label); dnsSubdomain a storage class name.
+var (
+	dnsLabel     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+	// quantity is a storage size as Kubernetes writes one: a number and a binary or decimal
+	// suffix (1Gi, 500Mi, 10G).
+	quantity = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$`)
+)
+
+func checkDNSLabel(v string) error {
+	if !dnsLabel.MatchString(v) {
+		return fmt.Errorf("%q is not a namespace name (lower-case letters, digits and '-', at most 63)", v)
+	}
+	return nil
+}
+
+func checkDNSSubdomain(v string) error {
+	if !dnsSubdomain.MatchString(v) {
+		return fmt.Errorf("%q is not a storage class name (lower-case letters, digits, '-' and '.')", v)
+	}
+	return nil
+}
+
+func checkQuantity(v string) error {
+	m := quantity.FindStringSubmatch(v)
+	if m == nil {
+		return fmt.Errorf("%q is not a storage size (e.g. 1Gi, 500Mi)", v)
+	}
+	if n, err := strconv.ParseFloat(m[1], 64); err != nil || n == 0 {
+		return fmt.Errorf("%q is not a storage size (e.g. 1Gi, 500Mi)", v)
+	}
+	return nil
 }
 
 // parseHostPath reads an absolute path of the host, cleaned.

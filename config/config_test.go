@@ -314,6 +314,12 @@ func TestLoad_invalid(t *testing.T) {
 		{"log format unknown", map[string]string{"RTMANAGER_LOG_FORMAT": "logfmt"}, "RTMANAGER_LOG_FORMAT"},
 		{"rest wait timeout unparsable", map[string]string{"RTMANAGER_REST_WAIT_TIMEOUT": "soon"}, "RTMANAGER_REST_WAIT_TIMEOUT"},
 		{"pprof not a bool", map[string]string{"RTMANAGER_PPROF": "on"}, "RTMANAGER_PPROF"},
+		{"runtime unknown", map[string]string{"RTMANAGER_RUNTIME": "nomad"}, "RTMANAGER_RUNTIME"},
+		{"namespace not a name", map[string]string{"RTMANAGER_KUBE_NAMESPACE": "-games"}, "RTMANAGER_KUBE_NAMESPACE"},
+		{"storage class not a name", map[string]string{"RTMANAGER_KUBE_STORAGE_CLASS": "Fast SSD"}, "RTMANAGER_KUBE_STORAGE_CLASS"},
+		{"state size not a size", map[string]string{"RTMANAGER_KUBE_STATE_SIZE": "1 GB"}, "RTMANAGER_KUBE_STATE_SIZE"},
+		{"start timeout unparsable", map[string]string{"RTMANAGER_KUBE_START_TIMEOUT": "2"}, "RTMANAGER_KUBE_START_TIMEOUT"},
+		{"eviction toleration zero", map[string]string{"RTMANAGER_KUBE_EVICTION_TOLERATION": "0s"}, "RTMANAGER_KUBE_EVICTION_TOLERATION"},
 
 		// Cross-field checks name the first variable of the pair.
 		{"probe timeout equal to interval", map[string]string{"RTMANAGER_PROBE_TIMEOUT": "5s"}, "RTMANAGER_PROBE_TIMEOUT"},
@@ -328,7 +334,11 @@ func TestLoad_invalid(t *testing.T) {
 	for _, tt := range tests {
 		covered[tt.want] = true
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := load(t, tt.given)
+			loadIt := load
+			if strings.HasPrefix(tt.want, "RTMANAGER_KUBE_") {
+				loadIt = loadKube
+			}
+			_, err := loadIt(t, tt.given)
 			var cerr *config.Error
 			if !errors.As(err, &cerr) {
 				t.Fatalf("Load: got error %v (%T), want a *config.Error", err, err)
@@ -418,22 +428,54 @@ func TestLoad_everyVariable(t *testing.T) {
 		"RTMANAGER_REDIS_POOL_SIZE":                 "16",
 		"RTMANAGER_POSTGRES_MAX_CONNECTIONS":        "10",
 		"RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT": "5m",
+
+		"RTMANAGER_RUNTIME":                  "kubernetes",
+		"RTMANAGER_KUBE_NAMESPACE":           "games",
+		"RTMANAGER_KUBE_STORAGE_CLASS":       "fast",
+		"RTMANAGER_KUBE_STATE_SIZE":          "5Gi",
+		"RTMANAGER_KUBE_START_TIMEOUT":       "30s",
+		"RTMANAGER_KUBE_EVICTION_TOLERATION": "10s",
 	}
 	if got, want := slices.Sorted(maps.Keys(values)), config.Vars(); !slices.Equal(got, want) {
 		t.Fatalf("test values cover %v, Vars returns %v", got, want)
 	}
-	all, err := load(t, values)
-	if err != nil {
-		t.Fatalf("Load with every variable set: %v", err)
+	// Each runtime's settings are loaded with that runtime: the Docker ones without the
+	// Kubernetes ones, and the other way round.
+	dockerOnly := []string{"RTMANAGER_DOCKER_HOST", "RTMANAGER_DOCKER_NETWORK", "RTMANAGER_GAME_STATE_ROOT",
+		"RTMANAGER_GAME_STATE_DIR_MODE", "RTMANAGER_ENGINE_PIDS_LIMIT"}
+	runtimeValues := func(v string) (map[string]string, func(testing.TB, map[string]string) (config.Config, error)) {
+		given := maps.Clone(values)
+		if strings.HasPrefix(v, "RTMANAGER_KUBE_") {
+			for _, d := range dockerOnly {
+				delete(given, d)
+			}
+			return given, loadKube
+		}
+		for k := range given {
+			if k == "RTMANAGER_RUNTIME" || strings.HasPrefix(k, "RTMANAGER_KUBE_") {
+				delete(given, k)
+			}
+		}
+		return given, load
 	}
 	for _, v := range config.Vars() {
+		if v == "RTMANAGER_RUNTIME" {
+			continue // TestLoad_kubernetes
+		}
 		t.Run(v, func(t *testing.T) {
-			given := maps.Clone(values)
+			given, loadIt := runtimeValues(v)
+			all, err := loadIt(t, given)
+			if err != nil {
+				t.Fatalf("Load with every variable of the runtime set: %v", err)
+			}
 			given[v] = ""
 			if v == "RTMANAGER_GAME_STATE_ROOT" || v == "RTMANAGER_POSTGRES_PRIMARY_DSN" || v == "RTMANAGER_REDIS_MASTER_ADDR" {
 				given[v] = requiredEnv()[v]
 			}
-			got, err := load(t, given)
+			if v == "RTMANAGER_KUBE_NAMESPACE" {
+				given[v] = "other"
+			}
+			got, err := loadIt(t, given)
 			if err != nil {
 				t.Fatalf("Load without %s: %v", v, err)
 			}

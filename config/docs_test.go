@@ -95,8 +95,13 @@ func TestDefault(t *testing.T) {
 			}
 		default:
 			documented := strings.TrimSuffix(m[1], ".")
-			got, err := load(t, map[string]string{v: documented})
-			if d := diff(got, base()); err != nil || d != "" {
+			loadIt, want := load, base()
+			if strings.HasPrefix(v, "RTMANAGER_KUBE_") {
+				loadIt = loadKube
+				want, _ = loadKube(t, nil)
+			}
+			got, err := loadIt(t, map[string]string{v: documented})
+			if d := diff(got, want); err != nil || d != "" {
 				t.Errorf("%s documents %s=%s, which is not Default(): %v%s", examplesPath, v, documented, err, d)
 			}
 		}
