@@ -23,22 +23,67 @@ func client(t *testing.T) *redis.Client {
 	return env.MustRedis(t)
 }
 
+// heartbeat starts c's heartbeat until the test ends or stop is called.
+func heartbeat(t *testing.T, c *coord.Coord) (stop func()) {
+	t.Helper()
+	ctx, stop := context.WithCancel(context.Background())
+	t.Cleanup(stop)
+	if err := c.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return stop
+}
+
+// acquire takes c's lease on game, failing the test when it cannot.
+func acquire(t *testing.T, c *coord.Coord, game string) (context.Context, func()) {
+	t.Helper()
+	lctx, release, err := c.Acquire(context.Background(), game)
+	if err != nil {
+		t.Fatalf("Acquire(%s): %v", game, err)
+	}
+	return lctx, release
+}
+
+// handOver checks that while holder holds game's lease other cannot take it, and that other takes
+// it once holder released it.
+func handOver(t *testing.T, holder, other *coord.Coord, game string) {
+	t.Helper()
+	_, release := acquire(t, holder, game)
+	wantConflict(t, other, game, "another caller while it is held")
+	release()
+	_, release = acquire(t, other, game)
+	release()
+}
+
+// viaProxy returns a client of the test's Redis database whose connections go through a proxy
+// the test can cut, and a direct client of the same database.
+func viaProxy(t *testing.T) (*testenv.Proxy, *redis.Client, *redis.Client) {
+	t.Helper()
+	opts := env.RedisOptions(env.NewRedisDB(t))
+	px := testenv.NewProxy(t, opts.Addr)
+	cut := *opts
+	cut.Addr = px.Addr()
+	cut.ReadTimeout, cut.WriteTimeout, cut.MaxRetries = 300*time.Millisecond, 300*time.Millisecond, -1
+	proxied, direct := redis.NewClient(&cut), redis.NewClient(opts)
+	t.Cleanup(func() { proxied.Close(); direct.Close() })
+	return px, proxied, direct
+}
+
+// wantConflict checks that c cannot take game's lease (who names the attempt in the failure).
+func wantConflict(t *testing.T, c *coord.Coord, game, who string) {
+	t.Helper()
+	if _, _, err := c.Acquire(context.Background(), game); !errors.Is(err, rtm.ErrConflict) {
+		t.Fatalf("Acquire(%s) by %s: %v, want ErrConflict", game, who, err)
+	}
+}
+
 func TestCoord_Acquire_excludesOthersUntilReleased(t *testing.T) {
 	rdb := client(t)
 	ctx := context.Background()
 	a, b := coord.New(rdb, "a", 2*time.Second), coord.New(rdb, "b", 2*time.Second)
-	hctx, stop := context.WithCancel(ctx)
-	defer stop()
-	if err := a.Heartbeat(hctx); err != nil {
-		t.Fatal(err)
-	}
-	_, release, err := a.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := b.Acquire(ctx, "g1"); !errors.Is(err, rtm.ErrConflict) {
-		t.Fatalf("second holder: %v, want ErrConflict", err)
-	}
+	heartbeat(t, a)
+	_, release := acquire(t, a, "g1")
+	wantConflict(t, b, "g1", "a second holder")
 	if ttl := rdb.PTTL(ctx, "rtmanager:game_lease:g1").Val(); ttl <= 0 {
 		t.Fatalf("lease has no TTL: %v", ttl)
 	}
@@ -51,21 +96,14 @@ func TestCoord_Acquire_excludesOthersUntilReleased(t *testing.T) {
 	if rdb.Exists(ctx, "rtmanager:game_lease:g1").Val() != 0 {
 		t.Fatal("lease key present after release")
 	}
-	_, release, err = b.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatalf("after release: %v", err)
-	}
+	_, release = acquire(t, b, "g1")
 	release()
 }
 
 func TestCoord_Acquire_lostLeaseCancelsContext(t *testing.T) {
 	rdb := client(t)
 	ctx := context.Background()
-	a := coord.New(rdb, "a", 2*time.Second)
-	lctx, release, err := a.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lctx, release := acquire(t, coord.New(rdb, "a", 2*time.Second), "g1")
 	defer release()
 	rdb.Set(ctx, "rtmanager:game_lease:g1", "intruder", time.Minute)
 	select {
@@ -142,24 +180,12 @@ func TestCoord_Acquire_takesOverTheLeaseOfADeadInstance(t *testing.T) {
 	// A killed process left its lease behind and no longer beats.
 	rdb.Set(ctx, "rtmanager:game_lease:g1", "dead", time.Minute)
 	b := coord.New(rdb, "b", 2*time.Second)
-	_, release, err := b.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatalf("lease of a dead instance was not taken over: %v", err)
-	}
+	_, release := acquire(t, b, "g1") // the dead instance's lease is taken over
 	release()
 	// A live one keeps it.
 	a := coord.New(rdb, "a", 2*time.Second)
-	hctx, stop := context.WithCancel(ctx)
-	defer stop()
-	if err := a.Heartbeat(hctx); err != nil {
-		t.Fatal(err)
-	}
-	_, releaseA, err := a.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	heartbeat(t, a)
+	_, releaseA := acquire(t, a, "g1")
 	defer releaseA()
-	if _, _, err := b.Acquire(ctx, "g1"); !errors.Is(err, rtm.ErrConflict) {
-		t.Fatalf("the lease of a live instance was taken: %v", err)
-	}
+	wantConflict(t, b, "g1", "b, of a live instance's lease")
 }

@@ -9,11 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/coord"
-	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // Short TTLs keep the lease tests fast; the rule is the same as with the production defaults.
@@ -21,30 +18,6 @@ const (
 	testLeaseTTL    = 3 * time.Second
 	testInstanceTTL = time.Second
 )
-
-// viaProxy returns a client of the test's Redis database whose connections go through a proxy
-// the test can cut, and a direct client of the same database.
-func viaProxy(t *testing.T) (*testenv.Proxy, *redis.Client, *redis.Client) {
-	t.Helper()
-	opts := env.RedisOptions(env.NewRedisDB(t))
-	px := testenv.NewProxy(t, opts.Addr)
-	cut := *opts
-	cut.Addr = px.Addr()
-	cut.ReadTimeout, cut.WriteTimeout, cut.MaxRetries = 300*time.Millisecond, 300*time.Millisecond, -1
-	proxied, direct := redis.NewClient(&cut), redis.NewClient(opts)
-	t.Cleanup(func() { proxied.Close(); direct.Close() })
-	return px, proxied, direct
-}
-
-// heartbeat starts c's heartbeat until the test ends.
-func heartbeat(t *testing.T, c *coord.Coord) {
-	t.Helper()
-	ctx, stop := context.WithCancel(context.Background())
-	t.Cleanup(stop)
-	if err := c.Heartbeat(ctx); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // A holder cut off from Redis (a network that drops packets) must stop acting before another
 // process can take its lease: when the other's Acquire succeeds, the holder's lease context
@@ -187,20 +160,14 @@ func TestCoord_Acquire_takesItsOwnLeaseLeftByALostRelease(t *testing.T) {
 	ctx := context.Background()
 	a := coord.New(proxied, "a", 30*time.Second)
 	heartbeat(t, a)
-	_, release, err := a.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, release := acquire(t, a, "g1")
 	px.Cut()
 	release() // the DEL never reaches Redis
 	px.Heal()
 	if v := direct.Get(ctx, "rtmanager:game_lease:g1").Val(); v != "a" {
 		t.Fatalf("lease key holds %q after a lost release, want a (the test's premise)", v)
 	}
-	b := coord.New(direct, "b", 30*time.Second)
-	if _, _, err := b.Acquire(ctx, "g1"); !errors.Is(err, rtm.ErrConflict) {
-		t.Fatalf("another process took a live process's lease: %v", err)
-	}
+	wantConflict(t, coord.New(direct, "b", 30*time.Second), "g1", "another process, of a live process's lease")
 	lctx, release, err := a.Acquire(ctx, "g1")
 	if err != nil {
 		t.Fatalf("the process's own lease left by a lost release: %v", err)
@@ -213,23 +180,9 @@ func TestCoord_Acquire_takesItsOwnLeaseLeftByALostRelease(t *testing.T) {
 
 // Inside one process a game's lease is held by one caller at a time.
 func TestCoord_Acquire_refusesAGameThisProcessHolds(t *testing.T) {
-	rdb := client(t)
-	ctx := context.Background()
-	a := coord.New(rdb, "a", 30*time.Second)
+	a := coord.New(client(t), "a", 30*time.Second)
 	heartbeat(t, a)
-	_, release, err := a.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := a.Acquire(ctx, "g1"); !errors.Is(err, rtm.ErrConflict) {
-		t.Fatalf("second Acquire in the same process: %v, want ErrConflict", err)
-	}
-	release()
-	_, release, err = a.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatalf("after release: %v", err)
-	}
-	release()
+	handOver(t, a, a, "g1")
 }
 
 // When the heartbeat ends, the instance key is deleted: the leases still held end, and no new
@@ -238,15 +191,8 @@ func TestCoord_Heartbeat_endingEndsTheLeases(t *testing.T) {
 	rdb := client(t)
 	ctx := context.Background()
 	a := coord.New(rdb, "a", 30*time.Second)
-	hctx, stop := context.WithCancel(ctx)
-	defer stop()
-	if err := a.Heartbeat(hctx); err != nil {
-		t.Fatal(err)
-	}
-	lctx, release, err := a.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	stop := heartbeat(t, a)
+	lctx, release := acquire(t, a, "g1")
 	defer release()
 	stop()
 	select {
@@ -301,19 +247,7 @@ func TestCoord_Acquire_reportsEachAttemptToItsObserver(t *testing.T) {
 	b := coord.New(rdb, "b", 30*time.Second)
 	heartbeat(t, a)
 	heartbeat(t, b)
-	_, release, err := b.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := a.Acquire(ctx, "g1"); !errors.Is(err, rtm.ErrConflict) {
-		t.Fatalf("Acquire of a lease b holds: %v, want ErrConflict", err)
-	}
-	release()
-	_, release, err = a.Acquire(ctx, "g1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	release()
+	handOver(t, b, a, "g1")
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
 	if _, _, err := a.Acquire(cancelled, "g2"); err == nil {
