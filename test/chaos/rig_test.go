@@ -340,11 +340,7 @@ func (p *rtmProc) kill9() {
 // term sends SIGTERM and waits up to 40s for the exit; it returns the exit code.
 func (p *rtmProc) term(t *testing.T) int {
 	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(40 * time.Second):
-		p.kill9()
+	if !testenv.Terminate(p.cmd.Process, p.done, 40*time.Second) {
 		t.Errorf("%s did not exit within 40s of SIGTERM", p.name)
 	}
 	return p.code

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // LogLine is one JSON log line of RTM.
@@ -174,11 +176,5 @@ func (p *Proc) Stop(grace time.Duration) {
 	if p.Exited() {
 		return
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	testenv.Terminate(p.cmd.Process, p.done, grace)
 }

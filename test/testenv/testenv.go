@@ -38,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -331,6 +332,21 @@ func Main(m *testing.M, env **Env) int {
 	defer e.Stop()
 	*env = e
 	return m.Run()
+}
+
+// Terminate stops a child process the way its supervisor would: SIGTERM, then, when done (closed
+// once the process has exited and been waited for) is not closed within grace, SIGKILL. It
+// returns once the process is gone and reports whether it exited within grace.
+func Terminate(p *os.Process, done <-chan struct{}, grace time.Duration) bool {
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+		return true
+	case <-time.After(grace):
+		_ = p.Kill()
+		<-done
+		return false
+	}
 }
 
 // Parallel runs the steps side by side (a suite's slow preparations: the servers, the images,
