@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -31,7 +30,6 @@ var backgroundWorkers = []string{"startjobs", "stopjobs", "dockerevents", "probe
 // A healthy boot logs the runbook's lines in the runbook's order, then exactly seven
 // `worker started` lines, one per background worker, and answers both probes.
 func TestBoot_HealthyStartupLogsRunbookOrderAndSevenWorkers(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "boot")
 	r.Start()
 	// Give the workers their moment: readiness may answer before the last line is written.
@@ -70,14 +68,12 @@ func TestBoot_HealthyStartupLogsRunbookOrderAndSevenWorkers(t *testing.T) {
 	code, body = httpGet(r.API + "/readyz")
 	expect(t, code == http.StatusOK && strings.Contains(string(body), `"status":"ready"`), "/readyz: %d %s", code, body)
 
-	ec, _ := r.Stop()
-	expect(t, ec == 0, "SIGTERM: exit code %d, want 0", ec)
+	r.StopClean()
 }
 
 // A bad setting stops RTM with exit code 2 and one line naming the variable; a missing network
 // is fatal (exit 1) before any listener opens.
 func TestBoot_RefusesBadConfigAndMissingNetwork(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "badboot")
 
 	r.Env["RTMANAGER_GAME_STATE_DIR_MODE"] = "banana"
@@ -111,7 +107,6 @@ func runOnce(t *testing.T, env map[string]string) (string, int) {
 // daemon or removing the network turns it 503 with the canonical envelope naming that
 // dependency first, and it is ready again once the dependency is back.
 func TestReadyz_Turns503PerDependency(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "ready")
 	pg := startProxy(t, "127.0.0.1", "tcp", pgAddr())
 	dockerSock := strings.TrimPrefix(dockerHost(), "unix://")
@@ -124,7 +119,7 @@ func TestReadyz_Turns503PerDependency(t *testing.T) {
 		t.Helper()
 		testenv.Eventually(t, 15*time.Second, "/readyz 503 naming "+prefix, func() (bool, string) {
 			code, body := httpGet(r.API + "/readyz")
-			msg := errorMessage(body)
+			msg := errorOf(body).Message
 			return code == http.StatusServiceUnavailable && errorCode(body) == "service_unavailable" &&
 				strings.HasPrefix(msg, prefix), string(body)
 		})
@@ -164,15 +159,13 @@ func TestReadyz_Turns503PerDependency(t *testing.T) {
 
 	code, _ := httpGet(r.API + "/healthz")
 	expect(t, code == http.StatusOK, "/healthz is not a dependency check, yet answered %d", code)
-	ec, _ := r.Stop()
-	expect(t, ec == 0, "SIGTERM: exit code %d", ec)
+	r.StopClean()
 }
 
 // SIGTERM makes RTM exit 0 within the shutdown budget after persisting each consumer's offset;
 // the next process resumes from it: jobs handled before are not handled again, and a job written
 // while RTM was down is handled exactly once.
 func TestShutdown_PersistsOffsetsAndResumesWithoutRehandling(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "shut")
 	r.Start()
 	ctx := context.Background()
@@ -183,8 +176,7 @@ func TestShutdown_PersistsOffsetsAndResumesWithoutRehandling(t *testing.T) {
 	stopID := r.StopJob(a, "req-a-stop", "admin_request")
 	r.WaitSucceeded("req-a-stop")
 
-	code, took := r.Stop()
-	expect(t, code == 0, "SIGTERM: exit code %d, want 0", code)
+	took := r.StopClean()
 	expect(t, took < r.cfg.ShutdownTimeout, "shutdown took %s, over RTMANAGER_SHUTDOWN_TIMEOUT %s", took, r.cfg.ShutdownTimeout)
 	var msgs []string
 	for _, l := range r.LogLines() {
@@ -224,14 +216,4 @@ func dockerHost() string {
 		return h
 	}
 	return "unix:///var/run/docker.sock"
-}
-
-func errorMessage(b []byte) string {
-	var env struct {
-		Error struct {
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	_ = json.Unmarshal(b, &env)
-	return env.Error.Message
 }

@@ -115,7 +115,6 @@ func (r *rig) outboxBacklog() int {
 // reports a network connection as a network event, which RTM does not follow, and the periodic
 // pass and inspect sweep are an hour away, so only the SIGHUP's pass adopts it.
 func TestDay2_SIGHUP_RunsAManualReconcilePass(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "hup")
 	r.Env["RTMANAGER_RECONCILE_INTERVAL"] = "1h"
 	r.Env["RTMANAGER_INSPECT_INTERVAL"] = "1h"
@@ -169,8 +168,7 @@ func TestDay2_SIGHUP_RunsAManualReconcilePass(t *testing.T) {
 	expect(t, len(r.logged("shutting down")) == 0, "SIGHUP started a shutdown")
 
 	// SIGTERM keeps its meaning.
-	ec, _ := r.Stop()
-	expect(t, ec == 0, "SIGTERM after SIGHUP: exit %d, want 0", ec)
+	r.StopClean()
 }
 
 // Redis restarts empty (no persistence), losing the job results stream and the publication
@@ -178,7 +176,6 @@ func TestDay2_SIGHUP_RunsAManualReconcilePass(t *testing.T) {
 // publishes the stored result again, once, logged at info, and neither starts the game again nor
 // adds a second result when the job comes once more.
 func TestDay2_RedisWipe_ResentJobAnsweredAgainOnce(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "wipe")
 	r.Start()
 	ctx := context.Background()
@@ -222,7 +219,6 @@ func TestDay2_RedisWipe_ResentJobAnsweredAgainOnce(t *testing.T) {
 // trims whole nodes of the stream (stream-node-max-entries, 100 by default), so it holds at
 // least 50 and at most 50 plus one node, the newest, however many RTM published.
 func TestDay2_StreamRetention_BoundsOutputStreams(t *testing.T) {
-	t.Parallel()
 	const retention, jobs = 50, 400
 	r := newRig(t, "trim")
 	r.Env["RTMANAGER_STREAM_RETENTION"] = strconv.Itoa(retention)
@@ -274,7 +270,6 @@ func TestDay2_StreamRetention_BoundsOutputStreams(t *testing.T) {
 // RTMANAGER_LOG_FORMAT=text both lines are text. (cmd/manager's TestRun_unknownVariable covers
 // the lines themselves; this is the built binary in a real environment.)
 func TestDay2_ConfigTypo_WarnedOrRefusedWhenStrict(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "typo")
 	const typo, closest = "RTMANAGER_PROBE_INTERVALL", "RTMANAGER_PROBE_INTERVAL"
 	r.Env[typo] = "1s"
@@ -303,8 +298,7 @@ func TestDay2_ConfigTypo_WarnedOrRefusedWhenStrict(t *testing.T) {
 	warn := r.logged("unknown configuration variable")
 	expect(t, len(warn) == 1 && warn[0].str("level") == "WARN" && warn[0].str("variable") == typo &&
 		warn[0].str("closest") == closest, "warning lines %v", warn)
-	ec, _ := r.Stop()
-	expect(t, ec == 0, "SIGTERM: exit %d", ec)
+	r.StopClean()
 }
 
 // A labelled engine started by hand with a name of the operator's choosing (not
@@ -312,7 +306,6 @@ func TestDay2_ConfigTypo_WarnedOrRefusedWhenStrict(t *testing.T) {
 // labels; once adopted it is the game's like any other: probed, and replaced by a container
 // named galaxy-game-<game_id> on a restart.
 func TestDay2_AdoptByLabel_AnyName(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "label")
 	boot, live := r.game("boot"), r.game("live")
 	idBoot := r.handRun(r.prefix+"-mine-1", r.Net, boot)

@@ -12,11 +12,7 @@ import (
 // An engine that exits by itself with a non-zero code is reported as container_exited carrying
 // the exit code, the snapshot turns unhealthy, the record exited; no notification intent.
 func TestHealth_EngineExitReportsContainerExited(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, "exit")
-	r.Start()
-	g := r.game("a")
-	r.StartGame(g, img(v141))
+	r, g := runningGame(t, "exit", img(v141))
 	r.WaitHealth(g, "container_started", 5*time.Second)
 	cid := r.ContainerID(g)
 
@@ -41,11 +37,7 @@ func TestHealth_EngineExitReportsContainerExited(t *testing.T) {
 
 // docker kill behind RTM's back is an exit too (137), not an OOM.
 func TestHealth_DockerKillReportsContainerExited(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, "kill")
-	r.Start()
-	g := r.game("a")
-	r.StartGame(g, img(v141))
+	r, g := runningGame(t, "kill", img(v141))
 
 	r.DockerKill(g)
 	ev := r.WaitHealth(g, "container_exited", 5*time.Second)
@@ -61,12 +53,7 @@ func TestHealth_DockerKillReportsContainerExited(t *testing.T) {
 // An engine killed by the kernel for its memory limit is container_oom, with oom_killed in the
 // snapshot (never inferred from 137 alone).
 func TestHealth_OOMKillReportsContainerOOM(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, "oom")
-	r.Env["RTMANAGER_ENGINE_MEMORY_LIMIT"] = "96m"
-	r.Start()
-	g := r.game("a")
-	r.StartGame(g, img(v141))
+	r, g := runningGame(t, "oom", img(v141), "RTMANAGER_ENGINE_MEMORY_LIMIT=96m")
 
 	r.Engine(g, "/control/oom")
 	ev := r.WaitHealth(g, "container_oom", 20*time.Second)
@@ -81,11 +68,7 @@ func TestHealth_OOMKillReportsContainerOOM(t *testing.T) {
 // A running engine whose /healthz fails threshold times in a row is probe_failed, once per
 // transition; when it answers again, probe_recovered, and the snapshot follows.
 func TestHealth_ProbeFailureAndRecovery(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, "probe")
-	r.Start()
-	g := r.game("a")
-	r.StartGame(g, img(v141))
+	r, g := runningGame(t, "probe", img(v141))
 	testenv.Eventually(t, 5*time.Second, "a first successful probe", func() (bool, string) {
 		s := r.Snapshot(g)
 		return s.LastProbeAt != nil && s.Status == "healthy", pretty(s)

@@ -18,7 +18,6 @@ import (
 // with exactly one result; repeated and conflicting starts, malformed jobs, and a stop job behave
 // as CONTRACT §5 says.
 func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "jobs")
 	r.Start()
 	g := r.game("a")
@@ -120,7 +119,6 @@ func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
 // The three start failures each answer the job with their error code and publish exactly one
 // notification intent named after it; a failed start leaves no container behind.
 func TestStartFailure_EachPublishesItsIntent(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "fail")
 	// A state dir path that is a file: the game's start config cannot be used.
 	fileGame := r.game("file")

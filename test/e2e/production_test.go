@@ -28,7 +28,6 @@ import (
 // host. It reaches PostgreSQL and Redis on the host through host.docker.internal and probes the
 // engines by the DNS names of their engine_endpoint (RTMANAGER_PROBE_TARGET=endpoint).
 func TestProductionShape_RTMInContainerProbesEnginesByDNSName(t *testing.T) {
-	t.Parallel()
 	// host.docker.internal is the daemon's host-gateway address: the test's own redis-server and
 	// a forwarder to the shared PostgreSQL (which listens on loopback only) listen there too, and
 	// nowhere else beyond loopback.

@@ -38,7 +38,6 @@ func (r *rig) handStarted(gameID string) string {
 // live when RTM runs. RTM records it as it is (reconcile_adopt) and never stops or replaces it;
 // a second pass adopts nothing again.
 func TestAdopt_HandStartedLabelledContainer(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "adopt")
 	boot, live := r.game("boot"), r.game("live")
 
@@ -67,8 +66,7 @@ func TestAdopt_HandStartedLabelledContainer(t *testing.T) {
 	})
 	t.Logf("adopted game's health: %s", pretty(r.Snapshot(live)))
 
-	code, _ := r.Stop()
-	expect(t, code == 0, "SIGTERM exit %d", code)
+	r.StopClean()
 	r.Start()
 	time.Sleep(time.Second)
 	for g, id := range map[string]string{boot: idBoot, live: idLive} {
@@ -82,7 +80,6 @@ func TestAdopt_HandStartedLabelledContainer(t *testing.T) {
 // each as removed, logs reconcile_dispose once and publishes container_disappeared; a later pass
 // changes nothing.
 func TestDispose_ContainersVanishedWhileRTMDown(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "dispdown")
 	r.Start()
 	a, b, keep := r.game("a"), r.game("b"), r.game("keep")
@@ -92,8 +89,7 @@ func TestDispose_ContainersVanishedWhileRTMDown(t *testing.T) {
 	for _, g := range []string{a, b, keep} {
 		r.WaitSucceeded("req-" + g)
 	}
-	code, _ := r.Stop()
-	expect(t, code == 0, "SIGTERM exit %d", code)
+	r.StopClean()
 
 	// What a daemon restart does to the engines (restart policy no): they are gone.
 	r.DockerRemove(a)
@@ -107,8 +103,7 @@ func TestDispose_ContainersVanishedWhileRTMDown(t *testing.T) {
 	}
 	expect(t, r.Record(keep).Status == "running" && r.State(keep) == "running", "the surviving game was touched")
 
-	code, _ = r.Stop()
-	expect(t, code == 0, "SIGTERM exit %d", code)
+	r.StopClean()
 	r.Start()
 	time.Sleep(time.Second)
 	for _, g := range []string{a, b} {
@@ -120,11 +115,7 @@ func TestDispose_ContainersVanishedWhileRTMDown(t *testing.T) {
 // A container removed under a running RTM is disposed at once (Docker events), not at the next
 // periodic pass.
 func TestDispose_ContainerRemovedUnderRunningRTM(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, "dispup")
-	r.Start()
-	g := r.game("a")
-	r.StartGame(g, img(v141))
+	r, g := runningGame(t, "dispup", img(v141))
 
 	r.DockerRemove(g)
 	t0 := time.Now()
@@ -144,14 +135,12 @@ func TestDispose_ContainerRemovedUnderRunningRTM(t *testing.T) {
 // exited (reconcile_observed_exited), by the boot pass after RTM was down, and live when the
 // engine exits under a running RTM. The exited container is left for the operator.
 func TestObservedExit_RecordedByBootPassAndLive(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "obsexit")
 	r.Start()
 	down, live := r.game("down"), r.game("live")
 	r.StartGame(down, img(v141))
 	r.StartGame(live, img(v141))
-	code, _ := r.Stop()
-	expect(t, code == 0, "SIGTERM exit %d", code)
+	r.StopClean()
 
 	r.DockerStop(down)
 	r.Start()
@@ -166,8 +155,7 @@ func TestObservedExit_RecordedByBootPassAndLive(t *testing.T) {
 	expect(t, r.Ops(live, "reconcile_observed_exited", "outcome = 'succeeded'") == 1, "operation log %q", r.OpKinds(live))
 	expect(t, r.State(live) == "exited", "RTM touched the exited container: %q", r.State(live))
 
-	code, _ = r.Stop()
-	expect(t, code == 0, "SIGTERM exit %d", code)
+	r.StopClean()
 	r.Start()
 	time.Sleep(time.Second)
 	expect(t, r.Ops(down, "reconcile_observed_exited", "") == 1 && r.Ops(live, "reconcile_observed_exited", "") == 1,
@@ -178,7 +166,6 @@ func TestObservedExit_RecordedByBootPassAndLive(t *testing.T) {
 // removed or recorded, not even one holding a game's container name: a start job for that game
 // fails with container_start_failed and leaves it alone.
 func TestForeignContainers_Untouched(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "foreign")
 	r.Env["RTMANAGER_RECONCILE_INTERVAL"] = "2s" // several periodic passes within the test
 	named, other := r.game("named"), r.game("other")

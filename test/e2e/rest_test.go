@@ -18,11 +18,7 @@ import (
 // is stable, the state survives on the bind mount, one patch row names both images, and the
 // inner start emits container_started. Cross-minor and non-semver targets are refused.
 func TestPatch_UpgradeReplacesContainerAndKeepsState(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, "patch")
-	r.Start()
-	g := r.game("a")
-	r.StartGame(g, img(v141))
+	r, g := runningGame(t, "patch", img(v141))
 	testenv.Eventually(t, 5*time.Second, "first boot", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
 	oldID := r.ContainerID(g)
 	endpoint := fmt.Sprintf("http://galaxy-game-%s:%d", g, r.cfg.EnginePort)
@@ -64,12 +60,7 @@ func TestPatch_UpgradeReplacesContainerAndKeepsState(t *testing.T) {
 // A patch to a release that never passes its probe is rolled back: 409 patch_rolled_back and
 // the previous image runs again on the same state.
 func TestPatch_RollbackWhenNewReleaseFailsProbe(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, "rollback")
-	r.Env["RTMANAGER_PATCH_VERIFY_TIMEOUT"] = "5s"
-	r.Start()
-	g := r.game("a")
-	r.StartGame(g, img(v142))
+	r, g := runningGame(t, "rollback", img(v142), "RTMANAGER_PATCH_VERIFY_TIMEOUT=5s")
 	oldID := r.ContainerID(g)
 
 	code, b := r.Call(http.MethodPost, gamePath(g, "/patch"), "admin", map[string]string{"image_ref": img(v143)})
@@ -91,11 +82,7 @@ func TestPatch_RollbackWhenNewReleaseFailsProbe(t *testing.T) {
 // Restart gives the game a fresh container of its current image (the state dir stays), also
 // after the container was disposed.
 func TestRestart_FreshContainerSameImageAlsoAfterDispose(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, "restart")
-	r.Start()
-	g := r.game("a")
-	r.StartGame(g, img(v141))
+	r, g := runningGame(t, "restart", img(v141))
 	oldID := r.ContainerID(g)
 
 	rec := r.Admin(http.StatusOK, http.MethodPost, gamePath(g, "/restart"), map[string]any{})
@@ -121,11 +108,7 @@ func TestRestart_FreshContainerSameImageAlsoAfterDispose(t *testing.T) {
 // the container, the record becomes removed, the state dir stays, and the operation log has
 // cleanup_container from admin_rest.
 func TestCleanup_StopThenDeleteKeepsStateDir(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, "cleanup")
-	r.Start()
-	g := r.game("a")
-	r.StartGame(g, img(v141))
+	r, g := runningGame(t, "cleanup", img(v141))
 	// The engine records its boot a moment after its container runs; the check below is that
 	// cleanup keeps what the engine wrote, so it must have written it.
 	testenv.Eventually(t, 5*time.Second, "first boot", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })

@@ -69,9 +69,11 @@ type rigOptions struct {
 }
 
 // newRig prepares a test's world without starting RTM. tag names the test in game ids and must
-// be short.
+// be short. Every test has a world of its own, so newRig runs the test beside the others
+// (t.Parallel).
 func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
 	t.Helper()
+	t.Parallel()
 	requireDocker(t)
 	o := rigOptions{redisBind: []string{"127.0.0.1"}}
 	for _, f := range opts {
@@ -139,6 +141,21 @@ func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
 		}
 	})
 	return r
+}
+
+// runningGame prepares a rig tagged tag, starts RTM with env ("NAME=value") laid over the rig's
+// environment and has it start game "a" of image; it returns the rig and the game id.
+func runningGame(t *testing.T, tag, image string, env ...string) (*rig, string) {
+	t.Helper()
+	r := newRig(t, tag)
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		r.Env[k] = v
+	}
+	r.Start()
+	g := r.game("a")
+	r.StartGame(g, image)
+	return r, g
 }
 
 // withRedisBind makes the rig's redis-server listen on the given addresses.
@@ -269,15 +286,19 @@ func (r *rig) Stop() (int, time.Duration) {
 		r.t.Fatal("rtmanager is not running")
 	}
 	t0 := time.Now()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
+	if !testenv.Terminate(p.cmd.Process, p.done, 30*time.Second) {
 		r.t.Fatalf("rtmanager did not exit within 30s of SIGTERM")
 	}
 	return p.code, time.Since(t0)
+}
+
+// StopClean stops RTM as Stop does and fails the test unless it exited 0; it returns how long
+// the exit took.
+func (r *rig) StopClean() time.Duration {
+	r.t.Helper()
+	code, took := r.Stop()
+	expect(r.t, code == 0, "SIGTERM: exit code %d, want 0", code)
+	return took
 }
 
 func (r *rig) kill(p *rtmProcess) {
@@ -428,16 +449,23 @@ func decodeJSON(t *testing.T, b []byte) map[string]any {
 	return m
 }
 
-// errorCode is error.code of the contract's error envelope, or "".
-func errorCode(b []byte) string {
+// apiError is the error of the contract's error envelope.
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// errorOf reads the error envelope of a REST answer; zero when there is none.
+func errorOf(b []byte) apiError {
 	var env struct {
-		Error struct {
-			Code string `json:"code"`
-		} `json:"error"`
+		Error apiError `json:"error"`
 	}
 	_ = json.Unmarshal(b, &env)
-	return env.Error.Code
+	return env.Error
 }
+
+// errorCode is error.code of the contract's error envelope, or "".
+func errorCode(b []byte) string { return errorOf(b).Code }
 
 func gamePath(gameID string, rest ...string) string {
 	return "/runtimes/" + url.PathEscape(gameID) + strings.Join(rest, "")

@@ -139,7 +139,6 @@ func (c *ctl) healthOf(gameID string) (string, string) {
 // runs out (exit 3) and one followed past RTM's wait to its rollback (exit 1), and the refusal
 // of a patch across a minor version (exit 1, semver_patch_only).
 func TestRtmctl_VerbsAgainstARealRTM(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "ctl")
 	r.Env["RTMANAGER_REST_WAIT_TIMEOUT"] = "10ms"
 	r.Start()

@@ -57,7 +57,6 @@ func hasRow(out string, cells ...string) bool {
 // The runbook's Diagnostic Queries, run word for word with psql, redis-cli and docker against a
 // live RTM whose DSN is in the libpq form (the one psql accepts), return the expected rows.
 func TestRunbook_DiagnosticQueriesReturnExpectedRows(t *testing.T) {
-	t.Parallel()
 	r := newRig(t, "runbook")
 	r.Env["RTMANAGER_POSTGRES_PRIMARY_DSN"] = r.LibpqDSN
 	r.Start()
