@@ -142,6 +142,17 @@ type Admission struct {
 type Settings struct {
 	EnginePort    int
 	StateRootJoin func(gameID string) string // state dir of a game
+	// EngineHost, when set, is the host name of a game's engine (the Kubernetes runtime's
+	// Service name); nil means ContainerName, the contract's.
+	EngineHost func(gameID string) string
+}
+
+// Endpoint is the engine_endpoint of a game.
+func (s Settings) Endpoint(gameID string) string {
+	if s.EngineHost != nil {
+		return fmt.Sprintf("http://%s:%d", s.EngineHost(gameID), s.EnginePort)
+	}
+	return EngineEndpoint(gameID, s.EnginePort)
 }
 
 // Admit decides what req does to rec (nil when the game has no record). busy reports that another
@@ -192,7 +203,7 @@ func Admit(rec *Record, req Request, busy bool, s Settings) Admission {
 			next = Record{
 				GameID:         req.GameID,
 				Status:         StatusStarting,
-				EngineEndpoint: EngineEndpoint(req.GameID, s.EnginePort),
+				EngineEndpoint: s.Endpoint(req.GameID),
 				StateDir:       s.StateRootJoin(req.GameID),
 			}
 			next.DesiredImageRef = req.ImageRef
@@ -211,7 +222,7 @@ func Admit(rec *Record, req Request, busy bool, s Settings) Admission {
 		}
 		next.DesiredImageRef = req.ImageRef
 		next.Status = StatusStarting
-		next.EngineEndpoint = EngineEndpoint(req.GameID, s.EnginePort)
+		next.EngineEndpoint = s.Endpoint(req.GameID)
 		if next.StateDir == "" {
 			next.StateDir = s.StateRootJoin(req.GameID)
 		}

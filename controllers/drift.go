@@ -185,7 +185,7 @@ func (r *GameReconciler) adopt(log *slog.Logger, old *rtm.Record, c *rtm.Contain
 		DesiredImageRef:     c.ImageRef,
 		CurrentImageRef:     c.ImageRef,
 		CurrentContainerID:  c.ID,
-		EngineEndpoint:      rtm.EngineEndpoint(c.GameID, r.opts.EnginePort),
+		EngineEndpoint:      rtm.Settings{EnginePort: r.opts.EnginePort, EngineHost: r.opts.EngineHost}.Endpoint(c.GameID),
 		Generation:          1,
 		ObservedGeneration:  1,
 		ContainerGeneration: c.Generation,

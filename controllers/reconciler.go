@@ -78,8 +78,11 @@ type StateDirs interface {
 
 // Options are the reconciler's settings.
 type Options struct {
-	Network            string
-	EnginePort         int
+	Network    string
+	EnginePort int
+	// EngineHost, when set, names a game's engine host in its engine_endpoint (the Kubernetes
+	// runtime's Service name); nil means the contract's galaxy-game-<id>.
+	EngineHost         func(gameID string) string
 	StateMount         string
 	StopTimeout        time.Duration
 	MemoryBytes        int64

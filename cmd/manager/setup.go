@@ -39,17 +39,23 @@ type manager struct {
 	answers *httpapi.Answers
 	// pub relays committed outbox rows at once once it exists; rows committed before (the boot
 	// pass) wait in the outbox for its first poll.
-	pub     atomic.Pointer[publisher.Publisher]
-	st      *store.Store
-	co      *coord.Coord
-	dk      *runtime.Docker
-	engines *runtime.EngineAddrs
+	pub atomic.Pointer[publisher.Publisher]
+	st  *store.Store
+	co  *coord.Coord
+	// rt is where games run (Docker or Kubernetes), set up by step 3 with what goes with it:
+	// its readiness checks, the engines' addresses the listener refuses, the games' state and
+	// what admission needs of it, and the engine prober.
+	rt       gameRuntime
+	checks   []httpapi.Check
+	engines  httpapi.EngineAddrs
+	dirs     controllers.StateDirs
+	settings rtm.Settings
+	prober   rtm.EngineProber
 	// followEngines starts following the engines' addresses (EngineAddrs.Run); nil once started.
 	followEngines func()
 	cache         *runtime.Cache
-	// informer keeps cache current: Docker events, and every full list goes through it.
+	// informer keeps cache current: runtime events, and every full list goes through it.
 	informer *runtime.Informer
-	prober   *probe.HTTP
 	ctrl     *controllers.Controller
 	// intake takes every request, from the job streams and REST alike.
 	intake  *rtm.Intake
@@ -65,7 +71,7 @@ func (m *manager) startup() []func(context.Context) error {
 		m.setupTelemetry,
 		m.setupPostgres,    // 1
 		m.setupRedis,       // 2
-		m.setupDocker,      // 3
+		m.setupRuntime,     // 3
 		m.reportTelemetry,  // 4
 		m.setupReconciler,  // the reconciler and its controller
 		m.setupListener,    // 5
@@ -143,15 +149,30 @@ func (m *manager) setupRedis(ctx context.Context) error {
 	return nil
 }
 
-// setupDocker is step 3: the adapter, a ping, the network, and the engines' addresses the
-// listener refuses (learnt before it opens, followed from then on).
+// setupRuntime is step 3: the runtime games run on.
+func (m *manager) setupRuntime(ctx context.Context) error {
+	if m.cfg.Runtime == config.RuntimeKubernetes {
+		return m.setupKube(ctx)
+	}
+	return m.setupDocker(ctx)
+}
+
+// setupDocker is step 3 on Docker: the adapter, a ping, the network, and the engines' addresses
+// the listener refuses (learnt before it opens, followed from then on).
 func (m *manager) setupDocker(ctx context.Context) error {
-	dk, err := runtime.New(runtime.Options{Host: m.cfg.DockerHost, Network: m.cfg.DockerNetwork, Logger: m.log,
+	cfg := m.cfg
+	dk, err := runtime.New(runtime.Options{Host: cfg.DockerHost, Network: cfg.DockerNetwork, Logger: m.log,
 		Tracer: m.tel.Tracer("rtmanager/runtime"), Meter: m.tel.Meter("rtmanager")})
 	if err != nil {
 		return step("docker", err)
 	}
-	m.dk = dk
+	m.rt = dk
+	m.checks = []httpapi.Check{{Name: "docker", Ping: dk.Ping}, {Name: "docker network", Ping: dk.CheckNetwork}}
+	dirs := runtime.StateDirs{Root: cfg.GameStateRoot, Mode: os.FileMode(cfg.GameStateDirMode),
+		UID: cfg.GameStateOwnerUID, GID: cfg.GameStateOwnerGID}
+	m.dirs = dirs
+	m.settings = rtm.Settings{EnginePort: cfg.EnginePort, StateRootJoin: dirs.Path}
+	m.prober = probe.New(cfg.EnginePort, cfg.ProbeTarget == config.ProbeTargetContainerIP, cfg.ProbeTimeout)
 	m.stop.onClose(func(context.Context) { _ = dk.Close() })
 	if err := dk.Ping(ctx); err != nil {
 		return step("docker ping", err)
@@ -161,13 +182,14 @@ func (m *manager) setupDocker(ctx context.Context) error {
 		return step("docker network", err)
 	}
 	m.log.Info("docker network found", "network", m.cfg.DockerNetwork)
-	m.engines = runtime.NewEngineAddrs(dk, runtime.EngineAddrsOptions{Logger: m.log})
+	engines := runtime.NewEngineAddrs(dk, runtime.EngineAddrsOptions{Logger: m.log})
+	m.engines = engines
 	// A refresh's calls are bounded tightly (a request may wait for one); a daemon slow for a
 	// moment at start-up gets three tries before the start-up gives up.
 	var b rtm.Backoff
-	err = m.engines.Refresh(ctx)
+	err = engines.Refresh(ctx)
 	for try := 1; err != nil && try < 3 && rtm.Sleep(ctx, b.Next()); try++ {
-		err = m.engines.Refresh(ctx)
+		err = engines.Refresh(ctx)
 	}
 	if err != nil {
 		return step("docker network", err)
@@ -177,7 +199,7 @@ func (m *manager) setupDocker(ctx context.Context) error {
 	// of costs a request a refresh (EngineAddrs.IsEngine), as while the event stream is down.
 	engCtx, stopEngines := context.WithCancel(context.WithoutCancel(ctx))
 	engDone := make(chan struct{})
-	m.followEngines = func() { go func() { defer close(engDone); _ = m.engines.Run(engCtx) }() }
+	m.followEngines = func() { go func() { defer close(engDone); _ = engines.Run(engCtx) }() }
 	m.stop.onClose(func(ctx context.Context) {
 		stopEngines()
 		if m.followEngines != nil {
@@ -200,11 +222,10 @@ func (m *manager) reportTelemetry(context.Context) error {
 // setupReconciler builds the reconciler and the controller that runs it.
 func (m *manager) setupReconciler(context.Context) error {
 	cfg := m.cfg
-	m.prober = probe.New(cfg.EnginePort, cfg.ProbeTarget == config.ProbeTargetContainerIP, cfg.ProbeTimeout)
 	m.cache = runtime.NewCache()
-	m.informer = runtime.NewInformer(m.dk, m.dk, m.cache, m.log.With("worker", "dockerevents"))
-	rec, err := controllers.New(m.st, m.dk, m.co, m.stateDirs(), m.prober, controllers.Options{
-		Network: cfg.DockerNetwork, EnginePort: cfg.EnginePort, StateMount: cfg.EngineStateMount,
+	m.informer = runtime.NewInformer(m.rt, m.rt, m.cache, m.log.With("worker", "dockerevents"))
+	rec, err := controllers.New(m.st, m.rt, m.co, m.dirs, m.prober, controllers.Options{
+		Network: cfg.DockerNetwork, EnginePort: cfg.EnginePort, EngineHost: m.settings.EngineHost, StateMount: cfg.EngineStateMount,
 		StopTimeout: cfg.EngineStopTimeout, MemoryBytes: cfg.EngineMemoryBytes, NanoCPUs: cfg.EngineNanoCPUs,
 		PidsLimit: cfg.EnginePidsLimit, User: cfg.EngineUser, ReadOnlyRoot: cfg.EngineReadOnlyRoot,
 		PatchVerifyTimeout: cfg.PatchVerifyTimeout, ProbeInterval: cfg.ProbeInterval, ProbeThreshold: cfg.ProbeFailureThreshold,
@@ -221,21 +242,8 @@ func (m *manager) setupReconciler(context.Context) error {
 	if err != nil {
 		return step("controller", err)
 	}
-	m.intake = &rtm.Intake{Store: m.st, Enqueue: m.ctrl.Enqueue, Settings: m.settings(), Allowed: cfg.AllowedImageRepositories}
+	m.intake = &rtm.Intake{Store: m.st, Enqueue: m.ctrl.Enqueue, Settings: m.settings, Allowed: cfg.AllowedImageRepositories}
 	return nil
-}
-
-// stateDirs are the games' state directories, which the reconciler creates.
-func (m *manager) stateDirs() runtime.StateDirs {
-	cfg := m.cfg
-	return runtime.StateDirs{Root: cfg.GameStateRoot, Mode: os.FileMode(cfg.GameStateDirMode),
-		UID: cfg.GameStateOwnerUID, GID: cfg.GameStateOwnerGID}
-}
-
-// settings are what admission needs (the intake's): a game's state dir is the one the
-// reconciler creates.
-func (m *manager) settings() rtm.Settings {
-	return rtm.Settings{EnginePort: m.cfg.EnginePort, StateRootJoin: m.stateDirs().Path}
 }
 
 // setupListener is step 5: the internal HTTP listener (probes, metrics, the REST API).
@@ -249,14 +257,12 @@ func (m *manager) setupListener(context.Context) error {
 	api := httpapi.NewAPI(httpapi.APIOptions{Store: m.st, Intake: m.intake, Answers: m.answers,
 		Allowed: cfg.AllowedImageRepositories, Token: cfg.InternalToken,
 		WaitTimeout: cfg.RESTWaitTimeout, Log: m.log, Tracer: m.tel.Tracer("rtmanager/rest"), Meter: m.tel.Meter("rtmanager"),
-		Logs: m.dk, Draining: draining, Version: version})
+		Logs: m.rt, Draining: draining, Version: version})
 	handler := httpapi.NewHandler(httpapi.Options{
-		Checks: []httpapi.Check{
+		Checks: append([]httpapi.Check{
 			{Name: "postgres", Ping: m.st.Ping},
 			{Name: "redis", Ping: m.co.Ping},
-			{Name: "docker", Ping: m.dk.Ping},
-			{Name: "docker network", Ping: m.dk.CheckNetwork},
-		},
+		}, m.checks...),
 		Metrics: m.tel.Handler(), PProf: cfg.PProf, API: api, Engines: m.engines, Log: m.log,
 	})
 	ln, err := net.Listen("tcp", cfg.InternalHTTPAddr)
@@ -269,7 +275,7 @@ func (m *manager) setupListener(context.Context) error {
 	go func() { m.srvDone <- m.srv.Serve(ln) }()
 	m.log.Info("internal http listening", "addr", ln.Addr().String())
 	m.log.Info("internal api protection", "addr", ln.Addr().String(), "token_set", cfg.InternalToken != "",
-		"engine_refusal", true, "network", cfg.DockerNetwork)
+		"engine_refusal", true, "runtime", cfg.Runtime, "network", cfg.DockerNetwork)
 	return nil
 }
 
@@ -313,9 +319,9 @@ func (m *manager) runWorkers(ctx context.Context, manual <-chan struct{}) *sync.
 		{"dockerevents", (&sources.DockerEvents{Store: m.st, Enqueue: m.ctrl.Enqueue,
 			Informer: m.informer}).Run},
 		{"prober", (&probe.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
-			Grace: cfg.ProbeInterval, Store: m.st, Docker: m.dk, Probe: m.prober, Marks: m.cache,
+			Grace: cfg.ProbeInterval, Store: m.st, Docker: m.rt, Probe: m.prober, Marks: m.cache,
 			Observer: m.metrics, Log: m.log}).Run},
-		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: m.st, Docker: m.dk, Lister: m.informer,
+		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: m.st, Docker: m.rt, Lister: m.informer,
 			Enqueue: m.ctrl.Enqueue, Log: m.log}).Run},
 		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: m.informer, Store: m.st,
 			Enqueue: m.ctrl.Enqueue, Log: m.log, Trigger: manual}).Run},
