@@ -82,11 +82,7 @@ type description struct {
 }
 
 func (a *app) describe(ctx context.Context, cmd *cobra.Command, gameID string, opsN, eventsN int) error {
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	resp, err := a.call(ctx, c, http.MethodGet, gamePath(gameID), nil, nil, gameID)
+	c, resp, err := a.callGame(ctx, http.MethodGet, gameID, "", nil)
 	if err != nil {
 		return err
 	}
@@ -228,23 +224,12 @@ func (a *app) printDescription(rec rtm.Record, h *rtm.HealthSnapshot, ops []rtm.
 	case h != nil:
 		b.WriteString("Health Snapshot:\n")
 		var kv bytes.Buffer
-		exit := ""
-		if h.ExitCode != nil {
-			exit = strconv.Itoa(*h.ExitCode)
-		}
-		var probe time.Time
-		if h.LastProbeAt != nil {
-			probe = *h.LastProbeAt
-		}
-		oom := "no"
-		if h.OOMKilled {
-			oom = "yes"
-		}
+		exit, lastProbe, oom := snapshotCells(now, h)
 		_ = writeKV(&kv, [][2]string{
 			{"Status", string(h.Status)},
 			{"Last Event", string(h.LastEventType)},
 			{"Probe Failures", strconv.Itoa(h.ConsecutiveProbeFailures) + " in a row"},
-			{"Last Probe", ago(now, probe)},
+			{"Last Probe", lastProbe},
 			{"Exit Code", exit},
 			{"OOM Killed", oom},
 			{"Docker State", h.DockerState},

@@ -223,28 +223,27 @@ func humanDuration(d time.Duration) string {
 	case s < 120:
 		return strconv.FormatInt(s, 10) + "s"
 	case m < 10:
-		if s%60 == 0 {
-			return fmt.Sprintf("%dm", m)
-		}
-		return fmt.Sprintf("%dm%ds", m, s%60)
+		return twoUnits(m, "m", s%60, "s")
 	case h < 3:
 		return fmt.Sprintf("%dm", m)
 	case h < 8:
-		if m%60 == 0 {
-			return fmt.Sprintf("%dh", h)
-		}
-		return fmt.Sprintf("%dh%dm", h, m%60)
+		return twoUnits(h, "h", m%60, "m")
 	case h < 48:
 		return fmt.Sprintf("%dh", h)
 	case h < 24*8:
-		if h%24 == 0 {
-			return fmt.Sprintf("%dd", h/24)
-		}
-		return fmt.Sprintf("%dd%dh", h/24, h%24)
+		return twoUnits(h/24, "d", h%24, "h")
 	case h < 24*365*2:
 		return fmt.Sprintf("%dd", h/24)
 	}
 	return fmt.Sprintf("%dy", h/(24*365))
+}
+
+// twoUnits prints n of a unit and, unless it is zero, rest of the next smaller one: "3m", "3m20s".
+func twoUnits(n int64, unit string, rest int64, restUnit string) string {
+	if rest == 0 {
+		return strconv.FormatInt(n, 10) + unit
+	}
+	return fmt.Sprintf("%d%s%d%s", n, unit, rest, restUnit)
 }
 
 // ago is age with " ago" and the exact time, for key/value output.

@@ -159,8 +159,8 @@ The connection and stream names default to RTM's own environment variables
 	a.addRedisFlags(pf, "start", "stop", "results")
 	pf.BoolVar(&wait, "wait", true, "wait up to --timeout for the job's result on the results stream (--wait=false: only queue it)")
 
-	var image, startID string
-	start := &cobra.Command{
+	var image string
+	start := a.jobCmd(&cobra.Command{
 		Use:   "start GAME_ID --image REF [--request-id ID]",
 		Short: "Queue a start job and wait for its result",
 		Long: `XADD a start job (game_id, image_ref, request_id) to the start jobs stream and wait for its
@@ -169,37 +169,37 @@ so a job repeated with the same --request-id gets the earlier result, which is l
 		Example: `  rtmctl jobs start game-42 --image galaxy/game:1.4.2
   rtmctl jobs start game-42 --image galaxy/game:1.4.2 --request-id lobby-retry-7 -o json
   rtmctl jobs start game-42 --image galaxy/game:1.4.2 --wait=false`,
-		Args:              gameIDArg,
-		ValidArgsFunction: a.completeGameIDs,
-		RunE: act(func(cmd *cobra.Command, args []string) error {
-			return a.sendJob(cmd.Context(), cmd, "start", a.redis.startStream, args[0],
-				[]any{"game_id", args[0], "image_ref", image}, startID, wait)
-		}),
-	}
+	}, "start", &a.redis.startStream, &wait, func() []any { return []any{"image_ref", image} })
 	start.Flags().StringVar(&image, "image", "", "engine image reference, e.g. galaxy/game:1.4.2 (required)")
-	start.Flags().StringVar(&startID, "request-id", "", "request id of the job (default: rtmctl-<random>)")
 	_ = start.MarkFlagRequired("image")
 
-	var reason, stopID string
-	stop := &cobra.Command{
+	var reason string
+	stop := a.jobCmd(&cobra.Command{
 		Use:   "stop GAME_ID [--reason R] [--request-id ID]",
 		Short: "Queue a stop job and wait for its result",
 		Long: `XADD a stop job (game_id, reason, request_id) to the stop jobs stream and wait for its
 result. The request id defaults to a fresh rtmctl-<random>.`,
 		Example: `  rtmctl jobs stop game-42
   rtmctl jobs stop game-42 --reason game_finished --request-id lobby-7`,
-		Args:              gameIDArg,
-		ValidArgsFunction: a.completeGameIDs,
-		RunE: act(func(cmd *cobra.Command, args []string) error {
-			return a.sendJob(cmd.Context(), cmd, "stop", a.redis.stopStream, args[0],
-				[]any{"game_id", args[0], "reason", reason}, stopID, wait)
-		}),
-	}
+	}, "stop", &a.redis.stopStream, &wait, func() []any { return []any{"reason", reason} })
 	stop.Flags().StringVar(&reason, "reason", "admin_request", "why the game is stopped")
-	stop.Flags().StringVar(&stopID, "request-id", "", "request id of the job (default: rtmctl-<random>)")
 
 	jobs.AddCommand(start, stop)
 	return jobs
+}
+
+// jobCmd completes c into a jobs subcommand taking a game id: it queues a job of kind job on
+// *stream, with game_id and the fields more returns (read when it runs), and waits for its
+// result when *wait is set. It owns the --request-id flag.
+func (a *app) jobCmd(c *cobra.Command, job string, stream *string, wait *bool, more func() []any) *cobra.Command {
+	var requestID string
+	c.Args = gameIDArg
+	c.ValidArgsFunction = a.completeGameIDs
+	c.RunE = act(func(cmd *cobra.Command, args []string) error {
+		return a.sendJob(cmd.Context(), cmd, job, *stream, args[0], append([]any{"game_id", args[0]}, more()...), requestID, *wait)
+	})
+	c.Flags().StringVar(&requestID, "request-id", "", "request id of the job (default: rtmctl-<random>)")
+	return c
 }
 
 // sendJob queues one job and, when wait is set, waits for its result and prints it.
@@ -577,20 +577,17 @@ func (a *app) watch(ctx context.Context, cmd *cobra.Command, stream string, sl s
 }
 
 func (a *app) printEntry(lw *lineWriter, sl streamLine, m redis.XMessage, wide bool) error {
-	switch a.output {
-	case outJSON:
-		b, err := json.Marshal(entryObject(m))
+	if a.output == outJSON || a.output == outYAML {
+		// One JSON object a line, or one YAML document an entry.
+		marshal, format := json.Marshal, "%s\n"
+		if a.output == outYAML {
+			marshal, format = yaml.Marshal, "---\n%s"
+		}
+		b, err := marshal(entryObject(m))
 		if err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(a.stdout, "%s\n", b)
-		return err
-	case outYAML:
-		b, err := yaml.Marshal(entryObject(m))
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(a.stdout, "---\n%s", b)
+		_, err = fmt.Fprintf(a.stdout, format, b)
 		return err
 	}
 	return lw.write(append([]string{entryTime(m, sl.timeField)}, sl.cells(m.Values, wide)...))

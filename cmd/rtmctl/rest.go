@@ -264,6 +264,20 @@ func (a *app) call(ctx context.Context, c *client, method, path string, q url.Va
 	return resp, nil
 }
 
+// callGame opens a client and sends one request about gameID to its path below /runtimes/{id}
+// (sub "" for the record itself), as call does; it returns the client for the calls that follow.
+func (a *app) callGame(ctx context.Context, method, gameID, sub string, body any) (*client, *response, error) {
+	c, err := a.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := a.call(ctx, c, method, gamePath(gameID)+sub, nil, body, gameID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, resp, nil
+}
+
 func gamePath(gameID string) string { return "/runtimes/" + url.PathEscape(gameID) }
 
 // listRuntimes fetches runtimes page by page until limit (0: all) are in or the last page is.
@@ -359,11 +373,7 @@ func decodeRecords(items []json.RawMessage) ([]rtm.Record, error) {
 }
 
 func (a *app) getRuntime(ctx context.Context, gameID string) error {
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	resp, err := a.call(ctx, c, http.MethodGet, gamePath(gameID), nil, nil, gameID)
+	c, resp, err := a.callGame(ctx, http.MethodGet, gameID, "", nil)
 	if err != nil {
 		return err
 	}
@@ -587,11 +597,7 @@ func roundDuration(d time.Duration) string {
 }
 
 func (a *app) healthCmd(ctx context.Context, gameID string) error {
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	resp, err := a.call(ctx, c, http.MethodGet, gamePath(gameID)+"/health", nil, nil, gameID)
+	_, resp, err := a.callGame(ctx, http.MethodGet, gameID, "/health", nil)
 	if err != nil {
 		return err
 	}
@@ -603,33 +609,40 @@ func (a *app) healthCmd(ctx context.Context, gameID string) error {
 		return failf("unexpected health snapshot from the server: %v", err)
 	}
 	now := a.now()
-	exit := ""
-	if h.ExitCode != nil {
-		exit = strconv.Itoa(*h.ExitCode)
-	}
-	var lastProbe time.Time
-	if h.LastProbeAt != nil {
-		lastProbe = *h.LastProbeAt
-	}
+	exit, lastProbe, oom := snapshotCells(now, &h)
 	failures := strconv.Itoa(h.ConsecutiveProbeFailures)
 	if h.ConsecutiveProbeFailures > 0 {
 		failures += " in a row"
-	}
-	oom := "no"
-	if h.OOMKilled {
-		oom = "yes"
 	}
 	return writeKV(a.stdout, [][2]string{
 		{"Game ID", h.GameID},
 		{"Status", string(h.Status)},
 		{"Last event", string(h.LastEventType)},
 		{"Probe failures", failures},
-		{"Last probe", ago(now, lastProbe)},
+		{"Last probe", lastProbe},
 		{"Exit code", exit},
 		{"OOM killed", oom},
 		{"Docker state", h.DockerState},
 		{"Updated", ago(now, h.UpdatedAt)},
 	})
+}
+
+// snapshotCells formats the health snapshot's values that take more than a conversion, for health
+// and describe: the exit code ("" when there is none), when it was last probed and whether it was
+// OOM killed.
+func snapshotCells(now time.Time, h *rtm.HealthSnapshot) (exit, lastProbe, oom string) {
+	if h.ExitCode != nil {
+		exit = strconv.Itoa(*h.ExitCode)
+	}
+	var probe time.Time
+	if h.LastProbeAt != nil {
+		probe = *h.LastProbeAt
+	}
+	oom = "no"
+	if h.OOMKilled {
+		oom = "yes"
+	}
+	return exit, ago(now, probe), oom
 }
 
 // mutate sends a mutation and prints the record it answers with once the game has converged. A
@@ -639,11 +652,7 @@ func (a *app) healthCmd(ctx context.Context, gameID string) error {
 // the record as it stands and exits 3 (notConverged).
 func (a *app) mutate(ctx context.Context, method, gameID, action string, body any) error {
 	deadline := time.Now().Add(a.timeout)
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	resp, err := a.call(ctx, c, method, gamePath(gameID)+"/"+action, nil, body, gameID)
+	c, resp, err := a.callGame(ctx, method, gameID, "/"+action, body)
 	if err != nil {
 		return err
 	}
