@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -440,39 +441,35 @@ func TestRun_getRuntimes_emptyListSaysSoOnStderr(t *testing.T) {
 	}
 }
 
-func TestRun_getRuntime_jsonIsTheRecord(t *testing.T) {
-	f := newFakeRTM(t)
-	f.add(running("g1", "galaxy/game:1.4.2", time.Hour))
-	r := rtmctl(t, nil, "--server", f.srv.URL, "get", "runtime", "g1", "-o", "json")
-	if r.code != 0 {
-		t.Fatalf("%v", r)
-	}
-	var rec map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &rec); err != nil {
-		t.Fatalf("not JSON: %v\n%s", err, r.stdout)
-	}
-	if rec["current_image_ref"] != "galaxy/game:1.4.2" || rec["game_id"] != "g1" {
-		t.Fatalf("record: %v", rec)
-	}
-	// Times stay RFC 3339, as the API sent them.
-	if _, err := time.Parse(time.RFC3339Nano, rec["created_at"].(string)); err != nil {
-		t.Fatalf("created_at %v: %v", rec["created_at"], err)
-	}
-}
-
-func TestRun_getRuntime_yamlHasTheRecordFields(t *testing.T) {
-	f := newFakeRTM(t)
-	f.add(running("g1", "galaxy/game:1.4.2", time.Hour))
-	r := rtmctl(t, nil, "--server", f.srv.URL, "get", "runtime", "g1", "-o", "yaml")
-	if r.code != 0 {
-		t.Fatalf("%v", r)
-	}
-	var rec map[string]any
-	if err := yaml.Unmarshal([]byte(r.stdout), &rec); err != nil {
-		t.Fatalf("not YAML: %v\n%s", err, r.stdout)
-	}
-	if rec["current_image_ref"] != "galaxy/game:1.4.2" || rec["engine_endpoint"] != "http://galaxy-game-g1:8080" {
-		t.Fatalf("record: %v", rec)
+// get runtime -o json and -o yaml print the record with the API's fields, the times as the API
+// sent them (RFC 3339).
+func TestRun_getRuntime_structuredIsTheRecord(t *testing.T) {
+	for _, tt := range []struct {
+		format    string
+		unmarshal func([]byte, any) error
+	}{
+		{"json", json.Unmarshal},
+		{"yaml", func(b []byte, v any) error { return yaml.Unmarshal(b, v) }},
+	} {
+		t.Run(tt.format, func(t *testing.T) {
+			f := newFakeRTM(t)
+			f.add(running("g1", "galaxy/game:1.4.2", time.Hour))
+			r := rtmctl(t, nil, "--server", f.srv.URL, "get", "runtime", "g1", "-o", tt.format)
+			if r.code != 0 {
+				t.Fatalf("%v", r)
+			}
+			var rec map[string]any
+			if err := tt.unmarshal([]byte(r.stdout), &rec); err != nil {
+				t.Fatalf("not %s: %v\n%s", tt.format, err, r.stdout)
+			}
+			if rec["current_image_ref"] != "galaxy/game:1.4.2" || rec["game_id"] != "g1" ||
+				rec["engine_endpoint"] != "http://galaxy-game-g1:8080" {
+				t.Fatalf("record: %v", rec)
+			}
+			if _, err := time.Parse(time.RFC3339Nano, fmt.Sprint(rec["created_at"])); err != nil {
+				t.Fatalf("created_at %v: %v", rec["created_at"], err)
+			}
+		})
 	}
 }
 
