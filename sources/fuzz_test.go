@@ -85,26 +85,8 @@ func FuzzJobConsumer_handle(f *testing.F) {
 	}
 	allowed := []string{"galaxy/game"}
 	f.Fuzz(func(t *testing.T, stop, hasGame bool, gameID, image, requestID, reason, extraKey, extraValue string) {
-		fields := map[string]string{}
-		if hasGame {
-			fields["game_id"] = gameID
-		}
-		if image != "" {
-			fields["image_ref"] = image
-		}
-		if requestID != "" {
-			fields["request_id"] = requestID
-		}
-		if reason != "" {
-			fields["reason"] = reason
-		}
-		if extraKey != "" {
-			fields[extraKey] = extraValue
-		}
-		kind := rtm.StartJobs
-		if stop {
-			kind = rtm.StopJobs
-		}
+		kind, fields := fuzzJob(stop, hasGame, gameID,
+			map[string]string{"image_ref": image, "request_id": requestID, "reason": reason}, extraKey, extraValue)
 		st := &recordingJobStore{}
 		var enqueued []string
 		enqueue := func(id string) { enqueued = append(enqueued, id) }
@@ -219,6 +201,27 @@ func FuzzJobConsumer_handle(f *testing.F) {
 	})
 }
 
+// fuzzJob is the kind and the fields of a fuzzed job entry: game_id when hasGame, each named field
+// whose value is not empty, and (extraKey, extraValue) when the key is not empty.
+func fuzzJob(stop, hasGame bool, gameID string, named map[string]string, extraKey, extraValue string) (rtm.JobKind, map[string]string) {
+	fields := map[string]string{}
+	if hasGame {
+		fields["game_id"] = gameID
+	}
+	for k, v := range named {
+		if v != "" {
+			fields[k] = v
+		}
+	}
+	if extraKey != "" {
+		fields[extraKey] = extraValue
+	}
+	if stop {
+		return rtm.StopJobs, fields
+	}
+	return rtm.StartJobs, fields
+}
+
 // FuzzInvalidJob checks invalidJob alone against the contract's rules (CONTRACT §5, workers.md
 // §7): it accepts exactly the entries whose values all fit in 1 KiB and are storable text, whose
 // game_id is present and a contract game id, and which carry an image when they are starts.
@@ -229,20 +232,7 @@ func FuzzInvalidJob(f *testing.F) {
 	f.Add(true, "-x", true, "", "reason", strings.Repeat("y", rtm.MaxFieldBytes+1))
 	f.Add(true, "g1", true, "", "reason", "\x00")
 	f.Fuzz(func(t *testing.T, stop bool, gameID string, hasGame bool, image, key, value string) {
-		fields := map[string]string{}
-		if hasGame {
-			fields["game_id"] = gameID
-		}
-		if image != "" {
-			fields["image_ref"] = image
-		}
-		if key != "" {
-			fields[key] = value
-		}
-		kind := rtm.StartJobs
-		if stop {
-			kind = rtm.StopJobs
-		}
+		kind, fields := fuzzJob(stop, hasGame, gameID, map[string]string{"image_ref": image}, key, value)
 		bad := invalidJob(kind, fields, rtm.Request{GameID: fields["game_id"]})
 		want := true
 		for _, v := range fields {

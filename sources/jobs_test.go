@@ -54,6 +54,27 @@ func (h *harness) consumer(kind rtm.JobKind, stream string) *sources.JobConsumer
 		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: tracenoop.NewTracerProvider().Tracer("")}
 }
 
+// add adds an entry of vals to stream and returns its id.
+func (h *harness) add(stream string, vals ...any) string {
+	return h.rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: vals}).Val()
+}
+
+// addStops adds n stop jobs to runtime:stop_jobs, of games g0… with request ids s0…, and returns
+// their entry ids.
+func (h *harness) addStops(n int) []string {
+	var ids []string
+	for i := range n {
+		ids = append(ids, h.add("runtime:stop_jobs", "game_id", fmt.Sprintf("g%d", i), "request_id", fmt.Sprintf("s%d", i)))
+	}
+	return ids
+}
+
+// runTo runs c until it has saved id as its offset.
+func (h *harness) runTo(t *testing.T, c *sources.JobConsumer, id string) {
+	t.Helper()
+	runUntil(t, c, func() bool { off, _ := h.co.Offset(context.Background(), string(c.Kind)); return off == id })
+}
+
 // runUntil runs c until cond holds (or 10s pass), then stops it and waits for it to return.
 func runUntil(t *testing.T, c *sources.JobConsumer, cond func() bool) {
 	t.Helper()
@@ -99,9 +120,7 @@ func (h *harness) answers(t *testing.T) map[string]rtm.Answer {
 func TestJobConsumer_Run_badJobsAreAnsweredAndNeverStall(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	add := func(vals ...any) string {
-		return h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:start_jobs", Values: vals}).Val()
-	}
+	add := func(vals ...any) string { return h.add("runtime:start_jobs", vals...) }
 	add("game_id", "../../etc", "image_ref", "galaxy/game:1.4.1", "request_id", "traversal")
 	add("image_ref", "galaxy/game:1.4.1", "request_id", "no-game")
 	add("game_id", "g1", "request_id", "no-image")
@@ -110,7 +129,7 @@ func TestJobConsumer_Run_badJobsAreAnsweredAndNeverStall(t *testing.T) {
 	add("game_id", "g1", "image_ref", "galaxy/game:latest", "request_id", "not-semver")
 	last := add("game_id", "g1", "image_ref", "galaxy/game:1.4.1", "request_id", "good")
 	c := h.consumer(rtm.StartJobs, "runtime:start_jobs")
-	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "startjobs"); return off == last })
+	h.runTo(t, c, last)
 
 	got := h.answers(t)
 	want := map[string]rtm.ErrorCode{"traversal": rtm.CodeInvalidJob, "no-game": rtm.CodeInvalidJob, "no-image": rtm.CodeInvalidJob,
@@ -136,13 +155,9 @@ func TestJobConsumer_Run_badJobsAreAnsweredAndNeverStall(t *testing.T) {
 func TestJobConsumer_Run_resumesFromOffsetAndHandlesNothingTwice(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	var ids []string
-	for i := 0; i < 3; i++ {
-		ids = append(ids, h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs",
-			Values: []any{"game_id", fmt.Sprintf("g%d", i), "request_id", fmt.Sprintf("s%d", i)}}).Val())
-	}
+	ids := h.addStops(3)
 	c := h.consumer(rtm.StopJobs, "runtime:stop_jobs")
-	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == ids[2] })
+	h.runTo(t, c, ids[2])
 	if got := h.answers(t); len(got) != 3 || got["s1"].Code != rtm.CodeRuntimeNotFound {
 		t.Fatalf("first run: %+v", got)
 	}
@@ -150,7 +165,7 @@ func TestJobConsumer_Run_resumesFromOffsetAndHandlesNothingTwice(t *testing.T) {
 	if err := h.co.SetOffset(ctx, "stopjobs", "0-0"); err != nil {
 		t.Fatal(err)
 	}
-	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == ids[2] })
+	h.runTo(t, c, ids[2])
 	if got := h.answers(t); len(got) != 0 {
 		t.Fatalf("redelivered jobs were answered again: %+v", got)
 	}
@@ -160,7 +175,7 @@ func TestJobConsumer_Run_resumesFromOffsetAndHandlesNothingTwice(t *testing.T) {
 	}
 	fresh := h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs", ID: "1-1",
 		Values: []any{"game_id", "g9", "request_id", "after-reset"}}).Val()
-	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == fresh })
+	h.runTo(t, c, fresh)
 	if got := h.answers(t); len(got) != 1 || got["after-reset"].Outcome != rtm.OutcomeFailed {
 		t.Fatalf("after the stream reset: %+v", got)
 	}
@@ -176,7 +191,7 @@ func TestJobConsumer_Run_continuesTheJobsTrace(t *testing.T) {
 		"traceparent", "00-" + traceID + "-00f067aa0ba902b7-01"}}).Val()
 	c := h.consumer(rtm.StopJobs, "runtime:stop_jobs")
 	c.Tracer = tp.Tracer("test")
-	runUntil(t, c, func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == last })
+	h.runTo(t, c, last)
 
 	spans := rec.Ended()
 	if len(spans) == 0 || spans[0].SpanContext().TraceID().String() != traceID {
@@ -224,12 +239,11 @@ func (h *harness) converge(t *testing.T, gameID string) {
 // consume adds entries to stream and runs a consumer of kind until it has handled them all.
 func (h *harness) consume(t *testing.T, kind rtm.JobKind, stream string, entries ...[]any) {
 	t.Helper()
-	ctx := context.Background()
 	var last string
 	for _, vals := range entries {
-		last = h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: vals}).Val()
+		last = h.add(stream, vals...)
 	}
-	runUntil(t, h.consumer(kind, stream), func() bool { off, _ := h.co.Offset(ctx, string(kind)); return off == last })
+	h.runTo(t, h.consumer(kind, stream), last)
 }
 
 func TestJobConsumer_Run_anotherSpellingOfTheRunningImageIsTheSameImage(t *testing.T) {
@@ -357,13 +371,8 @@ func (r *checkCounter) count() int { r.mu.Lock(); defer r.mu.Unlock(); return r.
 func TestJobConsumer_Run_keepsItsOffsetWhenTheNewestEntriesAreDeleted(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	var ids []string
-	for i := 0; i < 3; i++ {
-		ids = append(ids, h.rdb.XAdd(ctx, &redis.XAddArgs{Stream: "runtime:stop_jobs",
-			Values: []any{"game_id", fmt.Sprintf("g%d", i), "request_id", fmt.Sprintf("s%d", i)}}).Val())
-	}
-	runUntil(t, h.consumer(rtm.StopJobs, "runtime:stop_jobs"),
-		func() bool { off, _ := h.co.Offset(ctx, "stopjobs"); return off == ids[2] })
+	ids := h.addStops(3)
+	h.runTo(t, h.consumer(rtm.StopJobs, "runtime:stop_jobs"), ids[2])
 	// Someone trims the stream's newest entries: the offset now lies past the newest entry, but
 	// not past the stream's last-generated-id.
 	if err := h.rdb.XDel(ctx, "runtime:stop_jobs", ids[1], ids[2]).Err(); err != nil {
