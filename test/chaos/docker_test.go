@@ -23,12 +23,10 @@ import (
 // docker, and once the daemon is back RTM converges: the jobs are carried out, the killed engine
 // is recorded exited and the removed one removed.
 func TestChaos_dockerUnreachable(t *testing.T) {
-	r := newRig(t, "docker")
-	p := r.startRTM("rtm", nil)
+	r, p := rigWithRTM(t, "docker")
 	px := p.docker
 	ctx := context.Background()
-	games := r.games(10)
-	r.startGames(games[:8])
+	games := r.startedGames(10, 8)
 
 	const outage = 10 * time.Second
 	for round, mode := range []proxyMode{proxyRefuse, proxyHang} {

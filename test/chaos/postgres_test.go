@@ -19,10 +19,8 @@ import (
 // handled, exactly once, and /readyz is 200 again. (It stops the harness's shared cluster: the
 // chaos tests run one after another.)
 func TestChaos_postgresStopped(t *testing.T) {
-	r := newRig(t, "pg")
-	p := r.startRTM("rtm", nil)
-	games := r.games(8)
-	r.startGames(games[:5])
+	r, p := rigWithRTM(t, "pg")
+	games := r.startedGames(8, 5)
 
 	const outage = 10 * time.Second
 	for round := 1; round <= 2; round++ {
@@ -107,8 +105,7 @@ func TestChaos_postgresBlackholed(t *testing.T) {
 	pp := newProxy(t, "tcp", "127.0.0.1:0", "tcp", u.Host)
 	u.Host = pp.addr
 	p := r.startRTM("rtm", map[string]string{"RTMANAGER_POSTGRES_PRIMARY_DSN": u.String()})
-	games := r.games(7)
-	r.startGames(games[:5])
+	games := r.startedGames(7, 5)
 
 	const hole = 8 * time.Second
 	pp.Blackhole()

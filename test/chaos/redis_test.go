@@ -23,11 +23,9 @@ import (
 // published (the outbox backlog at the crash) and what it had not yet answered must all reach the
 // new stream, once.
 func TestChaos_redisRestartedEmpty(t *testing.T) {
-	r := newRig(t, "redis")
-	p := r.startRTM("rtm", nil)
+	r, p := rigWithRTM(t, "redis")
 	ctx := context.Background()
-	games := r.games(8)
-	r.startGames(games[:6])
+	games := r.startedGames(8, 6)
 
 	for round := 1; round <= 2; round++ {
 		// A burst RTM records before the crash; its reconciles are in flight when Redis dies.

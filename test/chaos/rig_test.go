@@ -195,13 +195,16 @@ func (r *rig) games(n int) []string {
 	return games
 }
 
-// startGames sends a start job at img(v141) for each game and waits for the rig to settle.
-func (r *rig) startGames(games []string) {
+// startedGames returns n games of the rig (games), the first started of them started: a start
+// job at img(v141) sent for each and the rig settled.
+func (r *rig) startedGames(n, started int) []string {
 	r.t.Helper()
-	for _, g := range games {
+	games := r.games(n)
+	for _, g := range games[:started] {
 		r.sendStart(g, img(v141))
 	}
 	r.settle(60 * time.Second)
+	return games
 }
 
 func (r *rig) removeContainers(ctx context.Context) {
@@ -237,6 +240,14 @@ const backgroundWorkers = 7
 // startRTM runs the binary with the rig's environment plus extra, and waits until it is ready:
 // its seven workers started (the boot pass is over) and /readyz answers 200. The process reaches
 // Docker through its own proxy (p.docker), which records its calls in the rig's ledger.
+// rigWithRTM prepares a rig tagged tag and starts one RTM process, "rtm", on the rig's
+// environment.
+func rigWithRTM(t *testing.T, tag string) (*rig, *rtmProc) {
+	t.Helper()
+	r := newRig(t, tag)
+	return r, r.startRTM("rtm", nil)
+}
+
 func (r *rig) startRTM(name string, extra map[string]string) *rtmProc {
 	r.t.Helper()
 	p := r.spawnRTM(name, extra)
