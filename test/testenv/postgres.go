@@ -2,8 +2,6 @@ package testenv
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -170,28 +168,31 @@ func (e *Env) startPostgresCluster(ctx context.Context) error {
 // tests of what happens while the database is down. It returns ErrNotManaged for an external
 // server.
 func (e *Env) StopPostgres() error {
-	if !e.PostgresManaged {
-		return ErrNotManaged
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := e.pgCtl(ctx, "stop", "-m", "fast", "-w", "-t", "50"); err != nil {
-		return fmt.Errorf("testenv: stopping postgres: %w", err)
-	}
-	return nil
+	return e.controlPostgres(60*time.Second, "stopping postgres", "stop", "-m", "fast", "-w", "-t", "50")
 }
 
 // StartPostgres (re)starts the harness's PostgreSQL on the same port and data dir and returns
 // once it accepts connections. It returns ErrNotManaged for an external server.
 func (e *Env) StartPostgres() error {
+	serverLog := filepath.Join(e.PGDataDir, "server.log")
+	err := e.controlPostgres(90*time.Second, fmt.Sprintf("starting postgres on port %d", e.PGPort),
+		"start", "-w", "-t", "60", "-l", serverLog)
+	if err != nil && !errors.Is(err, ErrNotManaged) {
+		return fmt.Errorf("%w\n%s", err, tail(serverLog, 10))
+	}
+	return err
+}
+
+// controlPostgres runs pg_ctl with args on the harness's cluster within timeout; a failure says
+// what it was doing. It returns ErrNotManaged for an external server.
+func (e *Env) controlPostgres(timeout time.Duration, what string, args ...string) error {
 	if !e.PostgresManaged {
 		return ErrNotManaged
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	serverLog := filepath.Join(e.PGDataDir, "server.log")
-	if err := e.pgCtl(ctx, "start", "-w", "-t", "60", "-l", serverLog); err != nil {
-		return fmt.Errorf("testenv: starting postgres on port %d: %w\n%s", e.PGPort, err, tail(serverLog, 10))
+	if err := e.pgCtl(ctx, args...); err != nil {
+		return fmt.Errorf("testenv: %s: %w", what, err)
 	}
 	return nil
 }
@@ -280,9 +281,7 @@ func (e *Env) databaseName(tb testing.TB) string {
 	if len(slug) > 32 {
 		slug = slug[:32]
 	}
-	var r [3]byte
-	_, _ = rand.Read(r[:])
-	return fmt.Sprintf("rtm_%s_%d_%s", slug, seq, hex.EncodeToString(r[:]))
+	return fmt.Sprintf("rtm_%s_%d_%s", slug, seq, randomHex(3))
 }
 
 func (e *Env) dropDatabase(tb testing.TB, name string) {

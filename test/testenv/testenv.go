@@ -367,8 +367,11 @@ func Parallel(steps ...func() error) error {
 
 // RunID returns prefix and six random hex digits: the prefix that keeps one run's game ids,
 // networks and request ids apart from another run's on the same Docker daemon.
-func RunID(prefix string) string {
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	return prefix + hex.EncodeToString(b[:])
+func RunID(prefix string) string { return prefix + randomHex(3) }
+
+// randomHex returns n random bytes in hex: passwords and names no other run guesses.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }

@@ -73,7 +73,6 @@ func TestEnv_NewDatabase_isolated(t *testing.T) {
 }
 
 func TestEnv_NewRedisDB_distinctAndEmpty(t *testing.T) {
-	ctx := context.Background()
 	a, b := env.NewRedisDB(t), env.NewRedisDB(t)
 	if a == b || a < 1 || a > 15 || b < 1 || b > 15 {
 		t.Fatalf("got dbs %d and %d, want two distinct numbers in 1..15", a, b)
@@ -82,11 +81,23 @@ func TestEnv_NewRedisDB_distinctAndEmpty(t *testing.T) {
 	defer ca.Close()
 	cb := redis.NewClient(env.RedisOptions(b))
 	defer cb.Close()
-	if err := ca.Set(ctx, "k", "v", 0).Err(); err != nil {
+	setKey(t, ca)
+	wantNoKey(t, cb, "key leaked across dbs")
+}
+
+// setKey sets the key k in c's database.
+func setKey(t *testing.T, c *redis.Client) {
+	t.Helper()
+	if err := c.Set(context.Background(), "k", "v", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := cb.Exists(ctx, "k").Result(); err != nil || n != 0 {
-		t.Fatalf("key leaked across dbs: exists=%d err=%v", n, err)
+}
+
+// wantNoKey fails unless c answers that its database has no key k.
+func wantNoKey(t *testing.T, c *redis.Client, why string) {
+	t.Helper()
+	if n, err := c.Exists(context.Background(), "k").Result(); err != nil || n != 0 {
+		t.Fatalf("%s: exists=%d err=%v, want 0 and no error", why, n, err)
 	}
 }
 
@@ -94,19 +105,12 @@ func TestEnv_RestartRedisEmpty_losesData(t *testing.T) {
 	if !env.RedisManaged {
 		t.Skip("external redis")
 	}
-	ctx := context.Background()
-	db := env.NewRedisDB(t)
-	c := redis.NewClient(env.RedisOptions(db))
-	defer c.Close()
-	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
+	c := env.MustRedis(t)
+	setKey(t, c)
 	if err := env.RestartRedisEmpty(); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := c.Exists(ctx, "k").Result(); err != nil || n != 0 {
-		t.Fatalf("after restart: exists=%d err=%v, want 0 and no error", n, err)
-	}
+	wantNoKey(t, c, "after restart")
 }
 
 func TestEnv_StopPostgres_thenStart(t *testing.T) {
