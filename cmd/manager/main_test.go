@@ -256,38 +256,31 @@ func TestRun_unknownVariable(t *testing.T) {
 	valid := []string{"RTMANAGER_GAME_STATE_ROOT=" + t.TempDir(),
 		"RTMANAGER_POSTGRES_PRIMARY_DSN=postgres://u:p@127.0.0.1:1/galaxy?search_path=rtmanager",
 		"RTMANAGER_REDIS_MASTER_ADDR=127.0.0.1:1", "RTMANAGER_LOG_FORMAT=text"}
+	// Each case exits 2 (exitConfig), warning about one unknown variable with the known name
+	// closest to it and naming the variable of the configuration error.
 	tests := []struct {
-		name     string
-		given    []string
-		wantCode int
-		want     []string // lines (text format) stderr must hold
+		name             string
+		given            []string
+		unknown, closest string
+		invalid          string
 	}{
-		{
-			name:     "a warning by default, in the chosen format, beside the configuration error",
-			given:    []string{"RTMANAGER_PROBE_TIMOUT=1s", "RTMANAGER_PROBE_TIMEOUT=banana"},
-			wantCode: exitConfig,
-			want: []string{
-				`level=WARN msg="unknown configuration variable" variable=RTMANAGER_PROBE_TIMOUT closest=RTMANAGER_PROBE_TIMEOUT`,
-				`level=ERROR msg="invalid configuration" variable=RTMANAGER_PROBE_TIMEOUT`,
-			},
-		},
-		{
-			name:     "strict: exit 2 before anything is opened",
-			given:    []string{"RTMANAGER_STRICT_ENV=true", "RTMANAGER_REDIS_MASTR_ADDR=redis:6379"},
-			wantCode: exitConfig,
-			want: []string{
-				`level=WARN msg="unknown configuration variable" variable=RTMANAGER_REDIS_MASTR_ADDR closest=RTMANAGER_REDIS_MASTER_ADDR`,
-				`level=ERROR msg="invalid configuration" variable=RTMANAGER_REDIS_MASTR_ADDR`,
-			},
-		},
+		{"a warning by default, in the chosen format, beside the configuration error",
+			[]string{"RTMANAGER_PROBE_TIMOUT=1s", "RTMANAGER_PROBE_TIMEOUT=banana"},
+			"RTMANAGER_PROBE_TIMOUT", "RTMANAGER_PROBE_TIMEOUT", "RTMANAGER_PROBE_TIMEOUT"},
+		{"strict: exit 2 before anything is opened",
+			[]string{"RTMANAGER_STRICT_ENV=true", "RTMANAGER_REDIS_MASTR_ADDR=redis:6379"},
+			"RTMANAGER_REDIS_MASTR_ADDR", "RTMANAGER_REDIS_MASTER_ADDR", "RTMANAGER_REDIS_MASTR_ADDR"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			code, stderr := runChild(t, append(slices.Clone(valid), tt.given...)...)
-			if code != tt.wantCode {
-				t.Errorf("exit code %d, want %d\n%s", code, tt.wantCode, stderr)
+			if code != exitConfig {
+				t.Errorf("exit code %d, want %d\n%s", code, exitConfig, stderr)
 			}
-			for _, w := range tt.want {
+			for _, w := range []string{ // lines (text format) stderr must hold
+				`level=WARN msg="unknown configuration variable" variable=` + tt.unknown + " closest=" + tt.closest,
+				`level=ERROR msg="invalid configuration" variable=` + tt.invalid,
+			} {
 				if !strings.Contains(stderr, w) {
 					t.Errorf("stderr has no %s\n%s", w, stderr)
 				}
