@@ -26,6 +26,19 @@ func (r result) String() string {
 	return fmt.Sprintf("exit %d\n--- stdout:\n%s--- stderr:\n%s", r.code, r.stdout, r.stderr)
 }
 
+// wantError fails unless rtmctl exited 1 with every one of parts in its stderr.
+func (r result) wantError(tb testing.TB, parts ...string) {
+	tb.Helper()
+	if r.code != 1 {
+		tb.Fatalf("exit %d, want 1: %v", r.code, r)
+	}
+	for _, p := range parts {
+		if !strings.Contains(r.stderr, p) {
+			tb.Fatalf("stderr lacks %q: %v", p, r)
+		}
+	}
+}
+
 // rtmctl runs the command with args and the environment vars (nothing of the test process's
 // environment leaks in).
 func rtmctl(tb testing.TB, vars map[string]string, args ...string) result {

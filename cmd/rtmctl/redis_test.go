@@ -158,10 +158,7 @@ func TestRun_jobsStart_noResultTimesOut(t *testing.T) {
 	url, _ := redisURL(t)
 	start := time.Now()
 	r := rtmctl(t, nil, "jobs", "start", "g1", "--image", "galaxy/game:1.4.2", "--redis", url, "--timeout", "1500ms")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: timeout: no result for request_id rtmctl-") ||
-		!strings.Contains(r.stderr, "queued on runtime:start_jobs") {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: timeout: no result for request_id rtmctl-", "queued on runtime:start_jobs")
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("took %s for a 1.5s timeout", took)
 	}
@@ -169,9 +166,7 @@ func TestRun_jobsStart_noResultTimesOut(t *testing.T) {
 
 func TestRun_jobs_wrongPasswordExitsOne(t *testing.T) {
 	r := rtmctl(t, nil, "jobs", "stop", "g1", "--redis", env.RedisAddr, "--redis-password", "nope", "--timeout", "5s")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: redis at "+env.RedisAddr) {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: redis at "+env.RedisAddr)
 }
 
 func TestRun_watchHealth_replaysFiltersAndAligns(t *testing.T) {

@@ -547,10 +547,7 @@ func TestRun_request_unauthenticatedHints(t *testing.T) {
 	f := newFakeRTM(t)
 	f.token = "s3cret"
 	r := rtmctl(t, nil, "--server", f.srv.URL, "get", "runtimes")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: unauthenticated: a valid bearer token is required") ||
-		!strings.Contains(r.stderr, "RTMANAGER_INTERNAL_TOKEN") {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: unauthenticated: a valid bearer token is required", "RTMANAGER_INTERNAL_TOKEN")
 }
 
 func TestRun_request_unreachableExitsOne(t *testing.T) {
@@ -558,9 +555,7 @@ func TestRun_request_unreachableExitsOne(t *testing.T) {
 	url := f.srv.URL
 	f.srv.Close()
 	r := rtmctl(t, nil, "--server", url, "get", "runtimes")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: cannot reach RTM at "+url) {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: cannot reach RTM at "+url)
 }
 
 func TestRun_request_timeoutExitsOne(t *testing.T) {
@@ -573,10 +568,7 @@ func TestRun_request_timeoutExitsOne(t *testing.T) {
 	}))
 	defer srv.Close()
 	r := rtmctl(t, nil, "--server", srv.URL, "--timeout", "200ms", "stop", "g1")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: timeout: no answer from RTM") ||
-		!strings.Contains(r.stderr, "may still be carried out") {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: timeout: no answer from RTM", "may still be carried out")
 }
 
 func TestRun_request_nonEnvelopeErrorKeepsStatus(t *testing.T) {
@@ -587,9 +579,7 @@ func TestRun_request_nonEnvelopeErrorKeepsStatus(t *testing.T) {
 	}))
 	defer srv.Close()
 	r := rtmctl(t, nil, "--server", srv.URL, "get", "runtimes")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: http_502: <html><body> <h1>502 Bad Gateway</h1>") {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: http_502: <html><body> <h1>502 Bad Gateway</h1>")
 }
 
 func TestRun_mutations_sendContractRequests(t *testing.T) {
@@ -664,19 +654,14 @@ func TestRun_cleanup_runningIsRefused(t *testing.T) {
 		return 409, envelope("runtime_running", "game g1 is running; stop it first")
 	}
 	r := rtmctl(t, nil, "--server", f.srv.URL, "cleanup", "g1")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: runtime_running: game g1 is running; stop it first") ||
-		!strings.Contains(r.stderr, "rtmctl stop g1") {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: runtime_running: game g1 is running; stop it first", "rtmctl stop g1")
 }
 
 func TestRun_mutation_forbiddenForLobby(t *testing.T) {
 	f := newFakeRTM(t)
 	f.add(running("g1", "galaxy/game:1.4.2", time.Hour))
 	r := rtmctl(t, nil, "--server", f.srv.URL, "--caller", "lobby", "restart", "g1")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: forbidden:") || !strings.Contains(r.stderr, "--caller admin or gm") {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: forbidden:", "--caller admin or gm")
 }
 
 func TestRun_ops_tableAndJSON(t *testing.T) {

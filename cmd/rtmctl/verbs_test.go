@@ -219,9 +219,7 @@ func TestRun_describe_recordHealthOperationsEvents(t *testing.T) {
 	}
 	// A game without a record fails, as get does.
 	r = rtmctl(t, nil, "--server", f.srv.URL, "describe", "nope", "--events", "0")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: runtime_not_found") {
-		t.Fatalf("unknown game: %v", r)
-	}
+	r.wantError(t, "error: runtime_not_found")
 }
 
 func TestRun_logs_printsAndFollows(t *testing.T) {
@@ -270,22 +268,16 @@ func TestRun_logs_printsAndFollows(t *testing.T) {
 	}
 
 	r = rtmctl(t, nil, "--server", f.srv.URL, "logs", "g2")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: runtime_not_found: game g2 has no container") {
-		t.Fatalf("no container: %v", r)
-	}
+	r.wantError(t, "error: runtime_not_found: game g2 has no container")
 	r = rtmctl(t, nil, "--server", f.srv.URL, "logs", "nope")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: runtime_not_found") {
-		t.Fatalf("unknown game: %v", r)
-	}
+	r.wantError(t, "error: runtime_not_found")
 }
 
 func TestRun_logs_noAnswerTimesOut(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
 	defer srv.Close()
 	r := rtmctl(t, nil, "--server", srv.URL, "--timeout", "200ms", "logs", "g1", "-f")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: timeout: no answer from RTM") {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: timeout: no answer from RTM")
 }
 
 func TestRun_wait_forStatus(t *testing.T) {
@@ -347,9 +339,7 @@ func TestRun_wait_refusedExitsOne(t *testing.T) {
 	f := newFakeRTM(t)
 	f.token = "s3cret"
 	r := rtmctl(t, nil, "--server", f.srv.URL, "wait", "g1", "--for=status=running")
-	if r.code != 1 || !strings.Contains(r.stderr, "error: unauthenticated") || !strings.Contains(r.stderr, "RTMANAGER_INTERNAL_TOKEN") {
-		t.Fatalf("%v", r)
-	}
+	r.wantError(t, "error: unauthenticated", "RTMANAGER_INTERNAL_TOKEN")
 }
 
 func TestRun_getWatch_printsChangedRows(t *testing.T) {
@@ -424,9 +414,7 @@ func TestRun_getWatch_oneGameAsJSONLines(t *testing.T) {
 	}
 
 	r := rtmctl(t, nil, "--server", f.srv.URL, "get", "runtime", "nope", "-w")
-	if r.code != 1 || !strings.Contains(r.stderr, "runtime_not_found") {
-		t.Fatalf("unknown game: %v", r)
-	}
+	r.wantError(t, "runtime_not_found")
 }
 
 func TestRun_version_clientAndServer(t *testing.T) {
