@@ -3,7 +3,6 @@ package httpapi
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -322,12 +321,7 @@ func TestAPI_getLogs_withoutAReaderIsUnavailable(t *testing.T) {
 func TestAPI_getVersion_binaryAndAPI(t *testing.T) {
 	srv := newLogsServer(t, nil, nil, nil, 0, "s3cret")
 	auth := []string{"Authorization", "Bearer s3cret"}
-	r := get(t, srv.URL+BasePath+"/version", "", auth...)
-	r.want(t, 200, "")
-	var v map[string]string
-	if err := json.Unmarshal(r.body, &v); err != nil {
-		t.Fatalf("body %s: %v", r.body, err)
-	}
+	v := okBody[map[string]string](t, get(t, srv.URL+BasePath+"/version", "", auth...))
 	want := map[string]string{"version": "v9.8.7", "go_version": goruntime.Version(),
 		"platform": goruntime.GOOS + "/" + goruntime.GOARCH, "api": "v1"}
 	if len(v) != len(want) {

@@ -210,6 +210,17 @@ func (r response) record(t *testing.T) rtm.Record {
 	return rec
 }
 
+// okBody fails unless r is a 200, and returns its body decoded as a T.
+func okBody[T any](t *testing.T, r response) T {
+	t.Helper()
+	r.want(t, 200, "")
+	var v T
+	if err := json.Unmarshal(r.body, &v); err != nil {
+		t.Fatalf("body %s: %v", r.body, err)
+	}
+	return v
+}
+
 // start runs gameID on image through the API.
 func (f *fixture) start(t *testing.T, gameID, image string) rtm.Record {
 	t.Helper()
@@ -301,11 +312,7 @@ func TestAPI_getRuntime_record(t *testing.T) {
 	f := newFixture(t, options{})
 	f.start(t, "g1", img141)
 	r := f.do(t, "GET", "/runtimes/g1", "", "")
-	r.want(t, 200, "")
-	var fields map[string]any
-	if err := json.Unmarshal(r.body, &fields); err != nil {
-		t.Fatal(err)
-	}
+	fields := okBody[map[string]any](t, r)
 	// CONTRACT §6: the record carries the runtime_records columns under the same names.
 	for _, col := range []string{"game_id", "status", "desired_state", "desired_image_ref", "current_image_ref",
 		"current_container_id", "engine_endpoint", "state_dir", "last_error_code", "last_error_message",
@@ -400,13 +407,7 @@ func TestAPI_listRuntimes_paging(t *testing.T) {
 
 	page := func(query string) RuntimeList {
 		t.Helper()
-		r := f.do(t, "GET", "/runtimes"+query, "", "")
-		r.want(t, 200, "")
-		var l RuntimeList
-		if err := json.Unmarshal(r.body, &l); err != nil {
-			t.Fatal(err)
-		}
-		return l
+		return okBody[RuntimeList](t, f.do(t, "GET", "/runtimes"+query, "", ""))
 	}
 	var seen []string
 	query := "?limit=2"
@@ -457,12 +458,7 @@ func TestAPI_listOperations_newestFirst(t *testing.T) {
 	f.start(t, "g1", img141)
 	f.do(t, "POST", "/runtimes/g1/restart", "gm", "").want(t, 200, "")
 	f.do(t, "POST", "/runtimes/g1/stop", "admin", "").want(t, 200, "")
-	r := f.do(t, "GET", "/runtimes/g1/operations", "", "")
-	r.want(t, 200, "")
-	var l OperationList
-	if err := json.Unmarshal(r.body, &l); err != nil {
-		t.Fatal(err)
-	}
+	l := okBody[OperationList](t, f.do(t, "GET", "/runtimes/g1/operations", "", ""))
 	var kinds []string
 	for _, op := range l.Operations {
 		kinds = append(kinds, string(op.Kind))
@@ -474,10 +470,8 @@ func TestAPI_listOperations_newestFirst(t *testing.T) {
 		start.Source != rtm.SourceAdminREST || !strings.HasPrefix(start.RequestID, "rest-") {
 		t.Fatalf("start row %+v", start)
 	}
-	r = f.do(t, "GET", "/runtimes/g1/operations?limit=1", "", "")
-	r.want(t, 200, "")
-	if err := json.Unmarshal(r.body, &l); err != nil || len(l.Operations) != 1 || l.Operations[0].Kind != rtm.OpStop {
-		t.Fatalf("limit=1: %s", r.body)
+	if l := okBody[OperationList](t, f.do(t, "GET", "/runtimes/g1/operations?limit=1", "", "")); len(l.Operations) != 1 || l.Operations[0].Kind != rtm.OpStop {
+		t.Fatalf("limit=1: %+v", l)
 	}
 	f.do(t, "GET", "/runtimes/g1/operations?limit=501", "", "").want(t, 400, rtm.CodeInvalidRequest)
 	f.do(t, "GET", "/runtimes/nobody/operations", "", "").want(t, 404, rtm.CodeRuntimeNotFound)
@@ -493,7 +487,7 @@ func TestAPI_listOperations_newestFirst(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	r = f.do(t, "GET", "/runtimes/ghost/operations", "", "")
+	r := f.do(t, "GET", "/runtimes/ghost/operations", "", "")
 	r.want(t, 200, "")
 	if !strings.Contains(string(r.body), `"error_code":"runtime_not_found"`) {
 		t.Fatalf("ghost operations %s", r.body)
@@ -503,29 +497,19 @@ func TestAPI_listOperations_newestFirst(t *testing.T) {
 func TestAPI_getHealth_snapshot(t *testing.T) {
 	f := newFixture(t, options{})
 	f.start(t, "g1", img141)
-	r := f.do(t, "GET", "/runtimes/g1/health", "", "")
-	r.want(t, 200, "")
-	var h map[string]any
-	if err := json.Unmarshal(r.body, &h); err != nil {
-		t.Fatal(err)
-	}
-	if h["game_id"] != "g1" || h["status"] != "unknown" || h["updated_at"] != nil {
-		t.Fatalf("no snapshot yet: %s", r.body)
+	if h := okBody[map[string]any](t, f.do(t, "GET", "/runtimes/g1/health", "", "")); h["game_id"] != "g1" ||
+		h["status"] != "unknown" || h["updated_at"] != nil {
+		t.Fatalf("no snapshot yet: %v", h)
 	}
 	err := f.st.CommitHealth(context.Background(), []rtm.HealthEvent{{GameID: "g1", Type: rtm.EventContainerExited,
 		ContainerID: "c1", ExitCode: rtm.IntPtr(3), DockerState: "exited", ObservedAt: time.Now()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r = f.do(t, "GET", "/runtimes/g1/health", "lobby", "")
-	r.want(t, 200, "")
-	var got Health
-	if err := json.Unmarshal(r.body, &got); err != nil {
-		t.Fatal(err)
-	}
+	got := okBody[Health](t, f.do(t, "GET", "/runtimes/g1/health", "lobby", ""))
 	if got.Status != rtm.HealthUnhealthy || got.LastEventType != rtm.EventContainerExited || got.ExitCode == nil ||
 		*got.ExitCode != 3 || got.DockerState != "exited" || got.UpdatedAt == nil {
-		t.Fatalf("snapshot %s", r.body)
+		t.Fatalf("snapshot %+v", got)
 	}
 	f.do(t, "GET", "/runtimes/nobody/health", "", "").want(t, 404, rtm.CodeRuntimeNotFound)
 }
