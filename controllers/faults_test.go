@@ -19,6 +19,7 @@ import (
 	"github.com/galaxy-platform/rtmanager/coord"
 	"github.com/galaxy-platform/rtmanager/runtime/runtimetest"
 	"github.com/galaxy-platform/rtmanager/store"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // The images of the fault table: imgA is present, imgB must be pulled, imgC is present but its
@@ -43,23 +44,8 @@ type faultEnv struct {
 
 func newFaultEnv(t *testing.T) *faultEnv {
 	t.Helper()
-	ctx := context.Background()
-	dsn := env.NewDatabase(t)
-	if err := store.Migrate(ctx, dsn); err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(ctx, dsn, store.Options{MaxConns: 40})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	rdb := env.MustRedis(t)
-	return &faultEnv{st: st, pool: pool, rdb: rdb}
+	st, dsn := env.MustStoreWith(t, store.Options{MaxConns: 40})
+	return &faultEnv{st: st, pool: testenv.MustPool(t, dsn), rdb: env.MustRedis(t)}
 }
 
 // faultGame is one row's game: its own fake Docker world and reconciler on the shared stores.

@@ -87,24 +87,8 @@ type harness struct {
 }
 
 func TestModel(t *testing.T) {
-	ctx := context.Background()
-	dsn := env.NewDatabase(t)
-	if err := store.Migrate(ctx, dsn); err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(ctx, dsn, store.Options{MaxConns: 60})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	rdb := redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
-	defer rdb.Close()
-	h := &harness{st: st, pool: pool, rdb: rdb}
+	st, dsn := env.MustStoreWith(t, store.Options{MaxConns: 60})
+	h := &harness{st: st, pool: testenv.MustPool(t, dsn), rdb: env.MustRedis(t)}
 
 	var seeds []uint64
 	if *seedFlag != 0 {

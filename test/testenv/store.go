@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/galaxy-platform/rtmanager/store"
 )
@@ -13,12 +14,18 @@ import (
 // the database's DSN (for a direct connection a test reads or writes with).
 func (e *Env) MustStore(tb testing.TB) (*store.Store, string) {
 	tb.Helper()
+	return e.MustStoreWith(tb, store.Options{})
+}
+
+// MustStoreWith is MustStore with the store's options (a larger pool for many workers).
+func (e *Env) MustStoreWith(tb testing.TB, o store.Options) (*store.Store, string) {
+	tb.Helper()
 	ctx := context.Background()
 	dsn := e.NewDatabase(tb)
 	if err := store.Migrate(ctx, dsn); err != nil {
 		tb.Fatalf("migrating %s: %v", dsn, err)
 	}
-	st, err := store.Open(ctx, dsn, store.Options{})
+	st, err := store.Open(ctx, dsn, o)
 	if err != nil {
 		tb.Fatalf("opening the store: %v", err)
 	}
@@ -36,6 +43,18 @@ func MustConn(tb testing.TB, dsn string) *pgx.Conn {
 	}
 	tb.Cleanup(func() { conn.Close(context.Background()) })
 	return conn
+}
+
+// MustPool returns a connection pool to dsn, closed when tb ends, for what concurrent parts of a
+// test read or write beside the code under test.
+func MustPool(tb testing.TB, dsn string) *pgxpool.Pool {
+	tb.Helper()
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		tb.Fatalf("connecting to %s: %v", dsn, err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool
 }
 
 // Querier is what OutboxFields reads with: a *pgx.Conn or a *pgxpool.Pool.
