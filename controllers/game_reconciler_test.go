@@ -130,6 +130,15 @@ func (r *rig) reconciler(owner string) *controllers.GameReconciler {
 
 func (r *rig) game(name string) string { return r.prefix + "-" + name }
 
+// running starts game name at 1.4.1 and reconciles it: a running game.
+func (r *rig) running(name string) string {
+	r.t.Helper()
+	g := r.game(name)
+	r.submit(start(g, repo+":1.4.1"))
+	r.reconcile(g)
+	return g
+}
+
 func (r *rig) submit(req rtm.Request) rtm.Submission {
 	r.t.Helper()
 	req.ReceivedAt = time.Now().UTC()
@@ -272,9 +281,7 @@ func TestGameReconciler_Reconcile_imagePullFailureIsTerminal(t *testing.T) {
 
 func TestGameReconciler_Reconcile_patchAndRollback(t *testing.T) {
 	r := newRig(t)
-	g := r.game("patch")
-	r.submit(start(g, repo+":1.4.1"))
-	r.reconcile(g)
+	g := r.running("patch")
 	first := r.record(g).CurrentContainerID
 
 	patch := rtm.Request{GameID: g, Kind: rtm.OpPatch, ImageRef: repo + ":1.4.2", OldImageRef: repo + ":1.4.1", RequestID: "p1"}
@@ -311,9 +318,7 @@ func TestGameReconciler_Reconcile_patchAndRollback(t *testing.T) {
 
 func TestGameReconciler_Reconcile_restartGivesAFreshContainer(t *testing.T) {
 	r := newRig(t)
-	g := r.game("restart")
-	r.submit(start(g, repo+":1.4.1"))
-	r.reconcile(g)
+	g := r.running("restart")
 	first := r.record(g).CurrentContainerID
 	r.submit(rtm.Request{GameID: g, Kind: rtm.OpRestart})
 	r.reconcile(g)
@@ -325,11 +330,7 @@ func TestGameReconciler_Reconcile_restartGivesAFreshContainer(t *testing.T) {
 
 func TestGameReconciler_Reconcile_drift(t *testing.T) {
 	r := newRig(t)
-	gone, exited, manual := r.game("gone"), r.game("exited"), r.game("manual")
-	for _, g := range []string{gone, exited} {
-		r.submit(start(g, repo+":1.4.1"))
-		r.reconcile(g)
-	}
+	gone, exited, manual := r.running("gone"), r.running("exited"), r.game("manual")
 	if err := exec.Command("docker", "rm", "-f", "galaxy-game-"+gone).Run(); err != nil {
 		t.Fatal(err)
 	}
@@ -374,9 +375,7 @@ func TestGameReconciler_Reconcile_drift(t *testing.T) {
 func TestGameReconciler_Reconcile_driftIsRecordedOnceUnderTheLease(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
-	g := r.game("crash")
-	r.submit(start(g, repo+":1.4.1"))
-	r.reconcile(g)
+	g := r.running("crash")
 	// Another process holds the game's lease (alive: its instance key beats) while the engine
 	// dies: the exit is not recorded until the lease is free.
 	holder := coord.New(r.rdb, "holder", 30*time.Second)

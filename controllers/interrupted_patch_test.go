@@ -26,9 +26,7 @@ func TestGameReconciler_Reconcile_interruptedPatchIsVerifiedNotSettled(t *testin
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t)
 			ctx := context.Background()
-			g := r.game("half")
-			r.submit(start(g, repo+":1.4.1"))
-			r.reconcile(g)
+			g := r.running("half")
 			old, err := r.inspect(g)
 			if err != nil {
 				t.Fatal(err)
