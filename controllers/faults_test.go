@@ -3,7 +3,6 @@ package controllers_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"strings"
@@ -80,7 +79,7 @@ func (fe *faultEnv) game(t *testing.T, name string) *faultGame {
 		ProbeThreshold: 2, LeaseRetry: 10 * time.Millisecond}
 	// A small budget per request: a failure that never clears is answered within a second.
 	opts.RetryAttempts, opts.RetryWindow = 3, 300*time.Millisecond
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.DiscardHandler)
 	rec, err := controllers.New(fe.st, w.As(owner), leases, stateDirs{}, w.As(owner), opts, log, nil, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package probe_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -21,7 +20,7 @@ func TestLobby_Diagnose_getsTheGameAndNeverFails(t *testing.T) {
 		w.WriteHeader(http.StatusNotFound)
 	}))
 	defer srv.Close()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.DiscardHandler)
 	if probe.NewLobby("", log) != nil {
 		t.Fatal("an empty base URL must turn the diagnostic off")
 	}

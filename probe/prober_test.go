@@ -3,7 +3,6 @@ package probe_test
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -97,7 +96,7 @@ func TestProber_Run_failedCommitLosesNoTransition(t *testing.T) {
 	// The second round reaches the threshold, and its commit fails.
 	st := &failingRounds{Store: w.Store, fail: map[int]bool{2: true}}
 	w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: st, Docker: w, Probe: w,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Log: slog.New(slog.DiscardHandler)})
 	testenv.WaitFor(t, "probe_failed is published", func() bool { return len(w.HealthEvents(t)) > 0 })
 
 	// The engine answers again; the round that sees it first cannot commit.
@@ -136,7 +135,7 @@ func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
 			cache := runtime.NewCache()
 			cache.Replace(cache.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning}})
 			w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: w.Store, Docker: w, Probe: w,
-				Marks: tt.marks(cache), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+				Marks: tt.marks(cache), Log: slog.New(slog.DiscardHandler)})
 			probes := func() int { w.Lock(); defer w.Unlock(); return len(w.probed) }
 			testenv.WaitFor(t, "the engine is probed a few times", func() bool { return probes() >= 3 })
 			w.set(func(w *probeWorld) {

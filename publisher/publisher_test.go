@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -136,7 +135,7 @@ func newRigWith(t *testing.T, o rigOptions) *rig {
 	r.outbox = &countingOutbox{Outbox: r.st}
 	r.pub = publisher.New(publisher.Publisher{Outbox: r.outbox, Redis: streams,
 		Names: map[string]string{rtm.StreamJobResults: "results"}, Observer: r.obs, Poll: o.poll,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Log: slog.New(slog.DiscardHandler)})
 	if !o.manual {
 		r.start(t)
 	}

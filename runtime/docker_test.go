@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -94,9 +93,6 @@ func newDocker(t testing.TB, opts Options) *Docker {
 	t.Helper()
 	if opts.Network == "" {
 		opts.Network = testNetwork
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	d, err := New(opts)
 	if err != nil {

@@ -3,7 +3,6 @@ package runtime
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"strings"
@@ -71,7 +70,7 @@ func runInformer(t testing.TB, in *Informer, handle func(string), known func(con
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func TestInformer_Run_cacheByEvent(t *testing.T) {
 	running := func(game, id string) rtm.Container {

@@ -3,7 +3,6 @@ package sources_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -62,7 +61,7 @@ func TestDockerEvents_Run_enqueuesWhatTheInformerHandsOver(t *testing.T) {
 	feed := eventFeed{ch: make(chan rtm.DockerEvent)}
 	var q enqueued
 	d := &sources.DockerEvents{Store: store, Enqueue: q.enqueue,
-		Informer: runtime.NewInformer(feed, list, cache, slog.New(slog.NewTextHandler(io.Discard, nil)))}
+		Informer: runtime.NewInformer(feed, list, cache, slog.New(slog.DiscardHandler))}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = d.Run(ctx); close(done) }()

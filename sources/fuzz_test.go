@@ -2,7 +2,6 @@ package sources
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"regexp"
 	"strings"
@@ -93,7 +92,7 @@ func FuzzJobConsumer_handle(f *testing.F) {
 		c := &JobConsumer{Kind: kind, Stream: "runtime:" + string(kind), Store: st, Enqueue: enqueue,
 			Intake: &rtm.Intake{Store: st, Enqueue: enqueue, Allowed: allowed,
 				Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}},
-			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: tracenoop.NewTracerProvider().Tracer("")}
+			Log: slog.New(slog.DiscardHandler), Tracer: tracenoop.NewTracerProvider().Tracer("")}
 		const entryID = "1700000000000-7"
 		// Field values are what the consumer reads back from Redis (the map is the entry's).
 		if err := c.handle(context.Background(), rtm.StreamEntry{ID: entryID, Fields: fields}); err != nil {

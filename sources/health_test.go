@@ -2,7 +2,6 @@ package sources_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -52,7 +51,7 @@ func TestInspectSweep_Run_listsOnceAndInspectsOnlySuspects(t *testing.T) {
 	w := newProbeWorld(t)
 	var enqueued sync.Map
 	sweep := &sources.InspectSweep{Interval: 5 * time.Millisecond, Store: w.Store, Docker: w, Lister: w,
-		Enqueue: func(id string) { enqueued.Store(id, true) }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Enqueue: func(id string) { enqueued.Store(id, true) }, Log: slog.New(slog.DiscardHandler)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = sweep.Run(ctx) }()

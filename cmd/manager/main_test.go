@@ -169,7 +169,7 @@ func TestShutdown_close_runsNewestFirstAndReturnsWhenDone(t *testing.T) {
 		stop.onClose(func(context.Context) { order = append(order, i) })
 	}
 	start := time.Now()
-	stop.close(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	stop.close(slog.New(slog.DiscardHandler))
 	if time.Since(start) > time.Second || len(order) != 3 || order[0] != 2 || order[2] != 0 {
 		t.Fatalf("closes ran in order %v, close took %s", order, time.Since(start))
 	}
