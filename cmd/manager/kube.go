@@ -43,7 +43,7 @@ func (m *manager) setupKube(ctx context.Context) error {
 		EvictionSeconds: int64(cfg.KubeEvictionTolerance.Round(time.Second).Seconds()),
 		Probe: kube.Probe{Port: cfg.EnginePort, Period: cfg.ProbeInterval, Timeout: cfg.ProbeTimeout,
 			Threshold: cfg.ProbeFailureThreshold},
-		Logger: m.log, Meter: m.tel.Meter("rtmanager")}
+		Logger: m.log, Meter: m.tel.Meter("rtmanager"), Tracer: m.tel.Tracer("rtmanager/runtime")}
 	if cfg.GameStateOwnerGID != 0 {
 		gid := int64(cfg.GameStateOwnerGID)
 		opts.FSGroup = &gid

@@ -90,6 +90,12 @@ func (k *Kube) Events(ctx context.Context) (<-chan rtm.DockerEvent, <-chan error
 
 // translate returns the events of a Pod's change from o (nil: it just appeared) to n.
 func (k *Kube) translate(o, n *corev1.Pod) []rtm.DockerEvent {
+	if vanishing(n) {
+		if o == nil || !vanishing(o) {
+			return []rtm.DockerEvent{k.event(n, "destroy")} // gone, as far as RTM is concerned
+		}
+		return nil
+	}
 	var out []rtm.DockerEvent
 	wasRunning, wasDone := false, false
 	wasReady := false

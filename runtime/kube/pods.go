@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -20,6 +21,12 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	rtm "github.com/galaxy-platform/rtmanager"
+)
+
+// Span attributes.
+var (
+	attrGameID = attribute.Key("rtmanager.game_id")
+	attrPodUID = attribute.Key("k8s.pod.uid")
 )
 
 // engineContainer is the name of the engine's container in its Pod.
@@ -37,7 +44,7 @@ func (k *Kube) List(context.Context) ([]rtm.Container, error) {
 	objs := k.informer.GetStore().List()
 	out := make([]rtm.Container, 0, len(objs))
 	for _, obj := range objs {
-		if p := podOf(obj); p != nil {
+		if p := podOf(obj); p != nil && !vanishing(p) {
 			out = append(out, k.container(p, time.Now()))
 		}
 	}
@@ -59,7 +66,7 @@ func (k *Kube) podOfGame(gameID string) *corev1.Pod {
 	objs, _ := k.informer.GetIndexer().ByIndex(byGame, strings.ToLower(gameID))
 	var pods []*corev1.Pod
 	for _, obj := range objs {
-		if p := podOf(obj); p != nil && gameIDOf(p) == gameID {
+		if p := podOf(obj); p != nil && gameIDOf(p) == gameID && !vanishing(p) {
 			if p.Name == Name(gameID) {
 				return p
 			}
@@ -81,7 +88,16 @@ func (k *Kube) podOfGame(gameID string) *corev1.Pod {
 	})
 }
 
+// podByUID returns the Pod id, nil when there is none or Kubernetes is deleting it (vanishing).
 func (k *Kube) podByUID(id string) *corev1.Pod {
+	if p := k.anyPodByUID(id); p != nil && !vanishing(p) {
+		return p
+	}
+	return nil
+}
+
+// anyPodByUID returns the Pod id, also one that is vanishing.
+func (k *Kube) anyPodByUID(id string) *corev1.Pod {
 	objs, _ := k.informer.GetIndexer().ByIndex(byUID, id)
 	if len(objs) == 0 {
 		return nil
@@ -101,6 +117,12 @@ func (k *Kube) EnsureImage(context.Context, string) error { return nil }
 // rtm.ErrUnavailable; any other refusal (forbidden, invalid, over quota) → *rtm.Error with
 // CodeContainerStartFailed and the server's words.
 func (k *Kube) Create(ctx context.Context, spec rtm.ContainerSpec) (string, error) {
+	ctx, c := k.begin(ctx, "create", attrGameID.String(spec.GameID))
+	id, err := k.create(ctx, spec)
+	return id, c.end(err)
+}
+
+func (k *Kube) create(ctx context.Context, spec rtm.ContainerSpec) (string, error) {
 	name := Name(spec.GameID)
 	if err := k.ensureGame(ctx, spec.GameID); err != nil {
 		return "", err
@@ -108,11 +130,20 @@ func (k *Kube) Create(ctx context.Context, spec rtm.ContainerSpec) (string, erro
 	pod := k.pod(spec)
 	cctx, cancel := context.WithTimeout(ctx, k.opts.CallTimeout)
 	defer cancel()
-	created, err := k.cs.CoreV1().Pods(k.opts.Namespace).Create(cctx, pod, metav1.CreateOptions{})
+	pods := k.cs.CoreV1().Pods(k.opts.Namespace)
+	created, err := pods.Create(cctx, pod, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
-		if other, gerr := k.cs.CoreV1().Pods(k.opts.Namespace).Get(cctx, name, metav1.GetOptions{}); gerr == nil &&
-			other.Labels[rtm.LabelOwner] != rtm.OwnerValue {
+		other, gerr := pods.Get(cctx, name, metav1.GetOptions{})
+		switch {
+		case gerr != nil:
+		case other.Labels[rtm.LabelOwner] != rtm.OwnerValue:
 			return "", rtm.Errorf(rtm.CodeContainerStartFailed, "the name %s is taken by a Pod RTM does not own", name)
+		case vanishing(other):
+			// The game's previous Pod, deleted by Kubernetes on a node that no longer answers:
+			// no kubelet will confirm its end, so it is deleted at once, and the name is free.
+			if derr := k.delete(ctx, other, 0); derr == nil || errors.Is(derr, rtm.ErrNotFound) {
+				created, err = pods.Create(cctx, pod, metav1.CreateOptions{})
+			}
 		}
 	}
 	if err != nil {
@@ -175,6 +206,11 @@ func serverMessage(err error) string {
 // its claim is not bound, …) or its container cannot be created → *rtm.Error with
 // CodeContainerStartFailed, saying why.
 func (k *Kube) Start(ctx context.Context, id string) error {
+	ctx, c := k.begin(ctx, "start", attrPodUID.String(id))
+	return c.end(k.start(ctx, id))
+}
+
+func (k *Kube) start(ctx context.Context, id string) error {
 	timeout := time.NewTimer(k.opts.StartTimeout)
 	defer timeout.Stop()
 	for {
@@ -244,6 +280,11 @@ func pendingReason(p *corev1.Pod) string {
 // reports the engine terminated (its exit code) or the Pod is gone. Stopping a terminated Pod
 // succeeds and changes nothing; a missing one wraps rtm.ErrNotFound.
 func (k *Kube) Stop(ctx context.Context, id string, grace time.Duration) error {
+	ctx, c := k.begin(ctx, "stop", attrPodUID.String(id))
+	return c.end(k.stop(ctx, id, grace))
+}
+
+func (k *Kube) stop(ctx context.Context, id string, grace time.Duration) error {
 	p := k.podByUID(id)
 	if p == nil {
 		return fmt.Errorf("stopping pod %s: %w", id, rtm.ErrNotFound)
@@ -296,7 +337,12 @@ func (k *Kube) keepExited(ctx context.Context, p *corev1.Pod) error {
 // runs), then waits, at most CallTimeout, until it is gone, so that the game's next Pod can take
 // its name. The claim and Service stay. A missing Pod wraps rtm.ErrNotFound.
 func (k *Kube) Remove(ctx context.Context, id string) error {
-	p := k.podByUID(id)
+	ctx, c := k.begin(ctx, "remove", attrPodUID.String(id))
+	return c.end(k.remove(ctx, id))
+}
+
+func (k *Kube) remove(ctx context.Context, id string) error {
+	p := k.anyPodByUID(id)
 	if p == nil {
 		return fmt.Errorf("removing pod %s: %w", id, rtm.ErrNotFound)
 	}
@@ -316,7 +362,7 @@ func (k *Kube) Remove(ctx context.Context, id string) error {
 	defer wait.Stop()
 	for {
 		changed := k.changed(p.UID)
-		if k.podByUID(id) == nil {
+		if k.anyPodByUID(id) == nil {
 			return nil
 		}
 		select {
@@ -433,7 +479,7 @@ func (k *Kube) pod(spec rtm.ContainerSpec) *corev1.Pod {
 				SecurityContext: &corev1.SecurityContext{
 					AllowPrivilegeEscalation: &no,
 					Privileged:               &no,
-					ReadOnlyRootFilesystem:   &yes,
+					ReadOnlyRootFilesystem:   &spec.ReadOnlyRoot,
 					RunAsNonRoot:             &yes,
 					Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 				},
@@ -539,6 +585,13 @@ func terminated(p *corev1.Pod) *corev1.ContainerStateTerminated {
 		return &corev1.ContainerStateTerminated{Reason: p.Status.Reason}
 	}
 	return nil
+}
+
+// vanishing reports a Pod Kubernetes is deleting (an eviction, a lost node's taint), not RTM: it
+// carries no KeepExited. It counts as gone already: on a node that no longer answers it would
+// stay Terminating, its status frozen at running, until the node object is deleted.
+func vanishing(p *corev1.Pod) bool {
+	return p.DeletionTimestamp != nil && !slices.Contains(p.Finalizers, KeepExited)
 }
 
 // ready reports the Pod's Ready condition.
