@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -310,11 +309,7 @@ func TestMigrate_gameIDCase_failsNamingExistingTwins(t *testing.T) {
 	if err := store.Migrate(ctx, dsn); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := testenv.MustConn(t, dsn)
 	// A database from before migration 4 holding two game ids equal but for case.
 	down, err := migrations.FS.ReadFile("000004_game_id_case.down.sql")
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/golang-migrate/migrate/v4/database"
-	"github.com/jackc/pgx/v5"
 
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/store"
@@ -149,11 +148,7 @@ func openTimeouts(t testing.TB, to store.Timeouts) (*store.Store, string) {
 func TestMigrate_waitsForTheAdvisoryLockAtMostTheMigrationLockTimeout(t *testing.T) {
 	ctx := context.Background()
 	dsn := env.NewDatabase(t)
-	holder, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close(ctx)
+	holder := testenv.MustConn(t, dsn)
 	// The lock golang-migrate takes: keyed by database, schema and bookkeeping table.
 	id, err := database.GenerateAdvisoryLockId(holder.Config().Database, store.Schema, "schema_migrations")
 	if err != nil {

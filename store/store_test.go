@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/store"
 	"github.com/galaxy-platform/rtmanager/test/testenv"
@@ -44,11 +42,7 @@ func TestMigrate_fromEmptyTwiceInParallelAndAgain(t *testing.T) {
 	if err := store.Migrate(ctx, dsn); err != nil {
 		t.Fatalf("Migrate on an up-to-date schema: %v", err)
 	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := testenv.MustConn(t, dsn)
 	for _, table := range []string{"runtime_records", "operation_log", "health_snapshots", "requests", "outbox", "schema_migrations"} {
 		var n int
 		if err := conn.QueryRow(ctx, `SELECT count(*) FROM information_schema.tables WHERE table_schema = 'rtmanager' AND table_name = $1`, table).Scan(&n); err != nil || n != 1 {

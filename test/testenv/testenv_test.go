@@ -39,11 +39,7 @@ func TestEnv_NewDatabase_connectsAsServiceRoleInSchema(t *testing.T) {
 	if !strings.HasPrefix(dsn, "postgres://rtmanagerservice:rtmanagerservice@") || !strings.Contains(dsn, "search_path=rtmanager") {
 		t.Fatalf("unexpected DSN %q", dsn)
 	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
+	conn := testenv.MustConn(t, dsn)
 
 	var user, searchPath string
 	if err := conn.QueryRow(ctx, "SELECT current_user, current_setting('search_path')").Scan(&user, &searchPath); err != nil {
@@ -129,11 +125,7 @@ func TestEnv_StopPostgres_thenStart(t *testing.T) {
 	if err := env.StartPostgres(); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect after restart: %v", err)
-	}
-	conn.Close(ctx)
+	testenv.MustConn(t, dsn) // connects again after the restart
 }
 
 func TestBuildEngineImages_runsReadOnlyAsNonRoot(t *testing.T) {
