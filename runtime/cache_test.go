@@ -58,6 +58,9 @@ func TestCache_Exited(t *testing.T) {
 		{"another container", func(c *Cache) {}, "c0", false},
 		{"invalidated before", func(c *Cache) { c.Invalidate("g1") }, "c1", false},
 		{"unsynced", func(c *Cache) { c.Reset() }, "c1", false},
+		// The die of a container seen OOM-killed is not taken from the event alone: the game
+		// must be inspected to confirm State.OOMKilled.
+		{"after an oom event", func(c *Cache) { c.SawOOM("g1", "c1") }, "c1", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,18 +103,6 @@ func TestCache_Exited(t *testing.T) {
 			t.Fatal("an event after the die left the game known")
 		}
 	})
-}
-
-func TestCache_Exited_afterOOMLeavesItToAnInspection(t *testing.T) {
-	c := NewCache()
-	c.Replace(c.Begin(), []rtm.Container{{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}})
-	c.SawOOM("g1", "c1")
-	if c.Exited("g1", "c1", 137, time.Now()) {
-		t.Fatal("a die after an oom event was taken from the event alone")
-	}
-	if _, _, known, _ := c.Lookup("g1"); known {
-		t.Fatal("the game must be inspected to confirm State.OOMKilled")
-	}
 }
 
 func TestCache_SawOOM_isBounded(t *testing.T) {
