@@ -26,6 +26,9 @@ func allowedImports(pkg string) (allowed []string, free bool) {
 		return nil, true
 	case pkg == module+"/store":
 		return []string{module, module + "/migrations"}, false
+	case pkg == module+"/runtime/kube":
+		// The second runtime records its operations as the first does (runtime.Ops).
+		return []string{module, module + "/runtime"}, false
 	default: // controllers, httpapi, publisher, telemetry, sources, coord, runtime, probe, config, migrations, cmd/rtmctl
 		return []string{module}, false
 	}

@@ -462,7 +462,7 @@ func (d *Docker) EnsureImage(ctx context.Context, ref string) error {
 		d.log.Debug("pulling image", "image_ref", ref)
 		c := d.begin(pctx, "pull", d.opts.PullTimeout, semconv.ContainerImageName(ref))
 		if err := d.pull(c.ctx, ref); err != nil {
-			return nil, c.end(pullError(c, ref, err))
+			return nil, c.end(pullError(c, ref, d.opts.PullTimeout, err))
 		}
 		d.log.Debug("image pulled", "image_ref", ref)
 		return nil, c.end(nil)
@@ -512,14 +512,14 @@ func (d *Docker) pull(ctx context.Context, ref string) error {
 }
 
 // pullError classifies a failed pull.
-func pullError(c *call, ref string, err error) error {
+func pullError(c *call, ref string, timeout time.Duration, err error) error {
 	switch {
 	case c.parent.Err() != nil:
 		return fmt.Errorf("pulling %s: %w", ref, err)
 	case c.timedOut():
 		return &rtm.Error{
 			Code:    rtm.CodeImagePullFailed,
-			Message: fmt.Sprintf("pulling %s: timed out after %s", ref, c.d.opts.PullTimeout),
+			Message: fmt.Sprintf("pulling %s: timed out after %s", ref, timeout),
 			Err:     err,
 		}
 	case kindOf(c.parent, err) == rtm.ErrUnavailable:

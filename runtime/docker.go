@@ -20,11 +20,8 @@ import (
 
 	"github.com/docker/docker/client"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/singleflight"
 
 	rtm "github.com/galaxy-platform/rtmanager"
@@ -68,11 +65,10 @@ type Options struct {
 
 // Docker is the Docker adapter. It is safe for concurrent use.
 type Docker struct {
-	cli     *client.Client
-	opts    Options
-	log     *slog.Logger
-	tracer  trace.Tracer
-	latency metric.Float64Histogram
+	cli  *client.Client
+	opts Options
+	log  *slog.Logger
+	ops  *Ops
 
 	pulls       singleflight.Group // one pull per image reference at a time
 	pullWaiters atomic.Int64       // callers waiting for a pull
@@ -86,30 +82,19 @@ func New(opts Options) (*Docker, error) {
 	opts.CallTimeout = positiveOr(opts.CallTimeout, DefaultCallTimeout)
 	opts.PullTimeout = positiveOr(opts.PullTimeout, DefaultPullTimeout)
 	opts.Logger = cmp.Or(opts.Logger, slog.New(slog.DiscardHandler))
-	if opts.Tracer == nil {
-		opts.Tracer = tracenoop.NewTracerProvider().Tracer("github.com/galaxy-platform/rtmanager/runtime")
-	}
-	if opts.Meter == nil {
-		opts.Meter = metricnoop.NewMeterProvider().Meter("github.com/galaxy-platform/rtmanager/runtime")
-	}
-	latency, err := opts.Meter.Float64Histogram(LatencyMetric,
-		metric.WithUnit("s"),
-		metric.WithDescription("Latency of Docker API calls made by the runtime manager, by operation and outcome."),
-		metric.WithExplicitBucketBoundaries(latencyBuckets...),
-	)
+	ops, err := NewOps("docker", opts.Tracer, opts.Meter)
 	if err != nil {
-		return nil, fmt.Errorf("creating %s histogram: %w", LatencyMetric, err)
+		return nil, err
 	}
 	cli, err := client.NewClientWithOpts(client.WithHost(opts.Host), client.WithAPIVersionNegotiation())
 	if err != nil {
 		return nil, fmt.Errorf("docker client for %s: %w", opts.Host, err)
 	}
 	return &Docker{
-		cli:     cli,
-		opts:    opts,
-		log:     opts.Logger.With("component", "docker"),
-		tracer:  opts.Tracer,
-		latency: latency,
+		cli:  cli,
+		opts: opts,
+		log:  opts.Logger.With("component", "docker"),
+		ops:  ops,
 	}, nil
 }
 
@@ -133,28 +118,24 @@ func (d *Docker) Ping(ctx context.Context) error {
 	return c.end(err)
 }
 
-// call is one instrumented Docker call: its span, its timeout and its start time.
+// call is one instrumented Docker call: its operation (span and latency sample) and its timeout.
 type call struct {
-	d      *Docker
-	op     string
+	*Op
 	parent context.Context // the caller's context, to tell its cancellation from our timeout
 	ctx    context.Context // the span's context under the per-call timeout
 	cancel context.CancelFunc
 	span   trace.Span
-	start  time.Time
 }
 
 // begin starts a call named op: a span docker.<op> carrying attrs, under a timeout derived from
 // ctx. A zero timeout means only ctx bounds the call (a stream).
 func (d *Docker) begin(ctx context.Context, op string, timeout time.Duration, attrs ...attribute.KeyValue) *call {
-	sctx, span := d.tracer.Start(ctx, "docker."+op,
-		trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attrs...))
-	c := &call{d: d, op: op, parent: ctx, span: span, start: time.Now()}
+	o := d.ops.Start(ctx, op, attrs...)
+	c := &call{Op: o, parent: ctx, span: o.Span()}
 	if timeout > 0 {
-		c.ctx, c.cancel = context.WithTimeout(sctx, timeout)
+		c.ctx, c.cancel = context.WithTimeout(o.Context(), timeout)
 	} else {
-		c.ctx, c.cancel = context.WithCancel(sctx)
+		c.ctx, c.cancel = context.WithCancel(o.Context())
 	}
 	return c
 }
@@ -163,23 +144,12 @@ func (d *Docker) begin(ctx context.Context, op string, timeout time.Duration, at
 // err unchanged so that callers can write `return c.end(err)`.
 func (c *call) end(err error) error {
 	c.cancel()
-	c.finish(err)
-	return err
+	return c.Finish(err)
 }
 
 // finish records the call's latency and outcome and ends its span, without cancelling its
 // context (a stream outlives its subscription's span).
-func (c *call) finish(err error) {
-	outcome := "ok"
-	if err != nil {
-		outcome = "error"
-		c.span.RecordError(err)
-		c.span.SetStatus(codes.Error, err.Error())
-	}
-	c.d.latency.Record(context.WithoutCancel(c.parent), time.Since(c.start).Seconds(),
-		metric.WithAttributes(attribute.String("op", c.op), attribute.String("outcome", outcome)))
-	c.span.End()
-}
+func (c *call) finish(err error) { _ = c.Finish(err) }
 
 // positiveOr returns v, or def when v is not positive: an option left unset.
 func positiveOr[T ~int64](v, def T) T {

@@ -36,11 +36,9 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -51,6 +49,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	rtm "github.com/galaxy-platform/rtmanager"
+	"github.com/galaxy-platform/rtmanager/runtime"
 )
 
 // Defaults applied by New to zero Options fields.
@@ -68,12 +67,6 @@ const KeepExited = "rtmanager.galaxy.io/keep-exited"
 // LabelName carries a game's object name (Name) on its Pod: the Service selects on it (a game id
 // may be too long or otherwise unfit for a label value; the object name never is).
 const LabelName = "com.galaxy.name"
-
-// LatencyMetric is the histogram the Docker adapter records its calls in (runtime.LatencyMetric,
-// CONTRACT §7): the Kubernetes adapter records its operations there too (op create, start, stop,
-// remove, logs; outcome ok or error), so that dashboards and the runbook's start-up check read
-// one metric whichever runtime runs the games.
-const LatencyMetric = "rtmanager.docker_op_latency"
 
 // RequestsMetric counts the API requests the adapter makes, by verb (watches included).
 const RequestsMetric = "rtmanager.kube_api_requests"
@@ -127,8 +120,9 @@ type Kube struct {
 	size     resource.Quantity
 
 	requests atomic.Int64 // API requests made, watches included
-	latency  metric.Float64Histogram
-	tracer   trace.Tracer
+	// ops records each operation (create, start, stop, remove) as the Docker adapter records its
+	// calls: a span kube.<op> and a sample of runtime.LatencyMetric.
+	ops *runtime.Ops
 
 	mu      sync.Mutex
 	waiters map[types.UID]chan struct{} // closed on the next change of that Pod
@@ -176,14 +170,8 @@ func New(opts Options) (*Kube, error) {
 	}
 	k := &Kube{opts: opts, log: opts.Logger.With("component", "kubernetes"), size: size,
 		waiters: map[types.UID]chan struct{}{}, ensured: map[string]bool{}}
-	if opts.Tracer == nil {
-		opts.Tracer = tracenoop.NewTracerProvider().Tracer("github.com/galaxy-platform/rtmanager/runtime/kube")
-	}
-	k.tracer = opts.Tracer
-	if k.latency, err = opts.Meter.Float64Histogram(LatencyMetric, metric.WithUnit("s"),
-		metric.WithDescription("Latency of the runtime's container operations, by operation and outcome."),
-		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)); err != nil {
-		return nil, fmt.Errorf("creating %s histogram: %w", LatencyMetric, err)
+	if k.ops, err = runtime.NewOps("kube", opts.Tracer, opts.Meter); err != nil {
+		return nil, err
 	}
 	counter, err := opts.Meter.Int64Counter(RequestsMetric,
 		metric.WithDescription("API requests the runtime manager made to Kubernetes, by verb."))
@@ -331,35 +319,6 @@ func indexGame(obj any) ([]string, error) {
 		}
 	}
 	return nil, nil
-}
-
-// call is one operation of the adapter: its span and its latency sample.
-type call struct {
-	k      *Kube
-	op     string
-	parent context.Context
-	span   trace.Span
-	start  time.Time
-}
-
-// begin starts the span kube.<op>; end records the operation.
-func (k *Kube) begin(ctx context.Context, op string, attrs ...attribute.KeyValue) (context.Context, *call) {
-	sctx, span := k.tracer.Start(ctx, "kube."+op, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
-	return sctx, &call{k: k, op: op, parent: ctx, span: span, start: time.Now()}
-}
-
-// end records the operation's latency and outcome, ends its span and returns err.
-func (c *call) end(err error) error {
-	outcome := "ok"
-	if err != nil {
-		outcome = "error"
-		c.span.RecordError(err)
-		c.span.SetStatus(codes.Error, err.Error())
-	}
-	c.k.latency.Record(context.WithoutCancel(c.parent), time.Since(c.start).Seconds(),
-		metric.WithAttributes(attribute.String("op", c.op), attribute.String("outcome", outcome)))
-	c.span.End()
-	return err
 }
 
 // countingTransport counts the adapter's API requests.

@@ -117,9 +117,10 @@ func (k *Kube) EnsureImage(context.Context, string) error { return nil }
 // rtm.ErrUnavailable; any other refusal (forbidden, invalid, over quota) → *rtm.Error with
 // CodeContainerStartFailed and the server's words.
 func (k *Kube) Create(ctx context.Context, spec rtm.ContainerSpec) (string, error) {
-	ctx, c := k.begin(ctx, "create", attrGameID.String(spec.GameID))
+	op := k.ops.Start(ctx, "create", attrGameID.String(spec.GameID))
+	ctx = op.Context()
 	id, err := k.create(ctx, spec)
-	return id, c.end(err)
+	return id, op.Finish(err)
 }
 
 func (k *Kube) create(ctx context.Context, spec rtm.ContainerSpec) (string, error) {
@@ -206,34 +207,57 @@ func serverMessage(err error) string {
 // its claim is not bound, …) or its container cannot be created → *rtm.Error with
 // CodeContainerStartFailed, saying why.
 func (k *Kube) Start(ctx context.Context, id string) error {
-	ctx, c := k.begin(ctx, "start", attrPodUID.String(id))
-	return c.end(k.start(ctx, id))
+	op := k.ops.Start(ctx, "start", attrPodUID.String(id))
+	ctx = op.Context()
+	return op.Finish(k.start(ctx, id))
 }
 
 func (k *Kube) start(ctx context.Context, id string) error {
-	timeout := time.NewTimer(k.opts.StartTimeout)
-	defer timeout.Stop()
+	var last *corev1.Pod
+	var failed error
+	err := k.await(ctx, types.UID(id), k.opts.StartTimeout, func() bool {
+		last = k.podByUID(id)
+		if last != nil {
+			failed = startFailure(last)
+		}
+		return last == nil || failed != nil || running(last) || terminated(last) != nil
+	})
+	switch {
+	case errors.Is(err, errWaited):
+		k.forgetGame(last)
+		return rtm.Errorf(rtm.CodeContainerStartFailed, "pod %s is not running after %s: %s",
+			last.Name, k.opts.StartTimeout, pendingReason(last))
+	case err != nil:
+		return fmt.Errorf("starting pod %s: %w", id, err)
+	case last == nil:
+		return fmt.Errorf("starting pod %s: %w", id, rtm.ErrNotFound)
+	case failed != nil:
+		k.forgetGame(last)
+		return failed
+	}
+	return nil
+}
+
+// errWaited is await's error when the wait ran out.
+var errWaited = errors.New("timed out")
+
+// await waits, at most timeout, until done, which it calls at once and after each change of
+// the Pod uid the informer sees. It returns errWaited when the time ran out, ctx's error when
+// ctx ended.
+func (k *Kube) await(ctx context.Context, uid types.UID, timeout time.Duration, done func() bool) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
 	for {
-		changed := k.changed(types.UID(id))
-		p := k.podByUID(id)
-		if p == nil {
-			return fmt.Errorf("starting pod %s: %w", id, rtm.ErrNotFound)
-		}
-		if err := startFailure(p); err != nil {
-			k.forgetGame(p)
-			return err
-		}
-		if running(p) || terminated(p) != nil {
+		changed := k.changed(uid) // before the check: no change between the two is missed
+		if done() {
 			return nil
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return fmt.Errorf("starting pod %s: %w", p.Name, ctx.Err())
-		case <-timeout.C:
-			k.forgetGame(p)
-			return rtm.Errorf(rtm.CodeContainerStartFailed, "pod %s is not running after %s: %s",
-				p.Name, k.opts.StartTimeout, pendingReason(p))
+			return ctx.Err()
+		case <-t.C:
+			return errWaited
 		}
 	}
 }
@@ -280,8 +304,9 @@ func pendingReason(p *corev1.Pod) string {
 // reports the engine terminated (its exit code) or the Pod is gone. Stopping a terminated Pod
 // succeeds and changes nothing; a missing one wraps rtm.ErrNotFound.
 func (k *Kube) Stop(ctx context.Context, id string, grace time.Duration) error {
-	ctx, c := k.begin(ctx, "stop", attrPodUID.String(id))
-	return c.end(k.stop(ctx, id, grace))
+	op := k.ops.Start(ctx, "stop", attrPodUID.String(id))
+	ctx = op.Context()
+	return op.Finish(k.stop(ctx, id, grace))
 }
 
 func (k *Kube) stop(ctx context.Context, id string, grace time.Duration) error {
@@ -301,22 +326,17 @@ func (k *Kube) stop(ctx context.Context, id string, grace time.Duration) error {
 			return err
 		}
 	}
-	wait := time.NewTimer(time.Duration(secs)*time.Second + k.opts.CallTimeout)
-	defer wait.Stop()
-	for {
-		changed := k.changed(p.UID)
+	err := k.await(ctx, p.UID, time.Duration(secs)*time.Second+k.opts.CallTimeout, func() bool {
 		cur := k.podByUID(id)
-		if cur == nil || terminated(cur) != nil {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return fmt.Errorf("stopping pod %s: %w", p.Name, ctx.Err())
-		case <-wait.C:
-			return fmt.Errorf("stopping pod %s: its engine is not reported terminated after %ds: %w", p.Name, secs, rtm.ErrUnavailable)
-		}
+		return cur == nil || terminated(cur) != nil
+	})
+	if errors.Is(err, errWaited) {
+		err = fmt.Errorf("its engine is not reported terminated after %ds: %w", secs, rtm.ErrUnavailable)
 	}
+	if err != nil {
+		return fmt.Errorf("stopping pod %s: %w", p.Name, err)
+	}
+	return nil
 }
 
 // keepExited adds the KeepExited finalizer to p.
@@ -337,8 +357,9 @@ func (k *Kube) keepExited(ctx context.Context, p *corev1.Pod) error {
 // runs), then waits, at most CallTimeout, until it is gone, so that the game's next Pod can take
 // its name. The claim and Service stay. A missing Pod wraps rtm.ErrNotFound.
 func (k *Kube) Remove(ctx context.Context, id string) error {
-	ctx, c := k.begin(ctx, "remove", attrPodUID.String(id))
-	return c.end(k.remove(ctx, id))
+	op := k.ops.Start(ctx, "remove", attrPodUID.String(id))
+	ctx = op.Context()
+	return op.Finish(k.remove(ctx, id))
 }
 
 func (k *Kube) remove(ctx context.Context, id string) error {
@@ -358,21 +379,14 @@ func (k *Kube) remove(ctx context.Context, id string) error {
 	if err := k.delete(ctx, p, 0); err != nil && !errors.Is(err, rtm.ErrNotFound) {
 		return err
 	}
-	wait := time.NewTimer(k.opts.CallTimeout)
-	defer wait.Stop()
-	for {
-		changed := k.changed(p.UID)
-		if k.anyPodByUID(id) == nil {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return fmt.Errorf("removing pod %s: %w", p.Name, ctx.Err())
-		case <-wait.C:
-			return fmt.Errorf("removing pod %s: still there after %s: %w", p.Name, k.opts.CallTimeout, rtm.ErrUnavailable)
-		}
+	err := k.await(ctx, p.UID, k.opts.CallTimeout, func() bool { return k.anyPodByUID(id) == nil })
+	if errors.Is(err, errWaited) {
+		err = fmt.Errorf("still there after %s: %w", k.opts.CallTimeout, rtm.ErrUnavailable)
 	}
+	if err != nil {
+		return fmt.Errorf("removing pod %s: %w", p.Name, err)
+	}
+	return nil
 }
 
 type jsonPatch struct {
