@@ -429,6 +429,10 @@ func (k *Kube) delete(ctx context.Context, p *corev1.Pod, secs int64) error {
 	return nil
 }
 
+// Pod returns the Pod Create creates for spec (nothing is sent to the API server): the
+// benchmark's bare-client baseline creates exactly this Pod.
+func (k *Kube) Pod(spec rtm.ContainerSpec) *corev1.Pod { return k.pod(spec) }
+
 // pod is the Pod RTM creates for spec.
 func (k *Kube) pod(spec rtm.ContainerSpec) *corev1.Pod {
 	name := Name(spec.GameID)
