@@ -33,3 +33,21 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
+
+// Every calls tick each interval, the first time one interval after it is called, until ctx ends
+// or tick returns false. It is the loop of the workers that run on a period (the inspector, the
+// prober, a lease's watch and renewal).
+func Every(ctx context.Context, interval time.Duration, tick func() bool) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if !tick() {
+				return
+			}
+		}
+	}
+}

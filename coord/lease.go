@@ -277,7 +277,7 @@ func (c *Coord) acquire(ctx context.Context, gameID string) (context.Context, fu
 // watch ends the lease context as soon as its deadline passes, checking every InstanceTTL/10,
 // so that calls made under contexts derived from it stop too.
 func (l *lease) watch(lctx *leaseContext) {
-	every(lctx.Context, l.c.instanceTTL/beatsPerTTL, func() bool {
+	rtm.Every(lctx.Context, l.c.instanceTTL/beatsPerTTL, func() bool {
 		_ = lctx.Err() // ends the context if the deadline has passed, by either clock
 		return true
 	})
@@ -286,7 +286,7 @@ func (l *lease) watch(lctx *leaseContext) {
 // renew extends the lease key every third of its TTL; a renewal that finds another owner ends
 // the lease context. A renewal call may not outlast the lease's current deadline.
 func (l *lease) renew(lctx *leaseContext, key string) {
-	every(lctx.Context, l.c.ttl/3, func() bool {
+	rtm.Every(lctx.Context, l.c.ttl/3, func() bool {
 		sent := l.c.now()
 		rctx, cancel := context.WithDeadline(lctx.Context, l.deadline())
 		n, err := renewScript.Run(rctx, l.c.rdb, []string{key}, l.c.owner, l.c.ttl.Milliseconds()).Int()
@@ -304,20 +304,4 @@ func (l *lease) renew(lctx *leaseContext, key string) {
 		}
 		return true
 	})
-}
-
-// every calls tick every period until ctx ends or tick returns false.
-func every(ctx context.Context, period time.Duration, tick func() bool) {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if !tick() {
-				return
-			}
-		}
-	}
 }

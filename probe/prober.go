@@ -78,18 +78,13 @@ func (p *Prober) Run(ctx context.Context) error {
 		p.Concurrency = 64
 	}
 	p.state = map[string]*probeState{}
-	t := time.NewTicker(p.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := p.round(ctx); err != nil && ctx.Err() == nil {
-				p.Log.Warn("probe round failed", "worker", "prober", "error", err)
-			}
+	rtm.Every(ctx, p.Interval, func() bool {
+		if err := p.round(ctx); err != nil && ctx.Err() == nil {
+			p.Log.Warn("probe round failed", "worker", "prober", "error", err)
 		}
-	}
+		return true
+	})
+	return nil
 }
 
 func (p *Prober) round(ctx context.Context) error {

@@ -22,22 +22,6 @@ type Inspector interface {
 	Inspect(ctx context.Context, gameID string) (rtm.Container, error)
 }
 
-// every runs fn each interval until ctx ends, logging its failures (unless ctx ended).
-func every(ctx context.Context, interval time.Duration, fn func(context.Context) error, log *slog.Logger, worker, msg string) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := fn(ctx); err != nil && ctx.Err() == nil {
-				log.Warn(msg, "worker", worker, "error", err)
-			}
-		}
-	}
-}
-
 // InspectSweep is the inspector worker: every Interval it looks at each running game's
 // container; Docker health unhealthy or a paused, restarting or dead state yields one
 // inspect_unhealthy per transition, and the game is enqueued; a container that is gone or not the
@@ -65,7 +49,12 @@ func (s *InspectSweep) Run(ctx context.Context) error {
 		s.Concurrency = 8
 	}
 	s.bad = map[string]string{}
-	every(ctx, s.Interval, s.sweep, s.Log, "inspector", "inspect sweep failed")
+	rtm.Every(ctx, s.Interval, func() bool {
+		if err := s.sweep(ctx); err != nil && ctx.Err() == nil {
+			s.Log.Warn("inspect sweep failed", "worker", "inspector", "error", err)
+		}
+		return true
+	})
 	return nil
 }
 
