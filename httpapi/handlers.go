@@ -141,6 +141,19 @@ type ImageBody struct {
 	ImageRef string `json:"image_ref"`
 }
 
+// imageRef reads the ImageBody of start and patch; a body without image_ref is answered with 400.
+func imageRef(w http.ResponseWriter, r *http.Request) (string, bool) {
+	var body ImageBody
+	if !decodeBody(w, r, &body, true) {
+		return "", false
+	}
+	if body.ImageRef == "" {
+		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, "image_ref is required")
+		return "", false
+	}
+	return body.ImageRef, true
+}
+
 // StopBody is the body of stop; an empty body is {}.
 type StopBody struct {
 	// Reason is kept with the request; "unspecified" when absent, as for stop jobs.
@@ -148,16 +161,12 @@ type StopBody struct {
 }
 
 func (a *api) start(w http.ResponseWriter, r *http.Request, c *call) {
-	var body ImageBody
-	if !decodeBody(w, r, &body, true) {
-		return
-	}
-	if body.ImageRef == "" {
-		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, "image_ref is required")
+	ref, ok := imageRef(w, r)
+	if !ok {
 		return
 	}
 	req := a.request(r, c, rtm.OpStart)
-	req.ImageRef = body.ImageRef // validated by the intake
+	req.ImageRef = ref // validated by the intake
 	a.submit(w, r, c, req, nil)
 }
 
@@ -197,12 +206,8 @@ func (a *api) restart(w http.ResponseWriter, r *http.Request, c *call) {
 // and a game whose image changed in between is refused with conflict rather than patched from an
 // image that was not checked.
 func (a *api) patch(w http.ResponseWriter, r *http.Request, c *call) {
-	var body ImageBody
-	if !decodeBody(w, r, &body, true) {
-		return
-	}
-	if body.ImageRef == "" {
-		WriteError(w, http.StatusBadRequest, rtm.CodeInvalidRequest, "image_ref is required")
+	ref, ok := imageRef(w, r)
+	if !ok {
 		return
 	}
 	rec, ok := a.current(w, r, c)
@@ -214,7 +219,7 @@ func (a *api) patch(w http.ResponseWriter, r *http.Request, c *call) {
 		return
 	}
 	current := imageOf(rec)
-	next, err := rtm.CheckPatch(current, body.ImageRef, a.allowed)
+	next, err := rtm.CheckPatch(current, ref, a.allowed)
 	if err != nil {
 		writeCoded(w, rtm.CodeOf(err, rtm.CodeImageRefNotSemver), rtm.MessageOf(err))
 		return
