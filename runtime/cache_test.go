@@ -8,15 +8,29 @@ import (
 	rtm "github.com/galaxy-platform/rtmanager"
 )
 
+// ours is the container the cache tests list: game g1's c1, owned and running.
+func ours() rtm.Container {
+	return rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
+}
+
+// relist replaces c's contents with a list, begun now, that shows ours.
+func relist(c *Cache) { c.Replace(c.Begin(), []rtm.Container{ours()}) }
+
+// synced returns a cache synced by a list that shows ours.
+func synced() *Cache {
+	c := NewCache()
+	relist(c)
+	return c
+}
+
 func TestCache_Lookup(t *testing.T) {
-	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
 	c := NewCache()
 	if _, _, known, _ := c.Lookup("g1"); known {
 		t.Fatal("an unsynced cache claims to know")
 	}
 	mark := c.Begin()
 	c.Invalidate("g2") // an event after the list began
-	c.Replace(mark, []rtm.Container{ours, {ID: "x", GameID: "g3"}})
+	c.Replace(mark, []rtm.Container{ours(), {ID: "x", GameID: "g3"}})
 	if ct, found, known, _ := c.Lookup("g1"); !known || !found || ct.ID != "c1" {
 		t.Fatalf("listed game: %v %v %+v", found, known, ct)
 	}
@@ -31,7 +45,7 @@ func TestCache_Lookup(t *testing.T) {
 	}
 	m2 := c.Begin()
 	c.Invalidate("g1") // the container died while we inspected
-	c.Put(m2, "g1", ours, true)
+	c.Put(m2, "g1", ours(), true)
 	if _, _, known, _ := c.Lookup("g1"); known {
 		t.Fatal("a stale inspection overwrote a later invalidation")
 	}
@@ -46,7 +60,6 @@ func TestCache_Lookup(t *testing.T) {
 }
 
 func TestCache_Exited(t *testing.T) {
-	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
 	at := time.Now()
 	tests := []struct {
 		name      string
@@ -64,8 +77,7 @@ func TestCache_Exited(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := NewCache()
-			c.Replace(c.Begin(), []rtm.Container{ours})
+			c := synced()
 			tt.given(c)
 			if got := c.Exited("g1", tt.id, 137, at); got != tt.wantApply {
 				t.Fatalf("Exited = %v, want %v", got, tt.wantApply)
@@ -84,16 +96,15 @@ func TestCache_Exited(t *testing.T) {
 	}
 
 	t.Run("stale inspection and list do not undo it", func(t *testing.T) {
-		c := NewCache()
-		c.Replace(c.Begin(), []rtm.Container{ours})
+		c := synced()
 		inspect, list := c.Begin(), c.Begin()
 		c.Exited("g1", "c1", 0, at)
-		c.Put(inspect, "g1", ours, true)
-		c.Replace(list, []rtm.Container{ours})
+		c.Put(inspect, "g1", ours(), true)
+		c.Replace(list, []rtm.Container{ours()})
 		if ct, _, _, exitedAt := c.Lookup("g1"); ct.State != rtm.StateExited || exitedAt.IsZero() {
 			t.Fatalf("an inspection or list begun before the die overwrote it: %+v", ct)
 		}
-		c.Put(c.Begin(), "g1", ours, true)
+		c.Put(c.Begin(), "g1", ours(), true)
 		if ct, _, _, exitedAt := c.Lookup("g1"); ct.State != rtm.StateRunning || !exitedAt.IsZero() {
 			t.Fatalf("a later inspection did not replace the exit: %+v %v", ct, exitedAt)
 		}
@@ -106,7 +117,6 @@ func TestCache_Exited(t *testing.T) {
 }
 
 func TestCache_SawOOM_isBounded(t *testing.T) {
-	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
 	now := time.Now()
 	tests := []struct {
 		name    string
@@ -119,14 +129,14 @@ func TestCache_SawOOM_isBounded(t *testing.T) {
 		{"forgotten once its destroy is handled", func(c *Cache) { c.Destroyed("g1", "c1") }, false},
 		{"forgotten after oomTTL", func(c *Cache) {
 			c.now = func() time.Time { return now.Add(oomTTL + time.Second) }
-			c.Replace(c.Begin(), []rtm.Container{ours})
+			relist(c)
 		}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := NewCache()
 			c.now = func() time.Time { return now }
-			c.Replace(c.Begin(), []rtm.Container{ours})
+			relist(c)
 			c.SawOOM("g1", "c1")
 			tt.given(c)
 			if _, got := c.ooms["g1"]; got != tt.wantOOM {
@@ -156,39 +166,36 @@ func TestCache_SawOOM_isBounded(t *testing.T) {
 }
 
 func TestCache_Reset_noListSyncsUntilResubscribed(t *testing.T) {
-	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
-	c := NewCache()
-	c.Replace(c.Begin(), []rtm.Container{ours})
+	c := synced()
 	early := c.Begin() // a periodic list begun before the stream ended
 	c.Reset()
-	c.Replace(c.Begin(), []rtm.Container{ours})
+	relist(c)
 	if _, _, known, _ := c.Lookup("g1"); known {
 		t.Fatal("a list while the events stream is down synced the cache")
 	}
 	c.Resubscribed()
-	c.Replace(early, []rtm.Container{ours})
+	c.Replace(early, []rtm.Container{ours()})
 	if _, _, known, _ := c.Lookup("g1"); known {
 		t.Fatal("a list begun before the resubscription synced the cache")
 	}
-	c.Replace(c.Begin(), []rtm.Container{ours})
+	relist(c)
 	if _, _, known, _ := c.Lookup("g1"); !known {
 		t.Fatal("a list after the resubscription did not sync the cache")
 	}
 }
 
 func TestCache_LifeMark(t *testing.T) {
-	ours := rtm.Container{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}
 	c := NewCache()
 	if _, ok := c.LifeMark("g1"); ok {
 		t.Fatal("an unsynced cache gave a mark")
 	}
-	c.Replace(c.Begin(), []rtm.Container{ours})
+	relist(c)
 	m0, ok := c.LifeMark("g1")
 	if !ok {
 		t.Fatal("a synced cache gave no mark")
 	}
-	c.Put(c.Begin(), "g1", ours, true)
-	c.Replace(c.Begin(), []rtm.Container{ours})
+	c.Put(c.Begin(), "g1", ours(), true)
+	relist(c)
 	c.Invalidate("g2")
 	if m, _ := c.LifeMark("g1"); m != m0 {
 		t.Fatal("the mark moved without an event for the game")
@@ -208,7 +215,7 @@ func TestCache_LifeMark(t *testing.T) {
 		t.Fatal("a mark while the events stream is down")
 	}
 	c.Resubscribed()
-	c.Replace(c.Begin(), []rtm.Container{ours})
+	relist(c)
 	if m, ok := c.LifeMark("g1"); !ok || m == m2 {
 		t.Fatalf("after events were missed the mark is %d %v, was %d", m, ok, m2)
 	}
