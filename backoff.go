@@ -2,6 +2,7 @@ package rtmanager
 
 import (
 	"context"
+	"log/slog"
 	"time"
 )
 
@@ -35,8 +36,7 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // Every calls tick each interval, the first time one interval after it is called, until ctx ends
-// or tick returns false. It is the loop of the workers that run on a period (the inspector, the
-// prober, a lease's watch and renewal).
+// or tick returns false: the loop of a lease's watch and renewal, and of EveryRound.
 func Every(ctx context.Context, interval time.Duration, tick func() bool) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -50,4 +50,16 @@ func Every(ctx context.Context, interval time.Duration, tick func() bool) {
 			}
 		}
 	}
+}
+
+// EveryRound runs round each interval as Every does, until ctx ends: the loop of the workers that
+// work in rounds (the inspector, the prober). A failed round is logged as a warning msg with the
+// worker's name, unless ctx has ended; the next round comes on time all the same.
+func EveryRound(ctx context.Context, interval time.Duration, round func(context.Context) error, log *slog.Logger, worker, msg string) {
+	Every(ctx, interval, func() bool {
+		if err := round(ctx); err != nil && ctx.Err() == nil {
+			log.Warn(msg, "worker", worker, "error", err)
+		}
+		return true
+	})
 }

@@ -1,7 +1,11 @@
 package rtmanager_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,4 +43,30 @@ func TestEvery(t *testing.T) {
 			return false
 		})
 	})
+}
+
+func TestEveryRound(t *testing.T) {
+	var logged bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	rounds := 0
+	rtm.EveryRound(ctx, time.Millisecond, func(context.Context) error {
+		rounds++
+		switch rounds {
+		case 1:
+			return errors.New("store down")
+		case 2:
+			return nil
+		}
+		cancel()
+		return errors.New("interrupted") // ctx has ended: not logged
+	}, log, "prober", "probe round failed")
+	// Every returned: an ended context ends the rounds (one more may have been due already).
+	if rounds < 3 {
+		t.Fatalf("%d rounds, want 3: a failed round does not end them", rounds)
+	}
+	out := logged.String()
+	if strings.Count(out, "level=WARN") != 1 || !strings.Contains(out, `msg="probe round failed" worker=prober error="store down"`) {
+		t.Fatalf("log = %q, want one warning of the first round's failure", out)
+	}
 }

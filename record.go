@@ -1,6 +1,9 @@
 package rtmanager
 
-import "time"
+import (
+	"maps"
+	"time"
+)
 
 // Record is a game's runtime record: what it should be (desired_*) and what RTM last saw it be.
 // Its JSON is the REST representation and mirrors the runtime_records columns.
@@ -192,6 +195,16 @@ type RunningGame struct {
 	ContainerID string
 	Endpoint    string
 	UpdatedAt   time.Time
+}
+
+// ForgetStopped deletes from state, what the prober or the inspector keeps by game id between
+// rounds, the games that are not among running.
+func ForgetStopped[V any](state map[string]V, running []RunningGame) {
+	live := make(map[string]bool, len(running))
+	for _, g := range running {
+		live[g.GameID] = true
+	}
+	maps.DeleteFunc(state, func(gameID string, _ V) bool { return !live[gameID] })
 }
 
 // ProbeOutcome is one probe of a running engine, as a prober saw it.

@@ -78,12 +78,7 @@ func (p *Prober) Run(ctx context.Context) error {
 		p.Concurrency = 64
 	}
 	p.state = map[string]*probeState{}
-	rtm.Every(ctx, p.Interval, func() bool {
-		if err := p.round(ctx); err != nil && ctx.Err() == nil {
-			p.Log.Warn("probe round failed", "worker", "prober", "error", err)
-		}
-		return true
-	})
+	rtm.EveryRound(ctx, p.Interval, p.round, p.Log, "prober", "probe round failed")
 	return nil
 }
 
@@ -92,19 +87,11 @@ func (p *Prober) round(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	live := make(map[string]bool, len(games))
-	for _, g := range games {
-		live[g.GameID] = true
-	}
 	p.mu.Lock()
 	if p.state == nil {
 		p.state = map[string]*probeState{}
 	}
-	for id := range p.state {
-		if !live[id] {
-			delete(p.state, id)
-		}
-	}
+	rtm.ForgetStopped(p.state, games)
 	p.mu.Unlock()
 
 	var (

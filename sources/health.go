@@ -49,12 +49,7 @@ func (s *InspectSweep) Run(ctx context.Context) error {
 		s.Concurrency = 8
 	}
 	s.bad = map[string]string{}
-	rtm.Every(ctx, s.Interval, func() bool {
-		if err := s.sweep(ctx); err != nil && ctx.Err() == nil {
-			s.Log.Warn("inspect sweep failed", "worker", "inspector", "error", err)
-		}
-		return true
-	})
+	rtm.EveryRound(ctx, s.Interval, s.sweep, s.Log, "inspector", "inspect sweep failed")
 	return nil
 }
 
@@ -63,10 +58,7 @@ func (s *InspectSweep) sweep(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	live := make(map[string]bool, len(games))
-	for _, g := range games {
-		live[g.GameID] = true
-	}
+	rtm.ForgetStopped(s.bad, games)
 	suspects, err := s.suspects(ctx, games)
 	if err != nil {
 		return err
@@ -110,11 +102,6 @@ func (s *InspectSweep) sweep(ctx context.Context) error {
 		events = append(events, rtm.HealthEvent{GameID: o.g.GameID, Type: rtm.EventInspectUnhealthy, ContainerID: o.c.ID,
 			DockerState: string(o.c.State), Message: why, ObservedAt: time.Now().UTC()})
 		s.Enqueue(o.g.GameID)
-	}
-	for id := range s.bad {
-		if !live[id] {
-			delete(s.bad, id)
-		}
 	}
 	if err := s.Store.CommitHealth(ctx, events); err != nil {
 		for _, ev := range events {
