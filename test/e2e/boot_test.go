@@ -14,14 +14,21 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/network"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
-// bootSequence is CONTRACT §2's start-up order, as log messages.
-var bootSequence = []string{
-	"migrations applied", "postgres ping ok", "redis ping ok", "docker ping ok", "docker network found",
-	"telemetry exporter started", "internal http listening", "reconciler initial pass completed",
+// bootSequence is CONTRACT §2's start-up order, as log messages; step 3 is the runtime's
+// (docs/kubernetes.md: Start-up and readiness).
+func bootSequence() []string {
+	runtime := []string{"docker ping ok", "docker network found"}
+	if onKube() {
+		runtime = []string{"kubernetes ping ok", "kubernetes access ok", "kubernetes pods listed"}
+	}
+	seq := []string{"migrations applied", "postgres ping ok", "redis ping ok"}
+	seq = append(seq, runtime...)
+	return append(seq, "telemetry exporter started", "internal http listening", "reconciler initial pass completed")
 }
 
 // backgroundWorkers are the seven workers whose `worker started` lines close a healthy boot.
@@ -45,19 +52,20 @@ func TestBoot_HealthyStartupLogsRunbookOrderAndSevenWorkers(t *testing.T) {
 
 	var msgs []string
 	var workers []string
+	seq := bootSequence()
 	for _, l := range r.LogLines() {
 		msg := l.str("msg")
-		if slices.Contains(bootSequence, msg) {
+		if slices.Contains(seq, msg) {
 			msgs = append(msgs, msg)
 		}
 		if msg == "worker started" {
-			if len(msgs) != len(bootSequence) {
+			if len(msgs) != len(seq) {
 				t.Fatalf("worker %q started before the boot sequence completed (seen so far: %q)", l.str("worker"), msgs)
 			}
 			workers = append(workers, l.str("worker"))
 		}
 	}
-	expect(t, slices.Equal(msgs, bootSequence), "boot log lines %q, want %q in that order, once each", msgs, bootSequence)
+	expect(t, slices.Equal(msgs, seq), "boot log lines %q, want %q in that order, once each", msgs, seq)
 	slices.Sort(workers)
 	want := slices.Clone(backgroundWorkers)
 	slices.Sort(want)
@@ -72,7 +80,8 @@ func TestBoot_HealthyStartupLogsRunbookOrderAndSevenWorkers(t *testing.T) {
 }
 
 // A bad setting stops RTM with exit code 2 and one line naming the variable; a missing network
-// is fatal (exit 1) before any listener opens.
+// is fatal (exit 1) before any listener opens. (Kubernetes: the Docker setting is refused as a
+// setting of the other runtime, and an API server that does not answer is the fatal step.)
 func TestBoot_RefusesBadConfigAndMissingNetwork(t *testing.T) {
 	r := newRig(t, "badboot")
 
@@ -82,11 +91,19 @@ func TestBoot_RefusesBadConfigAndMissingNetwork(t *testing.T) {
 	expect(t, strings.Contains(out, "RTMANAGER_GAME_STATE_DIR_MODE"), "the error does not name the variable:\n%s", out)
 	delete(r.Env, "RTMANAGER_GAME_STATE_DIR_MODE")
 
-	r.Env["RTMANAGER_DOCKER_NETWORK"] = r.Net + "-missing"
+	step := "docker network"
+	if onKube() {
+		step = "kubernetes ping"
+		dead := startProxy(t, "127.0.0.1", "tcp", "127.0.0.1:1")
+		dead.Cut() // nothing listens there now
+		r.Env["KUBECONFIG"] = kubeconfigVia(t, suite.k8s.Kubeconfig(), "https://"+dead.listen)
+	} else {
+		r.Env["RTMANAGER_DOCKER_NETWORK"] = r.Net + "-missing"
+	}
 	out, code = runOnce(t, r.Env)
-	expect(t, code == 1, "missing network: exit %d, want 1:\n%s", code, out)
-	expect(t, !strings.Contains(out, "internal http listening"), "a listener opened despite the missing network:\n%s", out)
-	expect(t, strings.Contains(out, "docker network"), "the error does not name the step:\n%s", out)
+	expect(t, code == 1, "%s fails: exit %d, want 1:\n%s", step, code, out)
+	expect(t, !strings.Contains(out, "internal http listening"), "a listener opened despite the failed %s:\n%s", step, out)
+	expect(t, strings.Contains(out, `"step":"`+step+`"`), "the error does not name the step %s:\n%s", step, out)
 }
 
 // runOnce runs rtmanager to completion (it must exit by itself) and returns its output and code.
@@ -105,57 +122,87 @@ func runOnce(t *testing.T, env map[string]string) (string, int) {
 
 // /readyz pings every dependency fresh on each request: cutting PostgreSQL, Redis, the Docker
 // daemon or removing the network turns it 503 with the canonical envelope naming that
-// dependency first, and it is ready again once the dependency is back.
+// dependency first, and it is ready again once the dependency is back. (Kubernetes: the API
+// server behind a forwarder, and RTM's permissions, a RoleBinding of docs/kubernetes/rbac.yaml's
+// Role, withdrawn and given back: their verdict is kept 30 s.)
 func TestReadyz_Turns503PerDependency(t *testing.T) {
 	r := newRig(t, "ready")
 	pg := startProxy(t, "127.0.0.1", "tcp", pgAddr())
-	dockerSock := strings.TrimPrefix(dockerHost(), "unix://")
-	dk := startProxy(t, "127.0.0.1", "unix", dockerSock)
 	r.Env["RTMANAGER_POSTGRES_PRIMARY_DSN"] = strings.Replace(r.DSN, pgAddr(), pg.listen, 1)
-	r.Env["RTMANAGER_DOCKER_HOST"] = "tcp://" + dk.listen
+	var rt *proxy
+	var user string
+	if onKube() {
+		user = "rtm-" + r.prefix
+		kubeconfig, _, err := suite.k8s.AddUser(user, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		applyRBAC(t, r.NS, user)
+		rt = startProxy(t, "127.0.0.1", "tcp", apiServerAddr(t))
+		r.Env["KUBECONFIG"] = kubeconfigVia(t, kubeconfig, "https://"+rt.listen)
+	} else {
+		dockerSock := strings.TrimPrefix(dockerHost(), "unix://")
+		rt = startProxy(t, "127.0.0.1", "unix", dockerSock)
+		r.Env["RTMANAGER_DOCKER_HOST"] = "tcp://" + rt.listen
+	}
 	r.Start()
 
-	notReady := func(prefix string) {
+	notReady := func(prefix string, within time.Duration) {
 		t.Helper()
-		testenv.Eventually(t, 15*time.Second, "/readyz 503 naming "+prefix, func() (bool, string) {
+		testenv.Eventually(t, within, "/readyz 503 naming "+prefix, func() (bool, string) {
 			code, body := httpGet(r.API + "/readyz")
 			msg := errorOf(body).Message
 			return code == http.StatusServiceUnavailable && errorCode(body) == "service_unavailable" &&
 				strings.HasPrefix(msg, prefix), string(body)
 		})
 	}
-	ready := func() {
+	ready := func(within time.Duration) {
 		t.Helper()
-		testenv.Eventually(t, 30*time.Second, "/readyz ready again", func() (bool, string) {
+		testenv.Eventually(t, within, "/readyz ready again", func() (bool, string) {
 			code, body := httpGet(r.API + "/readyz")
 			return code == http.StatusOK && strings.Contains(string(body), `"status":"ready"`), string(body)
 		})
 	}
 
 	pg.Cut()
-	notReady("postgres: ")
+	notReady("postgres: ", 15*time.Second)
 	pg.Restore()
-	ready()
+	ready(30 * time.Second)
 
 	r.Redis.Stop()
-	notReady("redis: ")
+	notReady("redis: ", 15*time.Second)
 	r.Redis.Restart()
-	ready()
+	ready(30 * time.Second)
 
-	dk.Cut()
-	notReady("docker: ")
-	dk.Restore()
-	ready()
+	rt.Cut()
+	if onKube() {
+		notReady("kubernetes: ", 15*time.Second)
+	} else {
+		notReady("docker: ", 15*time.Second)
+	}
+	rt.Restore()
+	ready(30 * time.Second)
 
-	ctx := context.Background()
-	if err := suite.docker.NetworkRemove(ctx, r.Net); err != nil {
-		t.Fatalf("removing the network: %v", err)
+	if onKube() {
+		ctx := context.Background()
+		bindings := suite.k8s.Client().RbacV1().RoleBindings(r.NS)
+		if err := bindings.Delete(ctx, "rtmanager", metav1.DeleteOptions{}); err != nil {
+			t.Fatalf("deleting RTM's RoleBinding: %v", err)
+		}
+		notReady("kubernetes access: ", 45*time.Second)
+		applyRBAC(t, r.NS, user)
+		ready(45 * time.Second)
+	} else {
+		ctx := context.Background()
+		if err := suite.docker.NetworkRemove(ctx, r.Net); err != nil {
+			t.Fatalf("removing the network: %v", err)
+		}
+		notReady("docker network: ", 15*time.Second)
+		if _, err := suite.docker.NetworkCreate(ctx, r.Net, network.CreateOptions{Driver: "bridge"}); err != nil {
+			t.Fatalf("creating the network again: %v", err)
+		}
+		ready(30 * time.Second)
 	}
-	notReady("docker network: ")
-	if _, err := suite.docker.NetworkCreate(ctx, r.Net, network.CreateOptions{Driver: "bridge"}); err != nil {
-		t.Fatalf("creating the network again: %v", err)
-	}
-	ready()
 
 	code, _ := httpGet(r.API + "/healthz")
 	expect(t, code == http.StatusOK, "/healthz is not a dependency check, yet answered %d", code)

@@ -35,11 +35,12 @@ func TestHealth_EngineExitReportsContainerExited(t *testing.T) {
 	expect(t, len(r.Intents("")) == 0, "an exit produced notification intents: %v", r.Intents(""))
 }
 
-// docker kill behind RTM's back is an exit too (137), not an OOM.
+// docker kill behind RTM's back is an exit too (137), not an OOM. (Kubernetes: the kubelet
+// reports a container killed that way as exit code 137, reason Error.)
 func TestHealth_DockerKillReportsContainerExited(t *testing.T) {
 	r, g := runningGame(t, "kill", img(v141))
 
-	r.DockerKill(g)
+	r.W.kill(g)
 	ev := r.WaitHealth(g, "container_exited", 5*time.Second)
 	expect(t, ev.F["exit_code"] == "137", "event %v, want exit_code 137", ev)
 	testenv.Eventually(t, 5*time.Second, "snapshot after the kill", func() (bool, string) {

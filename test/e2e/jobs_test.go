@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/galaxy-platform/rtmanager/config"
 	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
@@ -33,26 +34,14 @@ func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
 	}
 
 	c := r.Inspect(g)
-	expect(t, c != nil && c.State.Running, "galaxy-game-%s is not running", g)
-	expect(t, c.ID == res.F["container_id"], "result container_id %s, container %s", res.F["container_id"], c.ID)
-	labels := c.Config.Labels
-	expect(t, labels["com.galaxy.owner"] == "rtmanager" && labels["com.galaxy.game_id"] == g &&
-		labels["com.galaxy.image_ref"] == img(v141), "labels %v", labels)
-	nw := c.NetworkSettings.Networks[r.Net]
-	expect(t, nw != nil && slices.Contains(nw.Aliases, "galaxy-game-"+g), "not on %s with alias galaxy-game-%s: %+v", r.Net, g, nw)
-	expect(t, c.HostConfig.RestartPolicy.Name == "no" || c.HostConfig.RestartPolicy.Name == "", "restart policy %q", c.HostConfig.RestartPolicy.Name)
-	expect(t, slices.Contains(c.HostConfig.CapDrop, "ALL"), "capabilities not dropped: %v", c.HostConfig.CapDrop)
-	expect(t, slices.ContainsFunc(c.HostConfig.SecurityOpt, func(s string) bool { return strings.HasPrefix(s, "no-new-privileges") }),
-		"no no-new-privileges: %v", c.HostConfig.SecurityOpt)
-	expect(t, c.HostConfig.Memory == cfg.EngineMemoryBytes && c.HostConfig.NanoCPUs == cfg.EngineNanoCPUs &&
-		c.HostConfig.PidsLimit != nil && *c.HostConfig.PidsLimit == cfg.EnginePidsLimit,
-		"limits memory %d cpus %d pids %v", c.HostConfig.Memory, c.HostConfig.NanoCPUs, c.HostConfig.PidsLimit)
-	expect(t, slices.Contains(c.Config.Env, "GALAXY_GAME_ID="+g) && slices.Contains(c.Config.Env, "GALAXY_STATE_DIR="+cfg.EngineStateMount),
-		"engine environment %v", c.Config.Env)
-
-	dir := filepath.Join(r.StateRoot, g)
-	st, err := os.Stat(dir)
-	expect(t, err == nil && st.Mode().Perm() == 0o750, "state dir %s: %v mode %v, want 0750", dir, err, st)
+	expect(t, c.running(), "galaxy-game-%s is not running: %+v", g, c)
+	expect(t, c.ID == res.F["container_id"], "result container_id %s, engine %s", res.F["container_id"], c.ID)
+	if onKube() {
+		r.kube.checkPod(t, g, cfg)
+	} else {
+		checkContainer(t, r, g, cfg)
+	}
+	dir := r.W.stateDir(g)
 	testenv.Eventually(t, 5*time.Second, "the engine's boot counter in its state dir", func() (bool, string) {
 		return r.Boots(g) == "1", "boots " + r.Boots(g)
 	})
@@ -86,8 +75,10 @@ func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
 		expect(t, e.F["outcome"] == "failed" && e.F["error_code"] == "invalid_job" && e.F["game_id"] == gid,
 			"malformed job %s: %v", req, e)
 	}
-	_, err = os.Stat(filepath.Join(filepath.Dir(r.StateRoot), "etc"))
-	expect(t, os.IsNotExist(err), "a path-traversing game id created a directory")
+	if !onKube() { // on a cluster a game's state is a claim, never a path
+		_, err := os.Stat(filepath.Join(filepath.Dir(r.StateRoot), "etc"))
+		expect(t, os.IsNotExist(err), "a path-traversing game id created a directory")
+	}
 	expect(t, len(r.Intents("")) == 0, "malformed jobs produced notification intents: %v", r.Intents(""))
 
 	// A stop job for an unknown game still gets its one result.
@@ -109,8 +100,16 @@ func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
 
 	// A stopped game starts again from its existing state.
 	r.StartJob(g, img(v141), "req-"+g+"-restart")
-	r.WaitSucceeded("req-" + g + "-restart")
+	again := r.WaitSucceeded("req-" + g + "-restart")
 	expect(t, r.State(g) == "running", "container after a second start: %q", r.State(g))
+	if onKube() {
+		// Kubernetes: a terminated Pod cannot run again; a start after a stop makes a new Pod.
+		expect(t, again.F["container_id"] == r.ContainerID(g) && again.F["container_id"] != c.ID,
+			"start after a stop: result %v, Pod %s, want a new Pod (was %s)", again, r.ContainerID(g), c.ID)
+	} else {
+		expect(t, again.F["container_id"] == c.ID && r.ContainerID(g) == c.ID,
+			"start after a stop: result %v, container %s, want the same container %s", again, r.ContainerID(g), c.ID)
+	}
 	testenv.Eventually(t, 5*time.Second, "second boot from the same state dir", func() (bool, string) {
 		return r.Boots(g) == "2", "boots " + r.Boots(g)
 	})
@@ -120,27 +119,49 @@ func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
 // notification intent named after it; a failed start leaves no container behind.
 func TestStartFailure_EachPublishesItsIntent(t *testing.T) {
 	r := newRig(t, "fail")
-	// A state dir path that is a file: the game's start config cannot be used.
-	fileGame := r.game("file")
-	if err := os.WriteFile(filepath.Join(r.StateRoot, fileGame), []byte("not a dir"), 0o644); err != nil {
-		t.Fatal(err)
+	type failure struct {
+		name, game, image, code string
+		skip                    string // why the case cannot exist on this runtime
+		foreign                 string // the id of the engine of another owner holding the game's name
+	}
+	cases := []failure{
+		{name: "ImagePullFailed", game: r.game("pull"), image: unreachableRepo + ":9.9.9", code: "image_pull_failed"},
+		{name: "StartConfigInvalid/OutsideAllowList", game: r.game("evil"), image: "busybox:1.36.0", code: "start_config_invalid"},
+		{name: "StartConfigInvalid/TagNotSemver", game: r.game("latest"), image: engineRepo + ":latest", code: "start_config_invalid"},
+	}
+	if onKube() {
+		if !suite.k8sPullFails {
+			cases[0].skip = "kwok pulls no image: every Pod of any image runs (issue 17: k8senv has no failing pull)"
+		}
+		// Kubernetes: kwok starts any container, so the Pod that cannot start is one whose name is
+		// taken by a Pod RTM does not own; a game's state is a claim, never a path that can be a file.
+		taken := r.game("taken")
+		cases = append(cases, failure{name: "ContainerStartFailed/NameTaken", game: taken, image: img(v141), code: "container_start_failed",
+			foreign: r.W.foreign(engineName(taken), map[string]string{"app": "someone-else"})})
+	} else {
+		// A state dir path that is a file: the game's start config cannot be used.
+		fileGame := r.game("file")
+		if err := os.WriteFile(filepath.Join(r.StateRoot, fileGame), []byte("not a dir"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cases = append(cases,
+			failure{name: "ContainerStartFailed", game: r.game("broken"), image: img(vBroken), code: "container_start_failed"},
+			failure{name: "StartConfigInvalid/StateDirIsAFile", game: fileGame, image: img(v141), code: "start_config_invalid"})
 	}
 	r.Start()
 
-	cases := []struct {
-		name, game, image, code string
-	}{
-		{"ImagePullFailed", r.game("pull"), unreachableRepo + ":9.9.9", "image_pull_failed"},
-		{"ContainerStartFailed", r.game("broken"), img(vBroken), "container_start_failed"},
-		{"StartConfigInvalid/OutsideAllowList", r.game("evil"), "busybox:1.36.0", "start_config_invalid"},
-		{"StartConfigInvalid/TagNotSemver", r.game("latest"), engineRepo + ":latest", "start_config_invalid"},
-		{"StartConfigInvalid/StateDirIsAFile", fileGame, img(v141), "start_config_invalid"},
-	}
+	sent := 0
 	for _, tc := range cases {
-		r.StartJob(tc.game, tc.image, "req-"+tc.game)
+		if tc.skip == "" {
+			r.StartJob(tc.game, tc.image, "req-"+tc.game)
+			sent++
+		}
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.skip != "" {
+				t.Skip(tc.skip)
+			}
 			res := r.WaitResult("req-"+tc.game, 60*time.Second)
 			if res.F["outcome"] != "failed" || res.F["error_code"] != tc.code || res.F["error_message"] == "" {
 				t.Fatalf("result %v, want failed with %s and a message", res, tc.code)
@@ -158,8 +179,8 @@ func TestStartFailure_EachPublishesItsIntent(t *testing.T) {
 			if _, err := time.Parse(time.RFC3339, in.F["created_at"]); err != nil {
 				t.Fatalf("created_at %q: %v", in.F["created_at"], err)
 			}
-			if c := r.Inspect(tc.game); c != nil && c.State.Running {
-				t.Fatalf("a failed start left a running container")
+			if c := r.Inspect(tc.game); c.running() && c.ID != tc.foreign {
+				t.Fatalf("a failed start left a running container: %+v", c)
 			}
 			if rec := r.Record(tc.game); rec.Exists && rec.Status == "running" {
 				t.Fatalf("record %+v after a failed start", rec)
@@ -169,5 +190,30 @@ func TestStartFailure_EachPublishesItsIntent(t *testing.T) {
 	// "Published once per failing start request": a second look finds no more.
 	time.Sleep(time.Second)
 	n := len(r.Intents(""))
-	expect(t, n == len(cases), "%d intents in all, want %d", n, len(cases))
+	expect(t, n == sent, "%d intents in all, want %d", n, sent)
+}
+
+// checkContainer checks the game's container as CONTRACT §3 describes it: labels, network alias,
+// restart policy, dropped capabilities, no-new-privileges, limits, environment, and its state
+// dir's mode.
+func checkContainer(t *testing.T, r *rig, g string, cfg config.Config) {
+	t.Helper()
+	c := dockerWorld{r}.inspect(engineName(g))
+	labels := c.Config.Labels
+	expect(t, labels["com.galaxy.owner"] == "rtmanager" && labels["com.galaxy.game_id"] == g &&
+		labels["com.galaxy.image_ref"] == img(v141), "labels %v", labels)
+	nw := c.NetworkSettings.Networks[r.Net]
+	expect(t, nw != nil && slices.Contains(nw.Aliases, "galaxy-game-"+g), "not on %s with alias galaxy-game-%s: %+v", r.Net, g, nw)
+	expect(t, c.HostConfig.RestartPolicy.Name == "no" || c.HostConfig.RestartPolicy.Name == "", "restart policy %q", c.HostConfig.RestartPolicy.Name)
+	expect(t, slices.Contains(c.HostConfig.CapDrop, "ALL"), "capabilities not dropped: %v", c.HostConfig.CapDrop)
+	expect(t, slices.ContainsFunc(c.HostConfig.SecurityOpt, func(s string) bool { return strings.HasPrefix(s, "no-new-privileges") }),
+		"no no-new-privileges: %v", c.HostConfig.SecurityOpt)
+	expect(t, c.HostConfig.Memory == cfg.EngineMemoryBytes && c.HostConfig.NanoCPUs == cfg.EngineNanoCPUs &&
+		c.HostConfig.PidsLimit != nil && *c.HostConfig.PidsLimit == cfg.EnginePidsLimit,
+		"limits memory %d cpus %d pids %v", c.HostConfig.Memory, c.HostConfig.NanoCPUs, c.HostConfig.PidsLimit)
+	expect(t, slices.Contains(c.Config.Env, "GALAXY_GAME_ID="+g) && slices.Contains(c.Config.Env, "GALAXY_STATE_DIR="+cfg.EngineStateMount),
+		"engine environment %v", c.Config.Env)
+	dir := filepath.Join(r.StateRoot, g)
+	st, err := os.Stat(dir)
+	expect(t, err == nil && st.Mode().Perm() == 0o750, "state dir %s: %v mode %v, want 0750", dir, err, st)
 }

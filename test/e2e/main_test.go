@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 	tclog "github.com/testcontainers/testcontainers-go/log"
 
+	"github.com/galaxy-platform/rtmanager/test/k8senv"
 	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
@@ -49,13 +51,19 @@ const unreachableRepo = "127.0.0.1:1/" + engineRepo
 
 // suite is what TestMain prepares once for every test.
 var suite struct {
-	env      *testenv.Env
-	bin      string // the rtmanager binary (static, CGO_ENABLED=0)
-	rtmImage string // RTM's own image, repo:tag
-	run      string // a short random prefix of this run's game ids
-	root     string // the module root
-	docker   *client.Client
-	setupErr error // set when Docker answers but preparing the suite failed
+	runtime string // RTM_E2E_RUNTIME: runtimeDocker or runtimeKube
+	env     *testenv.Env
+	k8s     *k8senv.Env // the control plane, on Kubernetes
+	noK8s   error       // why there is none (the binaries are not built): the tests skip
+	// k8sPullFails: kwok fails the pull of an image from unreachableRepo's registry, as a node
+	// does (ErrImagePull).
+	k8sPullFails bool
+	bin          string // the rtmanager binary (static, CGO_ENABLED=0)
+	rtmImage     string // RTM's own image, repo:tag
+	run          string // a short random prefix of this run's game ids
+	root         string // the module root
+	docker       *client.Client
+	setupErr     error // set when Docker answers but preparing the suite failed
 }
 
 func TestMain(m *testing.M) {
@@ -73,9 +81,18 @@ func runSuite(m *testing.M) int {
 	tclog.SetDefault(tclog.NewNoopLogger())
 
 	suite.run = testenv.RunID("e")
+	suite.runtime = suiteRuntime()
+	switch suite.runtime {
+	case runtimeDocker:
+	case runtimeKube:
+		return runKubeSuite(m)
+	default:
+		fmt.Fprintf(os.Stderr, "e2e: %s=%q: want %s or %s\n", envRuntime, suite.runtime, runtimeDocker, runtimeKube)
+		return 2
+	}
 
 	if err := testenv.DockerPing(context.Background()); err != nil {
-		// Every test calls requireDocker first: it skips, or fails under RTM_E2E_REQUIRED=1.
+		// Every test calls requireSuite first: it skips, or fails under RTM_E2E_REQUIRED=1.
 		fmt.Fprintf(os.Stderr, "e2e: no Docker daemon (%v); the tests will skip unless %s=1\n", err, testenv.EnvE2ERequired)
 		return m.Run()
 	}
@@ -175,9 +192,84 @@ func setDefaultEnv(k, v string) {
 	}
 }
 
-// requireDocker is the first call of every test: without a Docker daemon the test skips, or
-// fails when RTM_E2E_REQUIRED=1 (CI sets it, so CI never passes by skipping).
-func requireDocker(t *testing.T) { t.Helper(); testenv.RequireSuite(t, suite.env, suite.setupErr) }
+// requireSuite is the first call of every test: without a Docker daemon (on Kubernetes: without
+// the control plane's binaries) the test skips, or fails when RTM_E2E_REQUIRED=1 (CI sets it, so
+// CI never passes by skipping).
+func requireSuite(t *testing.T) {
+	t.Helper()
+	if !onKube() {
+		testenv.RequireSuite(t, suite.env, suite.setupErr)
+		return
+	}
+	if suite.noK8s != nil {
+		if os.Getenv(testenv.EnvE2ERequired) == "1" {
+			t.Fatalf("%v (%s=1 requires them)", suite.noK8s, testenv.EnvE2ERequired)
+		}
+		t.Skipf("%v", suite.noK8s)
+	}
+	if suite.setupErr != nil || suite.env == nil || suite.k8s == nil {
+		t.Fatalf("the suite was not prepared: %v", suite.setupErr)
+	}
+}
+
+// runKubeSuite prepares the suite on Kubernetes: the shared PostgreSQL, the rtmanager binary and
+// one control plane with three kwok nodes for every test of the binary (each test has a
+// namespace of its own). No Docker daemon and no image is needed: kwok runs no containers.
+func runKubeSuite(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	work, err := os.MkdirTemp("", "rtm-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(work)
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	suite.root = root
+	began := time.Now()
+	err = testenv.Parallel(
+		func() (err error) {
+			suite.env, err = testenv.Start(ctx)
+			return err
+		},
+		func() error {
+			suite.bin = filepath.Join(work, "rtmanager")
+			return testenv.GoBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=e2e")
+		},
+		func() error {
+			env, err := k8senv.Launch(ctx, k8senv.Options{Nodes: 3})
+			if errors.Is(err, k8senv.ErrNoBinaries) {
+				suite.noK8s = err
+				return nil
+			}
+			suite.k8s = env
+			return err
+		},
+	)
+	if suite.env != nil {
+		defer suite.env.Stop()
+	}
+	if suite.k8s != nil {
+		defer suite.k8s.Stop()
+		t := suite.k8s.Timings()
+		fmt.Fprintf(os.Stderr, "e2e: kubernetes: control plane up in %s, %d nodes Ready in %s (suite prepared in %s)\n",
+			t.ControlPlane.Round(time.Millisecond), len(suite.k8s.Nodes()), t.Ready.Round(time.Millisecond),
+			time.Since(began).Round(time.Millisecond))
+	}
+	if err != nil {
+		suite.setupErr = err
+		fmt.Fprintln(os.Stderr, "e2e: preparing the suite:", err)
+		return 1
+	}
+	if suite.noK8s != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v; the tests will skip unless %s=1\n", suite.noK8s, testenv.EnvE2ERequired)
+	}
+	return m.Run()
+}
 
 // buildEngineImages builds the stand-in engine once and one FROM scratch image per version with
 // testcontainers-go's FromDockerfile.

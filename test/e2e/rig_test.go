@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -35,17 +34,24 @@ import (
 	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
-// rig is one test's world: its own PostgreSQL database, its own redis-server, its own Docker
-// network and state root, and one RTM (a host process, or a container in the production-shape
-// test) at a time. Everything is torn down when the test ends, RTM first, then the game
-// containers, then the network.
+// rig is one test's world: its own PostgreSQL database, its own redis-server, the runtime's
+// place for its games (on Docker its own network and state root; on Kubernetes its own namespace
+// with stand-in engines), and one RTM (a host process, or a container in the production-shape
+// test) at a time. Everything is torn down when the test ends, RTM first, then the games'
+// engines, then the network or the namespace's Pods.
 type rig struct {
 	t *testing.T
 	// prefix starts every game id of the test: the run's random prefix and the test's tag.
 	prefix string
 
-	Net       string // the Docker network RTM is configured with
-	StateRoot string
+	// W is the runtime as the test sees it (world_test.go).
+	W world
+	// kube is W on Kubernetes, nil on Docker.
+	kube *kubeWorld
+
+	Net       string // Docker: the network RTM is configured with
+	StateRoot string // Docker: the games' state root
+	NS        string // Kubernetes: the namespace RTM drives
 	DSN       string // the service role's DSN, search_path=rtmanager form
 	LibpqDSN  string // the same in libpq form (options=-csearch_path%3Drtmanager), psql's form
 	Redis     *testenv.RedisServer
@@ -66,44 +72,53 @@ type rig struct {
 // rigOptions change how newRig builds the world.
 type rigOptions struct {
 	redisBind []string // where the redis-server listens; 127.0.0.1 by default
+	serial    bool     // the test runs alone, not beside the others
 }
 
 // newRig prepares a test's world without starting RTM. tag names the test in game ids and must
 // be short. Every test has a world of its own, so newRig runs the test beside the others
-// (t.Parallel).
+// (t.Parallel), unless it is serial.
 func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
 	t.Helper()
-	t.Parallel()
-	requireDocker(t)
 	o := rigOptions{redisBind: []string{"127.0.0.1"}}
 	for _, f := range opts {
 		f(&o)
 	}
+	if !o.serial {
+		t.Parallel()
+	}
+	requireSuite(t)
 	ctx := context.Background()
 	r := &rig{t: t, prefix: suite.run + "-" + tag}
 
-	// Registered first, so it runs last: the network goes once its containers are gone.
-	nw, err := tcnetwork.New(ctx, tcnetwork.WithLabels(map[string]string{"rtm.e2e.test": t.Name()}))
-	if err != nil {
-		t.Fatalf("creating the game network: %v", err)
-	}
-	r.Net = nw.Name
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		removeContainers(ctx, t, filters.NewArgs(filters.Arg("network", r.Net)))
-		// By name: a test may have removed and created the network again.
-		if err := suite.docker.NetworkRemove(ctx, r.Net); err != nil && !isNotFound(err) {
-			t.Logf("removing network %s: %v", r.Net, err)
+	if onKube() {
+		// Registered first, so it runs last: the namespace's Pods go once RTM and the stand-in
+		// engines are gone.
+		r.NS = suite.k8s.Namespace(t)
+	} else {
+		// Registered first, so it runs last: the network goes once its containers are gone.
+		nw, err := tcnetwork.New(ctx, tcnetwork.WithLabels(map[string]string{"rtm.e2e.test": t.Name()}))
+		if err != nil {
+			t.Fatalf("creating the game network: %v", err)
 		}
-	})
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		removeContainers(ctx, t, filters.NewArgs(filters.Arg("name", "galaxy-game-"+r.prefix)))
-	})
+		r.Net = nw.Name
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			removeContainers(ctx, t, filters.NewArgs(filters.Arg("network", r.Net)))
+			// By name: a test may have removed and created the network again.
+			if err := suite.docker.NetworkRemove(ctx, r.Net); err != nil && !isNotFound(err) {
+				t.Logf("removing network %s: %v", r.Net, err)
+			}
+		})
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			removeContainers(ctx, t, filters.NewArgs(filters.Arg("name", "galaxy-game-"+r.prefix)))
+		})
+		r.StateRoot = stateRoot(t)
+	}
 
-	r.StateRoot = stateRoot(t)
 	r.DSN = suite.env.NewDatabase(t)
 	r.LibpqDSN = strings.Replace(r.DSN, "search_path=rtmanager", "options=-csearch_path%3Drtmanager", 1)
 	pool, err := pgxpool.New(ctx, r.DSN)
@@ -117,8 +132,6 @@ func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
 
 	r.Env = map[string]string{
 		"RTMANAGER_INTERNAL_HTTP_ADDR":         "127.0.0.1:0",
-		"RTMANAGER_DOCKER_NETWORK":             r.Net,
-		"RTMANAGER_GAME_STATE_ROOT":            r.StateRoot,
 		"RTMANAGER_POSTGRES_PRIMARY_DSN":       r.DSN,
 		"RTMANAGER_REDIS_MASTER_ADDR":          r.Redis.Addr(),
 		"RTMANAGER_REDIS_PASSWORD":             r.Redis.Password,
@@ -133,6 +146,24 @@ func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
 		"RTMANAGER_ENGINE_STOP_TIMEOUT":        "5s",
 		"RTMANAGER_PATCH_VERIFY_TIMEOUT":       "6s",
 		"RTMANAGER_ENGINE_MEMORY_LIMIT":        "256m",
+	}
+	if onKube() {
+		// The Docker settings must be unset (RTM refuses them with exit 2 on Kubernetes). RTM
+		// runs outside the cluster but reaches the Pod IPs (loopback here), so it probes them
+		// as on Docker.
+		maps.Copy(r.Env, map[string]string{
+			"RTMANAGER_RUNTIME":            "kubernetes",
+			"KUBECONFIG":                   suite.k8s.Kubeconfig(),
+			"RTMANAGER_KUBE_NAMESPACE":     r.NS,
+			"RTMANAGER_PROBE_TARGET":       "container_ip",
+			"RTMANAGER_KUBE_START_TIMEOUT": "30s",
+		})
+		r.kube = newKubeWorld(t, r.NS, r.Config().EnginePort)
+		r.W = r.kube
+	} else {
+		r.Env["RTMANAGER_DOCKER_NETWORK"] = r.Net
+		r.Env["RTMANAGER_GAME_STATE_ROOT"] = r.StateRoot
+		r.W = dockerWorld{r}
 	}
 	r.logPath = filepath.Join(t.TempDir(), "rtmanager.log")
 	t.Cleanup(func() {
@@ -162,6 +193,10 @@ func runningGame(t *testing.T, tag, image string, env ...string) (*rig, string) 
 func withRedisBind(bind ...string) func(*rigOptions) {
 	return func(o *rigOptions) { o.redisBind = bind }
 }
+
+// serial runs the test alone (before the parallel ones resume): for what affects every test of
+// the run, such as a lost node.
+func serial(o *rigOptions) { o.serial = true }
 
 // stateRoot returns a fresh state root that every user may traverse (the engine may run as
 // another user, and the daemon resolves the bind mount's source).
@@ -309,12 +344,13 @@ func (r *rig) kill(p *rtmProcess) {
 	<-p.done
 }
 
-// rtmEnviron is the test process's environment without any RTM or OpenTelemetry setting, plus
-// the rig's.
+// rtmEnviron is the test process's environment without any RTM, OpenTelemetry or Kubernetes
+// client setting, plus the rig's.
 func rtmEnviron(env map[string]string) []string {
 	var out []string
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "RTMANAGER_") || strings.HasPrefix(kv, "OTEL_") {
+		if strings.HasPrefix(kv, "RTMANAGER_") || strings.HasPrefix(kv, "OTEL_") ||
+			strings.HasPrefix(kv, "KUBECONFIG=") || strings.HasPrefix(kv, "KUBERNETES_") {
 			continue
 		}
 		out = append(out, kv)
@@ -493,86 +529,12 @@ func removeContainers(ctx context.Context, t *testing.T, f filters.Args) {
 	}
 }
 
-// Inspect returns the game's container (galaxy-game-<game_id>), or nil when there is none.
-func (r *rig) Inspect(gameID string) *container.InspectResponse {
-	r.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := suite.docker.ContainerInspect(ctx, "galaxy-game-"+gameID)
-	if err != nil {
-		if isNotFound(err) {
-			return nil
-		}
-		r.t.Fatalf("docker inspect galaxy-game-%s: %v", gameID, err)
-	}
-	return &c
-}
-
-// State is the container's Docker state ("running", "exited", …), or "" without a container.
-func (r *rig) State(gameID string) string {
-	c := r.Inspect(gameID)
-	if c == nil || c.State == nil {
-		return ""
-	}
-	return string(c.State.Status)
-}
-
-// ContainerID is the id of the game's container, or "".
-func (r *rig) ContainerID(gameID string) string {
-	if c := r.Inspect(gameID); c != nil {
-		return c.ID
-	}
-	return ""
-}
-
-// EngineURL is http://<container ip on the rig's network>:8080, how the host reaches an engine.
-func (r *rig) EngineURL(gameID string) string {
-	r.t.Helper()
-	c := r.Inspect(gameID)
-	if c == nil || c.NetworkSettings == nil || c.NetworkSettings.Networks[r.Net] == nil {
-		r.t.Fatalf("galaxy-game-%s is not on network %s", gameID, r.Net)
-	}
-	return fmt.Sprintf("http://%s:%d", c.NetworkSettings.Networks[r.Net].IPAddress, r.cfg.EnginePort)
-}
-
 // Engine calls one of the stand-in engine's control endpoints (/control/exit?code=3, …).
 func (r *rig) Engine(gameID, path string) {
 	r.t.Helper()
 	code, b := httpGet(r.EngineURL(gameID) + path)
 	if code != http.StatusOK {
 		r.t.Fatalf("engine %s%s: %d %s", gameID, path, code, b)
-	}
-}
-
-// Boots reads the engine's boot counter from the game's state dir on the host.
-func (r *rig) Boots(gameID string) string {
-	b, err := os.ReadFile(filepath.Join(r.StateRoot, gameID, "boots"))
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
-}
-
-// DockerKill, DockerStop and DockerRemove act on the game's container behind RTM's back.
-func (r *rig) DockerKill(gameID string) {
-	r.t.Helper()
-	if err := suite.docker.ContainerKill(context.Background(), "galaxy-game-"+gameID, "KILL"); err != nil {
-		r.t.Fatalf("docker kill: %v", err)
-	}
-}
-
-func (r *rig) DockerStop(gameID string) {
-	r.t.Helper()
-	zero := 0
-	if err := suite.docker.ContainerStop(context.Background(), "galaxy-game-"+gameID, container.StopOptions{Timeout: &zero}); err != nil {
-		r.t.Fatalf("docker stop: %v", err)
-	}
-}
-
-func (r *rig) DockerRemove(gameID string) {
-	r.t.Helper()
-	if err := suite.docker.ContainerRemove(context.Background(), "galaxy-game-"+gameID, container.RemoveOptions{Force: true}); err != nil {
-		r.t.Fatalf("docker rm -f: %v", err)
 	}
 }
 

@@ -26,6 +26,9 @@ func (r *rig) runbookShell(snippet string) string {
 	cmd := exec.CommandContext(ctx, "bash", "-c", script)
 	cmd.Env = append(os.Environ(), "RTMANAGER_POSTGRES_PRIMARY_DSN="+r.Env["RTMANAGER_POSTGRES_PRIMARY_DSN"],
 		"REDISCLI_AUTH="+r.Redis.Password, "PGCONNECT_TIMEOUT=10")
+	if onKube() {
+		cmd.Env = append(cmd.Env, "KUBECONFIG="+r.Env["KUBECONFIG"])
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		r.t.Fatalf("runbook snippet failed: %v\n%s\n--- output:\n%s", err, snippet, out)
@@ -54,8 +57,9 @@ func hasRow(out string, cells ...string) bool {
 	return false
 }
 
-// The runbook's Diagnostic Queries, run word for word with psql, redis-cli and docker against a
-// live RTM whose DSN is in the libpq form (the one psql accepts), return the expected rows.
+// The runbook's Diagnostic Queries, run word for word with psql, redis-cli and docker (on
+// Kubernetes: kubectl, as docs/kubernetes.md writes it) against a live RTM whose DSN is in the
+// libpq form (the one psql accepts), return the expected rows.
 func TestRunbook_DiagnosticQueriesReturnExpectedRows(t *testing.T) {
 	r := newRig(t, "runbook")
 	r.Env["RTMANAGER_POSTGRES_PRIMARY_DSN"] = r.LibpqDSN
@@ -112,6 +116,23 @@ psql "$RTMANAGER_POSTGRES_PRIMARY_DSN" -c \
 		expect(t, hasRow(out, g, "healthy") && strings.Contains(out, "(1 row)"), "snapshot:\n%s", out)
 	})
 	t.Run("ContainersRTMOwns", func(t *testing.T) {
+		if onKube() {
+			// Kubernetes: docs/kubernetes.md's line; the stopped game's Pod stays listed,
+			// terminated and kept by RTM's finalizer, where docker ps hides an exited container.
+			out := r.runbookShell(strings.ReplaceAll(`# RTM's Pods (all games), with game id, image, node and IP
+kubectl -n galaxy-games get pods -l com.galaxy.owner=rtmanager -o wide`, "galaxy-games", r.NS))
+			rows := map[string][]string{}
+			for _, line := range strings.Split(out, "\n") {
+				if f := strings.Fields(line); len(f) > 2 {
+					rows[f[0]] = f
+				}
+			}
+			a, b := rows[engineName(g)], rows[engineName(h)]
+			expect(t, strings.HasPrefix(out, "NAME") && a != nil && a[1] == "1/1" && a[2] == "Running" &&
+				strings.Contains(out, "kwok-node-"), "kubectl get pods:\n%s", out)
+			expect(t, b != nil && b[2] != "Running", "the stopped game's Pod is not listed as terminated:\n%s", out)
+			return
+		}
 		out := r.runbookShell(`# Containers RTM owns (Docker)
 docker ps --filter label=com.galaxy.owner=rtmanager \
           --format 'table {{.ID}}\t{{.Names}}\t{{.Status}}\t{{.Labels}}'`)
