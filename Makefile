@@ -17,7 +17,7 @@ FUZZ_TARGETS ?= .:FuzzValidateGameID .:FuzzParseImageRef .:FuzzValidateStartImag
 FUZZTIME     ?= 60s
 
 .DEFAULT_GOAL := build
-.PHONY: help build rtmctl install dev test e2e integration bench soak lint chaos model fuzz image clean
+.PHONY: help build rtmctl install dev test e2e integration bench soak lint chaos model fuzz image clean k8s-bins
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ e2e: ## end-to-end suite against the built binary and the real Docker daemon
 	$(GO) test -race -count=1 -v -tags integration -timeout 15m ./test/e2e/...
 
 integration: e2e ## alias of e2e (the runbook's name)
+
+# Where make k8s-bins puts the control plane binaries; test/k8senv reads RTM_K8S_BINS, else bin/k8s.
+K8S_BINS ?= $(CURDIR)/bin/k8s
+
+k8s-bins: ## build kube-apiserver, kube-scheduler, kube-controller-manager, etcd and kwok into K8S_BINS (module proxy; seconds when built)
+	hack/k8s/build.sh $(K8S_BINS)
 
 bench: ## benchmark against Docker's own cost and at scale; prints pass/miss per target, writes docs/benchmarks.md
 	$(GO) run ./test/bench
