@@ -73,7 +73,7 @@ func deadline(t *testing.T, d time.Duration) context.Context {
 
 func spec(gameID string) rtm.ContainerSpec {
 	return rtm.ContainerSpec{GameID: gameID, ImageRef: "galaxy/game:1.4.2", Generation: 3,
-		StateMount: "/var/lib/galaxy-game", MemoryBytes: 256 << 20, NanoCPUs: 5e8,
+		StateMount: "/var/lib/galaxy-game", MemoryBytes: 256 << 20, NanoCPUs: 5e8, ReadOnlyRoot: true,
 		Env: map[string]string{"GALAXY_GAME_ID": gameID, "GALAXY_STATE_DIR": "/var/lib/galaxy-game"}}
 }
 

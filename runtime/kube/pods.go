@@ -213,9 +213,15 @@ func (k *Kube) Start(ctx context.Context, id string) error {
 }
 
 func (k *Kube) start(ctx context.Context, id string) error {
+	// A Pod Create just made reaches the informer a moment later: one it has not seen within
+	// CallTimeout is not there.
+	err := k.await(ctx, types.UID(id), k.opts.CallTimeout, func() bool { return k.anyPodByUID(id) != nil })
+	if errors.Is(err, errWaited) {
+		return fmt.Errorf("starting pod %s: %w", id, rtm.ErrNotFound)
+	}
 	var last *corev1.Pod
 	var failed error
-	err := k.await(ctx, types.UID(id), k.opts.StartTimeout, func() bool {
+	err = k.await(ctx, types.UID(id), k.opts.StartTimeout, func() bool {
 		last = k.podByUID(id)
 		if last != nil {
 			failed = startFailure(last)
