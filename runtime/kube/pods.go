@@ -373,17 +373,21 @@ func (k *Kube) remove(ctx context.Context, id string) error {
 	if p == nil {
 		return fmt.Errorf("removing pod %s: %w", id, rtm.ErrNotFound)
 	}
+	// The deletion (grace 0) comes first, while KeepExited still holds the Pod: dropping the
+	// finalizer then ends it at once. The other order shows a deleting Pod without RTM's
+	// finalizer for a moment, which a kubelet (kwok's, at least) may act on by name after the
+	// game's next Pod has taken that name.
+	if err := k.delete(ctx, p, 0); err != nil && !errors.Is(err, rtm.ErrNotFound) {
+		return err
+	}
 	if slices.Contains(p.Finalizers, KeepExited) {
 		rest := slices.DeleteFunc(slices.Clone(p.Finalizers), func(f string) bool { return f == KeepExited })
 		if err := k.patch(ctx, p, "releasing pod", []jsonPatch{
 			{Op: "test", Path: "/metadata/uid", Value: string(p.UID)},
 			{Op: "replace", Path: "/metadata/finalizers", Value: rest},
-		}); err != nil {
+		}); err != nil && !errors.Is(err, rtm.ErrNotFound) {
 			return err
 		}
-	}
-	if err := k.delete(ctx, p, 0); err != nil && !errors.Is(err, rtm.ErrNotFound) {
-		return err
 	}
 	err := k.await(ctx, p.UID, k.opts.CallTimeout, func() bool { return k.anyPodByUID(id) == nil })
 	if errors.Is(err, errWaited) {
