@@ -38,7 +38,7 @@ bin/rtmanager-linux: FORCE
 dev: ## run rtmanager locally with throwaway PostgreSQL, Redis and demo engines (hack/dev.sh)
 	hack/dev.sh
 
-test: lint ## lint, unit and integration tests with -race, then the e2e suite, then the fault suite
+test: lint k8s-bins ## lint, unit and integration tests with -race (the Kubernetes ones on a control plane make k8s-bins builds), then the e2e suite, then the fault suite
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) e2e
 	$(MAKE) chaos
