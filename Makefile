@@ -43,8 +43,13 @@ test: lint k8s-bins ## lint, unit and integration tests with -race (the Kubernet
 	$(MAKE) e2e
 	$(MAKE) chaos
 
-e2e: ## end-to-end suite against the built binary and the real Docker daemon
+e2e: ## end-to-end suite against the built binary on both runtimes: the real Docker daemon, then e2e-k8s
 	$(GO) test -race -count=1 -v -tags integration -timeout 15m ./test/e2e/...
+	$(MAKE) e2e-k8s
+
+.PHONY: e2e-k8s
+e2e-k8s: k8s-bins ## the same end-to-end suite on the Kubernetes runtime (a real control plane, three kwok nodes)
+	RTM_E2E_RUNTIME=kubernetes RTM_K8S_BINS=$(K8S_BINS) $(GO) test -race -count=1 -v -tags integration -timeout 15m ./test/e2e/...
 
 integration: e2e ## alias of e2e (the runbook's name)
 
