@@ -46,24 +46,22 @@ const (
 func img(version string) string { return engineRepo + ":" + version }
 
 // unreachableRepo is the engine repository on a registry on loopback where nothing listens: a
-// pull of it fails at once (image_pull_failed) and no test traffic leaves the machine.
-const unreachableRepo = "127.0.0.1:1/" + engineRepo
+// pull of it fails at once (image_pull_failed) and no test traffic leaves the machine. kwok's
+// nodes fail the pull of its images too (k8senv.UnpullableRegistry).
+const unreachableRepo = k8senv.UnpullableRegistry + "/" + engineRepo
 
 // suite is what TestMain prepares once for every test.
 var suite struct {
-	runtime string // RTM_E2E_RUNTIME: runtimeDocker or runtimeKube
-	env     *testenv.Env
-	k8s     *k8senv.Env // the control plane, on Kubernetes
-	noK8s   error       // why there is none (the binaries are not built): the tests skip
-	// k8sPullFails: kwok fails the pull of an image from unreachableRepo's registry, as a node
-	// does (ErrImagePull).
-	k8sPullFails bool
-	bin          string // the rtmanager binary (static, CGO_ENABLED=0)
-	rtmImage     string // RTM's own image, repo:tag
-	run          string // a short random prefix of this run's game ids
-	root         string // the module root
-	docker       *client.Client
-	setupErr     error // set when Docker answers but preparing the suite failed
+	runtime  string // RTM_E2E_RUNTIME: runtimeDocker or runtimeKube
+	env      *testenv.Env
+	k8s      *k8senv.Env // the control plane, on Kubernetes
+	noK8s    error       // why there is none (the binaries are not built): the tests skip
+	bin      string      // the rtmanager binary (static, CGO_ENABLED=0)
+	rtmImage string      // RTM's own image, repo:tag
+	run      string      // a short random prefix of this run's game ids
+	root     string      // the module root
+	docker   *client.Client
+	setupErr error // set when Docker answers but preparing the suite failed
 }
 
 func TestMain(m *testing.M) {

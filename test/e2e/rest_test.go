@@ -16,11 +16,6 @@ import (
 // is stable, the state survives on the bind mount, one patch row names both images, and the
 // inner start emits container_started. Cross-minor and non-semver targets are refused.
 func TestPatch_UpgradeReplacesContainerAndKeepsState(t *testing.T) {
-	if onKube() {
-		t.Skip("issue 17, RTM defect on Kubernetes: kube.Start reads the informer before it holds the Pod Create just made " +
-			"and answers not found (log: \"starting pod <uid>: not found\"), so a patch resumes and replaces its Pod " +
-			"again and again (extra boots of the kept state) or rolls back (409 patch_rolled_back: the engine's container is gone)")
-	}
 	r, g := runningGame(t, "patch", img(v141))
 	testenv.Eventually(t, 5*time.Second, "first boot", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
 	oldID := r.ContainerID(g)
