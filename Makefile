@@ -62,6 +62,10 @@ k8s-bins: ## build kube-apiserver, kube-scheduler, kube-controller-manager, etcd
 bench: ## benchmark against Docker's own cost and at scale; prints pass/miss per target, writes docs/benchmarks.md
 	$(GO) run ./test/bench
 
+.PHONY: bench-k8s
+bench-k8s: k8s-bins ## the Kubernetes runtime on 100 kwok nodes (1,000 and 10,000 games) against the bare client; writes its section of docs/benchmarks.md (BENCH_K8S_FLAGS=-quick to try it)
+	RTM_K8S_BINS=$(K8S_BINS) $(GO) run ./test/benchk8s $(BENCH_K8S_FLAGS)
+
 soak: ## 200 engines probed every second for 10 minutes under traffic; writes docs/soak.md
 	$(GO) run ./test/soak
 
