@@ -197,7 +197,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 	}
 	if p.runs("latency") {
 		harness.Logf("single start, stop and exit detection: %d rounds, RTM and raw alternating", p.rounds)
-		if err := r.phase("single start, stop, exit", func() (err error) {
+		if err := r.phases.Run("single start, stop, exit", func() (err error) {
 			r.lat, err = d.measureLatency(ctx, p.rounds)
 			return err
 		}); err != nil {
@@ -206,7 +206,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 	}
 	if p.runs("burst") {
 		harness.Logf("burst: %d start jobs at once versus %d raw create+starts", p.burstN, p.burstN)
-		if err := r.phase("burst", func() (err error) {
+		if err := r.phases.Run("burst", func() (err error) {
 			r.burst, err = d.measureBurst(ctx, p.burstN, p.burstRounds, p.calibN, p.calibLevels)
 			return err
 		}); err != nil {
@@ -228,7 +228,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 		}
 		d.quiesce(ctx)
 		harness.Logf("REST: GET /api/v1/internal/runtimes/{id} at %d requests/s for %s", p.restRate, p.restDur)
-		if err := r.phase("REST", func() (err error) {
+		if err := r.phases.Run("REST", func() (err error) {
 			r.rest, err = measureREST(ctx, d.rtm.API, games, p.restRate, p.restWarm, p.restDur)
 			return err
 		}); err != nil {
@@ -244,7 +244,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 		if err != nil {
 			return err
 		}
-		if err := r.phase("stand-in passes", func() error {
+		if err := r.phases.Run("stand-in passes", func() error {
 			for _, n := range p.standin {
 				harness.Logf("stand-in runtime: full pass over %d games (%d passes)", n, p.standinPass)
 				pt, err := measureStandin(ctx, sdsn, w.Run, n, p.standinPass)
@@ -305,7 +305,7 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 				return err
 			}
 			t0 := time.Now()
-			if err := r.phase(fmt.Sprintf("scale %d: start %d engines (not measured)", n, n-have), func() error {
+			if err := r.phases.Run(fmt.Sprintf("scale %d: start %d engines (not measured)", n, n-have), func() error {
 				_, err := d.startGames(ctx, have, n-have, p.startBatch)
 				return err
 			}); err != nil {
@@ -330,7 +330,7 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 		d.settle(ctx, proxy, p.settle)
 		win := p.window
 		harness.Logf("  at rest for %s", win)
-		if err := r.phase(fmt.Sprintf("scale %d: at rest", n), func() error {
+		if err := r.phases.Run(fmt.Sprintf("scale %d: at rest", n), func() error {
 			return d.atRest(ctx, pt, proxy, win, 10*time.Second)
 		}); err != nil {
 			return err

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // report collects a run's results and renders them.
@@ -22,7 +24,7 @@ type report struct {
 	rest    *restResult
 	standin []*standinPoint
 	scale   []*scalePoint
-	phases  []phaseLoad
+	phases  harness.Phases
 }
 
 // Targets of issue 9, tightened at rest by issue 16 (RSS, CPU, goroutines, Docker calls, exit
@@ -170,32 +172,11 @@ func f2(v float64) string { return fmt.Sprintf("%.2f", v) }
 
 // table renders the rows as aligned text.
 func (r *report) table() string {
-	rows := append([]row{{Figure: "figure", Median: "median", Spread: "spread (min – max)", Target: "target", Verdict: "result"}}, r.rows()...)
-	width := [5]int{}
-	cells := func(x row) [5]string { return [5]string{x.Figure, x.Median, x.Spread, x.Target, x.Verdict} }
-	for _, x := range rows {
-		for i, c := range cells(x) {
-			width[i] = max(width[i], len([]rune(c)))
-		}
+	cells := [][5]string{{"figure", "median", "spread (min – max)", "target", "result"}}
+	for _, x := range r.rows() {
+		cells = append(cells, [5]string{x.Figure, x.Median, x.Spread, x.Target, x.Verdict})
 	}
-	var b strings.Builder
-	for k, x := range rows {
-		for i, c := range cells(x) {
-			b.WriteString(c)
-			if i < 4 {
-				b.WriteString(strings.Repeat(" ", width[i]-len([]rune(c))+2))
-			}
-		}
-		b.WriteString("\n")
-		if k == 0 {
-			total := 0
-			for _, w := range width {
-				total += w + 2
-			}
-			b.WriteString(strings.Repeat("-", total) + "\n")
-		}
-	}
-	return strings.TrimRight(b.String(), "\n")
+	return harness.Table(cells)
 }
 
 // markdown renders the report document.
@@ -217,13 +198,7 @@ func (r *report) markdown() string {
 	p("| run time | %s (of which clean-up %s) |", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
 	p("| targets missed | %d |", r.missed())
 	p("")
-	p("The host is shared: how busy it was (all processes) while each phase ran.")
-	p("")
-	p("| phase | took | host |")
-	p("|---|---|---|")
-	for _, ph := range r.phases {
-		p("| %s | %s | %s |", ph.phase, ph.took.Round(time.Second), ph.load)
-	}
+	r.phases.Markdown(p)
 	p("")
 	p("## Results")
 	p("")

@@ -100,7 +100,7 @@ func (w *world) calibrate(ctx context.Context, r *report, n int, levels []int) (
 		return levels[0], nil
 	}
 	best, bestDur := 0, time.Duration(0)
-	err := r.phase(fmt.Sprintf("%d games: bare client calibration", n), func() error {
+	err := r.phases.Run(fmt.Sprintf("%d games: bare client calibration", n), func() error {
 		for _, c := range levels {
 			res, err := w.bareRun(ctx, n, c, fmt.Sprintf("calib-%d-%d", n, c))
 			if err != nil {

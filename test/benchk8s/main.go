@@ -124,7 +124,7 @@ func run(ctx context.Context, p params) int {
 	r.machine, r.commit, r.goVer = harness.Machine(), harness.Commit(w.Root), harness.GoVersion()
 	fmt.Println(r.table())
 	fmt.Printf("run time %s (clean-up %s)\n", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
-	if p.writeDocFile && !writeSection(w.Root, p.out, r.markdown()) {
+	if p.writeDocFile && !harness.WriteSection(w.Root, p.out, "bench-k8s", r.markdown()) {
 		return 1
 	}
 	if n := r.missed(); n > 0 {
@@ -149,7 +149,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 		for i := range rounds {
 			// Which side goes first alternates, so that a drift of the host's load falls on both.
 			bare := func() error {
-				return r.phase(fmt.Sprintf("%d games, round %d: bare client", n, i+1), func() error {
+				return r.phases.Run(fmt.Sprintf("%d games, round %d: bare client", n, i+1), func() error {
 					b, err := w.bareRun(ctx, n, sz.concurrency, fmt.Sprintf("bare-%d-%d", n, i+1))
 					if err == nil {
 						sz.bare = append(sz.bare, b)
@@ -159,7 +159,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 			}
 			withRTM := func() error {
 				last := i == rounds-1
-				return r.phase(fmt.Sprintf("%d games, round %d: RTM", n, i+1), func() error {
+				return r.phases.Run(fmt.Sprintf("%d games, round %d: RTM", n, i+1), func() error {
 					x, err := w.rtmRun(ctx, p, n, i+1, last)
 					if x != nil {
 						sz.rtm = append(sz.rtm, x)

@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,7 +44,7 @@ type report struct {
 	launch   time.Duration
 	sizes    []*sizeResult
 	calib    []calibPoint
-	phases   []phaseLoad
+	phases   harness.Phases
 }
 
 // row is one line of the result table.
@@ -194,68 +192,11 @@ func (r *report) missed() int {
 
 // table renders the rows as aligned text.
 func (r *report) table() string {
-	rows := append([]row{{Figure: "figure", Median: "median", Spread: "spread / detail", Target: "target", Verdict: "result"}}, r.rows()...)
-	var width [5]int
-	cells := func(x row) [5]string { return [5]string{x.Figure, x.Median, x.Spread, x.Target, x.Verdict} }
-	for _, x := range rows {
-		for i, c := range cells(x) {
-			width[i] = max(width[i], len([]rune(c)))
-		}
+	cells := [][5]string{{"figure", "median", "spread / detail", "target", "result"}}
+	for _, x := range r.rows() {
+		cells = append(cells, [5]string{x.Figure, x.Median, x.Spread, x.Target, x.Verdict})
 	}
-	var b strings.Builder
-	for k, x := range rows {
-		for i, c := range cells(x) {
-			b.WriteString(c)
-			if i < 4 {
-				b.WriteString(strings.Repeat(" ", width[i]-len([]rune(c))+2))
-			}
-		}
-		b.WriteString("\n")
-		if k == 0 {
-			total := 0
-			for _, w := range width {
-				total += w + 2
-			}
-			b.WriteString(strings.Repeat("-", total) + "\n")
-		}
-	}
-	return strings.TrimRight(b.String(), "\n")
-}
-
-// Markers of this program's section of docs/benchmarks.md.
-const (
-	sectionBegin = "<!-- bench-k8s: begin (written by make bench-k8s) -->"
-	sectionEnd   = "<!-- bench-k8s: end -->"
-)
-
-// writeSection puts section between the markers of the document at path (relative to root),
-// or appends it when the document has none, leaving the rest as it is.
-func writeSection(root, path, section string) bool {
-	if !filepath.IsAbs(path) {
-		path = filepath.Join(root, path)
-	}
-	doc, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		harness.Logf("reading %s: %v", path, err)
-		return false
-	}
-	text := string(doc)
-	section = sectionBegin + "\n" + section + sectionEnd + "\n"
-	if i := strings.Index(text, sectionBegin); i >= 0 {
-		j := strings.Index(text[i:], sectionEnd)
-		if j < 0 {
-			harness.Logf("%s has the begin marker of the bench-k8s section but not its end", path)
-			return false
-		}
-		end := i + j + len(sectionEnd)
-		if end < len(text) && text[end] == '\n' {
-			end++
-		}
-		text = text[:i] + section + text[end:]
-	} else {
-		text = strings.TrimRight(text, "\n") + "\n\n" + section
-	}
-	return harness.WriteDoc(root, path, text)
+	return harness.Table(cells)
 }
 
 // markdown renders the section.
@@ -278,13 +219,7 @@ func (r *report) markdown() string {
 	p("| run time | %s (of which clean-up %s) |", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
 	p("| targets missed | %d |", r.missed())
 	p("")
-	p("The host is shared: how busy it was (all processes) while each phase ran.")
-	p("")
-	p("| phase | took | host |")
-	p("|---|---|---|")
-	for _, ph := range r.phases {
-		p("| %s | %s | %s |", ph.phase, ph.took.Round(time.Second), ph.load)
-	}
+	r.phases.Markdown(p)
 	p("")
 	p("### Results")
 	p("")
@@ -404,48 +339,3 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
 - The bare client's 1,000 Pods take longer here than the 7.1 s of ../shared/k8s/README.md: it
   sends a Service and a claim POST per game besides the Pod, and the host is shared.
 `
-
-// hostSample is a reading of the whole host's CPU counters and load average (as test/bench's).
-type hostSample struct {
-	at          time.Time
-	busy, total uint64
-	load1       string
-}
-
-func readHost() hostSample {
-	h := hostSample{at: time.Now()}
-	if b, err := os.ReadFile("/proc/stat"); err == nil {
-		line, _, _ := strings.Cut(string(b), "\n")
-		for i, v := range strings.Fields(line)[1:] {
-			n, _ := strconv.ParseUint(v, 10, 64)
-			h.total += n
-			if i != 3 && i != 4 { // idle, iowait
-				h.busy += n
-			}
-		}
-	}
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		h.load1 = strings.Fields(string(b))[0]
-	}
-	return h
-}
-
-// phaseLoad notes how busy the host was during one phase.
-type phaseLoad struct {
-	phase string
-	took  time.Duration
-	load  string
-}
-
-// phase runs f and records its duration and the host's load.
-func (r *report) phase(name string, f func() error) error {
-	a := readHost()
-	err := f()
-	b := readHost()
-	load := "n/a"
-	if b.total > a.total {
-		load = fmt.Sprintf("host CPU %.0f%% busy, load %s", 100*float64(b.busy-a.busy)/float64(b.total-a.total), b.load1)
-	}
-	r.phases = append(r.phases, phaseLoad{phase: name, took: b.at.Sub(a.at), load: load})
-	return err
-}
