@@ -243,7 +243,7 @@ type Container struct {
 	Health     string
 	ExitCode   int
 	OOMKilled  bool
-	IP         string // address on the configured network; only inspections fill it
+	IP         string // address on the configured network while it runs (inspections and lists fill it)
 	Generation int64  // from the generation label; 0 when absent
 	Created    time.Time
 	StartedAt  time.Time

@@ -20,14 +20,16 @@ type ProbeObserver interface {
 	ProbeResult(ctx context.Context, ok bool)
 }
 
-// LifeMarks tells whether a game's container may have changed its life (stopped, started,
-// anything that may give it another address) since a mark: the reconciler's container cache,
-// which Docker events update.
-type LifeMarks interface {
+// Containers is what the prober knows of containers without asking the runtime: the informer's
+// cache, which runtime events and list calls keep current.
+type Containers interface {
 	// LifeMark returns a mark that changes whenever an event arrives for gameID's container or
 	// events may have been missed; ok is false while events may be being missed (the events
 	// stream is down), when no mark can be trusted.
 	LifeMark(gameID string) (mark uint64, ok bool)
+	// Lookup returns the cache's word on gameID's container; known is false when it has none to
+	// trust (unsynced, or an event arrived since the last list or inspection).
+	Lookup(gameID string) (c rtm.Container, found, known bool, exitedAt time.Time)
 }
 
 // Inspector inspects one game's container.
@@ -42,10 +44,12 @@ type Inspector interface {
 // transaction that records them: a round whose commit fails loses nothing, the next round
 // decides again. A container gets Grace after it is first seen before failures count.
 //
-// The engine's address comes from an inspection of its container, kept while Marks says the
-// container's life has not changed (no event for it since, events stream up); without Marks
-// every round inspects. A probe during which the mark moved is not recorded: it may have
-// reached an address the container no longer has.
+// The engine's address comes from Cache when it knows the record's container running with an
+// address (the list calls that fill it carry the address, so a host at rest sees no inspection
+// from the prober), else from an inspection of the container; either is kept while Cache's life
+// mark says the container's life has not changed (no event for it since, events stream up).
+// Without Cache every round inspects. A probe during which the mark moved is not recorded: it
+// may have reached an address the container no longer has.
 type Prober struct {
 	Interval    time.Duration
 	Threshold   int
@@ -54,7 +58,7 @@ type Prober struct {
 	Store       ProbeStore
 	Docker      Inspector
 	Probe       rtm.EngineProber
-	Marks       LifeMarks // may be nil
+	Cache       Containers // may be nil
 	Observer    ProbeObserver
 	Log         *slog.Logger
 
@@ -67,9 +71,9 @@ type Prober struct {
 type probeState struct {
 	container string
 	seen      time.Time
-	c         rtm.Container // the inspection that gave the address (IP on the network)
-	mark      uint64        // the life mark the inspection began at
-	marked    bool          // mark is trustworthy (LifeMarks said ok)
+	c         rtm.Container // the lookup or inspection that gave the address (IP on the network)
+	mark      uint64        // the life mark it began at
+	marked    bool          // mark is trustworthy (LifeMark said ok)
 }
 
 // Run probes until ctx ends.
@@ -124,12 +128,25 @@ func (p *Prober) round(ctx context.Context) error {
 	return nil
 }
 
-// lifeMark is Marks.LifeMark, not ok without Marks.
+// lifeMark is Cache.LifeMark, not ok without Cache.
 func (p *Prober) lifeMark(gameID string) (uint64, bool) {
-	if p.Marks == nil {
+	if p.Cache == nil {
 		return 0, false
 	}
-	return p.Marks.LifeMark(gameID)
+	return p.Cache.LifeMark(gameID)
+}
+
+// cached returns Cache's entry for g when it is g's container, running, with an address, read
+// after a trustworthy mark (so that a later event moves the mark past it).
+func (p *Prober) cached(g rtm.RunningGame, marked bool) (rtm.Container, bool) {
+	if p.Cache == nil || !marked {
+		return rtm.Container{}, false
+	}
+	c, found, known, _ := p.Cache.Lookup(g.GameID)
+	if !known || !found || c.ID != g.ContainerID || !c.Running() || c.IP == "" {
+		return rtm.Container{}, false
+	}
+	return c, true
 }
 
 // probeOne probes one game's engine; ok is false when there is nothing to record (the
@@ -149,9 +166,13 @@ func (p *Prober) probeOne(ctx context.Context, g rtm.RunningGame) (rtm.ProbeOutc
 	}
 	p.mu.Unlock()
 	if c.ID != g.ContainerID {
-		ic, err := p.Docker.Inspect(ctx, g.GameID)
-		if err != nil || ic.ID != g.ContainerID {
-			return rtm.ProbeOutcome{}, false // the reconciler will catch up with this game
+		ic, ok := p.cached(g, marked)
+		if !ok {
+			var err error
+			ic, err = p.Docker.Inspect(ctx, g.GameID)
+			if err != nil || ic.ID != g.ContainerID {
+				return rtm.ProbeOutcome{}, false // the reconciler will catch up with this game
+			}
 		}
 		c = ic
 		p.mu.Lock()

@@ -113,20 +113,20 @@ func TestProber_Run_failedCommitLosesNoTransition(t *testing.T) {
 func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
 	tests := []struct {
 		name  string
-		marks func(c *runtime.Cache) probe.LifeMarks
+		marks func(c *runtime.Cache) probe.Containers
 		// restart says, as the events stream would, that the container started again
 		restart func(c *runtime.Cache)
 	}{
 		{name: "a start event moves the life mark",
-			marks: func(c *runtime.Cache) probe.LifeMarks { return c }, restart: func(c *runtime.Cache) { c.Invalidate("g") }},
+			marks: func(c *runtime.Cache) probe.Containers { return c }, restart: func(c *runtime.Cache) { c.Invalidate("g") }},
 		{name: "events missed while the stream was down",
-			marks: func(c *runtime.Cache) probe.LifeMarks { return c }, restart: func(c *runtime.Cache) {
+			marks: func(c *runtime.Cache) probe.Containers { return c }, restart: func(c *runtime.Cache) {
 				c.Reset()
 				c.Resubscribed()
 				c.Replace(c.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning}})
 			}},
-		{name: "without life marks every round inspects",
-			marks: func(*runtime.Cache) probe.LifeMarks { return nil }, restart: func(*runtime.Cache) {}},
+		{name: "without a cache every round inspects",
+			marks: func(*runtime.Cache) probe.Containers { return nil }, restart: func(*runtime.Cache) {}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,7 +135,7 @@ func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
 			cache := runtime.NewCache()
 			cache.Replace(cache.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning}})
 			w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: w.Store, Docker: w, Probe: w,
-				Marks: tt.marks(cache), Log: slog.New(slog.DiscardHandler)})
+				Cache: tt.marks(cache), Log: slog.New(slog.DiscardHandler)})
 			probes := func() int { w.Lock(); defer w.Unlock(); return len(w.probed) }
 			testenv.WaitFor(t, "the engine is probed a few times", func() bool { return probes() >= 3 })
 			w.set(func(w *probeWorld) {
@@ -156,4 +156,29 @@ func TestProber_Run_addressFollowsContainerStart(t *testing.T) {
 			})
 		})
 	}
+}
+
+func TestProber_Run_listedAddressNeedsNoInspection(t *testing.T) {
+	w := newProbeWorld(t)
+	w.set(func(w *probeWorld) { w.healthy = true })
+	cache := runtime.NewCache()
+	// The informer's list carries the running container's address: no inspection at rest.
+	cache.Replace(cache.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning, IP: "10.0.0.1"}})
+	w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: w.Store, Docker: w, Probe: w,
+		Cache: cache, Log: slog.New(slog.DiscardHandler)})
+	probes := func() int { w.Lock(); defer w.Unlock(); return len(w.probed) }
+	testenv.WaitFor(t, "the engine is probed a few times", func() bool { return probes() >= 3 })
+	w.set(func(w *probeWorld) {
+		if w.Inspects != 0 || w.probed[0] != "10.0.0.1" {
+			t.Errorf("%d inspections, first probe at %q; want none, at the listed address", w.Inspects, w.probed[0])
+		}
+		w.Container.IP, w.Container.StartedAt = "10.0.0.2", time.Now()
+	})
+	// An event invalidates the entry: the next round inspects and probes the new address.
+	cache.Invalidate("g")
+	testenv.WaitFor(t, "the engine is probed at its new address", func() bool {
+		w.Lock()
+		defer w.Unlock()
+		return w.probed[len(w.probed)-1] == "10.0.0.2"
+	})
 }

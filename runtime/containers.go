@@ -32,8 +32,9 @@ import (
 // List returns every container carrying com.galaxy.owner=rtmanager and attached to the
 // configured network, running or not, from one ContainerList call: an RTM owns only the labelled
 // containers on its own network, so RTMs on other networks of the same daemon never adopt each
-// other's games. Health is read from Docker's status line; inspection-only fields (OOMKilled,
-// IP, StartedAt, FinishedAt) stay empty; ExitCode is parsed from Docker's status line for exited containers. The daemon answers
+// other's games. Health is read from Docker's status line and IP from the container's endpoint
+// on the network; inspection-only fields (OOMKilled, StartedAt, FinishedAt) stay empty; ExitCode
+// is parsed from Docker's status line for exited containers. The daemon answers
 // lists from a copy of its state that may trail a die event by a moment; Inspect does not. A
 // failure wraps rtm.ErrUnavailable when the daemon cannot be reached.
 func (d *Docker) List(ctx context.Context) ([]rtm.Container, error) {
@@ -48,7 +49,7 @@ func (d *Docker) List(ctx context.Context) ([]rtm.Container, error) {
 	}
 	out := make([]rtm.Container, 0, len(list))
 	for _, s := range list {
-		out = append(out, fromSummary(s))
+		out = append(out, fromSummary(s, d.opts.Network))
 	}
 	return out, c.end(nil)
 }
@@ -323,8 +324,9 @@ func (d *Docker) Remove(ctx context.Context, id string) error {
 	return c.end(err)
 }
 
-// fromSummary converts a ContainerList entry.
-func fromSummary(s container.Summary) rtm.Container {
+// fromSummary converts a ContainerList entry of a container on network (the list's filter): its
+// address there is the one an inspection would give while the container runs.
+func fromSummary(s container.Summary, network string) rtm.Container {
 	ct := rtm.Container{
 		ID:       s.ID,
 		ImageRef: s.Image,
@@ -339,6 +341,11 @@ func fromSummary(s container.Summary) rtm.Container {
 		ct.ExitCode = exitCodeFromStatus(s.Status)
 	}
 	ct.Health = healthFromStatus(s.Status)
+	if s.NetworkSettings != nil {
+		if ep := s.NetworkSettings.Networks[network]; ep != nil {
+			ct.IP = ep.IPAddress
+		}
+	}
 	return ct
 }
 

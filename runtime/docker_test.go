@@ -499,6 +499,11 @@ func TestDocker_List_ownedOnly(t *testing.T) {
 		c.Name != rtm.ContainerName(running) || c.ImageRef != testImage || c.Generation != 1 || c.Created.IsZero() {
 		t.Errorf("running container listed as %+v", c)
 	}
+	// The list gives the running container's address on the network, as an inspection does: the
+	// prober reads it from the informer's cache instead of inspecting.
+	if in, err := d.Inspect(ctx, running); err != nil || in.IP == "" || byID[runningID].IP != in.IP {
+		t.Errorf("listed IP %q, inspected %q (%v)", byID[runningID].IP, in.IP, err)
+	}
 	if c := byID[createdID]; c.GameID != created || c.State != rtm.StateCreated {
 		t.Errorf("created container listed as %+v", c)
 	}

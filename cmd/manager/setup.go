@@ -319,7 +319,7 @@ func (m *manager) runWorkers(ctx context.Context, manual <-chan struct{}) *sync.
 		{"dockerevents", (&sources.DockerEvents{Store: m.st, Enqueue: m.ctrl.Enqueue,
 			Informer: m.informer}).Run},
 		{"prober", (&probe.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
-			Grace: cfg.ProbeInterval, Store: m.st, Docker: m.rt, Probe: m.prober, Marks: m.cache,
+			Grace: cfg.ProbeInterval, Store: m.st, Docker: m.rt, Probe: m.prober, Cache: m.cache,
 			Observer: m.metrics, Log: m.log}).Run},
 		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: m.st, Docker: m.rt, Lister: m.informer,
 			Enqueue: m.ctrl.Enqueue, Log: m.log}).Run},
