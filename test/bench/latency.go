@@ -132,9 +132,9 @@ func (d *driver) dieSeen(id string) (time.Time, bool) {
 
 // latencyResult holds the single start, stop and exit detection samples (ms).
 type latencyResult struct {
-	startRTM, startRaw sample
-	stopRTM, stopRaw   sample
-	exit, die          sample
+	startRTM, startRaw harness.Sample
+	stopRTM, stopRaw   harness.Sample
+	exit, die          harness.Sample
 	rtmGames           []string
 }
 
@@ -237,7 +237,7 @@ type burstResult struct {
 	n           int
 	concurrency int
 	calib       map[int]float64 // concurrency → ms for the calibration burst
-	rtm, raw    sample
+	rtm, raw    harness.Sample
 }
 
 // rtmBurst adds n start jobs in one pipeline and waits for all their results.

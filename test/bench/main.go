@@ -18,7 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
-	"strconv"
 	"strings"
 	"time"
 
@@ -87,14 +86,10 @@ func main() {
 		*scale = s
 	}
 	if *scale != "" {
-		p.scale = nil
-		for _, f := range strings.Split(*scale, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n <= 0 {
-				fmt.Fprintf(os.Stderr, "bench: bad scale %q\n", f)
-				os.Exit(2)
-			}
-			p.scale = append(p.scale, n)
+		var err error
+		if p.scale, err = harness.Counts(*scale); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: -scale: %v\n", err)
+			os.Exit(2)
 		}
 	}
 	if *only != "" {
@@ -115,11 +110,7 @@ func main() {
 		p.burstRounds = *burstRounds
 	}
 	if *rtmEnv != "" {
-		p.rtmEnv = map[string]string{}
-		for _, kv := range strings.Split(*rtmEnv, ",") {
-			k, v, _ := strings.Cut(kv, "=")
-			p.rtmEnv[k] = v
-		}
+		p.rtmEnv = harness.EnvList(*rtmEnv)
 	}
 	if len(p.rtmEnv) > 0 || p.logLevel != "info" {
 		p.writeDocFile = false // a profiling run is not the product's figures
@@ -147,30 +138,20 @@ func main() {
 }
 
 func run(ctx context.Context, p params) int {
-	began := time.Now()
+	r := &report{Run: harness.Run{Began: time.Now()}, params: p}
 	w := &world{logLevel: p.logLevel, extraEnv: p.rtmEnv}
 	defer w.close()
 	if err := setUp(ctx, w, p.keep); err != nil {
 		harness.Logf("set-up failed: %v", err)
 		return 1
 	}
-	r := &report{params: p, began: began, dockerVer: w.DockerVer}
+	r.dockerVer = w.DockerVer
 	var ok bool
-	if r.cleanup, ok = harness.Finish(measure(ctx, w, p, r), "benchmark", w.close); !ok {
+	if r.Cleanup, ok = harness.Finish(measure(ctx, w, p, r), "benchmark", w.close); !ok {
 		return 1
 	}
-	r.elapsed = time.Since(began)
-	r.machine, r.commit, r.goVer = harness.Machine(), harness.Commit(w.Root), harness.GoVersion()
-	table := r.table()
-	fmt.Println(table)
-	fmt.Printf("run time %s (clean-up %s)\n", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
-	if p.writeDocFile && !harness.WriteDoc(w.Root, p.out, r.markdown()) {
-		return 1
-	}
-	if r.missed() > 0 {
-		harness.Logf("%d target(s) missed", r.missed())
-	}
-	return 0
+	r.Done(w.Root)
+	return r.Report(r.rows(), spreadTitle, p.writeDocFile, func() bool { return harness.WriteDoc(w.Root, p.out, r.markdown()) })
 }
 
 // measure runs the phases in order and fills r.
@@ -197,7 +178,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 	}
 	if p.runs("latency") {
 		harness.Logf("single start, stop and exit detection: %d rounds, RTM and raw alternating", p.rounds)
-		if err := r.phases.Run("single start, stop, exit", func() (err error) {
+		if err := r.Phases.Run("single start, stop, exit", func() (err error) {
 			r.lat, err = d.measureLatency(ctx, p.rounds)
 			return err
 		}); err != nil {
@@ -206,7 +187,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 	}
 	if p.runs("burst") {
 		harness.Logf("burst: %d start jobs at once versus %d raw create+starts", p.burstN, p.burstN)
-		if err := r.phases.Run("burst", func() (err error) {
+		if err := r.Phases.Run("burst", func() (err error) {
 			r.burst, err = d.measureBurst(ctx, p.burstN, p.burstRounds, p.calibN, p.calibLevels)
 			return err
 		}); err != nil {
@@ -228,7 +209,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 		}
 		d.quiesce(ctx)
 		harness.Logf("REST: GET /api/v1/internal/runtimes/{id} at %d requests/s for %s", p.restRate, p.restDur)
-		if err := r.phases.Run("REST", func() (err error) {
+		if err := r.Phases.Run("REST", func() (err error) {
 			r.rest, err = measureREST(ctx, d.rtm.API, games, p.restRate, p.restWarm, p.restDur)
 			return err
 		}); err != nil {
@@ -244,7 +225,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 		if err != nil {
 			return err
 		}
-		if err := r.phases.Run("stand-in passes", func() error {
+		if err := r.Phases.Run("stand-in passes", func() error {
 			for _, n := range p.standin {
 				harness.Logf("stand-in runtime: full pass over %d games (%d passes)", n, p.standinPass)
 				pt, err := measureStandin(ctx, sdsn, w.Run, n, p.standinPass)
@@ -305,7 +286,7 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 				return err
 			}
 			t0 := time.Now()
-			if err := r.phases.Run(fmt.Sprintf("scale %d: start %d engines (not measured)", n, n-have), func() error {
+			if err := r.Phases.Run(fmt.Sprintf("scale %d: start %d engines (not measured)", n, n-have), func() error {
 				_, err := d.startGames(ctx, have, n-have, p.startBatch)
 				return err
 			}); err != nil {
@@ -330,12 +311,12 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 		d.settle(ctx, proxy, p.settle)
 		win := p.window
 		harness.Logf("  at rest for %s", win)
-		if err := r.phases.Run(fmt.Sprintf("scale %d: at rest", n), func() error {
+		if err := r.Phases.Run(fmt.Sprintf("scale %d: at rest", n), func() error {
 			return d.atRest(ctx, pt, proxy, win, 10*time.Second)
 		}); err != nil {
 			return err
 		}
-		harness.Logf("  RSS %.1f MB, CPU %.2f s/min, goroutines %.0f", pt.rss.median(), pt.cpuPerMin, pt.goroutines.median())
+		harness.Logf("  RSS %.1f MB, CPU %.2f s/min, goroutines %.0f", pt.rss.Median(), pt.cpuPerMin, pt.goroutines.Median())
 		r.scale = append(r.scale, pt)
 	}
 	d.rtm.Stop(30 * time.Second)

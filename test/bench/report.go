@@ -10,13 +10,8 @@ import (
 
 // report collects a run's results and renders them.
 type report struct {
+	harness.Run
 	params    params
-	began     time.Time
-	elapsed   time.Duration
-	cleanup   time.Duration
-	machine   string
-	commit    string
-	goVer     string
 	dockerVer string
 
 	lat     *latencyResult
@@ -24,7 +19,6 @@ type report struct {
 	rest    *restResult
 	standin []*standinPoint
 	scale   []*scalePoint
-	phases  harness.Phases
 }
 
 // Targets of issue 9, tightened at rest by issue 16 (RSS, CPU, goroutines, Docker calls, exit
@@ -47,60 +41,48 @@ const (
 )
 
 // rows builds the table.
-func (r *report) rows() []row {
-	var rows []row
-	add := func(x row) { rows = append(rows, x) }
+func (r *report) rows() harness.Rows {
+	var rows harness.Rows
+	add := func(x harness.Row) { rows = append(rows, x) }
 	if l := r.lat; l != nil {
 		ratio := ratios(l.startRTM, l.startRaw)
 		over := diffs(l.startRTM, l.startRaw)
-		add(row{Figure: "single start, RTM: XADD → succeeded result", Median: f0(l.startRTM.median()) + " ms", Spread: spread(l.startRTM, "%.0f")})
-		add(row{Figure: "single start, raw: state dir + create + start", Median: f0(l.startRaw.median()) + " ms", Spread: spread(l.startRaw, "%.0f")})
-		add(row{Figure: "single start ratio RTM/raw", Median: f2(ratio.median()), Spread: spread(ratio, "%.2f"),
-			Target: fmt.Sprintf("≤ %.2f", targetStartRatio), Verdict: check(ratio.median() <= targetStartRatio)})
-		add(row{Figure: "single start overhead RTM−raw, p95", Median: f1(over.quantile(0.95)) + " ms",
-			Spread: fmt.Sprintf("median %.1f ms", over.median())})
+		add(harness.Row{Figure: "single start, RTM: XADD → succeeded result", Median: f0(l.startRTM.Median()) + " ms", Spread: l.startRTM.Spread("%.0f")})
+		add(harness.Row{Figure: "single start, raw: state dir + create + start", Median: f0(l.startRaw.Median()) + " ms", Spread: l.startRaw.Spread("%.0f")})
+		add(harness.Row{Figure: "single start ratio RTM/raw", Median: f2(ratio.Median()), Spread: ratio.Spread("%.2f"),
+			Target: fmt.Sprintf("≤ %.2f", targetStartRatio), Verdict: harness.Check(ratio.Median() <= targetStartRatio)})
+		add(harness.Row{Figure: "single start overhead RTM−raw, p95", Median: f1(over.Quantile(0.95)) + " ms",
+			Spread: fmt.Sprintf("median %.1f ms", over.Median())})
 		sratio := ratios(l.stopRTM, l.stopRaw)
-		add(row{Figure: "stop, RTM: XADD → succeeded result", Median: f0(l.stopRTM.median()) + " ms", Spread: spread(l.stopRTM, "%.0f")})
-		add(row{Figure: "stop, raw: docker stop", Median: f0(l.stopRaw.median()) + " ms", Spread: spread(l.stopRaw, "%.0f")})
-		add(row{Figure: "stop ratio RTM/raw", Median: f2(sratio.median()), Spread: spread(sratio, "%.2f"),
-			Target: fmt.Sprintf("≤ %.2f", targetStopRatio), Verdict: check(sratio.median() <= targetStopRatio)})
-		add(row{Figure: "exit detection: API kill → container_exited readable", Median: f1(l.exit.median()) + " ms",
-			Spread: spread(l.exit, "%.1f"), Target: fmt.Sprintf("median ≤ %.0f ms", targetExitMedian), Verdict: check(l.exit.median() <= targetExitMedian)})
-		add(row{Figure: "exit detection p95", Median: f1(l.exit.quantile(0.95)) + " ms", Spread: "",
-			Target: fmt.Sprintf("≤ %.0f ms", targetExitP95), Verdict: check(l.exit.quantile(0.95) <= targetExitP95)})
-		add(row{Figure: "  (Docker's die event after the kill)", Median: f1(l.die.median()) + " ms", Spread: spread(l.die, "%.1f")})
-		lead := l.exit.median() - l.die.median()
+		add(harness.Row{Figure: "stop, RTM: XADD → succeeded result", Median: f0(l.stopRTM.Median()) + " ms", Spread: l.stopRTM.Spread("%.0f")})
+		add(harness.Row{Figure: "stop, raw: docker stop", Median: f0(l.stopRaw.Median()) + " ms", Spread: l.stopRaw.Spread("%.0f")})
+		add(harness.Row{Figure: "stop ratio RTM/raw", Median: f2(sratio.Median()), Spread: sratio.Spread("%.2f"),
+			Target: fmt.Sprintf("≤ %.2f", targetStopRatio), Verdict: harness.Check(sratio.Median() <= targetStopRatio)})
+		add(harness.Row{Figure: "exit detection: API kill → container_exited readable", Median: f1(l.exit.Median()) + " ms",
+			Spread: l.exit.Spread("%.1f"), Target: fmt.Sprintf("median ≤ %.0f ms", targetExitMedian), Verdict: harness.Check(l.exit.Median() <= targetExitMedian)})
+		add(harness.Row{Figure: "exit detection p95", Median: f1(l.exit.Quantile(0.95)) + " ms", Spread: "",
+			Target: fmt.Sprintf("≤ %.0f ms", targetExitP95), Verdict: harness.Check(l.exit.Quantile(0.95) <= targetExitP95)})
+		add(harness.Row{Figure: "  (Docker's die event after the kill)", Median: f1(l.die.Median()) + " ms", Spread: l.die.Spread("%.1f")})
+		lead := l.exit.Median() - l.die.Median()
 		if len(l.exit) == len(l.die) {
-			var d sample
+			var d harness.Sample
 			for i := range l.exit {
 				d = append(d, l.exit[i]-l.die[i])
 			}
-			lead = d.median()
+			lead = d.Median()
 		}
-		add(row{Figure: "exit detection after Docker's die event, per round", Median: f1(lead) + " ms",
-			Target: fmt.Sprintf("median ≤ %.0f ms", targetExitOverDie), Verdict: check(lead <= targetExitOverDie)})
+		add(harness.Row{Figure: "exit detection after Docker's die event, per round", Median: f1(lead) + " ms",
+			Target: fmt.Sprintf("median ≤ %.0f ms", targetExitOverDie), Verdict: harness.Check(lead <= targetExitOverDie)})
 	}
 	if b := r.burst; b != nil {
 		ratio := ratios(b.rtm, b.raw)
-		add(row{Figure: fmt.Sprintf("burst, RTM: %d start jobs → all results", b.n), Median: f0(b.rtm.median()) + " ms", Spread: spread(b.rtm, "%.0f")})
-		add(row{Figure: fmt.Sprintf("burst, raw: %d create+starts at concurrency %d", b.n, b.concurrency), Median: f0(b.raw.median()) + " ms", Spread: spread(b.raw, "%.0f")})
-		add(row{Figure: "burst ratio RTM/raw", Median: f2(ratio.median()), Spread: spread(ratio, "%.2f"),
-			Target: fmt.Sprintf("≤ %.2f", targetBurstRatio), Verdict: check(ratio.median() <= targetBurstRatio)})
+		add(harness.Row{Figure: fmt.Sprintf("burst, RTM: %d start jobs → all results", b.n), Median: f0(b.rtm.Median()) + " ms", Spread: b.rtm.Spread("%.0f")})
+		add(harness.Row{Figure: fmt.Sprintf("burst, raw: %d create+starts at concurrency %d", b.n, b.concurrency), Median: f0(b.raw.Median()) + " ms", Spread: b.raw.Spread("%.0f")})
+		add(harness.Row{Figure: "burst ratio RTM/raw", Median: f2(ratio.Median()), Spread: ratio.Spread("%.2f"),
+			Target: fmt.Sprintf("≤ %.2f", targetBurstRatio), Verdict: harness.Check(ratio.Median() <= targetBurstRatio)})
 	}
 	for _, pt := range r.scale {
-		target := pt.n == targetScaleN
-		tgt := func(s string) string {
-			if target {
-				return s
-			}
-			return ""
-		}
-		verdict := func(ok bool) string {
-			if target {
-				return check(ok)
-			}
-			return ""
-		}
+		goal := harness.Goal(pt.n == targetScaleN)
 		calls := pt.passCalls[len(pt.passCalls)-1]
 		perGame := sumCalls(calls) - calls["list"]
 		maxList := 0
@@ -108,108 +90,72 @@ func (r *report) rows() []row {
 			maxList = max(maxList, c["list"])
 			perGame = max(perGame, sumCalls(c)-c["list"])
 		}
-		add(row{Figure: fmt.Sprintf("%d engines: full reconcile pass (boot pass)", pt.n), Median: f1(pt.pass.median()) + " ms",
-			Spread: spread(pt.pass, "%.1f"), Target: tgt(fmt.Sprintf("≤ %.0f ms", targetPass)), Verdict: verdict(pt.pass.median() <= targetPass)})
-		add(row{Figure: fmt.Sprintf("%d engines: Docker API calls per pass", pt.n), Median: formatCalls(calls),
+		add(harness.Row{Figure: fmt.Sprintf("%d engines: full reconcile pass (boot pass)", pt.n), Median: f1(pt.pass.Median()) + " ms",
+			Spread: pt.pass.Spread("%.1f"), Target: goal.Target(fmt.Sprintf("≤ %.0f ms", targetPass)), Verdict: goal.Verdict(pt.pass.Median() <= targetPass)})
+		add(harness.Row{Figure: fmt.Sprintf("%d engines: Docker API calls per pass", pt.n), Median: formatCalls(calls),
 			Spread: fmt.Sprintf("list ≤ %d, other calls ≤ %d (n=%d)", maxList, perGame, len(pt.passCalls)),
-			Target: tgt("O(1): list ≤ 1, none per game"), Verdict: verdict(maxList <= 1 && perGame == 0)})
-		add(row{Figure: fmt.Sprintf("%d engines: RSS at rest", pt.n), Median: f1(pt.rss.median()) + " MB", Spread: spread(pt.rss, "%.1f"),
-			Target: tgt(fmt.Sprintf("≤ %.0f MB", targetRSS)), Verdict: verdict(pt.rss.max() <= targetRSS)})
+			Target: goal.Target("O(1): list ≤ 1, none per game"), Verdict: goal.Verdict(maxList <= 1 && perGame == 0)})
+		add(harness.Row{Figure: fmt.Sprintf("%d engines: RSS at rest", pt.n), Median: f1(pt.rss.Median()) + " MB", Spread: pt.rss.Spread("%.1f"),
+			Target: goal.Target(fmt.Sprintf("≤ %.0f MB", targetRSS)), Verdict: goal.Verdict(pt.rss.Max() <= targetRSS)})
 		pct := pt.cpuPerMin / 60 * 100
-		add(row{Figure: fmt.Sprintf("%d engines: CPU at rest (%s window)", pt.n, pt.window.Round(time.Second)),
+		add(harness.Row{Figure: fmt.Sprintf("%d engines: CPU at rest (%s window)", pt.n, pt.window.Round(time.Second)),
 			Median: fmt.Sprintf("%.2f s/min = %.2f%% of a core", pt.cpuPerMin, pct),
-			Spread: "10-s slices " + spread(pt.cpuSlices, "%.2f") + " s/min",
-			Target: tgt(fmt.Sprintf("≤ %.0f%% of a core", targetCPU)), Verdict: verdict(pct <= targetCPU)})
-		add(row{Figure: fmt.Sprintf("%d engines: goroutines at rest", pt.n), Median: f0(pt.goroutines.median()), Spread: spread(pt.goroutines, "%.0f"),
-			Target: tgt(fmt.Sprintf("≤ %d", targetGoroutines)), Verdict: verdict(pt.goroutines.max() <= targetGoroutines)})
+			Spread: "10-s slices " + pt.cpuSlices.Spread("%.2f") + " s/min",
+			Target: goal.Target(fmt.Sprintf("≤ %.0f%% of a core", targetCPU)), Verdict: goal.Verdict(pct <= targetCPU)})
+		add(harness.Row{Figure: fmt.Sprintf("%d engines: goroutines at rest", pt.n), Median: f0(pt.goroutines.Median()), Spread: pt.goroutines.Spread("%.0f"),
+			Target: goal.Target(fmt.Sprintf("≤ %d", targetGoroutines)), Verdict: goal.Verdict(pt.goroutines.Max() <= targetGoroutines)})
 		perMin := float64(sumOwn(pt.restCalls)) / pt.window.Minutes()
-		add(row{Figure: fmt.Sprintf("%d engines: Docker API calls at rest", pt.n),
+		add(harness.Row{Figure: fmt.Sprintf("%d engines: Docker API calls at rest", pt.n),
 			Median: fmt.Sprintf("%.0f/min", perMin),
 			Spread: fmt.Sprintf("in the %s window: %s", pt.window.Round(time.Second), formatCalls(pt.restCalls)),
-			Target: tgt(fmt.Sprintf("≤ %.0f/min", targetRestCalls)), Verdict: verdict(perMin <= targetRestCalls)})
+			Target: goal.Target(fmt.Sprintf("≤ %.0f/min", targetRestCalls)), Verdict: goal.Verdict(perMin <= targetRestCalls)})
 	}
 	for _, s := range r.standin {
-		target := s.n == targetStandinN
-		perGame := sample{}
+		goal := harness.Goal(s.n == targetStandinN)
+		perGame := harness.Sample{}
 		for _, v := range s.pass {
 			perGame = append(perGame, v*1000/float64(s.n))
 		}
-		row1 := row{Figure: fmt.Sprintf("stand-in runtime, %d games: full pass", s.n), Median: f1(s.pass.median()) + " ms", Spread: spread(s.pass, "%.1f")}
-		if target {
-			row1.Target, row1.Verdict = fmt.Sprintf("≤ %.0f ms", targetPass), check(s.pass.median() <= targetPass)
-		}
-		add(row1)
-		add(row{Figure: fmt.Sprintf("stand-in runtime, %d games: per game", s.n),
-			Median: fmt.Sprintf("%.1f µs, %.0f allocs, %.1f KB", perGame.median(), s.allocs.median()/float64(s.n), s.bytes.median()/float64(s.n)/1024),
-			Spread: spread(perGame, "%.1f") + " µs",
-			Target: "flat; no Docker call, no lease", Verdict: check(s.dockerCalls == 0 && s.leases == 0 && s.lists == int64(len(s.pass)))})
+		add(harness.Row{Figure: fmt.Sprintf("stand-in runtime, %d games: full pass", s.n), Median: f1(s.pass.Median()) + " ms", Spread: s.pass.Spread("%.1f"),
+			Target: goal.Target(fmt.Sprintf("≤ %.0f ms", targetPass)), Verdict: goal.Verdict(s.pass.Median() <= targetPass)})
+		add(harness.Row{Figure: fmt.Sprintf("stand-in runtime, %d games: per game", s.n),
+			Median: fmt.Sprintf("%.1f µs, %.0f allocs, %.1f KB", perGame.Median(), s.allocs.Median()/float64(s.n), s.bytes.Median()/float64(s.n)/1024),
+			Spread: perGame.Spread("%.1f") + " µs",
+			Target: "flat; no Docker call, no lease", Verdict: harness.Check(s.dockerCalls == 0 && s.leases == 0 && s.lists == int64(len(s.pass)))})
 	}
 	if x := r.rest; x != nil {
-		add(row{Figure: fmt.Sprintf("REST GET runtime at %d req/s: p50", x.rate), Median: f2(x.lat.median()) + " ms",
-			Spread: "1-s windows " + spread(x.p50s, "%.2f")})
-		add(row{Figure: fmt.Sprintf("REST GET runtime at %d req/s: p99", x.rate), Median: f2(x.lat.quantile(0.99)) + " ms",
-			Spread: "1-s windows " + spread(x.p99s, "%.2f"), Target: fmt.Sprintf("≤ %.0f ms", targetRESTP99),
-			Verdict: check(x.lat.quantile(0.99) <= targetRESTP99 && x.errors == 0)})
-		add(row{Figure: "  (achieved rate, errors, generator lag p99)", Median: fmt.Sprintf("%.0f req/s", x.achieved),
-			Spread: fmt.Sprintf("%d errors, lag p99 %.2f ms (n=%d)", x.errors, x.lag.quantile(0.99), len(x.lat))})
+		add(harness.Row{Figure: fmt.Sprintf("REST GET runtime at %d req/s: p50", x.rate), Median: f2(x.lat.Median()) + " ms",
+			Spread: "1-s windows " + x.p50s.Spread("%.2f")})
+		add(harness.Row{Figure: fmt.Sprintf("REST GET runtime at %d req/s: p99", x.rate), Median: f2(x.lat.Quantile(0.99)) + " ms",
+			Spread: "1-s windows " + x.p99s.Spread("%.2f"), Target: fmt.Sprintf("≤ %.0f ms", targetRESTP99),
+			Verdict: harness.Check(x.lat.Quantile(0.99) <= targetRESTP99 && x.errors == 0)})
+		add(harness.Row{Figure: "  (achieved rate, errors, generator lag p99)", Median: fmt.Sprintf("%.0f req/s", x.achieved),
+			Spread: fmt.Sprintf("%d errors, lag p99 %.2f ms (n=%d)", x.errors, x.lag.Quantile(0.99), len(x.lat))})
 	}
 	return rows
-}
-
-func (r *report) missed() int {
-	n := 0
-	for _, x := range r.rows() {
-		if x.Verdict == "MISS" {
-			n++
-		}
-	}
-	return n
 }
 
 func f0(v float64) string { return fmt.Sprintf("%.0f", v) }
 func f1(v float64) string { return fmt.Sprintf("%.1f", v) }
 func f2(v float64) string { return fmt.Sprintf("%.2f", v) }
 
-// table renders the rows as aligned text.
-func (r *report) table() string {
-	cells := [][5]string{{"figure", "median", "spread (min – max)", "target", "result"}}
-	for _, x := range r.rows() {
-		cells = append(cells, [5]string{x.Figure, x.Median, x.Spread, x.Target, x.Verdict})
-	}
-	return harness.Table(cells)
-}
+// spreadTitle heads the result table's third column.
+const spreadTitle = "spread (min – max)"
 
 // markdown renders the report document.
 func (r *report) markdown() string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	p("# Benchmarks")
-	p("")
-	p("Written by `make bench` (`go run ./test/bench`); do not edit by hand. Every figure below is from")
-	p("the one run described here; rerun `make bench` to refresh it.")
-	p("")
-	p("| | |")
-	p("|---|---|")
-	p("| machine | %s |", r.machine)
-	p("| date | %s |", r.began.UTC().Format("2006-01-02 15:04 MST"))
-	p("| commit | %s |", r.commit)
-	p("| Docker | %s |", r.dockerVer)
-	p("| Go | %s |", r.goVer)
-	p("| run time | %s (of which clean-up %s) |", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
-	p("| targets missed | %d |", r.missed())
-	p("")
-	r.phases.Markdown(p)
+	rows := r.rows()
+	r.Markdown(p, "# Benchmarks", "Written by `make bench` (`go run ./test/bench`); do not edit by hand. Every figure below is from\n"+
+		"the one run described here; rerun `make bench` to refresh it.", rows.Missed(), [2]string{"Docker", r.dockerVer})
 	p("")
 	p("## Results")
 	p("")
 	p("Median and spread of each figure; the spread is min – max over the samples (n) unless it says")
 	p("otherwise. Ratios are taken per round (RTM and raw measured back to back) and then summarised.")
 	p("")
-	p("| figure | median | spread | target | result |")
-	p("|---|---|---|---|---|")
-	for _, x := range r.rows() {
-		p("| %s | %s | %s | %s | %s |", strings.TrimSpace(x.Figure), x.Median, x.Spread, x.Target, x.Verdict)
-	}
+	rows.Markdown(p, "spread")
 	p("")
 	r.details(&b)
 	p("## Method")
@@ -225,7 +171,7 @@ func (r *report) markdown() string {
 // details adds the samples behind the table.
 func (r *report) details(b *strings.Builder) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format+"\n", args...) }
-	list := func(s sample, format string) string {
+	list := func(s harness.Sample, format string) string {
 		parts := make([]string, len(s))
 		for i, v := range s {
 			parts[i] = fmt.Sprintf(format, v)
@@ -260,7 +206,7 @@ func (r *report) details(b *strings.Builder) {
 	}
 	if x := r.rest; x != nil {
 		p("- REST: %d measured requests after a %s warm-up; p50 per second %s ms; p99 per second %s ms; p99.9 %.2f ms; max %.2f ms",
-			len(x.lat), r.params.restWarm, list(x.p50s, "%.2f"), list(x.p99s, "%.2f"), x.lat.quantile(0.999), x.lat.max())
+			len(x.lat), r.params.restWarm, list(x.p50s, "%.2f"), list(x.p99s, "%.2f"), x.lat.Quantile(0.999), x.lat.Max())
 	}
 	p("")
 }

@@ -14,9 +14,9 @@ import (
 type restResult struct {
 	rate       int
 	duration   time.Duration
-	lat        sample // send → body read
-	lag        sample // schedule → send (the load generator's own delay)
-	p50s, p99s sample // per 1-s window
+	lat        harness.Sample // send → body read
+	lag        harness.Sample // schedule → send (the load generator's own delay)
+	p50s, p99s harness.Sample // per 1-s window
 	errors     int
 	achieved   float64 // requests/s actually sent
 }
@@ -73,7 +73,7 @@ func measureREST(ctx context.Context, api string, games []string, rate int, warm
 		return nil, ctx.Err()
 	}
 	res := &restResult{rate: rate, duration: dur}
-	windows := map[int]sample{}
+	windows := map[int]harness.Sample{}
 	var first, last time.Time
 	for i := warmN; i < total; i++ {
 		o := out[i]
@@ -95,8 +95,8 @@ func measureREST(ctx context.Context, api string, games []string, rate int, warm
 	}
 	for _, w := range windows {
 		if len(w) >= rate/2 {
-			res.p50s = append(res.p50s, w.median())
-			res.p99s = append(res.p99s, w.quantile(0.99))
+			res.p50s = append(res.p50s, w.Median())
+			res.p99s = append(res.p99s, w.Quantile(0.99))
 		}
 	}
 	if span := last.Sub(first).Seconds(); span > 0 {

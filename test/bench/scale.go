@@ -16,12 +16,12 @@ import (
 type scalePoint struct {
 	n int
 	// Boot passes, one per restart: duration (ms) and Docker API calls by operation.
-	pass      sample
+	pass      harness.Sample
 	passGames []int
 	passCalls []map[string]int
 	// At rest, over the window: RSS (MB) and goroutines at each reading, CPU seconds per minute
 	// per slice between readings, and the whole window's CPU and Docker calls.
-	rss, goroutines, cpuSlices sample
+	rss, goroutines, cpuSlices harness.Sample
 	cpuPerMin                  float64
 	window                     time.Duration
 	restCalls                  map[string]int

@@ -16,6 +16,7 @@ import (
 	"github.com/galaxy-platform/rtmanager/runtime"
 	"github.com/galaxy-platform/rtmanager/sources"
 	"github.com/galaxy-platform/rtmanager/store"
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // fakeDocker is the Docker side of the stand-in runtime: n converged containers, kept in
@@ -86,8 +87,8 @@ func (noProbe) Probe(context.Context, rtm.Container, string) error { return nil 
 // standinPoint is one stand-in pass size: durations (ms) and allocations per pass.
 type standinPoint struct {
 	n             int
-	pass          sample // ms
-	allocs, bytes sample // per pass
+	pass          harness.Sample // ms
+	allocs, bytes harness.Sample // per pass
 	games         int
 	dockerCalls   int64 // besides the list, over all passes
 	lists, leases int64

@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/docker/docker/api/types/network"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/galaxy-platform/rtmanager/config"
 	"github.com/galaxy-platform/rtmanager/runtime"
@@ -35,10 +33,7 @@ type world struct {
 func setUp(ctx context.Context, w *world, keep bool) error {
 	w.World = &harness.World{}
 	if err := harness.SetUp(ctx, w.World, harness.Options{Name: "bench", EngineRepo: engineRepo,
-		EngineVersions: []string{engineVersion}, Keep: keep}); err != nil {
-		return err
-	}
-	if err := durable(ctx, w.Env.AdminDSN); err != nil {
+		EngineVersions: []string{engineVersion}, Keep: keep, Durable: true}); err != nil {
 		return err
 	}
 	if err := w.createNetwork(ctx); err != nil {
@@ -85,33 +80,6 @@ func (w *world) createNetwork(ctx context.Context) error {
 		return fmt.Errorf("creating network %s: %w", w.Net, err)
 	}
 	return nil
-}
-
-// durable turns PostgreSQL's durability back on (the test harness turns it off for speed): every
-// commit RTM makes in the benchmark is flushed to disk, as in production.
-func durable(ctx context.Context, adminDSN string) error {
-	conn, err := pgx.Connect(ctx, adminDSN)
-	if err != nil {
-		return fmt.Errorf("connecting to postgres as admin: %w", err)
-	}
-	defer conn.Close(ctx)
-	for _, q := range []string{`ALTER SYSTEM SET fsync = on`, `ALTER SYSTEM SET synchronous_commit = on`,
-		`ALTER SYSTEM SET full_page_writes = on`, `SELECT pg_reload_conf()`} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("making postgres durable (%s): %w", q, err)
-		}
-	}
-	// The reload reaches the backends asynchronously.
-	var fsync, sync string
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if err := conn.QueryRow(ctx, `SELECT current_setting('fsync'), current_setting('synchronous_commit')`).Scan(&fsync, &sync); err != nil {
-			return fmt.Errorf("reading postgres durability settings: %w", err)
-		}
-		if fsync == "on" && sync == "on" {
-			return nil
-		}
-	}
-	return fmt.Errorf("postgres kept fsync=%s synchronous_commit=%s after reload", fsync, sync)
 }
 
 // rtmEnv is RTM's environment for one database: defaults everywhere but the addresses, the

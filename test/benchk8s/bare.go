@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -32,17 +33,11 @@ type bareResult struct {
 // one game after another in each of conc workers — with a client that has no client-side rate
 // limit (as RTM's), and measures until every Pod runs. Then it empties the namespace.
 func (w *world) bareRun(ctx context.Context, n, conc int, what string) (*bareResult, error) {
-	ns, err := w.newNamespace(ctx, what)
+	ns, release, err := w.useNamespace(ctx, what)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
-		defer cancel()
-		if err := w.clearNamespace(cctx, ns); err != nil {
-			harness.Logf("  emptying namespace %s: %v", ns, err)
-		}
-	}()
+	defer release()
 	b, err := newBare(w, ns)
 	if err != nil {
 		return nil, err
@@ -100,7 +95,7 @@ func (w *world) calibrate(ctx context.Context, r *report, n int, levels []int) (
 		return levels[0], nil
 	}
 	best, bestDur := 0, time.Duration(0)
-	err := r.phases.Run(fmt.Sprintf("%d games: bare client calibration", n), func() error {
+	err := r.Phases.Run(fmt.Sprintf("%d games: bare client calibration", n), func() error {
 		for _, c := range levels {
 			res, err := w.bareRun(ctx, n, c, fmt.Sprintf("calib-%d-%d", n, c))
 			if err != nil {
@@ -247,18 +242,29 @@ func (w *world) watchRunning(ctx context.Context, ns string, want int) (*running
 
 // wait returns when the last Pod began to run, or an error after timeout.
 func (rw *runningWatch) wait(ctx context.Context, timeout time.Duration) (time.Time, error) {
+	err := closedWithin(ctx, rw.done, timeout)
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	if errors.Is(err, errTimeout) {
+		return time.Time{}, fmt.Errorf("%d of %d pods running after %s", len(rw.seen), rw.want, timeout)
+	}
+	return rw.at, err
+}
+
+// errTimeout is closedWithin's error when the time is up.
+var errTimeout = errors.New("timed out")
+
+// closedWithin waits until done is closed; it returns ctx's error if ctx ends first, errTimeout
+// once timeout has passed.
+func closedWithin(ctx context.Context, done <-chan struct{}, timeout time.Duration) error {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case <-rw.done:
-		rw.mu.Lock()
-		defer rw.mu.Unlock()
-		return rw.at, nil
+	case <-done:
+		return nil
 	case <-ctx.Done():
-		return time.Time{}, ctx.Err()
+		return ctx.Err()
 	case <-t.C:
-		rw.mu.Lock()
-		defer rw.mu.Unlock()
-		return time.Time{}, fmt.Errorf("%d of %d pods running after %s", len(rw.seen), rw.want, timeout)
+		return errTimeout
 	}
 }

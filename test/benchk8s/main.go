@@ -24,8 +24,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/galaxy-platform/rtmanager/test/harness"
@@ -73,15 +71,12 @@ func main() {
 		p.games, p.rounds, p.rest, p.calib, p.writeDocFile = []int{200}, 1, 20*time.Second, []int{256}, false
 	}
 	if *games != "" {
-		p.games, p.writeDocFile = nil, false
-		for _, f := range strings.Split(*games, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n <= 0 {
-				fmt.Fprintf(os.Stderr, "benchk8s: bad number of games %q\n", f)
-				os.Exit(2)
-			}
-			p.games = append(p.games, n)
+		var err error
+		if p.games, err = harness.Counts(*games); err != nil {
+			fmt.Fprintf(os.Stderr, "benchk8s: -games: %v\n", err)
+			os.Exit(2)
 		}
+		p.writeDocFile = false
 	}
 	if *rounds > 0 {
 		p.rounds = *rounds
@@ -90,11 +85,7 @@ func main() {
 		p.rest = *rest
 	}
 	if *rtmEnv != "" {
-		p.rtmEnv, p.writeDocFile = map[string]string{}, false
-		for _, kv := range strings.Split(*rtmEnv, ",") {
-			k, v, _ := strings.Cut(kv, "=")
-			p.rtmEnv[k] = v
-		}
+		p.rtmEnv, p.writeDocFile = harness.EnvList(*rtmEnv), false
 	}
 	if *provisioner {
 		p.provisioner, p.writeDocFile = true, false
@@ -108,29 +99,20 @@ func main() {
 }
 
 func run(ctx context.Context, p params) int {
-	began := time.Now()
+	r := &report{Run: harness.Run{Began: time.Now()}, params: p, nodes: p.nodes}
 	w := &world{}
 	defer w.close()
 	if err := setUp(ctx, w, p); err != nil {
 		harness.Logf("set-up failed: %v", err)
 		return 1
 	}
-	r := &report{params: p, began: began, versions: w.versions, nodes: p.nodes, launch: w.kube.Timings().Ready}
+	r.versions, r.launch = w.versions, w.kube.Timings().Ready
 	var ok bool
-	if r.cleanup, ok = harness.Finish(measure(ctx, w, p, r), "benchmark", w.close); !ok {
+	if r.Cleanup, ok = harness.Finish(measure(ctx, w, p, r), "benchmark", w.close); !ok {
 		return 1
 	}
-	r.elapsed = time.Since(began)
-	r.machine, r.commit, r.goVer = harness.Machine(), harness.Commit(w.Root), harness.GoVersion()
-	fmt.Println(r.table())
-	fmt.Printf("run time %s (clean-up %s)\n", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
-	if p.writeDocFile && !harness.WriteSection(w.Root, p.out, "bench-k8s", r.markdown()) {
-		return 1
-	}
-	if n := r.missed(); n > 0 {
-		harness.Logf("%d target(s) missed", n)
-	}
-	return 0
+	r.Done(w.Root)
+	return r.Report(r.rows(), spreadTitle, p.writeDocFile, func() bool { return harness.WriteSection(w.Root, p.out, "bench-k8s", r.markdown()) })
 }
 
 // measure runs every number of games: the bare client and RTM alternating, round by round.
@@ -149,7 +131,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 		for i := range rounds {
 			// Which side goes first alternates, so that a drift of the host's load falls on both.
 			bare := func() error {
-				return r.phases.Run(fmt.Sprintf("%d games, round %d: bare client", n, i+1), func() error {
+				return r.Phases.Run(fmt.Sprintf("%d games, round %d: bare client", n, i+1), func() error {
 					b, err := w.bareRun(ctx, n, sz.concurrency, fmt.Sprintf("bare-%d-%d", n, i+1))
 					if err == nil {
 						sz.bare = append(sz.bare, b)
@@ -159,7 +141,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 			}
 			withRTM := func() error {
 				last := i == rounds-1
-				return r.phases.Run(fmt.Sprintf("%d games, round %d: RTM", n, i+1), func() error {
+				return r.Phases.Run(fmt.Sprintf("%d games, round %d: RTM", n, i+1), func() error {
 					x, err := w.rtmRun(ctx, p, n, i+1, last)
 					if x != nil {
 						sz.rtm = append(sz.rtm, x)

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -32,79 +31,25 @@ type calibPoint struct {
 
 // report collects a run's results and renders them.
 type report struct {
+	harness.Run
 	params   params
-	began    time.Time
-	elapsed  time.Duration
-	cleanup  time.Duration
-	machine  string
-	commit   string
-	goVer    string
 	versions string
 	nodes    int
 	launch   time.Duration
 	sizes    []*sizeResult
 	calib    []calibPoint
-	phases   harness.Phases
-}
-
-// row is one line of the result table.
-type row struct {
-	Figure, Median, Spread, Target string
-	Verdict                        string // "pass", "MISS" or "" (no target)
-}
-
-func check(ok bool) string {
-	if ok {
-		return "pass"
-	}
-	return "MISS"
-}
-
-// sample is a set of measurements of one figure.
-type sample []float64
-
-func (s sample) quantile(q float64) float64 {
-	c := slices.Clone(s)
-	slices.Sort(c)
-	if len(c) == 0 {
-		return math.NaN()
-	}
-	pos := q * float64(len(c)-1)
-	lo, hi := int(math.Floor(pos)), int(math.Ceil(pos))
-	return c[lo] + (c[hi]-c[lo])*(pos-float64(lo))
-}
-
-func (s sample) median() float64 { return s.quantile(0.5) }
-
-func spread(s sample, format string) string {
-	if len(s) == 0 {
-		return "n/a"
-	}
-	return fmt.Sprintf(format+" – "+format+" (n=%d)", s.quantile(0), s.quantile(1), len(s))
 }
 
 func secs(d time.Duration) float64 { return d.Seconds() }
 
 // rows builds the table.
-func (r *report) rows() []row {
-	var rows []row
-	add := func(x row) { rows = append(rows, x) }
+func (r *report) rows() harness.Rows {
+	var rows harness.Rows
+	add := func(x harness.Row) { rows = append(rows, x) }
 	for _, sz := range r.sizes {
 		n := sz.n
-		targeted := n <= manyGames // the 1,000-game targets; a larger number has to complete
-		tgt := func(s string) string {
-			if targeted {
-				return s
-			}
-			return ""
-		}
-		verdict := func(ok bool) string {
-			if targeted {
-				return check(ok)
-			}
-			return ""
-		}
-		var bare, withRTM, ratio sample
+		goal := harness.Goal(n <= manyGames) // the 1,000-game targets; a larger number has to complete
+		var bare, withRTM, ratio harness.Sample
 		bareLo, bareHi, lo, hi := math.MaxInt, 0, math.MaxInt, 0
 		for _, b := range sz.bare {
 			bare = append(bare, secs(b.dur))
@@ -121,56 +66,56 @@ func (r *report) rows() []row {
 			once = once && x.exactlyOnce()
 			answered, missing, dups, foreign, succeeded = answered+x.answered, missing+x.missing, dups+x.duplicates, foreign+x.foreign, succeeded+x.outcomes["succeeded"]
 		}
-		add(row{Figure: fmt.Sprintf("%d games, bare client: claim + Service + Pod → all running", n),
-			Median: fmt.Sprintf("%.2f s (%.0f/s)", bare.median(), float64(n)/bare.median()), Spread: spread(bare, "%.2f") + fmt.Sprintf(", concurrency %d", sz.concurrency)})
-		add(row{Figure: fmt.Sprintf("%d games, RTM: start jobs → all answered", n),
-			Median: fmt.Sprintf("%.2f s (%.0f/s)", withRTM.median(), float64(n)/withRTM.median()), Spread: spread(withRTM, "%.2f")})
+		add(harness.Row{Figure: fmt.Sprintf("%d games, bare client: claim + Service + Pod → all running", n),
+			Median: fmt.Sprintf("%.2f s (%.0f/s)", bare.Median(), float64(n)/bare.Median()), Spread: bare.Spread("%.2f") + fmt.Sprintf(", concurrency %d", sz.concurrency)})
+		add(harness.Row{Figure: fmt.Sprintf("%d games, RTM: start jobs → all answered", n),
+			Median: fmt.Sprintf("%.2f s (%.0f/s)", withRTM.Median(), float64(n)/withRTM.Median()), Spread: withRTM.Spread("%.2f")})
 		if len(ratio) > 0 {
-			add(row{Figure: fmt.Sprintf("%d games: ratio RTM / bare client", n), Median: fmt.Sprintf("%.2f", ratio.median()),
-				Spread: spread(ratio, "%.2f"), Target: tgt(fmt.Sprintf("≤ %.2f", targetRatio)), Verdict: verdict(ratio.median() <= targetRatio)})
+			add(harness.Row{Figure: fmt.Sprintf("%d games: ratio RTM / bare client", n), Median: fmt.Sprintf("%.2f", ratio.Median()),
+				Spread: ratio.Spread("%.2f"), Target: goal.Target(fmt.Sprintf("≤ %.2f", targetRatio)), Verdict: goal.Verdict(ratio.Median() <= targetRatio)})
 		}
-		add(row{Figure: fmt.Sprintf("%d games: every job answered exactly once", n),
+		add(harness.Row{Figure: fmt.Sprintf("%d games: every job answered exactly once", n),
 			Median: fmt.Sprintf("%d of %d answered, %d succeeded", answered, n*len(sz.rtm), succeeded),
 			Spread: fmt.Sprintf("%d missing, %d answered twice or more, %d unasked", missing, dups, foreign),
-			Target: "exactly once", Verdict: check(once)})
-		if !targeted {
-			add(row{Figure: fmt.Sprintf("%d games: the run completes", n), Median: fmt.Sprintf("%d rounds", len(sz.rtm)),
-				Target: "completes", Verdict: check(once && len(sz.rtm) > 0)})
+			Target: "exactly once", Verdict: harness.Check(once)})
+		if !goal {
+			add(harness.Row{Figure: fmt.Sprintf("%d games: the run completes", n), Median: fmt.Sprintf("%d rounds", len(sz.rtm)),
+				Target: "completes", Verdict: harness.Check(once && len(sz.rtm) > 0)})
 		}
 		if len(sz.rtm) > 0 {
-			add(row{Figure: fmt.Sprintf("%d games: Pods per node (100 nodes)", n), Median: fmt.Sprintf("RTM %d – %d", lo, hi),
+			add(harness.Row{Figure: fmt.Sprintf("%d games: Pods per node (100 nodes)", n), Median: fmt.Sprintf("RTM %d – %d", lo, hi),
 				Spread: fmt.Sprintf("bare client %d – %d", bareLo, bareHi)})
 		}
 		if len(sz.rtm) == 0 {
 			continue
 		}
 		x := sz.rtm[len(sz.rtm)-1]
-		var perGame sample
+		var perGame harness.Sample
 		for _, y := range sz.rtm {
 			perGame = append(perGame, sumReqs(y.burstReqs)/float64(n))
 		}
-		add(row{Figure: fmt.Sprintf("%d games: RTM's API requests per game (start)", n), Median: fmt.Sprintf("%.2f", perGame.median()),
+		add(harness.Row{Figure: fmt.Sprintf("%d games: RTM's API requests per game (start)", n), Median: fmt.Sprintf("%.2f", perGame.Median()),
 			Spread: "last round: " + formatReqs(x.burstReqs)})
-		var rss, cpu sample
+		var rss, cpu harness.Sample
 		for _, y := range sz.rtm {
 			rss, cpu = append(rss, y.burstPeakRSS), append(cpu, 100*y.burstCPU)
 		}
-		add(row{Figure: fmt.Sprintf("%d games: RTM during the start burst, peak RSS / CPU", n),
-			Median: fmt.Sprintf("%.0f MB / %.0f%% of a core", rss.median(), cpu.median()), Spread: "RSS " + spread(rss, "%.0f") + ", CPU " + spread(cpu, "%.0f")})
+		add(harness.Row{Figure: fmt.Sprintf("%d games: RTM during the start burst, peak RSS / CPU", n),
+			Median: fmt.Sprintf("%.0f MB / %.0f%% of a core", rss.Median(), cpu.Median()), Spread: "RSS " + rss.Spread("%.0f") + ", CPU " + cpu.Spread("%.0f")})
 		if rest := x.rest; rest != nil {
 			per := restless(rest.reqs) / float64(n)
-			add(row{Figure: fmt.Sprintf("%d games: RTM's API requests at rest (%s)", n, rest.window.Round(time.Second)),
+			add(harness.Row{Figure: fmt.Sprintf("%d games: RTM's API requests at rest (%s)", n, rest.window.Round(time.Second)),
 				Median: fmt.Sprintf("%.0f per game", per), Spread: formatReqs(rest.reqs),
-				Target: tgt("0 per game (the informer's watch aside)"), Verdict: verdict(restless(rest.reqs) == targetRestN)})
-			add(row{Figure: fmt.Sprintf("%d games: RTM at rest, RSS / CPU", n),
-				Median: fmt.Sprintf("%.0f MB / %.2f%% of a core", rest.rssMB.median(), rest.cpuPct), Spread: "RSS " + spread(rest.rssMB, "%.0f")})
+				Target: goal.Target("0 per game (the informer's watch aside)"), Verdict: goal.Verdict(restless(rest.reqs) == targetRestN)})
+			add(harness.Row{Figure: fmt.Sprintf("%d games: RTM at rest, RSS / CPU", n),
+				Median: fmt.Sprintf("%.0f MB / %.2f%% of a core", rest.rssMB.Median(), rest.cpuPct), Spread: "RSS " + rest.rssMB.Spread("%.0f")})
 		}
 		if pass := x.pass; pass != nil {
-			add(row{Figure: fmt.Sprintf("%d games: full reconcile pass (SIGHUP)", n), Median: fmt.Sprintf("%.0f ms", ms(pass.dur)),
+			add(harness.Row{Figure: fmt.Sprintf("%d games: full reconcile pass (SIGHUP)", n), Median: fmt.Sprintf("%.0f ms", ms(pass.dur)),
 				Spread: fmt.Sprintf("%d games, %.0f reconciles, enqueued in %.0f ms; API requests: %s", pass.games, pass.reconciles, ms(pass.enqueued), formatReqs(pass.reqs))})
 		}
 		if boot := x.boot; boot != nil {
-			add(row{Figure: fmt.Sprintf("%d games: restart, boot pass", n), Median: fmt.Sprintf("%.0f ms", ms(boot.pass)),
+			add(harness.Row{Figure: fmt.Sprintf("%d games: restart, boot pass", n), Median: fmt.Sprintf("%.0f ms", ms(boot.pass)),
 				Spread: fmt.Sprintf("%d games; informer's first list %.0f ms; API requests since the start: %s; answered again: %d",
 					boot.games, ms(boot.list), formatReqs(boot.reqs), boot.answer)})
 		}
@@ -180,54 +125,21 @@ func (r *report) rows() []row {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-func (r *report) missed() int {
-	n := 0
-	for _, x := range r.rows() {
-		if x.Verdict == "MISS" {
-			n++
-		}
-	}
-	return n
-}
-
-// table renders the rows as aligned text.
-func (r *report) table() string {
-	cells := [][5]string{{"figure", "median", "spread / detail", "target", "result"}}
-	for _, x := range r.rows() {
-		cells = append(cells, [5]string{x.Figure, x.Median, x.Spread, x.Target, x.Verdict})
-	}
-	return harness.Table(cells)
-}
+// spreadTitle heads the result table's third column.
+const spreadTitle = "spread / detail"
 
 // markdown renders the section.
 func (r *report) markdown() string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	p("## Kubernetes runtime")
-	p("")
-	p("Written by `make bench-k8s` (`go run ./test/benchk8s`) between its markers; do not edit by hand.")
-	p("Every figure of this section is from the one run described here.")
-	p("")
-	p("| | |")
-	p("|---|---|")
-	p("| machine | %s |", r.machine)
-	p("| date | %s |", r.began.UTC().Format("2006-01-02 15:04 MST"))
-	p("| commit | %s |", r.commit)
-	p("| control plane | %s |", r.versions)
-	p("| nodes | %d kwok nodes, 110 Pods each (up in %s) |", r.nodes, r.launch.Round(100*time.Millisecond))
-	p("| Go | %s |", r.goVer)
-	p("| run time | %s (of which clean-up %s) |", r.elapsed.Round(time.Second), r.cleanup.Round(time.Second))
-	p("| targets missed | %d |", r.missed())
-	p("")
-	r.phases.Markdown(p)
+	rows := r.rows()
+	r.Markdown(p, "## Kubernetes runtime", "Written by `make bench-k8s` (`go run ./test/benchk8s`) between its markers; do not edit by hand.\n"+
+		"Every figure of this section is from the one run described here.", rows.Missed(), [2]string{"control plane", r.versions},
+		[2]string{"nodes", fmt.Sprintf("%d kwok nodes, 110 Pods each (up in %s)", r.nodes, r.launch.Round(100*time.Millisecond))})
 	p("")
 	p("### Results")
 	p("")
-	p("| figure | median | spread / detail | target | result |")
-	p("|---|---|---|---|---|")
-	for _, x := range r.rows() {
-		p("| %s | %s | %s | %s | %s |", x.Figure, x.Median, x.Spread, x.Target, x.Verdict)
-	}
+	rows.Markdown(p, spreadTitle)
 	p("")
 	p("Samples, s (round by round, the side that went first alternating):")
 	p("")

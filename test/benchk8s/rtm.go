@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -68,7 +69,7 @@ type rtmResult struct {
 type restResult struct {
 	window time.Duration
 	reqs   map[string]float64
-	rssMB  sample
+	rssMB  harness.Sample
 	cpuPct float64 // of one core
 }
 
@@ -99,17 +100,11 @@ func keepLine(l harness.LogLine) bool { return logged[l.Msg] || l.Level == "ERRO
 // rtmRun starts n games through RTM in a fresh namespace, database and Redis, and measures; when
 // full, also RTM at rest, a manual pass and a restart. The namespace is emptied afterwards.
 func (w *world) rtmRun(ctx context.Context, p params, n, round int, full bool) (*rtmResult, error) {
-	ns, err := w.newNamespace(ctx, fmt.Sprintf("rtm-%d-%d", n, round))
+	ns, release, err := w.useNamespace(ctx, fmt.Sprintf("rtm-%d-%d", n, round))
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
-		defer cancel()
-		if err := w.clearNamespace(cctx, ns); err != nil {
-			harness.Logf("  emptying namespace %s: %v", ns, err)
-		}
-	}()
+	defer release()
 	dsn, err := w.NewDatabase(fmt.Sprintf("benchk8s_%d_%d", n, round))
 	if err != nil {
 		return nil, err
@@ -200,7 +195,7 @@ func (w *world) rtmRun(ctx context.Context, p params, n, round int, full bool) (
 		return res, err
 	}
 	harness.Logf("  RTM at rest for %s: API requests %s; RSS %.0f MB; CPU %.2f%% of a core",
-		res.rest.window.Round(time.Second), formatReqs(res.rest.reqs), res.rest.rssMB.median(), res.rest.cpuPct)
+		res.rest.window.Round(time.Second), formatReqs(res.rest.reqs), res.rest.rssMB.Median(), res.rest.cpuPct)
 	if res.pass, err = w.manualPass(ctx, proc); err != nil {
 		return res, err
 	}
@@ -303,24 +298,17 @@ func reconciles(m harness.PromText) float64 {
 func bootPass(ctx context.Context, proc *harness.Proc) (*bootResult, error) {
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	find := func(msg string) (harness.LogLine, error) {
-		return proc.WaitLog(lctx, 0, func(l harness.LogLine) bool { return l.Msg == msg })
-	}
-	ping, err := find("kubernetes ping ok")
-	if err != nil {
-		return nil, err
-	}
-	listed, err := find("kubernetes pods listed")
-	if err != nil {
-		return nil, err
-	}
-	listen, err := find("internal http listening")
-	if err != nil {
-		return nil, err
-	}
-	done, err := find("reconciler initial pass completed")
-	if err != nil {
-		return nil, err
+	// The informer's first list, the listener and the boot pass, in the order RTM logs them.
+	var ping, listed, listen, done harness.LogLine
+	for _, l := range []struct {
+		msg  string
+		line *harness.LogLine
+	}{{"kubernetes ping ok", &ping}, {"kubernetes pods listed", &listed},
+		{"internal http listening", &listen}, {"reconciler initial pass completed", &done}} {
+		var err error
+		if *l.line, err = proc.WaitLog(lctx, 0, func(x harness.LogLine) bool { return x.Msg == l.msg }); err != nil {
+			return nil, fmt.Errorf("%s: %w", l.msg, err)
+		}
 	}
 	m, err := proc.Metrics(ctx)
 	if err != nil {
@@ -374,19 +362,14 @@ func (a *answers) note(e harness.Entry) {
 
 // wait returns when every wanted request has a result: when the last one was read.
 func (a *answers) wait(ctx context.Context, timeout time.Duration) (time.Time, error) {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-a.done:
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		return a.last, nil
-	case <-ctx.Done():
-		return time.Time{}, ctx.Err()
-	case <-t.C:
-		o := a.snapshot()
-		return time.Time{}, fmt.Errorf("%d of %d jobs answered after %s", o.answered, len(a.want), timeout)
+	if err := closedWithin(ctx, a.done, timeout); errors.Is(err, errTimeout) {
+		return time.Time{}, fmt.Errorf("%d of %d jobs answered after %s", a.snapshot().answered, len(a.want), timeout)
+	} else if err != nil {
+		return time.Time{}, err
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.last, nil
 }
 
 // tally is a copy of the counts.

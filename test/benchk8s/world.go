@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,7 +47,7 @@ func setUp(ctx context.Context, w *world, p params) error {
 	err := testenv.Parallel(
 		// No engine image: kwok runs no containers.
 		func() error {
-			return harness.SetUp(ctx, w.World, harness.Options{Name: "benchk8s", EngineRepo: engineRepo, Keep: p.keep})
+			return harness.SetUp(ctx, w.World, harness.Options{Name: "benchk8s", EngineRepo: engineRepo, Keep: p.keep, Durable: true})
 		},
 		func() (err error) {
 			lctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
@@ -76,7 +75,7 @@ func setUp(ctx context.Context, w *world, p params) error {
 			return err
 		}
 	}
-	return durable(ctx, w.Env.AdminDSN)
+	return nil
 }
 
 // close stops the control plane and tears the harness world down.
@@ -104,32 +103,22 @@ func binVersions() string {
 	return strings.Join(parts, "; ")
 }
 
-// durable turns PostgreSQL's durability back on (the test harness turns it off for speed), as
-// test/bench does: every commit RTM makes is flushed to disk, as in production.
-func durable(ctx context.Context, adminDSN string) error {
-	conn, err := pgx.Connect(ctx, adminDSN)
-	if err != nil {
-		return fmt.Errorf("connecting to postgres as admin: %w", err)
-	}
-	defer conn.Close(ctx)
-	for _, q := range []string{`ALTER SYSTEM SET fsync = on`, `ALTER SYSTEM SET synchronous_commit = on`,
-		`ALTER SYSTEM SET full_page_writes = on`, `SELECT pg_reload_conf()`} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("making postgres durable (%s): %w", q, err)
-		}
-	}
-	return nil
-}
-
-// newNamespace creates a namespace of its own for one run.
-func (w *world) newNamespace(ctx context.Context, what string) (string, error) {
+// useNamespace creates a namespace of its own for one run; release empties it (clearNamespace),
+// also after ctx has ended.
+func (w *world) useNamespace(ctx context.Context, what string) (ns string, release func(), err error) {
 	w.nsSeq++
-	name := fmt.Sprintf("%s-%s-%d", strings.ToLower(w.Run), what, w.nsSeq)
-	_, err := w.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	ns = fmt.Sprintf("%s-%s-%d", strings.ToLower(w.Run), what, w.nsSeq)
+	_, err = w.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 	if err != nil {
-		return "", fmt.Errorf("creating namespace %s: %w", name, err)
+		return "", nil, fmt.Errorf("creating namespace %s: %w", ns, err)
 	}
-	return name, nil
+	return ns, func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+		defer cancel()
+		if err := w.clearNamespace(cctx, ns); err != nil {
+			harness.Logf("  emptying namespace %s: %v", ns, err)
+		}
+	}, nil
 }
 
 // clearNamespace deletes what a run left in ns: its Pods (their capacity is the next run's),

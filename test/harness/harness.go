@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -113,4 +115,28 @@ func Go(ctx context.Context, fn func(context.Context)) (stop func()) {
 		cancel()
 		<-done
 	}
+}
+
+// Counts parses a flag's comma-separated list of positive whole numbers (numbers of games or
+// engines).
+func Counts(list string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad number %q", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// EnvList parses a flag's K=V,K=V list of environment settings.
+func EnvList(list string) map[string]string {
+	env := map[string]string{}
+	for _, kv := range strings.Split(list, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	return env
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/galaxy-platform/rtmanager/test/testenv"
@@ -29,6 +30,9 @@ type Options struct {
 	EngineVersions []string
 	// Keep keeps the work dir (RTM's logs) when the world closes.
 	Keep bool
+	// Durable turns PostgreSQL's durability back on (testenv turns it off for speed): every
+	// commit RTM makes is flushed to disk, as in production. For benchmarks.
+	Durable bool
 }
 
 // World is everything a run starts: PostgreSQL and Redis (testenv), the engine images, the
@@ -107,7 +111,36 @@ func SetUp(ctx context.Context, w *World, o Options) error {
 	o2 := w.Env.RedisOptions(0)
 	o2.PoolSize = 64
 	w.RDB = redis.NewClient(o2)
+	if o.Durable {
+		return durable(ctx, w.Env.AdminDSN)
+	}
 	return nil
+}
+
+// durable turns PostgreSQL's durability back on and waits until the server's backends have it.
+func durable(ctx context.Context, adminDSN string) error {
+	conn, err := pgx.Connect(ctx, adminDSN)
+	if err != nil {
+		return fmt.Errorf("connecting to postgres as admin: %w", err)
+	}
+	defer conn.Close(ctx)
+	for _, q := range []string{`ALTER SYSTEM SET fsync = on`, `ALTER SYSTEM SET synchronous_commit = on`,
+		`ALTER SYSTEM SET full_page_writes = on`, `SELECT pg_reload_conf()`} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("making postgres durable (%s): %w", q, err)
+		}
+	}
+	// The reload reaches the backends asynchronously.
+	var fsync, syncCommit string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); SleepCtx(ctx, 50*time.Millisecond) {
+		if err := conn.QueryRow(ctx, `SELECT current_setting('fsync'), current_setting('synchronous_commit')`).Scan(&fsync, &syncCommit); err != nil {
+			return fmt.Errorf("reading postgres durability settings: %w", err)
+		}
+		if fsync == "on" && syncCommit == "on" {
+			return nil
+		}
+	}
+	return fmt.Errorf("postgres kept fsync=%s synchronous_commit=%s after reload", fsync, syncCommit)
 }
 
 // NewDatabase returns the DSN of a fresh database provisioned like production.

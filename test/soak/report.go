@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
 // Stability criteria of issue 10 item 5.
@@ -230,11 +232,12 @@ func (r *report) trendTable() string {
 // traffic describes what the window carried.
 func (r *report) traffic() string {
 	var b strings.Builder
+	rest := harness.Sample(r.restAll)
 	fmt.Fprintf(&b, "- Start/stop jobs on the %d-game pool: %d sent (%.2f/s), %d of them delivered twice with the same request_id; %d jobs answered failed (engines and pool), %d without a result within %s; %d ticks skipped because every pool game had a job in flight.\n",
 		r.p.churn, r.churnSent, float64(r.churnSent)/r.window.Seconds(), r.delivered2, r.jobsFailed, r.jobsLost, jobTimeout, r.churnSkipped)
 	fmt.Fprintf(&b, "- REST reads: %d answered 200 (%.1f/s), %d otherwise, %d dropped because all 16 readers were busy; latency p50 %.1f ms, p99 %.1f ms, max %.1f ms.\n",
 		r.restOK, float64(r.restOK)/r.window.Seconds(), r.restErr, r.restDropped,
-		quantile(r.restAll, 0.5), quantile(r.restAll, 0.99), quantile(r.restAll, 1))
+		rest.Median(), rest.Quantile(0.99), rest.Max())
 	if len(r.codes) > 0 {
 		b.WriteString("  Non-200 answers: " + joinCounts(r.codes) + ".\n")
 	}
@@ -260,7 +263,7 @@ func (r *report) traffic() string {
 			durs = append(durs, m.duration.Seconds())
 		}
 		fmt.Fprintf(&b, "- REST %s of %s: %d, answered %s; %.1f s median, %.1f s max.\n",
-			k, ms[0].game, len(ms), joinCounts(codes), quantile(durs, 0.5), quantile(durs, 1))
+			k, ms[0].game, len(ms), joinCounts(codes), harness.Sample(durs).Median(), harness.Sample(durs).Max())
 	}
 	if len(r.health) > 0 {
 		b.WriteString("- Health events published during the window: " + joinCounts(r.health) + ".\n")

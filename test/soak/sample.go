@@ -6,7 +6,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -80,7 +79,7 @@ func (s *sampler) read(ctx context.Context) (point, string, error) {
 		pt.probeFail = (m.Sum("rtmanager_probe_results_total", `result="failed"`) - s.prevM.Sum("rtmanager_probe_results_total", `result="failed"`)) / secs
 		pt.jobs, pt.rest, pt.restErr = jobs-s.prevJ, ok-s.prevOK, bad-s.prevE
 		if l := s.tr.drainLatencies(); len(l) > 0 {
-			pt.restP99 = quantile(l, 0.99)
+			pt.restP99 = harness.Sample(l).Quantile(0.99)
 		}
 	} else {
 		s.tr.drainLatencies()
@@ -229,18 +228,6 @@ func saveProfiles(ctx context.Context, p *rtmProc, dir, suffix, goroutines strin
 		return fmt.Errorf("heap profile: %w", err)
 	}
 	return os.WriteFile(filepath.Join(dir, "heap-"+suffix+".pb.gz"), []byte(heap), 0o644)
-}
-
-// quantile returns the q-quantile (0..1) of xs by linear interpolation; NaN when empty.
-func quantile(xs []float64, q float64) float64 {
-	c := slices.Clone(xs)
-	slices.Sort(c)
-	if len(c) == 0 {
-		return math.NaN()
-	}
-	pos := q * float64(len(c)-1)
-	lo, hi := int(math.Floor(pos)), int(math.Ceil(pos))
-	return c[lo] + (c[hi]-c[lo])*(pos-float64(lo))
 }
 
 // mean is the average of xs; NaN when empty.
