@@ -251,6 +251,10 @@ type Container struct {
 	// Final is set when the container cannot be started again, only replaced: a terminated Pod
 	// on Kubernetes (a Pod runs once). Docker containers are never final.
 	Final bool
+	// Starting is set when the runtime is bringing the container up by itself, with no further
+	// call: a Pod waiting for its node, its image or its volume. A Docker container never is
+	// (a created container waits for a start).
+	Starting bool
 }
 
 // Running reports whether the container's process is up (running, paused or restarting).
@@ -304,3 +308,17 @@ var (
 	// game's lease (its fencing epoch is older than the record's, or its lease has ended).
 	ErrFenced = errors.New("fenced out: the game's lease is held by a newer holder")
 )
+
+// Starting is the error of a start that the runtime has set going but that does not run yet (a
+// Pod waiting for its node, its image or its volume): not a failure. The runtime's events say
+// when it runs or fails; Within is when to look again at the latest, when the runtime stops
+// waiting for it.
+type Starting struct {
+	ID     string // the container
+	Reason string // why it does not run yet, in the runtime's words
+	Within time.Duration
+}
+
+func (e *Starting) Error() string {
+	return fmt.Sprintf("container %s is starting (%s); the runtime gives it %s more", e.ID, e.Reason, e.Within)
+}

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -67,10 +68,16 @@ func change(a rtm.Answer, containerID string, apply func(x *rtm.Record, current 
 //     next request can act.
 func (r *GameReconciler) failure(s *scope, err error) outcome {
 	var se *storeError
+	var starting *rtm.Starting
 	var a rtm.Answer
 	switch {
 	case s.parent.Err() != nil:
 		return retryAfterFailure(err)
+	case errors.As(err, &starting):
+		// Under way, not failed: the runtime's event that it runs (or cannot) enqueues the game,
+		// and the reconcile then settles or answers it; Within is the runtime's own deadline.
+		s.log.Debug("engine starting; waiting for the runtime", "container_id", starting.ID, "reason", starting.Reason)
+		return waitFor(starting.Within)
 	case errors.Is(err, rtm.ErrFenced) || s.ctx.Err() != nil:
 		s.log.Info("lease lost; leaving the game to its next holder", "error", err)
 		return waitFor(r.opts.LeaseRetry)
@@ -113,7 +120,7 @@ func (r *GameReconciler) run(s *scope) (*rtm.Change, error) {
 	var err error
 	if s.act == ActStartExisting {
 		id = s.c.ID
-		if err = s.rt.Start(s.ctx, id); err != nil && !retryable(s.act, err) {
+		if err = s.rt.BeginStart(s.ctx, id); err != nil && !retryable(s.act, err) {
 			_ = s.rt.Remove(s.ctx, id) // it will not start: the next try creates a fresh one
 		}
 	} else {
@@ -122,7 +129,7 @@ func (r *GameReconciler) run(s *scope) (*rtm.Change, error) {
 				return nil, err
 			}
 		}
-		id, err = r.launch(s, image)
+		id, err = r.launch(s, image, s.rt.BeginStart)
 	}
 	if err != nil {
 		return nil, err
@@ -133,10 +140,12 @@ func (r *GameReconciler) run(s *scope) (*rtm.Change, error) {
 		startedEvent(s.gameID, id)), nil
 }
 
-// launch prepares the state dir and creates and starts a container of image, pulling the image
+// launch prepares the state dir and creates a container of image and starts it with start (the
+// runtime's Start, or its BeginStart where the start may be left under way), pulling the image
 // first only when the daemon does not have it (the create says so): a start of a local image
-// costs no image call. A container that was created but would not start is removed again.
-func (r *GameReconciler) launch(s *scope, image string) (string, error) {
+// costs no image call. A container that was created but would not start is removed again; one
+// still starting (*rtm.Starting) is kept, and the error says so.
+func (r *GameReconciler) launch(s *scope, image string, start func(ctx context.Context, id string) error) (string, error) {
 	dir, err := r.dirs.Ensure(s.gameID)
 	if err != nil {
 		return "", err
@@ -165,7 +174,7 @@ func (r *GameReconciler) launch(s *scope, image string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := s.rt.Start(s.ctx, id); err != nil {
+	if err := start(s.ctx, id); err != nil {
 		if !retryable(ActCreate, err) {
 			_ = s.rt.Remove(s.ctx, id)
 		}

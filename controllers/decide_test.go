@@ -27,6 +27,7 @@ func TestDecide(t *testing.T) {
 		return c
 	}
 	foreign := func(c *rtm.Container) { c.Owned = false }
+	starting := func(c *rtm.Container) { c.Starting = true }
 	tests := []struct {
 		name  string
 		given struct {
@@ -53,6 +54,9 @@ func TestDecide(t *testing.T) {
 		{"restart asks for a newer container generation", given(record(rtm.StatusRunning, rtm.DesiredRunning, true, func(r *rtm.Record) { r.ContainerGeneration = 2 }), ctr(rtm.StateRunning)), ActReplace},
 		{"a foreign container in the way still means create", given(record(rtm.StatusStarting, rtm.DesiredRunning, true), ctr(rtm.StateRunning, foreign)), ActCreate},
 		{"stop of a running container stops", given(record(rtm.StatusRunning, rtm.DesiredStopped, true), ctr(rtm.StateRunning)), ActStop},
+		{"pending start with a Pod on its way starts it (BeginStart waits for its events)", given(record(rtm.StatusStopped, rtm.DesiredRunning, true), ctr(rtm.StateCreated, starting)), ActStartExisting},
+		{"stop of a Pod on its way stops it: it would run by itself", given(record(rtm.StatusStopped, rtm.DesiredStopped, true), ctr(rtm.StateCreated, starting)), ActStop},
+		{"stop of a created Docker container settles: it never runs by itself", given(record(rtm.StatusStopped, rtm.DesiredStopped, true), ctr(rtm.StateCreated)), ActSettle},
 		{"desired stopped but started by hand is adopted", given(record(rtm.StatusStopped, rtm.DesiredStopped, false), ctr(rtm.StateRunning)), ActAdopt},
 		{"exited record whose container vanished is disposed", given(record(rtm.StatusExited, rtm.DesiredStopped, false), nil), ActDispose},
 		{"pending stop of an exited container settles", given(record(rtm.StatusRunning, rtm.DesiredStopped, true), ctr(rtm.StateExited)), ActSettle},

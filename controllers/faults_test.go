@@ -62,6 +62,12 @@ func (stateDirs) Ensure(gameID string) (string, error) { return "/srv/galaxy/gam
 
 func (fe *faultEnv) game(t *testing.T, name string) *faultGame {
 	t.Helper()
+	return fe.gameOn(t, name, func(f *runtimetest.Fake) controllers.ContainerRuntime { return f })
+}
+
+// gameOn is game with the reconciler driving rt(the world's fake) instead of the fake itself.
+func (fe *faultEnv) gameOn(t *testing.T, name string, rt func(*runtimetest.Fake) controllers.ContainerRuntime) *faultGame {
+	t.Helper()
 	n := fe.seq.Add(1)
 	w := runtimetest.NewWorld(runtimetest.Options{Seed: uint64(n)})
 	w.AddImages(imgA, imgC)
@@ -80,7 +86,7 @@ func (fe *faultEnv) game(t *testing.T, name string) *faultGame {
 	// A small budget per request: a failure that never clears is answered within a second.
 	opts.RetryAttempts, opts.RetryWindow = 3, 300*time.Millisecond
 	log := slog.New(slog.DiscardHandler)
-	rec, err := controllers.New(fe.st, w.As(owner), leases, stateDirs{}, w.As(owner), opts, log, nil, nil)
+	rec, err := controllers.New(fe.st, rt(w.As(owner)), leases, stateDirs{}, w.As(owner), opts, log, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

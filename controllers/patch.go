@@ -80,7 +80,7 @@ func (r *GameReconciler) resumePatch(s *scope, oldImage string) (*rtm.Change, er
 // launchPatch launches the new engine, shows it on the record as under verification, and
 // finishes the patch.
 func (r *GameReconciler) launchPatch(s *scope, oldImage, newImage string) (*rtm.Change, error) {
-	id, err := r.launch(s, newImage)
+	id, err := r.launch(s, newImage, s.rt.Start)
 	if err == nil {
 		ch := rtm.Change{GameID: s.gameID, Gen: s.rec.Generation, Epoch: s.rec.FenceEpoch,
 			Apply: func(x *rtm.Record, _ bool) { x.Verifying(id, newImage) }}
@@ -120,7 +120,7 @@ func (r *GameReconciler) finishPatch(s *scope, id, oldImage, newImage string, er
 			return nil, err
 		}
 	}
-	back, err := r.launch(s, oldImage)
+	back, err := r.launch(s, oldImage, s.rt.Start)
 	if err != nil {
 		if retryable(ActCreate, err) {
 			return nil, err

@@ -244,6 +244,17 @@ func (f fencedRuntime) Start(ctx context.Context, id string) error {
 	return f.rt.Start(ctx, id)
 }
 
+// BeginStart is the runtime's BeginStart when it is a StartBeginner, else its Start.
+func (f fencedRuntime) BeginStart(ctx context.Context, id string) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	if b, ok := f.rt.(StartBeginner); ok {
+		return b.BeginStart(ctx, id)
+	}
+	return f.rt.Start(ctx, id)
+}
+
 func (f fencedRuntime) Stop(ctx context.Context, id string, grace time.Duration) error {
 	if err := f.check(); err != nil {
 		return err
@@ -433,7 +444,9 @@ func Decide(rec *rtm.Record, c *rtm.Container) Action {
 		return ActStartExisting
 	case rtm.DesiredStopped:
 		switch {
-		case c != nil && c.Running() && pending:
+		case c != nil && (c.Running() || c.Starting) && pending:
+			// A Pod still on its way would run by itself after the stop was answered: it is
+			// stopped too.
 			return ActStop
 		case c != nil && c.Running():
 			// Nobody asked RTM to stop it: an operator started it by hand. Operators stay in

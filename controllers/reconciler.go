@@ -53,6 +53,15 @@ type ContainerRuntime interface {
 	Remove(ctx context.Context, id string) error
 }
 
+// StartBeginner is a ContainerRuntime whose engines take seconds to run after a start (a Pod
+// waits for the scheduler, the image and the volume): BeginStart returns *rtm.Starting instead
+// of waiting, and the runtime's events wake the reconciler when the engine runs or fails. A
+// start job's reconcile then holds its worker for a few calls, not for the whole start. Patches
+// still Start: their verification needs the new engine up within the reconcile.
+type StartBeginner interface {
+	BeginStart(ctx context.Context, id string) error
+}
+
 // Leaser hands out per-game leases. Acquire fails with an error wrapping rtm.ErrConflict when
 // another process holds the lease. The returned context ends when the lease is lost, and its
 // Err is synchronously accurate: it reports the loss the moment the lease can no longer be

@@ -192,7 +192,7 @@ func (in *Informer) apply(ev rtm.DockerEvent) bool {
 		in.cache.Invalidate(ev.GameID)
 	case "destroy":
 		in.cache.Destroyed(ev.GameID, ev.ContainerID)
-	case "start", "stop", "pause", "unpause", "create", "rename", "health_status":
+	case "start", "stop", "pause", "unpause", "create", "rename", "health_status", "update":
 		in.cache.Invalidate(ev.GameID)
 	default:
 		return false

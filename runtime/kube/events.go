@@ -24,7 +24,8 @@ var errOverflow = errors.New("kubernetes events: the reader fell behind; relist"
 
 // Events subscribes to the owned Pods' changes, translated into the events the Docker adapter
 // produces: start (the engine runs), oom and die with the exit code (it terminated), destroy (the
-// Pod is gone), health_status (its readiness changed), create (a Pod appeared, not running yet).
+// Pod is gone), health_status (its readiness changed), create (a Pod appeared, not running yet),
+// update (a Pod that has not run shows that it cannot: ErrImagePull, CreateContainerError, …).
 // The Pods the informer already holds are not replayed: a subscriber lists them (List). The
 // error channel carries one error when the subscription ends before ctx (the reader fell
 // behind); both channels are closed then.
@@ -107,6 +108,11 @@ func (k *Kube) translate(o, n *corev1.Pod) []rtm.DockerEvent {
 	}
 	if !wasRunning && !wasDone && running(n) {
 		out = append(out, k.event(n, "start"))
+	}
+	if startFailure(n) != nil && (o == nil || startFailure(o) == nil) {
+		// It will not run (its image cannot be pulled, its container cannot be created): a
+		// start that BeginStart left waiting is answered now.
+		out = append(out, k.event(n, "update"))
 	}
 	if t := terminated(n); t != nil && !wasDone {
 		if t.Reason == "OOMKilled" {

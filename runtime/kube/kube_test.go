@@ -30,6 +30,7 @@ func TestKube(t *testing.T) {
 		{"events follow the engine's life", testEvents},
 		{"stop keeps the exited Pod until remove", testStopRemove},
 		{"a Pod that cannot be placed fails its start", testUnschedulable},
+		{"a start left under way", testBeginStart},
 		{"a name taken by a Pod RTM does not own", testForeignName},
 		{"access review", testAccess},
 		{"a lost node's Pod vanishes", testLostNode},
@@ -378,5 +379,68 @@ func testLostNode(t *testing.T, env *k8senv.Env) {
 	t.Logf("the lost node's Pod was gone %s after the node went not ready", time.Since(lost).Round(100*time.Millisecond))
 	if _, err := k.Inspect(ctx, "eta"); !errors.Is(err, rtm.ErrNotFound) {
 		t.Errorf("Inspect after the eviction: %v, want not found", err)
+	}
+}
+
+// BeginStart answers a Pod still on its way with *rtm.Starting (the reconciler's worker is free
+// meanwhile), the events say when it runs or cannot, and a stop of a Pod that never ran is quick.
+func testBeginStart(t *testing.T, env *k8senv.Env) {
+	k, _ := adapter(t, env, func(o *kube.Options) { o.StartTimeout = 4 * time.Second })
+	next := collect(t, k)
+	ctx := deadline(t, time.Minute)
+	var starting *rtm.Starting
+
+	// One that runs: under way or already running, then running.
+	id, err := k.Create(ctx, spec("eta"))
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	if err := k.BeginStart(ctx, id); err != nil && !errors.As(err, &starting) {
+		t.Fatalf("BeginStart = %v, want nil or *rtm.Starting", err)
+	}
+	next("start", action("eta", "start"))
+	if err := k.BeginStart(ctx, id); err != nil {
+		t.Fatalf("BeginStart of a running Pod = %v", err)
+	}
+
+	// One no node has room for: under way, with what is left of the start timeout, until that
+	// runs out.
+	s := spec("theta")
+	s.MemoryBytes = 1 << 50
+	id, err = k.Create(ctx, s)
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	if err := k.BeginStart(ctx, id); !errors.As(err, &starting) || starting.Within <= 0 || starting.Within > 4*time.Second {
+		t.Fatalf("BeginStart = %v, want *rtm.Starting within 4s", err)
+	}
+	if c, err := k.Inspect(ctx, "theta"); err != nil || !c.Starting || c.State != rtm.StateCreated {
+		t.Fatalf("Inspect = %+v %v, want a created container starting by itself", c, err)
+	}
+	var rerr *rtm.Error
+	if !waitFor(30*time.Second, func() bool { return errors.As(k.BeginStart(ctx, id), &rerr) }) ||
+		rerr.Code != rtm.CodeContainerStartFailed || !strings.Contains(rerr.Message, "not scheduled") {
+		t.Fatalf("BeginStart after the start timeout = %v, want container_start_failed, not scheduled", rerr)
+	}
+	// A stop of a Pod that never ran takes no grace: nothing runs, there is no exit code.
+	if err := k.Stop(ctx, id, time.Hour); err != nil {
+		t.Fatalf("Stop of a Pod that never ran: %v", err)
+	}
+	if c, err := k.Inspect(ctx, "theta"); err != nil || c.Starting || !c.Final {
+		t.Fatalf("after Stop: %+v %v, want final, not starting", c, err)
+	}
+	if err := k.Remove(ctx, id); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+
+	// One whose image cannot be pulled: an update event, then BeginStart says why.
+	s = spec("iota")
+	s.ImageRef = k8senv.UnpullableRegistry + "/rtm-kube-test/game:1.0.0"
+	if id, err = k.Create(ctx, s); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	next("update", action("iota", "update"))
+	if err := k.BeginStart(ctx, id); !errors.As(err, &rerr) || rerr.Code != rtm.CodeImagePullFailed {
+		t.Fatalf("BeginStart = %v, want image_pull_failed", err)
 	}
 }

@@ -213,15 +213,12 @@ func (k *Kube) Start(ctx context.Context, id string) error {
 }
 
 func (k *Kube) start(ctx context.Context, id string) error {
-	// A Pod Create just made reaches the informer a moment later: one it has not seen within
-	// CallTimeout is not there.
-	err := k.await(ctx, types.UID(id), k.opts.CallTimeout, func() bool { return k.anyPodByUID(id) != nil })
-	if errors.Is(err, errWaited) {
-		return fmt.Errorf("starting pod %s: %w", id, rtm.ErrNotFound)
+	if err := k.seen(ctx, id); err != nil {
+		return err
 	}
 	var last *corev1.Pod
 	var failed error
-	err = k.await(ctx, types.UID(id), k.opts.StartTimeout, func() bool {
+	err := k.await(ctx, types.UID(id), k.opts.StartTimeout, func() bool {
 		last = k.podByUID(id)
 		if last != nil {
 			failed = startFailure(last)
@@ -242,6 +239,53 @@ func (k *Kube) start(ctx context.Context, id string) error {
 		return failed
 	}
 	return nil
+}
+
+// seen waits until the informer holds Pod id: a Pod Create just made reaches it a moment later,
+// and one it has not seen within CallTimeout is not there.
+func (k *Kube) seen(ctx context.Context, id string) error {
+	err := k.await(ctx, types.UID(id), k.opts.CallTimeout, func() bool { return k.anyPodByUID(id) != nil })
+	if errors.Is(err, errWaited) {
+		return fmt.Errorf("starting pod %s: %w", id, rtm.ErrNotFound)
+	}
+	return err
+}
+
+// BeginStart is Start without the wait for the Pod to run: a Pod still on its way (scheduled or
+// not, pulling, mounting) is answered with *rtm.Starting, whose Within is what is left of
+// StartTimeout since the Pod's creation, and the informer's events (start, die, or the update
+// that shows a start failure) say when to look again. A worker of the reconciler so holds a game
+// for a few API calls, not for the seconds a Pod takes to run under a burst.
+//
+// Errors are Start's, the timeout counted from the Pod's creation.
+func (k *Kube) BeginStart(ctx context.Context, id string) error {
+	op := k.ops.Start(ctx, "begin_start", attrPodUID.String(id))
+	ctx = op.Context()
+	return op.Finish(k.beginStart(ctx, id))
+}
+
+func (k *Kube) beginStart(ctx context.Context, id string) error {
+	if err := k.seen(ctx, id); err != nil {
+		return err
+	}
+	p := k.podByUID(id)
+	switch {
+	case p == nil:
+		return fmt.Errorf("starting pod %s: %w", id, rtm.ErrNotFound)
+	case running(p) || terminated(p) != nil:
+		return nil
+	}
+	if err := startFailure(p); err != nil {
+		k.forgetGame(p)
+		return err
+	}
+	left := k.opts.StartTimeout - time.Since(p.CreationTimestamp.Time)
+	if left <= 0 {
+		k.forgetGame(p)
+		return rtm.Errorf(rtm.CodeContainerStartFailed, "pod %s is not running after %s: %s",
+			p.Name, k.opts.StartTimeout, pendingReason(p))
+	}
+	return &rtm.Starting{ID: id, Reason: pendingReason(p), Within: left}
 }
 
 // errWaited is await's error when the wait ran out.
@@ -324,6 +368,11 @@ func (k *Kube) stop(ctx context.Context, id string, grace time.Duration) error {
 		return nil
 	}
 	secs := int64(math.Ceil(max(grace, 0).Seconds()))
+	if !running(p) {
+		// It never ran (still on its way): there is nothing to stop gracefully and no exit code
+		// to read; the deleted Pod, kept by KeepExited, says final until Remove.
+		secs = 0
+	}
 	if p.DeletionTimestamp == nil {
 		if err := k.keepExited(ctx, p); err != nil {
 			return err
@@ -334,7 +383,7 @@ func (k *Kube) stop(ctx context.Context, id string, grace time.Duration) error {
 	}
 	err := k.await(ctx, p.UID, time.Duration(secs)*time.Second+k.opts.CallTimeout, func() bool {
 		cur := k.podByUID(id)
-		return cur == nil || terminated(cur) != nil
+		return cur == nil || terminated(cur) != nil || cur.DeletionTimestamp != nil && !running(cur)
 	})
 	if errors.Is(err, errWaited) {
 		err = fmt.Errorf("its engine is not reported terminated after %ds: %w", secs, rtm.ErrUnavailable)
@@ -664,6 +713,8 @@ func (k *Kube) container(p *corev1.Pod, now time.Time) rtm.Container {
 		// On its way out: whatever it does now, it will not run again.
 		c.Final = true
 	}
+	// A Pod that has not run yet runs by itself once its node, image and volume are there.
+	c.Starting = c.State == rtm.StateCreated && !c.Final
 	return c
 }
 
