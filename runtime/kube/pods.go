@@ -279,7 +279,9 @@ func (k *Kube) beginStart(ctx context.Context, id string) error {
 		k.forgetGame(p)
 		return err
 	}
-	left := k.opts.StartTimeout - time.Since(p.CreationTimestamp.Time)
+	// The creation time is kept in whole seconds: the Pod was created before the end of that
+	// second, so counting from there never gives up before StartTimeout has passed.
+	left := k.opts.StartTimeout - time.Since(p.CreationTimestamp.Add(time.Second))
 	if left <= 0 {
 		k.forgetGame(p)
 		return rtm.Errorf(rtm.CodeContainerStartFailed, "pod %s is not running after %s: %s",
