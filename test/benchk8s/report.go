@@ -174,9 +174,8 @@ kube-scheduler, kube-controller-manager (node lifecycle, taint eviction, Pod GC)
 RTM's default engine of 1 CPU and 1 GiB; kwok makes a placed Pod Running and Ready with a loopback
 IP at once), a throwaway PostgreSQL (durable commits, as test/bench) and redis-server, and the
 rtmanager binary with RTMANAGER_RUNTIME=kubernetes, KUBECONFIG, a namespace of its own per run,
-RTMANAGER_PROBE_TARGET=readiness, RTMANAGER_RECONCILE_WORKERS=1024 (not the default 256: see
-below) and its defaults everywhere else (500 reconciles a second, bursts of 2,000, 20
-PostgreSQL connections).
+RTMANAGER_PROBE_TARGET=readiness and its defaults everywhere else (on Kubernetes 256 reconcile
+workers, 500 reconciles a second, bursts of 2,000; 20 PostgreSQL connections).
 
 - **State claims.** Before each timed run the benchmark creates every game's state claim (as the
   adapter makes it) and binds it to a volume of its own, in a StorageClass no provisioner serves
@@ -185,8 +184,9 @@ PostgreSQL connections).
   a time, about 40 a second here, and would otherwise be what both sides measure (below).
 - **RTM.** The start jobs are added to runtime:start_jobs as Lobby adds them (XADD, pipelines of
   1,000); the time runs from the first XADD to the moment the last job's result is read from
-  runtime:job_results (a blocking XREAD). A result means the game's Pod runs: the adapter answers
-  a start once the informer sees the engine's container running. Every result entry is counted
+  runtime:job_results (a blocking XREAD). A result means the game's Pod runs: the reconcile that
+  creates a Pod ends at once (kube.BeginStart), and the one the informer's event causes when the
+  engine's container runs answers the job. Every result entry is counted
   by request id over the whole run (burst, rest, pass, restart): a job with none is missing, one
   with two is answered twice.
 - **Bare client.** No RTM: the benchmark sends, for the same number of games, the requests the
@@ -221,20 +221,18 @@ Found with RTM's traces (RTMANAGER_TELEMETRY_EXPORTER=stdout), a per-second scra
 workqueue, record and operation metrics (-keep writes it beside RTM's logs), its logs and the
 scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `):
 
-- **A worker waits for each Pod to run.** The reconcile that starts a game holds its worker from
-  the Pod's creation until the informer sees it running (kube.start). Under a 1,000-game burst
-  that wait is seconds (kube.start p50 3.96 s, p90 4.65 s; kube.create, the three POSTs, p50
-  0.44 s), so the default 256 workers let at most 256 starts be in flight: about 57 a second,
-  while the control plane runs the bare client's Pods at 75–86 a second. In the traces every start
-  job was recorded 5.2 s after the first XADD, yet the median game's Pod was created at 8.2 s
-  and the last at 17.2 s; RTM took 14.8–15.0 s against the bare client's 11.6–13.3 s (ratio 1.27).
-  With 1,024 workers every game is in flight 5 s in, as with the bare client (ratio 1.14 and
-  1.26 in two rounds on a noisy host), hence the setting above. What would make the worker count
-  irrelevant, in runtime/kube and the controller: end the reconcile after Create and finish the
-  start when the informer reports the Pod running (a requeue on its event), instead of waiting in
-  Start. At 10,000 games the 1,024 workers stay busy from 20 s in until the last 600 games
-  (a per-second scrape), while the bare client has every Pod pending after 67 s: RTM's pace falls
-  from about 60 to 25 games a second as each Pod's wait grows with the Pods pending before it.
+- **A worker waited for each Pod to run** (fixed by kube.BeginStart after these findings). The
+  reconcile that started a game held its worker from the Pod's creation until the informer saw
+  it running (kube.start). Under a 1,000-game burst that wait was seconds (kube.start p50 3.96 s,
+  p90 4.65 s; kube.create, the three POSTs, p50 0.44 s), so the default 256 workers let at most
+  256 starts be in flight: about 57 a second, while the control plane ran the bare client's Pods
+  at 75–86 a second. In the traces every start job was recorded 5.2 s after the first XADD, yet
+  the median game's Pod was created at 8.2 s and the last at 17.2 s; RTM took 14.8–15.0 s against
+  the bare client's 11.6–13.3 s (ratio 1.27). With 1,024 workers every game was in flight 5 s in,
+  as with the bare client (ratio 1.14 and 1.26 in two rounds on a noisy host). Now the reconcile
+  ends after the Create (kube.begin_start answers rtm.Starting) and the informer's event for the
+  running Pod brings the game back to be answered, so the worker count no longer bounds the
+  starts in flight and the runs above use the default.
 - **Start could miss the Pod it just created** (fixed in e6a894c while this benchmark was being
   written: Start now waits for the informer to see a Pod Create just made). Before it, Start
   answered not found when the watch had not delivered the new Pod yet; the reconcile failed and

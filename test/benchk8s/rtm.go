@@ -19,16 +19,12 @@ import (
 	"github.com/galaxy-platform/rtmanager/test/harness"
 )
 
-// reconcileWorkers is the RTMANAGER_RECONCILE_WORKERS of the runs. A worker holds its game
-// from the Pod's creation until it runs (seconds while the scheduler works through a burst), so
-// the default 256 caps the starts in flight at 256, below what the control plane places here
-// (docs/benchmarks.md, "What limits RTM here"); a waiting worker is a goroutine.
-const reconcileWorkers = "1024"
-
 // rtmEnv is RTM's environment on the Kubernetes runtime for one database and namespace: the
 // harness's (addresses, allow-list, JSON logs at info, pprof) without the Docker settings, the
 // cluster, the readiness probe target (no stand-in engine answers at this scale), the claims'
-// class when they are bound before the runs, reconcileWorkers, then extra.
+// class when they are bound before the runs, then extra. The work queue keeps its defaults on
+// Kubernetes (RTMANAGER_RECONCILE_WORKERS 256): a start holds its worker for the Pod's creation,
+// not until the Pod runs (kube.BeginStart).
 func (w *world) rtmEnv(dsn, ns string, extra map[string]string) map[string]string {
 	env := w.RTMEnv(dsn, map[string]string{
 		"RTMANAGER_RUNTIME":                    "kubernetes",
@@ -36,7 +32,6 @@ func (w *world) rtmEnv(dsn, ns string, extra map[string]string) map[string]strin
 		"RTMANAGER_KUBE_NAMESPACE":             ns,
 		"RTMANAGER_PROBE_TARGET":               "readiness",
 		"RTMANAGER_ALLOWED_IMAGE_REPOSITORIES": engineRepo,
-		"RTMANAGER_RECONCILE_WORKERS":          reconcileWorkers,
 	})
 	if w.prebind {
 		env["RTMANAGER_KUBE_STORAGE_CLASS"] = prebindClass
