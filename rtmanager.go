@@ -252,8 +252,8 @@ type Container struct {
 	// on Kubernetes (a Pod runs once). Docker containers are never final.
 	Final bool
 	// Starting is set when the runtime is bringing the container up by itself, with no further
-	// call: a Pod waiting for its node, its image or its volume. A Docker container never is
-	// (a created container waits for a start).
+	// call: a Pod waiting for its node, its image or its volume (not one that shows it cannot
+	// start: a pull error). A Docker container never is (a created container waits for a start).
 	Starting bool
 }
 

@@ -35,6 +35,7 @@ func (r *GameReconciler) act(s *scope) outcome {
 	if err == nil {
 		if err = r.commit(s, ch); err == nil {
 			r.budget.forget(s.gameID)
+			r.starts.forget(s.gameID)
 			return finished()
 		}
 	}
@@ -77,6 +78,7 @@ func (r *GameReconciler) failure(s *scope, err error) outcome {
 		// Under way, not failed: the runtime's event that it runs (or cannot) enqueues the game,
 		// and the reconcile then settles or answers it; Within is the runtime's own deadline.
 		s.log.Debug("engine starting; waiting for the runtime", "container_id", starting.ID, "reason", starting.Reason)
+		r.starts.note(s.gameID, starting.ID, starting.Within)
 		return waitFor(starting.Within)
 	case errors.Is(err, rtm.ErrFenced) || s.ctx.Err() != nil:
 		s.log.Info("lease lost; leaving the game to its next holder", "error", err)
@@ -106,6 +108,7 @@ func (r *GameReconciler) failure(s *scope, err error) outcome {
 		return r.failure(s, cerr)
 	}
 	r.budget.forget(s.gameID)
+	r.starts.forget(s.gameID)
 	return finished()
 }
 

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"testing"
+	"time"
 
 	rtm "github.com/galaxy-platform/rtmanager"
 )
@@ -86,4 +87,25 @@ func given(rec *rtm.Record, c *rtm.Container) struct {
 		rec *rtm.Record
 		c   *rtm.Container
 	}{rec, c}
+}
+
+func TestStartsUnderWay(t *testing.T) {
+	now := time.Unix(1000, 0)
+	u := newStartsUnderWay()
+	u.now = func() time.Time { return now }
+	u.note("g", "pod-1", 10*time.Second)
+	if w, ok := u.wait("g", "pod-1"); !ok || w != 10*time.Second {
+		t.Fatalf("wait = %s %v, want 10s", w, ok)
+	}
+	if _, ok := u.wait("g", "pod-2"); ok {
+		t.Fatalf("another container of the game is not the one left starting")
+	}
+	u.note("g", "pod-1", 10*time.Second)
+	now = now.Add(10 * time.Second)
+	if _, ok := u.wait("g", "pod-1"); ok {
+		t.Fatalf("the runtime's time ran out: the reconcile must go on")
+	}
+	if _, ok := u.wait("h", "pod-1"); ok {
+		t.Fatalf("a game never noted")
+	}
 }

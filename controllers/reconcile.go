@@ -80,6 +80,11 @@ func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
 		return r.noteDrift(ctx, gameID)
 	case act == ActNone:
 		return finished()
+	case act == ActStartExisting && c.Starting:
+		// Still on its way since this process started it: its next event will tell.
+		if wait, ok := r.starts.wait(gameID, c.ID); ok {
+			return waitFor(wait)
+		}
 	}
 	return r.lockAndAct(ctx, gameID)
 }

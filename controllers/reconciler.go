@@ -132,6 +132,7 @@ type GameReconciler struct {
 	tracer  trace.Tracer
 	drift   metric.Int64Counter
 	budget  *retryBudget
+	starts  *startsUnderWay
 }
 
 // New returns a reconciler. tracer and meter may be nil.
@@ -161,7 +162,8 @@ func New(store DesiredStore, rt ContainerRuntime, leases Leaser, dirs StateDirs,
 		drift.Add(context.Background(), 0, metric.WithAttributes(attribute.String("kind", k)))
 	}
 	return &GameReconciler{store: store, runtime: rt, leases: leases, dirs: dirs, prober: prober, opts: opts,
-		log: log, tracer: tracer, drift: drift, budget: newRetryBudget(opts.RetryAttempts, opts.RetryWindow)}, nil
+		log: log, tracer: tracer, drift: drift, budget: newRetryBudget(opts.RetryAttempts, opts.RetryWindow),
+		starts: newStartsUnderWay()}, nil
 }
 
 func (r *GameReconciler) countDrift(ctx context.Context, kind string) {

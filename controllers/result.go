@@ -120,6 +120,57 @@ func (b *retryBudget) forget(gameID string) {
 	b.mu.Unlock()
 }
 
+// startsUnderWay remembers, per game, the container this process left starting (a Pod on its
+// way: *rtm.Starting) and until when the runtime gives it, so that a reconcile woken by an event
+// that does not change that (the Pod appeared, was scheduled) ends on the cache's word, without
+// the lease and its fencing write. An event that does (the engine runs, it cannot start, it is
+// gone) makes the cache say so, and the reconcile goes on.
+type startsUnderWay struct {
+	now func() time.Time
+
+	mu     sync.Mutex
+	byGame map[string]underWay
+}
+
+type underWay struct {
+	id       string
+	deadline time.Time
+}
+
+func newStartsUnderWay() *startsUnderWay {
+	return &startsUnderWay{now: time.Now, byGame: map[string]underWay{}}
+}
+
+// note remembers that container id of gameID is starting for within more.
+func (u *startsUnderWay) note(gameID, id string, within time.Duration) {
+	u.mu.Lock()
+	u.byGame[gameID] = underWay{id: id, deadline: u.now().Add(within)}
+	u.mu.Unlock()
+}
+
+// wait returns how long to leave gameID alone when its container id is the one left starting
+// and the runtime's time for it has not run out; ok is false otherwise (and the note is dropped).
+func (u *startsUnderWay) wait(gameID, id string) (time.Duration, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	w, ok := u.byGame[gameID]
+	if !ok {
+		return 0, false
+	}
+	left := w.deadline.Sub(u.now())
+	if w.id != id || left <= 0 {
+		delete(u.byGame, gameID)
+		return 0, false
+	}
+	return left, true
+}
+
+func (u *startsUnderWay) forget(gameID string) {
+	u.mu.Lock()
+	delete(u.byGame, gameID)
+	u.mu.Unlock()
+}
+
 // retryable reports whether a failure of act is worth retrying within the budget: any failure
 // of a stop or a removal (the daemon may refuse for a while: a container being restarted, a
 // busy daemon), and for the others any failure that carries no contract code (a daemon or store

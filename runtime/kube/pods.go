@@ -715,8 +715,9 @@ func (k *Kube) container(p *corev1.Pod, now time.Time) rtm.Container {
 		// On its way out: whatever it does now, it will not run again.
 		c.Final = true
 	}
-	// A Pod that has not run yet runs by itself once its node, image and volume are there.
-	c.Starting = c.State == rtm.StateCreated && !c.Final
+	// A Pod that has not run yet runs by itself once its node, image and volume are there,
+	// unless it shows that it cannot (BeginStart then says why).
+	c.Starting = c.State == rtm.StateCreated && !c.Final && startFailure(p) == nil
 	return c
 }
 
