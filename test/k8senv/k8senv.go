@@ -34,7 +34,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -252,10 +251,9 @@ func Launch(ctx context.Context, opts Options) (*Env, error) {
 	}
 
 	base := os.TempDir()
-	reapStale(base)
-	dir, err := os.MkdirTemp(base, workDirPrefix)
+	dir, err := testenv.OwnedWorkDir(base, workDirPrefix, reapStale)
 	if err != nil {
-		return nil, fmt.Errorf("k8senv: creating work dir: %w", err)
+		return nil, fmt.Errorf("k8senv: %w", err)
 	}
 	e := &Env{opts: opts, binDir: binDir, workDir: dir}
 	ok := false
@@ -264,9 +262,6 @@ func Launch(ctx context.Context, opts Options) (*Env, error) {
 			e.Stop()
 		}
 	}()
-	if err := os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		return nil, fmt.Errorf("k8senv: writing owner pid: %w", err)
-	}
 	fail := func(err error) (*Env, error) {
 		return nil, fmt.Errorf("%w\n%s", err, e.logTails(20))
 	}
@@ -456,7 +451,7 @@ func namespaceName(test string) string {
 	if s == "" {
 		s = "t"
 	}
-	return s + "-" + randomHex(3)
+	return testenv.RunID(s + "-")
 }
 
 func (e *Env) clearPods(ctx context.Context, ns string) error {

@@ -3,11 +3,8 @@ package k8senv
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +16,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 const typeMerge = types.MergePatchType
@@ -71,23 +70,13 @@ func (e *Env) start(name string, env []string, args ...string) error {
 
 // stop asks the process to end, and kills it after 10 s.
 func (p *proc) stop() {
-	select {
-	case <-p.done:
-	default:
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	}
+	testenv.Terminate(p.cmd.Process, p.done, 10*time.Second)
 	p.log.Close()
 }
 
 // startScheduler runs kube-scheduler on a free loopback port; it returns the port.
 func (e *Env) startScheduler() (int, error) {
-	port, err := freePort()
+	port, err := testenv.FreePort()
 	if err != nil {
 		return 0, err
 	}
@@ -118,7 +107,7 @@ leaderElection:
 // startControllerManager runs kube-controller-manager with the controllers that act on nodes and
 // Pods, a 1-s node monitor period and the configured grace period; it returns its port.
 func (e *Env) startControllerManager() (int, error) {
-	port, err := freePort()
+	port, err := testenv.FreePort()
 	if err != nil {
 		return 0, err
 	}
@@ -143,7 +132,7 @@ func (e *Env) startControllerManager() (int, error) {
 // kwok.x-k8s.io/node=fake, with loopback node and Pod IPs. Its lease lasts 4/5 of the node
 // monitor grace period and is renewed every quarter of that.
 func (e *Env) startKwok() error {
-	port, err := freePort()
+	port, err := testenv.FreePort()
 	if err != nil {
 		return err
 	}
@@ -197,22 +186,6 @@ func (e *Env) waitHealthy(ctx context.Context, name string, port int) error {
 	}
 }
 
-// freePort returns a port of 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("k8senv: finding a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 // recordPid appends "pid exe" to the work dir's pids file, for reapStale.
 func (e *Env) recordPid(pid int) {
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
@@ -257,37 +230,24 @@ func (e *Env) recordChildren() {
 	}
 }
 
-// reapStale removes the work dirs of environments whose test binary died without Stop (a -timeout
-// panic, SIGKILL), killing the processes they recorded that still run the same executable.
-func reapStale(base string) {
-	dirs, _ := filepath.Glob(filepath.Join(base, workDirPrefix+"*"))
-	for _, dir := range dirs {
-		b, err := os.ReadFile(filepath.Join(dir, "owner.pid"))
-		if err != nil {
+// reapStale kills the processes a dead environment recorded in its work dir dir
+// (testenv.OwnedWorkDir) that still run the same executable.
+func reapStale(dir string) {
+	f, err := os.Open(filepath.Join(dir, "pids"))
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		pidStr, exe, ok := strings.Cut(sc.Text(), " ")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil {
 			continue
 		}
-		owner, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
-			continue
+		if now, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && now == exe {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", owner)); err == nil {
-			continue
-		}
-		if f, err := os.Open(filepath.Join(dir, "pids")); err == nil {
-			sc := bufio.NewScanner(f)
-			for sc.Scan() {
-				pidStr, exe, ok := strings.Cut(sc.Text(), " ")
-				pid, err := strconv.Atoi(pidStr)
-				if !ok || err != nil {
-					continue
-				}
-				if now, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && now == exe {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
-			f.Close()
-		}
-		_ = os.RemoveAll(dir)
 	}
 }
 

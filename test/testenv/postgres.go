@@ -137,7 +137,7 @@ func (e *Env) startPostgresCluster(ctx context.Context) error {
 
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return err
 		}
@@ -178,7 +178,7 @@ func (e *Env) StartPostgres() error {
 	err := e.controlPostgres(90*time.Second, fmt.Sprintf("starting postgres on port %d", e.PGPort),
 		"start", "-w", "-t", "60", "-l", serverLog)
 	if err != nil && !errors.Is(err, ErrNotManaged) {
-		return fmt.Errorf("%w\n%s", err, tail(serverLog, 10))
+		return fmt.Errorf("%w\n%s", err, Tail(serverLog, 10))
 	}
 	return err
 }
@@ -297,14 +297,4 @@ func (e *Env) dropDatabase(tb testing.TB, name string) {
 	if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
 		tb.Logf("testenv: dropping database %s: %v", name, err)
 	}
-}
-
-// freePort asks the kernel for a free loopback TCP port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("testenv: finding a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -93,7 +93,7 @@ func (e *Env) startRedisServer(ctx context.Context) error {
 	defer e.redisMu.Unlock()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return err
 		}
@@ -189,7 +189,7 @@ func StartRedisServer(tb testing.TB, bind ...string) *RedisServer {
 	s := &RedisServer{tb: tb, bind: bind, Password: randomHex(12), dir: tb.TempDir()}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		if s.Port, err = freePort(); err != nil {
+		if s.Port, err = FreePort(); err != nil {
 			tb.Fatal(err)
 		}
 		if err = s.spawn(); err == nil {
@@ -300,7 +300,7 @@ func spawnRedis(ctx context.Context, a redisArgs) (*redisProc, error) {
 	for {
 		select {
 		case <-p.done:
-			return nil, fmt.Errorf("testenv: redis-server on port %d exited during start-up:\n%s", a.port, tail(a.log, 10))
+			return nil, fmt.Errorf("testenv: redis-server on port %d exited during start-up:\n%s", a.port, Tail(a.log, 10))
 		default:
 		}
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -311,7 +311,7 @@ func spawnRedis(ctx context.Context, a redisArgs) (*redisProc, error) {
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			p.kill()
-			return nil, fmt.Errorf("testenv: redis-server on port %d did not answer PING: %w\n%s", a.port, err, tail(a.log, 10))
+			return nil, fmt.Errorf("testenv: redis-server on port %d did not answer PING: %w\n%s", a.port, err, Tail(a.log, 10))
 		}
 		time.Sleep(30 * time.Millisecond)
 	}

@@ -122,17 +122,13 @@ func Start(ctx context.Context) (*Env, error) {
 			// root TMPDIR (say under /root) is not traversable.
 			base = "/tmp"
 		}
-		reapStale(base)
-		dir, err := os.MkdirTemp(base, workDirPrefix)
+		dir, err := OwnedWorkDir(base, workDirPrefix, reapStale)
 		if err != nil {
-			return nil, fmt.Errorf("testenv: creating work dir: %w", err)
+			return nil, fmt.Errorf("testenv: %w", err)
 		}
 		e.WorkDir = dir
 		if err := os.Chmod(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("testenv: chmod work dir: %w", err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-			return nil, fmt.Errorf("testenv: writing owner pid: %w", err)
 		}
 	}
 
@@ -253,60 +249,30 @@ func runLogged(cmd *exec.Cmd, logPath string) error {
 	defer f.Close()
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s: %w\n%s", strings.Join(cmd.Args, " "), err, tail(logPath, 20))
+		return fmt.Errorf("%s: %w\n%s", strings.Join(cmd.Args, " "), err, Tail(logPath, 20))
 	}
 	return nil
 }
 
-// tail returns the last n lines of the file at path, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// reapStale removes the work dirs of earlier harness runs whose owning process is gone, stopping
-// the servers they left running. Only processes recorded in those dirs are touched.
-func reapStale(base string) {
-	dirs, _ := filepath.Glob(filepath.Join(base, workDirPrefix+"*"))
-	for _, dir := range dirs {
-		b, err := os.ReadFile(filepath.Join(dir, "owner.pid"))
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || processAlive(pid) {
-			continue
-		}
-		if b, err := os.ReadFile(filepath.Join(dir, "redis.pid")); err == nil {
-			if rp, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && processName(rp) == "redis-server" {
-				if p, err := os.FindProcess(rp); err == nil {
-					_ = p.Kill()
-				}
+// reapStale stops the servers a dead run left in its work dir dir (OwnedWorkDir). Only the
+// processes recorded there are touched.
+func reapStale(dir string) {
+	if b, err := os.ReadFile(filepath.Join(dir, "redis.pid")); err == nil {
+		if rp, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && processName(rp) == "redis-server" {
+			if p, err := os.FindProcess(rp); err == nil {
+				_ = p.Kill()
 			}
 		}
-		data := filepath.Join(dir, "pg")
-		if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err == nil {
-			if bin, err := findPGBin(); err == nil {
-				e := &Env{PGBin: bin, PGDataDir: data, pgLog: filepath.Join(dir, "reap.log")}
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				_ = e.pgCtl(ctx, "stop", "-m", "immediate", "-w")
-				cancel()
-			}
-		}
-		_ = os.RemoveAll(dir)
 	}
-}
-
-func processAlive(pid int) bool {
-	_, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
-	return err == nil
+	data := filepath.Join(dir, "pg")
+	if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err == nil {
+		if bin, err := findPGBin(); err == nil {
+			e := &Env{PGBin: bin, PGDataDir: data, pgLog: filepath.Join(dir, "reap.log")}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_ = e.pgCtl(ctx, "stop", "-m", "immediate", "-w")
+			cancel()
+		}
+	}
 }
 
 func processName(pid int) string {
