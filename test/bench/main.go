@@ -217,7 +217,7 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 		}
 	}
 	if d.rtm != nil {
-		d.rtm.Stop(30 * time.Second)
+		d.rtm.Terminate(30 * time.Second)
 	}
 
 	if p.runs("standin") {
@@ -280,7 +280,7 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 		if n > have {
 			harness.Logf("scale %d: starting %d engines through RTM", n, n-have)
 			if d.rtm != nil {
-				d.rtm.Stop(30 * time.Second)
+				d.rtm.Terminate(30 * time.Second)
 			}
 			if d.rtm, err = w.StartRTM(ctx, bringUp, fmt.Sprintf("rtmanager-scale-%d-up.log", n), nil); err != nil {
 				return err
@@ -319,6 +319,6 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 		harness.Logf("  RSS %.1f MB, CPU %.2f s/min, goroutines %.0f", pt.rss.Median(), pt.cpuPerMin, pt.goroutines.Median())
 		r.scale = append(r.scale, pt)
 	}
-	d.rtm.Stop(30 * time.Second)
+	d.rtm.Terminate(30 * time.Second)
 	return nil
 }

@@ -71,7 +71,7 @@ func (d *driver) startGames(ctx context.Context, from, n, batch int) ([]string, 
 // to "reconciler initial pass completed" in RTM's own log timestamps, and the Docker API calls
 // the proxy saw in between.
 func (d *driver) bootPass(ctx context.Context, env map[string]string, proxy *dockerProxy, logName string) (time.Duration, int, map[string]int, error) {
-	d.rtm.Stop(30 * time.Second)
+	d.rtm.Terminate(30 * time.Second)
 	p, err := d.w.StartRTM(ctx, env, logName, nil)
 	if err != nil {
 		return 0, 0, nil, err

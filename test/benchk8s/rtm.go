@@ -137,7 +137,7 @@ func (w *world) rtmRun(ctx context.Context, p params, n, round int, full bool) (
 	}
 	defer func() {
 		if proc != nil {
-			proc.Stop(30 * time.Second)
+			proc.Terminate(30 * time.Second)
 		}
 	}()
 	proc.WaitIdle(ctx, time.Minute, 50*time.Millisecond)
@@ -199,7 +199,7 @@ func (w *world) rtmRun(ctx context.Context, p params, n, round int, full bool) (
 
 	// A restart over the running games: the boot pass, and no job answered again.
 	before := answers.snapshot().total
-	proc.Stop(30 * time.Second)
+	proc.Terminate(30 * time.Second)
 	bootLog := fmt.Sprintf("rtmanager-%d-%d-restart.log", n, round)
 	if proc, err = w.StartRTM(ctx, env, bootLog, keepLine); err != nil {
 		return res, err
@@ -250,17 +250,13 @@ func measureRest(ctx context.Context, proc *harness.Proc, window time.Duration) 
 // manualPass sends RTM a SIGHUP and measures the pass it runs: until the reconcile count has
 // grown by the games the pass enqueued and the workqueue is empty and idle.
 func (w *world) manualPass(ctx context.Context, proc *harness.Proc) (*passResult, error) {
-	pid, err := w.rtmPid()
-	if err != nil {
-		return nil, err
-	}
 	m0, err := proc.Metrics(ctx)
 	if err != nil {
 		return nil, err
 	}
 	r0 := reconciles(m0)
 	t0 := time.Now()
-	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+	if err := proc.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		return nil, err
 	}
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Minute)

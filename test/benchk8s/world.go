@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -273,37 +271,4 @@ func podRunning(p *corev1.Pod) bool {
 		}
 	}
 	return false
-}
-
-// rtmPid finds the running rtmanager process this program started (the harness keeps its pid to
-// itself): a child of this process running the world's binary.
-func (w *world) rtmPid() (int, error) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
-	}
-	me := os.Getpid()
-	for _, e := range entries {
-		var pid int
-		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		var ppid int
-		if len(f) < 2 || f[0] == "Z" {
-			continue
-		}
-		if _, err := fmt.Sscanf(f[1], "%d", &ppid); err != nil || ppid != me {
-			continue
-		}
-		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && exe == w.Bin {
-			return pid, nil
-		}
-	}
-	return 0, errors.New("no running rtmanager among this program's children")
 }

@@ -71,8 +71,8 @@ func TestChaos_dockerUnreachable(t *testing.T) {
 			} else if code != http.StatusServiceUnavailable {
 				t.Errorf("round %d (%s): /readyz %d %s while docker is unreachable, want 503 naming docker", round, mode, code, body)
 			}
-			if !p.alive() {
-				t.Fatalf("round %d (%s): RTM exited with %d while docker was unreachable", round, mode, p.code)
+			if !p.Alive() {
+				t.Fatalf("round %d (%s): RTM exited with %d while docker was unreachable", round, mode, p.Code())
 			}
 			time.Sleep(time.Second)
 		}
@@ -97,8 +97,8 @@ func TestChaos_dockerUnreachable(t *testing.T) {
 				t.Errorf("round %d (%s): %s is %s, want %s", round, mode, g, recs[g].status, status)
 			}
 		}
-		if !p.alive() {
-			t.Fatalf("round %d: RTM exited with %d", round, p.code)
+		if !p.Alive() {
+			t.Fatalf("round %d: RTM exited with %d", round, p.Code())
 		}
 		t.Logf("round %d (%s): docker unreachable %s, %d connections dropped; /readyz during it: %s; ready %s and all %d jobs answered and converged %s after it returned",
 			round, mode, up.Sub(down).Round(100*time.Millisecond), px.dropped, strings.Join(readyz, " "),
@@ -188,8 +188,8 @@ func TestChaos_dockerRefusesStop(t *testing.T) {
 	if recs[wedged].status != "stopped" {
 		t.Errorf("%s is %s after the second stop, want stopped", wedged, recs[wedged].status)
 	}
-	if !p.alive() {
-		t.Fatalf("RTM exited with %d", p.code)
+	if !p.Alive() {
+		t.Fatalf("RTM exited with %d", p.Code())
 	}
 	r.finish("docker-refuses-stop", 60*time.Second)
 }

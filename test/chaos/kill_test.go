@@ -38,7 +38,7 @@ func TestChaos_sigkillMidBurst(t *testing.T) {
 				r.redeliver(id) // a producer retrying: the same request id again
 			}
 			if i == killAt {
-				p.kill9()
+				p.Kill()
 				killedAfter = time.Since(t0)
 			}
 			time.Sleep(time.Duration(20+rng.IntN(40)) * time.Millisecond)

@@ -75,7 +75,7 @@ func TestChaos_leaseExpiresMidPatch(t *testing.T) {
 		case 1:
 			rp.Cut()
 		case 2:
-			_ = a.cmd.Process.Signal(syscall.SIGSTOP)
+			_ = a.Cmd.Process.Signal(syscall.SIGSTOP)
 		}
 		// The fault outlasts A's own verification deadline (8s): an A that did not notice it lost
 		// the lease would roll back on its own while B handles the game. Jobs keep coming for the
@@ -95,7 +95,7 @@ func TestChaos_leaseExpiresMidPatch(t *testing.T) {
 				t.Fatal(err)
 			}
 		case 2:
-			_ = a.cmd.Process.Signal(syscall.SIGCONT)
+			_ = a.Cmd.Process.Signal(syscall.SIGCONT)
 		}
 		healedAt := time.Since(t0)
 		var ans answer
@@ -105,8 +105,8 @@ func TestChaos_leaseExpiresMidPatch(t *testing.T) {
 			t.Fatalf("round %d: the patch was not answered within 120s", round)
 		}
 		r.settle(120 * time.Second)
-		if !a.alive() || !b.alive() {
-			t.Fatalf("round %d: a process exited (A alive %v, B alive %v)", round, a.alive(), b.alive())
+		if !a.Alive() || !b.Alive() {
+			t.Fatalf("round %d: a process exited (A alive %v, B alive %v)", round, a.Alive(), b.Alive())
 		}
 
 		creates := r.watch.createdImages(g)[createsBefore:]

@@ -203,8 +203,8 @@ func TestChaos_rollingOverlap(t *testing.T) {
 	sort.Strings(st)
 	t.Logf("REST calls: %d (%s), %d mutations carried out; leases found held by the other process: %v",
 		len(calls), strings.Join(st, ", "), len(mutations), contended)
-	if !c.alive() {
-		t.Fatalf("%s exited with %d", c.name, c.code)
+	if !c.Alive() {
+		t.Fatalf("%s exited with %d", c.name, c.Code())
 	}
 	r.finish("rolling-overlap", 60*time.Second)
 }

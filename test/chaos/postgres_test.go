@@ -61,8 +61,8 @@ func TestChaos_postgresStopped(t *testing.T) {
 			} else if code != http.StatusServiceUnavailable {
 				t.Errorf("round %d: /readyz %d %s while postgres is down, want 503 naming postgres", round, code, body)
 			}
-			if !p.alive() {
-				t.Fatalf("round %d: RTM exited with %d while postgres was down", round, p.code)
+			if !p.Alive() {
+				t.Fatalf("round %d: RTM exited with %d while postgres was down", round, p.Code())
 			}
 			time.Sleep(step)
 		}
@@ -78,8 +78,8 @@ func TestChaos_postgresStopped(t *testing.T) {
 		})
 		readyAgain := time.Since(up)
 		c := r.settle(90 * time.Second)
-		if !p.alive() {
-			t.Fatalf("round %d: RTM exited with %d", round, p.code)
+		if !p.Alive() {
+			t.Fatalf("round %d: RTM exited with %d", round, p.Code())
 		}
 		t.Logf("round %d: postgres down %s; /readyz during it: %s; ready %s after it returned; all %d jobs answered and converged %s after",
 			round, up.Sub(down).Round(100*time.Millisecond), strings.Join(readyz, " "), readyAgain.Round(100*time.Millisecond),
@@ -156,8 +156,8 @@ func TestChaos_postgresBlackholed(t *testing.T) {
 	step := hole / time.Duration(len(plan)+1)
 	for i, send := range plan {
 		send()
-		if !p.alive() {
-			t.Fatalf("RTM exited with %d while postgres was black-holed", p.code)
+		if !p.Alive() {
+			t.Fatalf("RTM exited with %d while postgres was black-holed", p.Code())
 		}
 		time.Sleep(time.Until(down.Add(step * time.Duration(i+1)))) // the pace of the jobs
 	}
@@ -196,8 +196,8 @@ func TestChaos_postgresBlackholed(t *testing.T) {
 		return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
 	})
 	c := r.settle(90 * time.Second)
-	if !p.alive() {
-		t.Fatalf("RTM exited with %d", p.code)
+	if !p.Alive() {
+		t.Fatalf("RTM exited with %d", p.Code())
 	}
 	t.Logf("postgres black-holed for %s with %d connections caught in it; /readyz during it (status and time to answer): %s; all %d jobs answered and converged %s after it ended; %d black-holed connections still open",
 		up.Sub(down).Round(100*time.Millisecond), holesAtEnd, strings.Join(readyz, " "), c.sent, time.Since(up).Round(100*time.Millisecond), pp.holes())

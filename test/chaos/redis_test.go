@@ -60,8 +60,8 @@ func TestChaos_redisRestartedEmpty(t *testing.T) {
 		r.redis.Kill() // as a crash would
 		r.redis.Restart()
 		r.results.start("0-0")
-		if !p.alive() {
-			t.Fatalf("round %d: RTM exited with %d when Redis went away", round, p.code)
+		if !p.Alive() {
+			t.Fatalf("round %d: RTM exited with %d when Redis went away", round, p.Code())
 		}
 
 		// New jobs go to the new, empty stream.
@@ -72,8 +72,8 @@ func TestChaos_redisRestartedEmpty(t *testing.T) {
 		}
 		r.sendStop(games[round])
 		c := r.settle(90 * time.Second)
-		if !p.alive() {
-			t.Fatalf("round %d: RTM exited with %d", round, p.code)
+		if !p.Alive() {
+			t.Fatalf("round %d: RTM exited with %d", round, p.Code())
 		}
 		var off string
 		testenv.Eventually(t, 10*time.Second, "the consumers' offsets saved in the new Redis", func() (bool, string) {
@@ -176,8 +176,8 @@ func TestChaos_redisCutOff(t *testing.T) {
 			t.Errorf("round %d: the patch was answered %d %s", round, ans.code, ans.body)
 		}
 		c := r.settle(120 * time.Second)
-		if !a.alive() || !b.alive() {
-			t.Fatalf("round %d: a process exited (rtm-a alive %v, rtm-b alive %v)", round, a.alive(), b.alive())
+		if !a.Alive() || !b.Alive() {
+			t.Fatalf("round %d: a process exited (rtm-a alive %v, rtm-b alive %v)", round, a.Alive(), b.Alive())
 		}
 		stop := r.results.byRequest()[stopID]
 		var calls []string

@@ -7,15 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -223,23 +221,16 @@ func (r *rig) removeContainers(ctx context.Context) {
 
 // rtmProc is one running rtmanager binary.
 type rtmProc struct {
+	*testenv.Process
 	name    string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	code    int
 	logPath string
 	API     string       // http://host:port of its internal listener
 	docker  *dockerProxy // its own path to the Docker daemon
 }
 
-var listening = regexp.MustCompile(`"msg":"internal http listening".*?"addr":"([^"]+)"`)
-
 // backgroundWorkers is how many `worker started` lines a ready RTM has logged.
 const backgroundWorkers = 7
 
-// startRTM runs the binary with the rig's environment plus extra, and waits until it is ready:
-// its seven workers started (the boot pass is over) and /readyz answers 200. The process reaches
-// Docker through its own proxy (p.docker), which records its calls in the rig's ledger.
 // rigWithRTM prepares a rig tagged tag and starts one RTM process, "rtm", on the rig's
 // environment.
 func rigWithRTM(t *testing.T, tag string) (*rig, *rtmProc) {
@@ -248,113 +239,50 @@ func rigWithRTM(t *testing.T, tag string) (*rig, *rtmProc) {
 	return r, r.startRTM("rtm", nil)
 }
 
+// startRTM runs the binary with the rig's environment plus extra, and waits until it is ready:
+// its seven workers started (the boot pass is over) and /readyz answers 200. The process reaches
+// Docker through its own proxy (p.docker), which records its calls in the rig's ledger.
 func (r *rig) startRTM(name string, extra map[string]string) *rtmProc {
 	r.t.Helper()
 	p := r.spawnRTM(name, extra)
-	if err := p.waitReady(90 * time.Second); err != nil {
-		r.t.Fatalf("%s: %v\n%s", name, err, tailFile(p.logPath, 30))
+	api, err := p.WaitReady(func() string { return readFile(p.logPath) }, backgroundWorkers, 90*time.Second)
+	if err != nil {
+		r.t.Fatalf("%s: %v\n%s", name, err, testenv.Tail(p.logPath, 30))
 	}
+	p.API = api
 	return p
 }
 
 func (r *rig) spawnRTM(name string, extra map[string]string) *rtmProc {
 	r.t.Helper()
-	env := os.Environ()
-	var clean []string
-	for _, kv := range env {
-		if !strings.HasPrefix(kv, "RTMANAGER_") {
-			clean = append(clean, kv)
-		}
-	}
-	for k, v := range r.env {
-		if _, over := extra[k]; !over {
-			clean = append(clean, k+"="+v)
-		}
-	}
-	for k, v := range extra {
-		clean = append(clean, k+"="+v)
-	}
+	env := maps.Clone(r.env)
+	maps.Copy(env, extra)
 	dp := r.newDockerProxy(name)
-	clean = append(clean, "RTMANAGER_DOCKER_HOST="+dp.host())
+	env["RTMANAGER_DOCKER_HOST"] = dp.host()
 	r.mu.Lock()
 	n := len(r.procs)
 	r.mu.Unlock()
 	logPath := filepath.Join(r.t.TempDir(), fmt.Sprintf("%02d-%s.log", n, name))
-	logf, err := os.Create(logPath)
+	proc, err := testenv.StartProcess(suite.bin, testenv.RTMEnviron(env), logPath)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	defer logf.Close()
-	cmd := exec.Command(suite.bin)
-	cmd.Env = clean
-	cmd.Stdout, cmd.Stderr = logf, logf // a file: go test waits for inherited pipes
-	if err := cmd.Start(); err != nil {
-		r.t.Fatalf("starting rtmanager: %v", err)
-	}
-	dp.pid.Store(int64(cmd.Process.Pid))
-	p := &rtmProc{name: name, cmd: cmd, done: make(chan struct{}), logPath: logPath, docker: dp}
-	go func() {
-		_ = cmd.Wait()
-		p.code = cmd.ProcessState.ExitCode()
-		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			p.code = 128 + int(ws.Signal())
-		}
-		close(p.done)
-	}()
+	dp.pid.Store(int64(proc.Cmd.Process.Pid))
+	p := &rtmProc{Process: proc, name: name, logPath: logPath, docker: dp}
 	r.mu.Lock()
 	r.procs = append(r.procs, p)
 	r.mu.Unlock()
-	r.t.Cleanup(p.kill9)
+	r.t.Cleanup(p.Kill)
 	return p
-}
-
-func (p *rtmProc) waitReady(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if p.API == "" {
-			if m := listening.FindStringSubmatch(readFile(p.logPath)); m != nil {
-				p.API = "http://" + m[1]
-			}
-		}
-		if p.API != "" && strings.Count(readFile(p.logPath), `"msg":"worker started"`) >= backgroundWorkers {
-			if code, _ := p.readyz(); code == http.StatusOK {
-				return nil
-			}
-		}
-		if !p.alive() {
-			return fmt.Errorf("exited with %d during start-up", p.code)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not ready within %s", timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (p *rtmProc) alive() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// kill9 kills the process with SIGKILL (nothing runs on the way out) and waits for it.
-func (p *rtmProc) kill9() {
-	if p.alive() {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	}
-	<-p.done
 }
 
 // term sends SIGTERM and waits up to 40s for the exit; it returns the exit code.
 func (p *rtmProc) term(t *testing.T) int {
 	t.Helper()
-	if !testenv.Terminate(p.cmd.Process, p.done, 40*time.Second) {
+	if !p.Terminate(40 * time.Second) {
 		t.Errorf("%s did not exit within 40s of SIGTERM", p.name)
 	}
-	return p.code
+	return p.Code()
 }
 
 var httpClient = &http.Client{Timeout: 60 * time.Second}
@@ -429,7 +357,7 @@ func (r *rig) dumpLogs(lines int) {
 	procs := append([]*rtmProc(nil), r.procs...)
 	r.mu.Unlock()
 	for _, p := range procs {
-		r.t.Logf("---- %s (%s) last %d lines ----\n%s", p.name, filepath.Base(p.logPath), lines, tailFile(p.logPath, lines))
+		r.t.Logf("---- %s (%s) last %d lines ----\n%s", p.name, filepath.Base(p.logPath), lines, testenv.Tail(p.logPath, lines))
 	}
 }
 
@@ -456,14 +384,6 @@ func (p *rtmProc) logLines(msg, gameID string) []map[string]any {
 func readFile(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
-}
-
-func tailFile(path string, n int) string {
-	lines := strings.Split(strings.TrimRight(readFile(path), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // ---- jobs ----

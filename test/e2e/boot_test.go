@@ -112,7 +112,7 @@ func runOnce(t *testing.T, env map[string]string) (string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, suite.bin)
-	cmd.Env = rtmEnviron(env)
+	cmd.Env = testenv.RTMEnviron(env)
 	out, _ := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("rtmanager did not exit by itself within 30s:\n%s", out)

@@ -63,15 +63,10 @@ func (r *rig) handRun(name, network, gameID string) string {
 func (r *rig) pid() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.proc == nil {
+	if r.proc == nil || !r.proc.Alive() {
 		return 0
 	}
-	select {
-	case <-r.proc.done:
-		return 0
-	default:
-		return r.proc.cmd.Process.Pid
-	}
+	return r.proc.Cmd.Process.Pid
 }
 
 // signal sends sig to the running RTM process.
@@ -79,7 +74,7 @@ func (r *rig) signal(sig syscall.Signal) {
 	r.t.Helper()
 	pid := r.pid()
 	if pid == 0 {
-		r.t.Fatalf("rtmanager is not running:\n%s", tailFile(r.logPath, 30))
+		r.t.Fatalf("rtmanager is not running:\n%s", testenv.Tail(r.logPath, 30))
 	}
 	if err := syscall.Kill(pid, sig); err != nil {
 		r.t.Fatalf("kill -%d %d: %v", sig, pid, err)

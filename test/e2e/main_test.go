@@ -80,19 +80,19 @@ func runSuite(m *testing.M) int {
 
 	suite.run = testenv.RunID("e")
 	suite.runtime = suiteRuntime()
+	prepare := prepareDocker
 	switch suite.runtime {
 	case runtimeDocker:
+		if err := testenv.DockerPing(context.Background()); err != nil {
+			// Every test calls requireSuite first: it skips, or fails under RTM_E2E_REQUIRED=1.
+			fmt.Fprintf(os.Stderr, "e2e: no Docker daemon (%v); the tests will skip unless %s=1\n", err, testenv.EnvE2ERequired)
+			return m.Run()
+		}
 	case runtimeKube:
-		return runKubeSuite(m)
+		prepare = prepareKube
 	default:
 		fmt.Fprintf(os.Stderr, "e2e: %s=%q: want %s or %s\n", envRuntime, suite.runtime, runtimeDocker, runtimeKube)
 		return 2
-	}
-
-	if err := testenv.DockerPing(context.Background()); err != nil {
-		// Every test calls requireSuite first: it skips, or fails under RTM_E2E_REQUIRED=1.
-		fmt.Fprintf(os.Stderr, "e2e: no Docker daemon (%v); the tests will skip unless %s=1\n", err, testenv.EnvE2ERequired)
-		return m.Run()
 	}
 
 	// Generous: on a busy 2-core machine a cold build of ./cmd/manager takes minutes.
@@ -112,33 +112,30 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: preparing the suite:", err)
 		return 1
 	}
+	if suite.noK8s != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v; the tests will skip unless %s=1\n", suite.noK8s, testenv.EnvE2ERequired)
+	}
 	return m.Run()
 }
 
-// prepare starts the shared PostgreSQL (test/testenv), builds the rtmanager binary, the engine
-// images and RTM's own image. The returned cleanup undoes what was done, also on error.
-func prepare(ctx context.Context, work string) (func(), error) {
-	var undo []func()
-	cleanup := func() {
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
-		}
-	}
+// undoList is what a preparation did, undone in reverse order by run.
+type undoList []func()
 
+func (u undoList) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+// prepareShared starts the shared PostgreSQL (test/testenv) and builds the rtmanager binary into
+// work, side by side with more (the runtime's own slow steps); it returns once all have.
+func prepareShared(ctx context.Context, work string, undo *undoList, more ...func() error) error {
 	root, err := testenv.ModuleRoot()
 	if err != nil {
-		return cleanup, err
+		return err
 	}
 	suite.root = root
-
-	suite.docker, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		return cleanup, fmt.Errorf("docker client: %w", err)
-	}
-	undo = append(undo, func() { _ = suite.docker.Close() })
-
-	// The three slow steps are independent; run them side by side.
-	err = testenv.Parallel(
+	err = testenv.Parallel(append([]func() error{
 		func() (err error) {
 			suite.env, err = testenv.Start(ctx)
 			return err
@@ -147,23 +144,61 @@ func prepare(ctx context.Context, work string) (func(), error) {
 			suite.bin = filepath.Join(work, "rtmanager")
 			return testenv.GoBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=e2e")
 		},
-		func() error { return buildEngineImages(ctx, root, filepath.Join(work, "engine")) },
-	)
+	}, more...)...)
 	if suite.env != nil {
-		env := suite.env
-		undo = append(undo, env.Stop)
+		*undo = append(*undo, suite.env.Stop)
 	}
-	if err != nil {
-		return cleanup, err
-	}
+	return err
+}
 
-	tag, err := buildRTMImage(ctx, root, suite.bin, filepath.Join(work, "rtm-image"))
+// prepareDocker prepares the suite on Docker: prepareShared, and besides the engine images and
+// RTM's own image. The returned cleanup undoes what was done, also on error.
+func prepareDocker(ctx context.Context, work string) (func(), error) {
+	var undo undoList
+	var err error
+	suite.docker, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
-		return cleanup, err
+		return undo.run, fmt.Errorf("docker client: %w", err)
+	}
+	undo = append(undo, func() { _ = suite.docker.Close() })
+	if err := prepareShared(ctx, work, &undo, func() error {
+		return buildEngineImages(ctx, suite.root, filepath.Join(work, "engine"))
+	}); err != nil {
+		return undo.run, err
+	}
+	tag, err := buildRTMImage(ctx, suite.root, suite.bin, filepath.Join(work, "rtm-image"))
+	if err != nil {
+		return undo.run, err
 	}
 	suite.rtmImage = tag
 	undo = append(undo, func() { removeImage(tag) })
-	return cleanup, nil
+	return undo.run, nil
+}
+
+// prepareKube prepares the suite on Kubernetes: prepareShared, and besides one control plane with
+// three kwok nodes for every test of the binary (each test has a namespace of its own). No Docker
+// daemon and no image is needed: kwok runs no containers. Without the control plane's binaries
+// the suite is prepared with suite.noK8s set (the tests skip).
+func prepareKube(ctx context.Context, work string) (func(), error) {
+	var undo undoList
+	began := time.Now()
+	err := prepareShared(ctx, work, &undo, func() error {
+		env, err := k8senv.Launch(ctx, k8senv.Options{Nodes: 3})
+		if errors.Is(err, k8senv.ErrNoBinaries) {
+			suite.noK8s = err
+			return nil
+		}
+		suite.k8s = env
+		return err
+	})
+	if suite.k8s != nil {
+		undo = append(undo, suite.k8s.Stop)
+		t := suite.k8s.Timings()
+		fmt.Fprintf(os.Stderr, "e2e: kubernetes: control plane up in %s, %d nodes Ready in %s (suite prepared in %s)\n",
+			t.ControlPlane.Round(time.Millisecond), len(suite.k8s.Nodes()), t.Ready.Round(time.Millisecond),
+			time.Since(began).Round(time.Millisecond))
+	}
+	return undo.run, err
 }
 
 // defaultParallel is how many tests (each with its own RTM, redis-server and engines) run at
@@ -208,65 +243,6 @@ func requireSuite(t *testing.T) {
 	if suite.setupErr != nil || suite.env == nil || suite.k8s == nil {
 		t.Fatalf("the suite was not prepared: %v", suite.setupErr)
 	}
-}
-
-// runKubeSuite prepares the suite on Kubernetes: the shared PostgreSQL, the rtmanager binary and
-// one control plane with three kwok nodes for every test of the binary (each test has a
-// namespace of its own). No Docker daemon and no image is needed: kwok runs no containers.
-func runKubeSuite(m *testing.M) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
-	defer cancel()
-	work, err := os.MkdirTemp("", "rtm-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	defer os.RemoveAll(work)
-	root, err := testenv.ModuleRoot()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	suite.root = root
-	began := time.Now()
-	err = testenv.Parallel(
-		func() (err error) {
-			suite.env, err = testenv.Start(ctx)
-			return err
-		},
-		func() error {
-			suite.bin = filepath.Join(work, "rtmanager")
-			return testenv.GoBuild(ctx, root, suite.bin, "./cmd/manager", "-ldflags", "-X main.version=e2e")
-		},
-		func() error {
-			env, err := k8senv.Launch(ctx, k8senv.Options{Nodes: 3})
-			if errors.Is(err, k8senv.ErrNoBinaries) {
-				suite.noK8s = err
-				return nil
-			}
-			suite.k8s = env
-			return err
-		},
-	)
-	if suite.env != nil {
-		defer suite.env.Stop()
-	}
-	if suite.k8s != nil {
-		defer suite.k8s.Stop()
-		t := suite.k8s.Timings()
-		fmt.Fprintf(os.Stderr, "e2e: kubernetes: control plane up in %s, %d nodes Ready in %s (suite prepared in %s)\n",
-			t.ControlPlane.Round(time.Millisecond), len(suite.k8s.Nodes()), t.Ready.Round(time.Millisecond),
-			time.Since(began).Round(time.Millisecond))
-	}
-	if err != nil {
-		suite.setupErr = err
-		fmt.Fprintln(os.Stderr, "e2e: preparing the suite:", err)
-		return 1
-	}
-	if suite.noK8s != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v; the tests will skip unless %s=1\n", suite.noK8s, testenv.EnvE2ERequired)
-	}
-	return m.Run()
 }
 
 // buildEngineImages builds the stand-in engine once and one FROM scratch image per version with

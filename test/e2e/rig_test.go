@@ -12,13 +12,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
-	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -62,7 +58,7 @@ type rig struct {
 	Env map[string]string
 
 	mu      sync.Mutex
-	proc    *rtmProcess
+	proc    *testenv.Process
 	API     string // http://127.0.0.1:port of the running RTM's internal listener
 	logPath string
 	logMark int64 // where the current process's output starts in the log file
@@ -168,7 +164,7 @@ func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
 	r.logPath = filepath.Join(t.TempDir(), "rtmanager.log")
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("rtmanager log (last 80 lines):\n%s", tailFile(r.logPath, 80))
+			t.Logf("rtmanager log (last 80 lines):\n%s", testenv.Tail(r.logPath, 80))
 		}
 	})
 	return r
@@ -225,13 +221,6 @@ func (r *rig) Config() config.Config {
 	return cfg
 }
 
-// rtmProcess is a running rtmanager binary.
-type rtmProcess struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	code int
-}
-
 // Start runs the rtmanager binary with the rig's environment and waits until it is ready the
 // way the runbook's readiness check says: the seven `worker started` lines are logged (so the
 // synchronous boot pass is over: the listener, and with it /readyz, opens before that pass) and
@@ -240,73 +229,33 @@ func (r *rig) Start() {
 	r.t.Helper()
 	r.cfg = r.Config()
 	p := r.spawn()
-	deadline := time.Now().Add(45 * time.Second)
-	for {
-		if r.API == "" {
-			r.API = r.listenAddr()
-		}
-		if r.API != "" && strings.Count(r.currentLog(), `"msg":"worker started"`) >= len(backgroundWorkers) {
-			if code, _ := httpGet(r.API + "/readyz"); code == http.StatusOK {
-				return
-			}
-		}
-		select {
-		case <-p.done:
-			r.t.Fatalf("rtmanager exited with %d during start-up:\n%s", p.code, tailFile(r.logPath, 30))
-		default:
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("rtmanager not ready within 45s:\n%s", tailFile(r.logPath, 30))
-		}
-		time.Sleep(50 * time.Millisecond)
+	api, err := p.WaitReady(r.currentLog, len(backgroundWorkers), 45*time.Second)
+	if err != nil {
+		r.t.Fatalf("%v:\n%s", err, testenv.Tail(r.logPath, 30))
 	}
+	r.API = api
 }
 
 // spawn starts the process without waiting for it to be ready.
-func (r *rig) spawn() *rtmProcess {
+func (r *rig) spawn() *testenv.Process {
 	r.t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.proc != nil {
 		r.t.Fatal("rtmanager is already running")
 	}
-	logf, err := os.OpenFile(r.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	r.logMark = 0
+	if fi, err := os.Stat(r.logPath); err == nil {
+		r.logMark = fi.Size()
+	}
+	p, err := testenv.StartProcess(suite.bin, testenv.RTMEnviron(r.Env), r.logPath)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	defer logf.Close()
-	mark, _ := logf.Seek(0, io.SeekEnd)
-	r.logMark = mark
-	cmd := exec.Command(suite.bin)
-	cmd.Env = rtmEnviron(r.Env)
-	cmd.Stdout, cmd.Stderr = logf, logf // a file, never a pipe: go test waits for inherited pipes
-	if err := cmd.Start(); err != nil {
-		r.t.Fatalf("starting rtmanager: %v", err)
-	}
-	p := &rtmProcess{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		err := cmd.Wait()
-		p.code = cmd.ProcessState.ExitCode()
-		if err != nil && p.code == -1 {
-			p.code = 128 + int(cmd.ProcessState.Sys().(syscall.WaitStatus).Signal())
-		}
-		close(p.done)
-	}()
 	r.proc = p
 	r.API = ""
-	r.t.Cleanup(func() { r.kill(p) })
+	r.t.Cleanup(p.Kill)
 	return p
-}
-
-var listeningAddr = regexp.MustCompile(`"msg":"internal http listening".*?"addr":"([^"]+)"`)
-
-// listenAddr returns http://addr of the current process's listener, from its log line, or "".
-func (r *rig) listenAddr() string {
-	m := listeningAddr.FindStringSubmatch(r.currentLog())
-	if m == nil {
-		return ""
-	}
-	return "http://" + m[1]
 }
 
 // Stop sends SIGTERM and waits for the process to exit; it returns the exit code and how long
@@ -321,10 +270,10 @@ func (r *rig) Stop() (int, time.Duration) {
 		r.t.Fatal("rtmanager is not running")
 	}
 	t0 := time.Now()
-	if !testenv.Terminate(p.cmd.Process, p.done, 30*time.Second) {
+	if !p.Terminate(30 * time.Second) {
 		r.t.Fatalf("rtmanager did not exit within 30s of SIGTERM")
 	}
-	return p.code, time.Since(t0)
+	return p.Code(), time.Since(t0)
 }
 
 // StopClean stops RTM as Stop does and fails the test unless it exited 0; it returns how long
@@ -334,40 +283,6 @@ func (r *rig) StopClean() time.Duration {
 	code, took := r.Stop()
 	expect(r.t, code == 0, "SIGTERM: exit code %d, want 0", code)
 	return took
-}
-
-func (r *rig) kill(p *rtmProcess) {
-	if p == nil {
-		return
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
-
-// rtmEnviron is the test process's environment without any RTM, OpenTelemetry or Kubernetes
-// client setting, plus the rig's.
-func rtmEnviron(env map[string]string) []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "RTMANAGER_") || strings.HasPrefix(kv, "OTEL_") ||
-			strings.HasPrefix(kv, "KUBECONFIG=") || strings.HasPrefix(kv, "KUBERNETES_") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	for _, k := range sortedKeys(env) {
-		out = append(out, k+"="+env[k])
-	}
-	return out
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range maps.Keys(m) {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // currentLog is the output of the current (or last) process.
@@ -402,18 +317,6 @@ func (r *rig) LogLines() []logLine {
 		}
 	}
 	return out
-}
-
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // ---- HTTP ----

@@ -20,7 +20,7 @@ type ProcStat struct {
 // Stat reads RTM's CPU time, RSS and threads from /proc.
 func (p *Proc) Stat() (ProcStat, error) {
 	st := ProcStat{At: time.Now()}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
 	if err != nil {
 		return st, err
 	}
@@ -31,7 +31,7 @@ func (p *Proc) Stat() (ProcStat, error) {
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
 	const clkTck = 100 // USER_HZ on Linux
 	st.CPU = time.Duration(utime+stime) * time.Second / clkTck
-	b, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
+	b, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
 	if err != nil {
 		return st, err
 	}
@@ -53,7 +53,7 @@ func (p *Proc) Stat() (ProcStat, error) {
 
 // FDs counts RTM's open file descriptors.
 func (p *Proc) FDs() (int, error) {
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid))
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.Cmd.Process.Pid))
 	return len(fds), err
 }
 

@@ -28,12 +28,10 @@ type LogLine struct {
 // Proc is a running rtmanager binary: its log (copied to a file in the work dir and parsed as it
 // is written), its /proc entry and its internal listener.
 type Proc struct {
+	*testenv.Process
 	API     string // http://addr of the internal listener
 	LogPath string
 
-	cmd  *exec.Cmd
-	pid  int
-	done chan struct{}
 	http *http.Client
 	keep func(LogLine) bool
 
@@ -45,7 +43,7 @@ type Proc struct {
 // StartRTM runs the binary with env (and PATH), its log going to logName in the work dir, and
 // waits until it listens and every worker has started. keep is called for every log line, from
 // the goroutine that reads the log; the line is kept for WaitLog when it returns true (nil keeps
-// every line). Close stops the process if the caller has not.
+// every line). Close stops the process if the caller has not (Terminate).
 func (w *World) StartRTM(ctx context.Context, env map[string]string, logName string, keep func(LogLine) bool) (*Proc, error) {
 	logPath := filepath.Join(w.Work, logName)
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -77,15 +75,11 @@ func (w *World) StartRTM(ctx context.Context, env map[string]string, logName str
 	if keep == nil {
 		keep = func(LogLine) bool { return true }
 	}
-	p := &Proc{LogPath: logPath, cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{}),
+	p := &Proc{Process: testenv.Watch(cmd), LogPath: logPath,
 		http: &http.Client{Timeout: 30 * time.Second}, keep: keep, changed: make(chan struct{})}
 	w.mu.Lock()
 	w.procs = append(w.procs, p)
 	w.mu.Unlock()
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
 	go func() {
 		p.readLog(pr, logFile)
 		pr.Close()
@@ -96,12 +90,12 @@ func (w *World) StartRTM(ctx context.Context, env map[string]string, logName str
 	defer cancel()
 	l, err := p.WaitLog(rctx, 0, func(l LogLine) bool { return l.Msg == "internal http listening" })
 	if err != nil {
-		p.Stop(5 * time.Second)
+		p.Terminate(5 * time.Second)
 		return nil, fmt.Errorf("rtmanager did not open its listener: %w (log %s)", err, logPath)
 	}
 	p.API = "http://" + fmt.Sprint(l.Attrs["addr"])
 	if _, err := p.WaitLog(rctx, 0, func(l LogLine) bool { return l.Msg == "worker started" && l.Attrs["worker"] == "publisher" }); err != nil {
-		p.Stop(5 * time.Second)
+		p.Terminate(5 * time.Second)
 		return nil, fmt.Errorf("rtmanager did not start its workers: %w (log %s)", err, logPath)
 	}
 	return p, nil
@@ -153,28 +147,10 @@ func (p *Proc) WaitLog(ctx context.Context, from int, match func(LogLine) bool) 
 		p.mu.Unlock()
 		select {
 		case <-ch:
-		case <-p.done:
+		case <-p.Done():
 			return LogLine{}, fmt.Errorf("rtmanager exited")
 		case <-ctx.Done():
 			return LogLine{}, ctx.Err()
 		}
 	}
-}
-
-// Exited reports whether RTM is gone.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Stop sends SIGTERM and waits up to grace before killing.
-func (p *Proc) Stop(grace time.Duration) {
-	if p.Exited() {
-		return
-	}
-	testenv.Terminate(p.cmd.Process, p.done, grace)
 }

@@ -237,7 +237,7 @@ func (w *World) teardown() {
 	w.procs = nil
 	w.mu.Unlock()
 	for _, p := range procs {
-		p.Stop(30 * time.Second)
+		p.Terminate(30 * time.Second)
 	}
 	if w.Docker != nil && w.Net != "" {
 		w.removeNetwork(ctx)

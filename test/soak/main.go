@@ -159,7 +159,7 @@ func soak(ctx context.Context, w *world, p params, r *report) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if rtm.Exited() {
+		if !rtm.Alive() {
 			return fmt.Errorf("rtmanager exited during the soak (log %s)", rtm.LogPath)
 		}
 		pt, prof, err := s.read(ctx)

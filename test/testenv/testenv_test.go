@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -186,4 +188,81 @@ func docker(t *testing.T, args ...string) string {
 		t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// script writes an executable shell script of body and returns its path and a log path beside it.
+func script(t *testing.T, body string) (bin, log string) {
+	t.Helper()
+	dir := t.TempDir()
+	bin = filepath.Join(dir, "child")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin, filepath.Join(dir, "child.log")
+}
+
+func TestProcess_exitCodes(t *testing.T) {
+	bin, log := script(t, "echo started\nexit 3")
+	p, err := testenv.StartProcess(bin, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if p.Alive() || p.Code() != 3 {
+		t.Fatalf("alive %v, code %d; want an exit with 3", p.Alive(), p.Code())
+	}
+	if out, _ := os.ReadFile(log); string(out) != "started\n" {
+		t.Fatalf("log %q, want the child's output", out)
+	}
+
+	bin, log = script(t, "exec sleep 60")
+	for _, tc := range []struct {
+		name string
+		stop func(*testenv.Process)
+		want int
+	}{
+		{"SIGTERM", func(p *testenv.Process) {
+			if !p.Terminate(10 * time.Second) {
+				t.Error("not gone within the grace period")
+			}
+		}, 128 + 15},
+		{"SIGKILL", (*testenv.Process).Kill, 128 + 9},
+	} {
+		p, err := testenv.StartProcess(bin, nil, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.Alive() || p.Code() != -1 {
+			t.Fatalf("%s: alive %v, code %d before the signal", tc.name, p.Alive(), p.Code())
+		}
+		tc.stop(p)
+		if p.Alive() || p.Code() != tc.want {
+			t.Errorf("%s: alive %v, code %d; want %d", tc.name, p.Alive(), p.Code(), tc.want)
+		}
+	}
+}
+
+func TestRTMEnviron_dropsTheTestsSettings(t *testing.T) {
+	t.Setenv("RTMANAGER_LOG_LEVEL", "debug")
+	t.Setenv("OTEL_SERVICE_NAME", "x")
+	t.Setenv("KUBECONFIG", "/nowhere")
+	env := testenv.RTMEnviron(map[string]string{"RTMANAGER_REDIS_PASSWORD": "p", "RTMANAGER_DOCKER_NETWORK": "n"})
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "OTEL_") || strings.HasPrefix(kv, "KUBECONFIG=") || kv == "RTMANAGER_LOG_LEVEL=debug" {
+			t.Errorf("%s passed on", kv)
+		}
+	}
+	if tail := env[len(env)-2:]; !slices.Equal(tail, []string{"RTMANAGER_DOCKER_NETWORK=n", "RTMANAGER_REDIS_PASSWORD=p"}) {
+		t.Errorf("env ends %q, want the rig's settings in name order", tail)
+	}
+}
+
+func TestListenAddr(t *testing.T) {
+	log := `{"time":"x","level":"INFO","msg":"internal http listening","addr":"127.0.0.1:4321"}` + "\n"
+	if got := testenv.ListenAddr(log); got != "http://127.0.0.1:4321" {
+		t.Errorf("ListenAddr = %q", got)
+	}
+	if got := testenv.ListenAddr(`{"msg":"worker started"}`); got != "" {
+		t.Errorf("ListenAddr without the line = %q", got)
+	}
 }
