@@ -414,9 +414,9 @@ func testBeginStart(t *testing.T, env *k8senv.Env) {
 	if err := k.BeginStart(ctx, id); !errors.As(err, &starting) || starting.Within <= 0 || starting.Within > 4*time.Second {
 		t.Fatalf("BeginStart = %v, want *rtm.Starting within 4s", err)
 	}
-	if c, err := k.Inspect(ctx, "theta"); err != nil || !c.Starting || c.State != rtm.StateCreated {
-		t.Fatalf("Inspect = %+v %v, want a created container starting by itself", c, err)
-	}
+	waitInspect(t, k, "theta", "a created container starting by itself", func(c *rtm.Container) bool {
+		return c != nil && c.Starting && c.State == rtm.StateCreated
+	})
 	var rerr *rtm.Error
 	if !waitFor(30*time.Second, func() bool { return errors.As(k.BeginStart(ctx, id), &rerr) }) ||
 		rerr.Code != rtm.CodeContainerStartFailed || !strings.Contains(rerr.Message, "not scheduled") {

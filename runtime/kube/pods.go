@@ -251,10 +251,11 @@ func (k *Kube) seen(ctx context.Context, id string) error {
 	return err
 }
 
-// BeginStart is Start without the wait for the Pod to run: a Pod still on its way (scheduled or
-// not, pulling, mounting) is answered with *rtm.Starting, whose Within is what is left of
-// StartTimeout since the Pod's creation, and the informer's events (start, die, or the update
-// that shows a start failure) say when to look again. A worker of the reconciler so holds a game
+// BeginStart is Start without the waits for the informer to see the Pod and for the Pod to run:
+// a Pod still on its way (not in the informer yet, scheduled or not, pulling, mounting) is
+// answered with *rtm.Starting, whose Within is what is left of StartTimeout since the Pod's
+// creation, and the informer's events (create, start, die, or the update that shows a start
+// failure) say when to look again. A worker of the reconciler so holds a game
 // for a few API calls, not for the seconds a Pod takes to run under a burst.
 //
 // Errors are Start's, the timeout counted from the Pod's creation.
@@ -264,12 +265,14 @@ func (k *Kube) BeginStart(ctx context.Context, id string) error {
 	return op.Finish(k.beginStart(ctx, id))
 }
 
-func (k *Kube) beginStart(ctx context.Context, id string) error {
-	if err := k.seen(ctx, id); err != nil {
-		return err
-	}
+func (k *Kube) beginStart(_ context.Context, id string) error {
 	p := k.podByUID(id)
 	switch {
+	case p == nil && k.anyPodByUID(id) == nil:
+		// Just created, not in the informer yet (a burst delays the watch by seconds): its
+		// appearance is an event. Waiting for it here would hold the worker for the watch's
+		// delay; a Pod not seen within CallTimeout is looked for again then (Start's bound).
+		return &rtm.Starting{ID: id, Reason: "created, not yet seen", Within: min(k.opts.CallTimeout, k.opts.StartTimeout)}
 	case p == nil:
 		return fmt.Errorf("starting pod %s: %w", id, rtm.ErrNotFound)
 	case running(p) || terminated(p) != nil:
