@@ -111,31 +111,20 @@ func newRig(t *testing.T, tag string) *rig {
 		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 2*time.Second, 3*time.Second, 3*time.Second
 	})
 
-	r.env = map[string]string{
-		"RTMANAGER_INTERNAL_HTTP_ADDR":         "127.0.0.1:0",
-		"RTMANAGER_DOCKER_NETWORK":             r.net,
-		"RTMANAGER_GAME_STATE_ROOT":            r.stateRoot,
-		"RTMANAGER_POSTGRES_PRIMARY_DSN":       r.dsn,
-		"RTMANAGER_REDIS_MASTER_ADDR":          r.redis.Addr(),
-		"RTMANAGER_REDIS_PASSWORD":             r.redis.Password,
-		"RTMANAGER_ALLOWED_IMAGE_REPOSITORIES": engineRepo,
-		"RTMANAGER_LOG_FORMAT":                 "json",
-		"RTMANAGER_LOG_LEVEL":                  "info",
-		"RTMANAGER_PROBE_INTERVAL":             "1s",
-		"RTMANAGER_PROBE_TIMEOUT":              "500ms",
-		"RTMANAGER_PROBE_FAILURE_THRESHOLD":    "2",
-		"RTMANAGER_INSPECT_INTERVAL":           "2s",
-		"RTMANAGER_RECONCILE_INTERVAL":         "5m",
-		"RTMANAGER_SHUTDOWN_TIMEOUT":           "10s",
-		"RTMANAGER_ENGINE_STOP_TIMEOUT":        "3s",
-		"RTMANAGER_PATCH_VERIFY_TIMEOUT":       "8s",
-		"RTMANAGER_REST_WAIT_TIMEOUT":          "20s",
-		"RTMANAGER_ENGINE_MEMORY_LIMIT":        "64m",
-		"RTMANAGER_ENGINE_CPUS":                "0.5",
+	r.env = testenv.RTMTestEnv(r.dsn, r.redis, engineRepo)
+	maps.Copy(r.env, map[string]string{
+		"RTMANAGER_DOCKER_NETWORK":       r.net,
+		"RTMANAGER_GAME_STATE_ROOT":      r.stateRoot,
+		"RTMANAGER_LOG_LEVEL":            "info",
+		"RTMANAGER_ENGINE_STOP_TIMEOUT":  "3s",
+		"RTMANAGER_PATCH_VERIFY_TIMEOUT": "8s",
+		"RTMANAGER_REST_WAIT_TIMEOUT":    "20s",
+		"RTMANAGER_ENGINE_MEMORY_LIMIT":  "64m",
+		"RTMANAGER_ENGINE_CPUS":          "0.5",
 		// A lease left by a killed process blocks its games for one TTL: 3s keeps the suite
 		// within its time budget (production's 30s changes nothing else).
 		"RTMANAGER_GAME_LEASE_TTL": "3s",
-	}
+	})
 	r.watch = startWatcher(t, r.prefix)
 	r.ledger = newDockerLedger(r.prefix, r.watch.gameOf)
 	r.ledger.lease = func(game string) (string, error) {

@@ -126,23 +126,12 @@ func newRig(t *testing.T, tag string, opts ...func(*rigOptions)) *rig {
 	r.Redis = testenv.StartRedisServer(t, o.redisBind...)
 	r.RDB = r.Redis.Client()
 
-	r.Env = map[string]string{
-		"RTMANAGER_INTERNAL_HTTP_ADDR":         "127.0.0.1:0",
-		"RTMANAGER_POSTGRES_PRIMARY_DSN":       r.DSN,
-		"RTMANAGER_REDIS_MASTER_ADDR":          r.Redis.Addr(),
-		"RTMANAGER_REDIS_PASSWORD":             r.Redis.Password,
-		"RTMANAGER_ALLOWED_IMAGE_REPOSITORIES": engineRepo + "," + unreachableRepo,
-		"RTMANAGER_LOG_FORMAT":                 "json",
-		"RTMANAGER_PROBE_INTERVAL":             "1s",
-		"RTMANAGER_PROBE_TIMEOUT":              "500ms",
-		"RTMANAGER_PROBE_FAILURE_THRESHOLD":    "2",
-		"RTMANAGER_INSPECT_INTERVAL":           "2s",
-		"RTMANAGER_RECONCILE_INTERVAL":         "5m",
-		"RTMANAGER_SHUTDOWN_TIMEOUT":           "10s",
-		"RTMANAGER_ENGINE_STOP_TIMEOUT":        "5s",
-		"RTMANAGER_PATCH_VERIFY_TIMEOUT":       "6s",
-		"RTMANAGER_ENGINE_MEMORY_LIMIT":        "256m",
-	}
+	r.Env = testenv.RTMTestEnv(r.DSN, r.Redis, engineRepo+","+unreachableRepo)
+	maps.Copy(r.Env, map[string]string{
+		"RTMANAGER_ENGINE_STOP_TIMEOUT":  "5s",
+		"RTMANAGER_PATCH_VERIFY_TIMEOUT": "6s",
+		"RTMANAGER_ENGINE_MEMORY_LIMIT":  "256m",
+	})
 	if onKube() {
 		// The Docker settings must be unset (RTM refuses them with exit 2 on Kubernetes). RTM
 		// runs outside the cluster but reaches the Pod IPs (loopback here), so it probes them

@@ -156,3 +156,25 @@ func (p *Process) WaitReady(log func() string, workers int, timeout time.Duratio
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// RTMTestEnv is the environment the e2e and chaos suites give the rtmanager they start, before
+// their own settings: its listener on a free loopback port, the test's database (dsn) and
+// redis-server, the engine repositories it may run (comma-separated), JSON logs, and timings a
+// test can wait out: a probe every second that fails after two misses, an inspection every 2 s,
+// a 10-s shutdown, and the periodic reconcile out of the way.
+func RTMTestEnv(dsn string, redis *RedisServer, engineRepos string) map[string]string {
+	return map[string]string{
+		"RTMANAGER_INTERNAL_HTTP_ADDR":         "127.0.0.1:0",
+		"RTMANAGER_POSTGRES_PRIMARY_DSN":       dsn,
+		"RTMANAGER_REDIS_MASTER_ADDR":          redis.Addr(),
+		"RTMANAGER_REDIS_PASSWORD":             redis.Password,
+		"RTMANAGER_ALLOWED_IMAGE_REPOSITORIES": engineRepos,
+		"RTMANAGER_LOG_FORMAT":                 "json",
+		"RTMANAGER_PROBE_INTERVAL":             "1s",
+		"RTMANAGER_PROBE_TIMEOUT":              "500ms",
+		"RTMANAGER_PROBE_FAILURE_THRESHOLD":    "2",
+		"RTMANAGER_INSPECT_INTERVAL":           "2s",
+		"RTMANAGER_RECONCILE_INTERVAL":         "5m",
+		"RTMANAGER_SHUTDOWN_TIMEOUT":           "10s",
+	}
+}
