@@ -5,7 +5,6 @@ package chaos
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -28,7 +27,7 @@ func TestChaos_dockerUnreachable(t *testing.T) {
 	ctx := context.Background()
 	games := r.startedGames(10, 8)
 
-	const outage = 10 * time.Second
+	const outageFor = 10 * time.Second
 	for round, mode := range []proxyMode{proxyRefuse, proxyHang} {
 		round++
 		base := (round - 1) * 4 // each round works on its own four running games
@@ -39,15 +38,7 @@ func TestChaos_dockerUnreachable(t *testing.T) {
 			px.Hang()
 		}
 		down := time.Now()
-		restored := false
-		restore := func() {
-			if !restored {
-				restored = true
-				if err := px.Restore(); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
+		restore := restorer(t, px)
 		defer restore()
 
 		r.sendStop(stopped)
@@ -61,31 +52,14 @@ func TestChaos_dockerUnreachable(t *testing.T) {
 		if err := suite.docker.ContainerRemove(ctx, "galaxy-game-"+removed, container.RemoveOptions{Force: true}); err != nil {
 			t.Fatalf("docker rm -f: %v", err)
 		}
-		var readyz []string
-		saw503 := false
-		for time.Since(down) < outage {
-			code, body := p.readyz()
-			readyz = append(readyz, fmt.Sprint(code))
-			if code == http.StatusServiceUnavailable && strings.Contains(body, `"message":"docker: `) {
-				saw503 = true
-			} else if code != http.StatusServiceUnavailable {
-				t.Errorf("round %d (%s): /readyz %d %s while docker is unreachable, want 503 naming docker", round, mode, code, body)
-			}
-			if !p.Alive() {
-				t.Fatalf("round %d (%s): RTM exited with %d while docker was unreachable", round, mode, p.Code())
-			}
+		o := &outage{t: t, p: p, dep: "docker", what: fmt.Sprintf("round %d (%s)", round, mode)}
+		for time.Since(down) < outageFor {
+			o.poll()
 			time.Sleep(time.Second)
 		}
 		restore()
 		up := time.Now()
-		if !saw503 {
-			t.Errorf("round %d (%s): /readyz never answered 503 naming docker", round, mode)
-		}
-		testenv.Eventually(t, 30*time.Second, "/readyz 200 after docker returned", func() (bool, string) {
-			code, body := p.readyz()
-			return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
-		})
-		readyAgain := time.Since(up)
+		readyAgain := o.over()
 		c := r.settle(90 * time.Second)
 		recs, err := r.records(ctx)
 		if err != nil {
@@ -97,11 +71,9 @@ func TestChaos_dockerUnreachable(t *testing.T) {
 				t.Errorf("round %d (%s): %s is %s, want %s", round, mode, g, recs[g].status, status)
 			}
 		}
-		if !p.Alive() {
-			t.Fatalf("round %d: RTM exited with %d", round, p.Code())
-		}
-		t.Logf("round %d (%s): docker unreachable %s, %d connections dropped; /readyz during it: %s; ready %s and all %d jobs answered and converged %s after it returned",
-			round, mode, up.Sub(down).Round(100*time.Millisecond), px.dropped, strings.Join(readyz, " "),
+		p.requireAlive(t, o.what)
+		t.Logf("%s: docker unreachable %s, %d connections dropped; /readyz during it: %s; ready %s and all %d jobs answered and converged %s after it returned",
+			o.what, up.Sub(down).Round(100*time.Millisecond), px.dropped, strings.Join(o.codes, " "),
 			readyAgain.Round(100*time.Millisecond), c.sent, time.Since(up).Round(100*time.Millisecond))
 	}
 	r.finish("docker-unreachable", 60*time.Second)
@@ -188,8 +160,6 @@ func TestChaos_dockerRefusesStop(t *testing.T) {
 	if recs[wedged].status != "stopped" {
 		t.Errorf("%s is %s after the second stop, want stopped", wedged, recs[wedged].status)
 	}
-	if !p.Alive() {
-		t.Fatalf("RTM exited with %d", p.Code())
-	}
+	p.requireAlive(t, "at the end")
 	r.finish("docker-refuses-stop", 60*time.Second)
 }

@@ -22,27 +22,22 @@ func TestChaos_postgresStopped(t *testing.T) {
 	r, p := rigWithRTM(t, "pg")
 	games := r.startedGames(8, 5)
 
-	const outage = 10 * time.Second
+	const outageFor = 10 * time.Second
 	for round := 1; round <= 2; round++ {
 		if err := suite.env.StopPostgres(); err != nil {
 			t.Fatal(err)
 		}
 		down := time.Now()
-		restarted := false
-		restart := func() {
-			if !restarted {
-				restarted = true
-				if err := suite.env.StartPostgres(); err != nil {
-					t.Fatalf("starting postgres again: %v", err)
-				}
+		restart := once(func() {
+			if err := suite.env.StartPostgres(); err != nil {
+				t.Fatalf("starting postgres again: %v", err)
 			}
-		}
+		})
 		defer restart() // never leave the shared cluster down for the next test
 
 		// Jobs arrive all through the outage: stops of running games, starts of new and stopped
 		// ones, a start and a stop of the same game, a stop of a game RTM never heard of.
-		var readyz []string
-		var saw503 bool
+		o := &outage{t: t, p: p, dep: "postgres", what: fmt.Sprintf("round %d", round)}
 		plan := []func(){
 			func() { r.sendStop(games[(round*2)%5]) },
 			func() { r.sendStart(games[5+round%3], img(v141)) },
@@ -51,38 +46,20 @@ func TestChaos_postgresStopped(t *testing.T) {
 			func() { g := games[(round*2+3)%5]; r.sendStop(g); r.sendStart(g, img(v141)) },
 			func() { r.sendStart(games[7], img(v141)) },
 		}
-		step := outage / time.Duration(len(plan)+1)
+		step := outageFor / time.Duration(len(plan)+1)
 		for _, send := range plan {
 			send()
-			code, body := p.readyz()
-			readyz = append(readyz, fmt.Sprint(code))
-			if code == http.StatusServiceUnavailable && strings.Contains(body, `"message":"postgres: `) {
-				saw503 = true
-			} else if code != http.StatusServiceUnavailable {
-				t.Errorf("round %d: /readyz %d %s while postgres is down, want 503 naming postgres", round, code, body)
-			}
-			if !p.Alive() {
-				t.Fatalf("round %d: RTM exited with %d while postgres was down", round, p.Code())
-			}
+			o.poll()
 			time.Sleep(step)
 		}
-		time.Sleep(time.Until(down.Add(outage)))
+		time.Sleep(time.Until(down.Add(outageFor)))
 		restart()
 		up := time.Now()
-		if !saw503 {
-			t.Errorf("round %d: /readyz never answered 503 naming postgres during the outage", round)
-		}
-		testenv.Eventually(t, 30*time.Second, "/readyz 200 after postgres returned", func() (bool, string) {
-			code, body := p.readyz()
-			return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
-		})
-		readyAgain := time.Since(up)
+		readyAgain := o.over()
 		c := r.settle(90 * time.Second)
-		if !p.Alive() {
-			t.Fatalf("round %d: RTM exited with %d", round, p.Code())
-		}
-		t.Logf("round %d: postgres down %s; /readyz during it: %s; ready %s after it returned; all %d jobs answered and converged %s after",
-			round, up.Sub(down).Round(100*time.Millisecond), strings.Join(readyz, " "), readyAgain.Round(100*time.Millisecond),
+		p.requireAlive(t, o.what)
+		t.Logf("%s: postgres down %s; /readyz during it: %s; ready %s after it returned; all %d jobs answered and converged %s after",
+			o.what, up.Sub(down).Round(100*time.Millisecond), strings.Join(o.codes, " "), readyAgain.Round(100*time.Millisecond),
 			c.sent, time.Since(up).Round(100*time.Millisecond))
 	}
 	r.finish("postgres-stopped-10s", 60*time.Second)
@@ -110,15 +87,7 @@ func TestChaos_postgresBlackholed(t *testing.T) {
 	const hole = 8 * time.Second
 	pp.Blackhole()
 	down := time.Now()
-	restored := false
-	restore := func() {
-		if !restored {
-			restored = true
-			if err := pp.Restore(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	restore := restorer(t, pp)
 	defer restore()
 	plan := []func(){
 		func() { r.sendStop(games[0]) },
@@ -156,9 +125,7 @@ func TestChaos_postgresBlackholed(t *testing.T) {
 	step := hole / time.Duration(len(plan)+1)
 	for i, send := range plan {
 		send()
-		if !p.Alive() {
-			t.Fatalf("RTM exited with %d while postgres was black-holed", p.Code())
-		}
+		p.requireAlive(t, "postgres black-holed")
 		time.Sleep(time.Until(down.Add(step * time.Duration(i+1)))) // the pace of the jobs
 	}
 	time.Sleep(time.Until(down.Add(hole)))
@@ -191,14 +158,9 @@ func TestChaos_postgresBlackholed(t *testing.T) {
 			"black hole are still open (a PostgreSQL call without a deadline waits on them for ever); %s",
 			c.lost, c.sent, pp.holes(), holesAtEnd, r.pgSummary())
 	})
-	testenv.Eventually(t, 30*time.Second, "/readyz 200 after the black hole ended", func() (bool, string) {
-		code, body := p.readyz()
-		return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
-	})
+	p.waitReadyz(t, "the black hole ended")
 	c := r.settle(90 * time.Second)
-	if !p.Alive() {
-		t.Fatalf("RTM exited with %d", p.Code())
-	}
+	p.requireAlive(t, "after the black hole")
 	t.Logf("postgres black-holed for %s with %d connections caught in it; /readyz during it (status and time to answer): %s; all %d jobs answered and converged %s after it ended; %d black-holed connections still open",
 		up.Sub(down).Round(100*time.Millisecond), holesAtEnd, strings.Join(readyz, " "), c.sent, time.Since(up).Round(100*time.Millisecond), pp.holes())
 	r.finish("postgres-blackholed-8s", 60*time.Second)

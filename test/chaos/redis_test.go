@@ -60,9 +60,7 @@ func TestChaos_redisRestartedEmpty(t *testing.T) {
 		r.redis.Kill() // as a crash would
 		r.redis.Restart()
 		r.results.start("0-0")
-		if !p.Alive() {
-			t.Fatalf("round %d: RTM exited with %d when Redis went away", round, p.Code())
-		}
+		p.requireAlive(t, fmt.Sprintf("round %d, Redis gone", round))
 
 		// New jobs go to the new, empty stream.
 		for i, g := range games {
@@ -72,9 +70,7 @@ func TestChaos_redisRestartedEmpty(t *testing.T) {
 		}
 		r.sendStop(games[round])
 		c := r.settle(90 * time.Second)
-		if !p.Alive() {
-			t.Fatalf("round %d: RTM exited with %d", round, p.Code())
-		}
+		p.requireAlive(t, fmt.Sprintf("round %d", round))
 		var off string
 		testenv.Eventually(t, 10*time.Second, "the consumers' offsets saved in the new Redis", func() (bool, string) {
 			var err error

@@ -288,6 +288,80 @@ func (p *rtmProc) readyz() (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// requireAlive fails the test at once when the process has exited; what says when ("round 2").
+func (p *rtmProc) requireAlive(t *testing.T, what string) {
+	t.Helper()
+	if !p.Alive() {
+		t.Fatalf("%s: %s exited with %d", what, p.name, p.Code())
+	}
+}
+
+// waitReadyz waits until /readyz answers 200 again once the fault (what) is over.
+func (p *rtmProc) waitReadyz(t *testing.T, what string) {
+	t.Helper()
+	testenv.Eventually(t, 30*time.Second, "/readyz 200 after "+what, func() (bool, string) {
+		code, body := p.readyz()
+		return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
+	})
+}
+
+// outage follows a process's /readyz through an outage of the dependency dep: every answer
+// meanwhile must be 503, and at least one must name dep.
+type outage struct {
+	t      *testing.T
+	p      *rtmProc
+	dep    string
+	what   string   // names the round in errors
+	codes  []string // the answers, in order
+	saw503 bool
+}
+
+// poll asks /readyz once during the outage; it fails the test at once when RTM has exited.
+func (o *outage) poll() {
+	o.t.Helper()
+	code, body := o.p.readyz()
+	o.codes = append(o.codes, fmt.Sprint(code))
+	if code == http.StatusServiceUnavailable && strings.Contains(body, `"message":"`+o.dep+`: `) {
+		o.saw503 = true
+	} else if code != http.StatusServiceUnavailable {
+		o.t.Errorf("%s: /readyz %d %s while %s is unreachable, want 503 naming %s", o.what, code, body, o.dep, o.dep)
+	}
+	o.p.requireAlive(o.t, o.what+", "+o.dep+" unreachable")
+}
+
+// over, once dep is back, checks that /readyz named it during the outage and waits until it
+// answers 200; it returns how long that took.
+func (o *outage) over() time.Duration {
+	o.t.Helper()
+	up := time.Now()
+	if !o.saw503 {
+		o.t.Errorf("%s: /readyz never answered 503 naming %s", o.what, o.dep)
+	}
+	o.p.waitReadyz(o.t, o.dep+" returned")
+	return time.Since(up)
+}
+
+// restorer returns restore, which heals the fault of a proxy (px.Restore) once: see once.
+func restorer(t *testing.T, px interface{ Restore() error }) (restore func()) {
+	return once(func() {
+		if err := px.Restore(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// once returns f to be called once, by the test when it heals a fault and deferred so that a
+// test that stops early does not leave the fault behind; later calls do nothing.
+func once(f func()) func() {
+	done := false
+	return func() {
+		if !done {
+			done = true
+			f()
+		}
+	}
+}
+
 // call sends a REST request to the process's /api/v1/internal<path> as caller admin; body "" sends
 // none. It returns the status (0 on a transport error), the body and the X-Request-Id.
 func (p *rtmProc) call(method, path, body string) (int, string, string) {
