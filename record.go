@@ -1,6 +1,8 @@
 package rtmanager
 
 import (
+	"context"
+	"log/slog"
 	"maps"
 	"time"
 )
@@ -205,6 +207,20 @@ func ForgetStopped[V any](state map[string]V, running []RunningGame) {
 		live[g.GameID] = true
 	}
 	maps.DeleteFunc(state, func(gameID string, _ V) bool { return !live[gameID] })
+}
+
+// EveryRunningRound runs round every interval as EveryRound does, over the running games as list
+// (the store's RunningGames) gives them at the round's start: the loop of the prober and the
+// inspector. A round whose list fails is not run; the failure is logged as the round's.
+func EveryRunningRound(ctx context.Context, interval time.Duration, list func(context.Context) ([]RunningGame, error),
+	round func(context.Context, []RunningGame) error, log *slog.Logger, worker, msg string) {
+	EveryRound(ctx, interval, func(ctx context.Context) error {
+		games, err := list(ctx)
+		if err != nil {
+			return err
+		}
+		return round(ctx, games)
+	}, log, worker, msg)
 }
 
 // ProbeOutcome is one probe of a running engine, as a prober saw it.

@@ -82,15 +82,11 @@ func (p *Prober) Run(ctx context.Context) error {
 		p.Concurrency = 64
 	}
 	p.state = map[string]*probeState{}
-	rtm.EveryRound(ctx, p.Interval, p.round, p.Log, "prober", "probe round failed")
+	rtm.EveryRunningRound(ctx, p.Interval, p.Store.RunningGames, p.round, p.Log, "prober", "probe round failed")
 	return nil
 }
 
-func (p *Prober) round(ctx context.Context) error {
-	games, err := p.Store.RunningGames(ctx)
-	if err != nil {
-		return err
-	}
+func (p *Prober) round(ctx context.Context, games []rtm.RunningGame) error {
 	p.mu.Lock()
 	if p.state == nil {
 		p.state = map[string]*probeState{}

@@ -49,15 +49,11 @@ func (s *InspectSweep) Run(ctx context.Context) error {
 		s.Concurrency = 8
 	}
 	s.bad = map[string]string{}
-	rtm.EveryRound(ctx, s.Interval, s.sweep, s.Log, "inspector", "inspect sweep failed")
+	rtm.EveryRunningRound(ctx, s.Interval, s.Store.RunningGames, s.sweep, s.Log, "inspector", "inspect sweep failed")
 	return nil
 }
 
-func (s *InspectSweep) sweep(ctx context.Context) error {
-	games, err := s.Store.RunningGames(ctx)
-	if err != nil {
-		return err
-	}
+func (s *InspectSweep) sweep(ctx context.Context, games []rtm.RunningGame) error {
 	rtm.ForgetStopped(s.bad, games)
 	suspects, err := s.suspects(ctx, games)
 	if err != nil {
