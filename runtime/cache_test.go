@@ -16,6 +16,15 @@ func ours() rtm.Container {
 // relist replaces c's contents with a list, begun now, that shows ours.
 func relist(c *Cache) { c.Replace(c.Begin(), []rtm.Container{ours()}) }
 
+// wantUnknown fails the test when c claims to know game's container; why says what that would
+// mean.
+func wantUnknown(t *testing.T, c *Cache, game, why string) {
+	t.Helper()
+	if _, _, known, _ := c.Lookup(game); known {
+		t.Fatal(why)
+	}
+}
+
 // synced returns a cache synced by a list that shows ours.
 func synced() *Cache {
 	c := NewCache()
@@ -25,9 +34,7 @@ func synced() *Cache {
 
 func TestCache_Lookup(t *testing.T) {
 	c := NewCache()
-	if _, _, known, _ := c.Lookup("g1"); known {
-		t.Fatal("an unsynced cache claims to know")
-	}
+	wantUnknown(t, c, "g1", "an unsynced cache claims to know")
 	mark := c.Begin()
 	c.Invalidate("g2") // an event after the list began
 	c.Replace(mark, []rtm.Container{ours(), {ID: "x", GameID: "g3"}})
@@ -37,26 +44,20 @@ func TestCache_Lookup(t *testing.T) {
 	if _, found, known, _ := c.Lookup("g4"); !known || found {
 		t.Fatal("an unlisted game should be known absent")
 	}
-	if _, _, known, _ := c.Lookup("g2"); known {
-		t.Fatal("an invalidation after the list began was lost")
-	}
+	wantUnknown(t, c, "g2", "an invalidation after the list began was lost")
 	if _, found, _, _ := c.Lookup("g3"); found {
 		t.Fatal("an unowned container was cached")
 	}
 	m2 := c.Begin()
 	c.Invalidate("g1") // the container died while we inspected
 	c.Put(m2, "g1", ours(), true)
-	if _, _, known, _ := c.Lookup("g1"); known {
-		t.Fatal("a stale inspection overwrote a later invalidation")
-	}
+	wantUnknown(t, c, "g1", "a stale inspection overwrote a later invalidation")
 	c.Put(c.Begin(), "g1", rtm.Container{}, false)
 	if _, found, known, _ := c.Lookup("g1"); !known || found {
 		t.Fatal("a fresh inspection was not recorded")
 	}
 	c.Reset()
-	if _, _, known, _ := c.Lookup("g4"); known {
-		t.Fatal("a reset cache claims to know")
-	}
+	wantUnknown(t, c, "g4", "a reset cache claims to know")
 }
 
 func TestCache_Exited(t *testing.T) {
@@ -110,9 +111,7 @@ func TestCache_Exited(t *testing.T) {
 		}
 		c.Exited("g1", "c1", 0, at)
 		c.Invalidate("g1")
-		if _, _, known, _ := c.Lookup("g1"); known {
-			t.Fatal("an event after the die left the game known")
-		}
+		wantUnknown(t, c, "g1", "an event after the die left the game known")
 	})
 }
 
@@ -170,14 +169,10 @@ func TestCache_Reset_noListSyncsUntilResubscribed(t *testing.T) {
 	early := c.Begin() // a periodic list begun before the stream ended
 	c.Reset()
 	relist(c)
-	if _, _, known, _ := c.Lookup("g1"); known {
-		t.Fatal("a list while the events stream is down synced the cache")
-	}
+	wantUnknown(t, c, "g1", "a list while the events stream is down synced the cache")
 	c.Resubscribed()
 	c.Replace(early, []rtm.Container{ours()})
-	if _, _, known, _ := c.Lookup("g1"); known {
-		t.Fatal("a list begun before the resubscription synced the cache")
-	}
+	wantUnknown(t, c, "g1", "a list begun before the resubscription synced the cache")
 	relist(c)
 	if _, _, known, _ := c.Lookup("g1"); !known {
 		t.Fatal("a list after the resubscription did not sync the cache")
