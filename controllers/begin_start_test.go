@@ -93,6 +93,13 @@ func (p *slowPods) failStart(gameID string, err error) {
 	p.mu.Unlock()
 }
 
+// slowGame is a game of its own fault world whose reconciler drives slowPods.
+func slowGame(t *testing.T, name string) (*faultGame, *slowPods) {
+	var pods *slowPods
+	g := newFaultEnv(t).gameOn(t, name, func(f *runtimetest.Fake) controllers.ContainerRuntime { pods = newSlowPods(f); return pods })
+	return g, pods
+}
+
 // reconcileOnce runs one reconcile of g as the controller would on an event.
 func (g *faultGame) reconcileOnce() time.Duration {
 	g.t.Helper()
@@ -116,9 +123,7 @@ func (g *faultGame) answerOf(req rtm.Request) *rtm.Answer {
 // the engine ends at once, waiting for the runtime's event, and the reconcile that event causes
 // answers the job, exactly once, with the record and events a synchronous start gives.
 func TestGameReconciler_BeginStart_answersWhenTheEngineRuns(t *testing.T) {
-	fe := newFaultEnv(t)
-	var pods *slowPods
-	g := fe.gameOn(t, "slow-start", func(f *runtimetest.Fake) controllers.ContainerRuntime { pods = newSlowPods(f); return pods })
+	g, pods := slowGame(t, "slow-start")
 	req := g.job(rtm.OpStart, imgA)
 
 	for i := range 2 { // the create, then an event while the Pod is still on its way
@@ -158,9 +163,7 @@ func TestGameReconciler_BeginStart_answersWhenTheEngineRuns(t *testing.T) {
 // A stop that arrives while the Pod is on its way stops it: otherwise it would run by itself
 // after the stop was answered.
 func TestGameReconciler_BeginStart_stopWhileOnItsWay(t *testing.T) {
-	fe := newFaultEnv(t)
-	var pods *slowPods
-	g := fe.gameOn(t, "slow-stop", func(f *runtimetest.Fake) controllers.ContainerRuntime { pods = newSlowPods(f); return pods })
+	g, pods := slowGame(t, "slow-stop")
 	start := g.job(rtm.OpStart, imgA)
 	g.reconcileOnce()
 	stop := g.job(rtm.OpStop, "")
@@ -181,9 +184,7 @@ func TestGameReconciler_BeginStart_stopWhileOnItsWay(t *testing.T) {
 // A start the runtime gives up on (no capacity within its start timeout, an image it cannot
 // pull) is answered failed with the runtime's code, and the Pod is removed.
 func TestGameReconciler_BeginStart_failureIsAnswered(t *testing.T) {
-	fe := newFaultEnv(t)
-	var pods *slowPods
-	g := fe.gameOn(t, "slow-fail", func(f *runtimetest.Fake) controllers.ContainerRuntime { pods = newSlowPods(f); return pods })
+	g, pods := slowGame(t, "slow-fail")
 	req := g.job(rtm.OpStart, imgA)
 	g.reconcileOnce()
 	pods.failStart(g.id, runtimetest.Coded(rtm.CodeContainerStartFailed, "pod galaxy-game-x is not running after 2m0s: not scheduled"))

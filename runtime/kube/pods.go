@@ -207,9 +207,7 @@ func serverMessage(err error) string {
 // its claim is not bound, …) or its container cannot be created → *rtm.Error with
 // CodeContainerStartFailed, saying why.
 func (k *Kube) Start(ctx context.Context, id string) error {
-	op := k.ops.Start(ctx, "start", attrPodUID.String(id))
-	ctx = op.Context()
-	return op.Finish(k.start(ctx, id))
+	return k.onPod(ctx, "start", id, k.start)
 }
 
 func (k *Kube) start(ctx context.Context, id string) error {
@@ -260,9 +258,7 @@ func (k *Kube) seen(ctx context.Context, id string) error {
 //
 // Errors are Start's, the timeout counted from the Pod's creation.
 func (k *Kube) BeginStart(ctx context.Context, id string) error {
-	op := k.ops.Start(ctx, "begin_start", attrPodUID.String(id))
-	ctx = op.Context()
-	return op.Finish(k.beginStart(ctx, id))
+	return k.onPod(ctx, "begin_start", id, k.beginStart)
 }
 
 func (k *Kube) beginStart(_ context.Context, id string) error {
@@ -359,9 +355,13 @@ func pendingReason(p *corev1.Pod) string {
 // reports the engine terminated (its exit code) or the Pod is gone. Stopping a terminated Pod
 // succeeds and changes nothing; a missing one wraps rtm.ErrNotFound.
 func (k *Kube) Stop(ctx context.Context, id string, grace time.Duration) error {
-	op := k.ops.Start(ctx, "stop", attrPodUID.String(id))
-	ctx = op.Context()
-	return op.Finish(k.stop(ctx, id, grace))
+	return k.onPod(ctx, "stop", id, func(ctx context.Context, id string) error { return k.stop(ctx, id, grace) })
+}
+
+// onPod runs do as the operation name on Pod id: one span and one latency sample.
+func (k *Kube) onPod(ctx context.Context, name, id string, do func(ctx context.Context, id string) error) error {
+	op := k.ops.Start(ctx, name, attrPodUID.String(id))
+	return op.Finish(do(op.Context(), id))
 }
 
 func (k *Kube) stop(ctx context.Context, id string, grace time.Duration) error {
@@ -417,9 +417,7 @@ func (k *Kube) keepExited(ctx context.Context, p *corev1.Pod) error {
 // runs), then waits, at most CallTimeout, until it is gone, so that the game's next Pod can take
 // its name. The claim and Service stay. A missing Pod wraps rtm.ErrNotFound.
 func (k *Kube) Remove(ctx context.Context, id string) error {
-	op := k.ops.Start(ctx, "remove", attrPodUID.String(id))
-	ctx = op.Context()
-	return op.Finish(k.remove(ctx, id))
+	return k.onPod(ctx, "remove", id, k.remove)
 }
 
 func (k *Kube) remove(ctx context.Context, id string) error {
