@@ -251,12 +251,12 @@ func (k *Kube) seen(ctx context.Context, id string) error {
 
 // BeginStart is Start without the waits for the informer to see the Pod and for the Pod to run:
 // a Pod still on its way (not in the informer yet, scheduled or not, pulling, mounting) is
-// answered with *rtm.Starting, whose Within is what is left of StartTimeout since the Pod's
-// creation, and the informer's events (create, start, die, or the update that shows a start
+// answered with *rtm.Starting, whose Within is what is left of its start timeout (startLeft),
+// and the informer's events (create, start, die, or the update that shows a start
 // failure) say when to look again. A worker of the reconciler so holds a game
 // for a few API calls, not for the seconds a Pod takes to run under a burst.
 //
-// Errors are Start's, the timeout counted from the Pod's creation.
+// Errors are Start's, the timeout counted as startLeft says.
 func (k *Kube) BeginStart(ctx context.Context, id string) error {
 	return k.onPod(ctx, "begin_start", id, k.beginStart)
 }
@@ -278,15 +278,33 @@ func (k *Kube) beginStart(_ context.Context, id string) error {
 		k.forgetGame(p)
 		return err
 	}
-	// The creation time is kept in whole seconds: the Pod was created before the end of that
-	// second, so counting from there never gives up before StartTimeout has passed.
-	left := k.opts.StartTimeout - time.Since(p.CreationTimestamp.Add(time.Second))
+	left := k.startLeft(p)
 	if left <= 0 {
 		k.forgetGame(p)
 		return rtm.Errorf(rtm.CodeContainerStartFailed, "pod %s is not running after %s: %s",
 			p.Name, k.opts.StartTimeout, pendingReason(p))
 	}
 	return &rtm.Starting{ID: id, Reason: pendingReason(p), Within: left}
+}
+
+// backlogAllowance is how many start timeouts a Pod the scheduler has not looked at yet gets.
+const backlogAllowance = 5
+
+// startLeft is what is left of a Pod's start timeout. The clock runs from the scheduler's word
+// on it (PodScheduled, true or false: placed, or no node has room), so a start fails when no node
+// takes the Pod, or a node does not run it, for StartTimeout; not because the Pod waited its turn
+// behind thousands of others in the scheduler's queue. A Pod the scheduler has not considered
+// at all (no PodScheduled condition: a backlog, or no scheduler) gets backlogAllowance times as
+// long from its creation. Times are kept in whole seconds: counting from the end of the second
+// never gives up early.
+func (k *Kube) startLeft(p *corev1.Pod) time.Duration {
+	since, allowed := p.CreationTimestamp.Time, backlogAllowance*k.opts.StartTimeout
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && !c.LastTransitionTime.IsZero() {
+			since, allowed = c.LastTransitionTime.Time, k.opts.StartTimeout
+		}
+	}
+	return allowed - time.Since(since.Add(time.Second))
 }
 
 // errWaited is await's error when the wait ran out.
