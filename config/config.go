@@ -119,7 +119,7 @@ type Config struct {
 	KubeNamespace         string        // RTMANAGER_KUBE_NAMESPACE (required with kubernetes)
 	KubeStorageClass      string        // RTMANAGER_KUBE_STORAGE_CLASS ("": the cluster's default class)
 	KubeStateSize         string        // RTMANAGER_KUBE_STATE_SIZE (a quantity: 1Gi, 500Mi)
-	KubeStartTimeout      time.Duration // RTMANAGER_KUBE_START_TIMEOUT (a Pod not running by then fails its start)
+	KubeStartTimeout      time.Duration // RTMANAGER_KUBE_START_TIMEOUT (a Pod unplaced, or placed and not running, for that long fails its start)
 	KubeEvictionTolerance time.Duration // RTMANAGER_KUBE_EVICTION_TOLERATION (a lost node's Pods go after it)
 
 	// StrictEnv makes an unknown RTMANAGER_* variable (see Unknown) stop the start-up, exit 2,
