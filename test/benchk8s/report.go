@@ -233,6 +233,16 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   ends after the Create (kube.begin_start answers rtm.Starting) and the informer's event for the
   running Pod brings the game back to be answered, so the worker count no longer bounds the
   starts in flight and the runs above use the default.
+- **Since then a start costs two leased reconciles instead of one** (issue 17 is open on it):
+  the create, then the settle when the Pod runs, each with its lease round trip to Redis, its
+  fencing write to PostgreSQL (a durable commit) and its inspection, on the two cores the API
+  server, etcd, the scheduler and kwok use too. With 256 workers every one was busy while the
+  Pods were created (about 150 creates a second, the three POSTs each; a scrape of
+  controller_runtime_active_workers), and the answers then came at 80–150 a second as the Pods
+  ran. The 1,000-game ratio went from 1.27 (256 workers, synchronous start) to the figure above.
+  What would cut it: settle a start whose create this process made without a second fencing
+  write (the lease's epoch is still the record's), and admit the start jobs faster (about 165 a
+  second through the job consumer, 6 s for 1,000).
 - **Start could miss the Pod it just created** (fixed in e6a894c while this benchmark was being
   written: Start now waits for the informer to see a Pod Create just made). Before it, Start
   answered not found when the watch had not delivered the new Pod yet; the reconcile failed and
