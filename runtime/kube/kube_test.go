@@ -411,9 +411,10 @@ func testBeginStart(t *testing.T, env *k8senv.Env) {
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
-	// Within the start timeout once the scheduler has said no, five of them before it looked.
-	if err := k.BeginStart(ctx, id); !errors.As(err, &starting) || starting.Within <= 0 || starting.Within > 20*time.Second {
-		t.Fatalf("BeginStart = %v, want *rtm.Starting within 20s", err)
+	// Within the start timeout once the scheduler has said no, five of them before it looked
+	// (plus the second the API's whole-second times may hide).
+	if err := k.BeginStart(ctx, id); !errors.As(err, &starting) || starting.Within <= 0 || starting.Within > 21*time.Second {
+		t.Fatalf("BeginStart = %v, want *rtm.Starting within 21s", err)
 	}
 	waitInspect(t, k, "theta", "a created container starting by itself", func(c *rtm.Container) bool {
 		return c != nil && c.Starting && c.State == rtm.StateCreated
