@@ -67,8 +67,12 @@ func TestPatch_RollbackWhenNewReleaseFailsProbe(t *testing.T) {
 	expect(t, c.running() && c.Image == img(v142), "not rolled back to %s: %+v", img(v142), c)
 	rec := r.Record(g)
 	expect(t, rec.Status == "running" && rec.CurrentImage == img(v142) && rec.ContainerID == c.ID, "record after the rollback %+v", rec)
-	code, b = httpGet(r.EngineURL(g) + "/healthz")
-	expect(t, code == http.StatusOK && strings.Contains(string(b), `"version":"`+v142+`"`), "engine after the rollback: %d %s", code, b)
+	// The answer comes once the old image's container runs again; its engine may take a moment
+	// more to listen on a loaded host.
+	testenv.Eventually(t, 10*time.Second, "the rolled-back engine answers", func() (bool, string) {
+		code, b = httpGet(r.EngineURL(g) + "/healthz")
+		return code == http.StatusOK && strings.Contains(string(b), `"version":"`+v142+`"`), fmt.Sprintf("%d %s", code, b)
+	})
 	expect(t, r.Ops(g, "patch", "outcome = 'failed' AND new_image_ref = $1", img(v143)) == 1, "operation log %q", r.OpKinds(g))
 	t.Logf("container %s before, %s after the rollback", short(oldID), short(c.ID))
 	// It stays: nothing retries the bad release behind the operator's back.
