@@ -421,10 +421,20 @@ func removeContainers(ctx context.Context, t *testing.T, f filters.Args) {
 	}
 }
 
-// Engine calls one of the stand-in engine's control endpoints (/control/exit?code=3, …).
+// Engine calls one of the stand-in engine's control endpoints (/control/exit?code=3, …). A start
+// is answered once the engine's container runs, and on a loaded host its engine listens a moment
+// later: a request that reached no engine (no HTTP status) is sent again for up to 10 s; one the
+// engine answered is never repeated.
 func (r *rig) Engine(gameID, path string) {
 	r.t.Helper()
-	code, b := httpGet(r.EngineURL(gameID) + path)
+	var (
+		code int
+		b    []byte
+	)
+	testenv.Eventually(r.t, 10*time.Second, "engine "+gameID+path+" reached", func() (bool, string) {
+		code, b = httpGet(r.EngineURL(gameID) + path)
+		return code != 0, string(b)
+	})
 	if code != http.StatusOK {
 		r.t.Fatalf("engine %s%s: %d %s", gameID, path, code, b)
 	}
