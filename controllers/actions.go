@@ -78,7 +78,7 @@ func (r *GameReconciler) failure(s *scope, err error) outcome {
 		// Under way, not failed: the runtime's event that it runs (or cannot) enqueues the game,
 		// and the reconcile then settles or answers it; Within is the runtime's own deadline.
 		s.log.Debug("engine starting; waiting for the runtime", "container_id", starting.ID, "reason", starting.Reason)
-		r.starts.note(s.gameID, starting.ID, starting.Within)
+		r.starts.note(s, starting.ID, starting.Within)
 		return waitFor(starting.Within)
 	case errors.Is(err, rtm.ErrFenced) || s.ctx.Err() != nil:
 		s.log.Info("lease lost; leaving the game to its next holder", "error", err)

@@ -137,6 +137,7 @@ func TestGameReconciler_BeginStart_answersWhenTheEngineRuns(t *testing.T) {
 	if n := len(g.world.Containers()); n != 1 {
 		t.Fatalf("%d containers, want the one created", n)
 	}
+	begunAt := g.record().FenceEpoch
 	pods.arrive(t, g.id)
 	if after := g.reconcileOnce(); after != 0 {
 		t.Fatalf("requeue after %s once running, want none", after)
@@ -157,6 +158,36 @@ func TestGameReconciler_BeginStart_answersWhenTheEngineRuns(t *testing.T) {
 	// The event while it was on its way cost no lease: the reconcile ended on what it observed.
 	if creates != 1 || pods.begun != 1 {
 		t.Fatalf("%d creates and %d BeginStarts, want 1 and 1", creates, pods.begun)
+	}
+	// Nor did the answer: it was written with the epoch the start was begun under.
+	if rec.FenceEpoch != begunAt {
+		t.Fatalf("fencing epoch %d after the answer, %d when the start was begun: want no second fence", rec.FenceEpoch, begunAt)
+	}
+}
+
+// Another holder that fenced the record after the start was begun (a second RTM took the lease
+// meanwhile) makes the start's own epoch stale: its answer is then written under the lease, as
+// any other, and still exactly once.
+func TestGameReconciler_BeginStart_fencedMeanwhileSettlesUnderTheLease(t *testing.T) {
+	g, pods := slowGame(t, "slow-fenced")
+	req := g.job(rtm.OpStart, imgA)
+	g.reconcileOnce()
+	begunAt := g.record().FenceEpoch
+	if _, _, err := g.fe.st.Fence(context.Background(), g.id); err != nil { // the other holder
+		t.Fatal(err)
+	}
+	pods.arrive(t, g.id)
+	g.mustSettle()
+	a := g.answerOf(req)
+	rec := g.record()
+	if a == nil || a.Outcome != rtm.OutcomeSucceeded || rec.Status != rtm.StatusRunning {
+		t.Fatalf("answer %+v, record %s; want success, running", a, rec.Status)
+	}
+	if rec.FenceEpoch != begunAt+2 {
+		t.Fatalf("fencing epoch %d, begun under %d: want the other holder's fence and this one's lease", rec.FenceEpoch, begunAt)
+	}
+	if n := len(g.world.Containers()); n != 1 || pods.begun != 1 {
+		t.Fatalf("%d containers, %d BeginStarts; want the one begun", n, pods.begun)
 	}
 }
 

@@ -93,14 +93,14 @@ func TestStartsUnderWay(t *testing.T) {
 	now := time.Unix(1000, 0)
 	u := newStartsUnderWay()
 	u.now = func() time.Time { return now }
-	u.note("g", "pod-1", 10*time.Second)
+	u.note(&scope{gameID: "g", rec: &rtm.Record{}}, "pod-1", 10*time.Second)
 	if w, ok := u.wait("g", "pod-1"); !ok || w != 10*time.Second {
 		t.Fatalf("wait = %s %v, want 10s", w, ok)
 	}
 	if _, ok := u.wait("g", "pod-2"); ok {
 		t.Fatalf("another container of the game is not the one left starting")
 	}
-	u.note("g", "pod-1", 10*time.Second)
+	u.note(&scope{gameID: "g", rec: &rtm.Record{}}, "pod-1", 10*time.Second)
 	now = now.Add(10 * time.Second)
 	if _, ok := u.wait("g", "pod-1"); ok {
 		t.Fatalf("the runtime's time ran out: the reconcile must go on")

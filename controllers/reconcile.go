@@ -55,7 +55,10 @@ func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
 		}
 		return r.lockAndAct(ctx, gameID)
 	}
-	var act Action
+	var (
+		act Action
+		rec *rtm.Record
+	)
 	if seen.died {
 		// A die event: recorded in one transaction when it is the exit of the record's own
 		// container (two PostgreSQL round trips from the event to container_exited).
@@ -64,8 +67,7 @@ func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
 			return o
 		}
 	} else {
-		rec, err := r.record(ctx, gameID)
-		if err != nil {
+		if rec, err = r.record(ctx, gameID); err != nil {
 			return retryAfterFailure(err)
 		}
 		act = Decide(rec, c)
@@ -85,8 +87,47 @@ func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
 		if wait, ok := r.starts.wait(gameID, c.ID); ok {
 			return waitFor(wait)
 		}
+	case act == ActSettle && rec != nil:
+		if o, ok := r.settleStarted(ctx, rec, c); ok {
+			return o
+		}
 	}
 	return r.lockAndAct(ctx, gameID)
+}
+
+// settleStarted answers and records a start this process began (BeginStart left it under way)
+// once its engine runs, in one write made with the epoch the start was begun under, without the
+// lease. That is safe because the write is refused unless the record's epoch is still that
+// epoch, checked on the record as locked by the write itself: every other holder's first write
+// bumps the epoch (Fence, or a drift change), and every holder fences before it acts on the
+// runtime, so an unchanged epoch proves that nobody has acted on the game since the start was
+// begun, and a holder that fences later does so on the settled record. Settling acts on nothing.
+//
+// ok is false when the fast path does not apply (the start is not this process's, the record
+// has moved on since: a new request, another holder) or was refused; the caller then takes the
+// lease as usual.
+func (r *GameReconciler) settleStarted(ctx context.Context, rec *rtm.Record, c *rtm.Container) (outcome, bool) {
+	gameID := rec.GameID
+	w, ok := r.starts.begun(gameID, c.ID)
+	if !ok || !c.Running() || rec.DesiredState != rtm.DesiredRunning || rec.FenceEpoch != w.epoch || rec.Generation != w.gen {
+		return outcome{}, false
+	}
+	actx, endSpan := r.continueRequestTrace(ctx, rec, w.pending)
+	defer endSpan()
+	s := r.newScope(ctx, actx, gameID, ActSettle, rec, c, w.pending)
+	err := r.commit(s, r.settle(s))
+	var se *storeError
+	switch {
+	case err == nil:
+		s.log.Debug("engine running; start answered", "container_id", c.ID)
+		r.budget.forget(gameID)
+		r.starts.forget(gameID)
+		return finished(), true
+	case errors.As(err, &se) && !errors.Is(err, rtm.ErrFenced):
+		return retryAfterFailure(err), true
+	}
+	r.starts.forget(gameID) // fenced meanwhile: the lease's holder decides
+	return outcome{}, false
 }
 
 // lockAndAct takes the lease and acts on what it finds under it.

@@ -121,10 +121,15 @@ func (b *retryBudget) forget(gameID string) {
 }
 
 // startsUnderWay remembers, per game, the container this process left starting (a Pod on its
-// way: *rtm.Starting) and until when the runtime gives it, so that a reconcile woken by an event
-// that does not change that (the Pod appeared, was scheduled) ends on the cache's word, without
-// the lease and its fencing write. An event that does (the engine runs, it cannot start, it is
-// gone) makes the cache say so, and the reconcile goes on.
+// way: *rtm.Starting), until when the runtime gives it, and the lease's epoch and the requests it
+// was started for, so that
+//   - a reconcile woken by an event that does not change that (the Pod appeared, was scheduled)
+//     ends on the cache's word, without the lease and its fencing write;
+//   - once the engine runs, the start is settled by one write made on that epoch, again without
+//     the lease and a second fencing write (settleStarted).
+//
+// An event that does change it (the engine runs, it cannot start, it is gone) makes the cache
+// say so, and the reconcile goes on.
 type startsUnderWay struct {
 	now func() time.Time
 
@@ -135,17 +140,30 @@ type startsUnderWay struct {
 type underWay struct {
 	id       string
 	deadline time.Time
+	// epoch and gen are the fenced record's when the start was begun; pending, its requests.
+	epoch, gen int64
+	pending    []rtm.Request
 }
 
 func newStartsUnderWay() *startsUnderWay {
 	return &startsUnderWay{now: time.Now, byGame: map[string]underWay{}}
 }
 
-// note remembers that container id of gameID is starting for within more.
-func (u *startsUnderWay) note(gameID, id string, within time.Duration) {
+// note remembers that container id, begun in scope s, is starting for within more.
+func (u *startsUnderWay) note(s *scope, id string, within time.Duration) {
 	u.mu.Lock()
-	u.byGame[gameID] = underWay{id: id, deadline: u.now().Add(within)}
+	u.byGame[s.gameID] = underWay{id: id, deadline: u.now().Add(within),
+		epoch: s.rec.FenceEpoch, gen: s.rec.Generation, pending: s.pending}
 	u.mu.Unlock()
+}
+
+// begun returns what was noted of gameID's start when container id is the one this process left
+// starting.
+func (u *startsUnderWay) begun(gameID, id string) (underWay, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	w, ok := u.byGame[gameID]
+	return w, ok && w.id == id
 }
 
 // wait returns how long to leave gameID alone when its container id is the one left starting
