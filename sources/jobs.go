@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -57,6 +59,12 @@ type JobObserver interface {
 // JobConsumer reads one job stream from its persisted offset and hands each job to the intake,
 // which records it and enqueues its game; a malformed job is answered invalid_job here.
 // Delivery is at least once; handling is idempotent by request id.
+//
+// The jobs of one read (up to 64 entries) are handled concurrently across games, Parallel games
+// at a time, so that their PostgreSQL commits share WAL flushes; the jobs of one game are handled
+// one after the other, in stream order. A game is its entry's game_id field as given (empty,
+// missing or invalid included), folded to lower case: ids equal but for case are one game to
+// PostgreSQL's unique index, and the first of them in the stream must be the one recorded.
 type JobConsumer struct {
 	Kind   rtm.JobKind
 	Stream string
@@ -75,12 +83,30 @@ type JobConsumer struct {
 	Marks   rtm.SentMarks
 	// Block is how long one XREAD waits (default 1s); it bounds how fast shutdown is noticed.
 	Block time.Duration
+	// Parallel is how many games' jobs are handled at once (default 16 when <= 0), each in its
+	// own PostgreSQL transaction: the store's pool needs that many connections beside the
+	// reconciler's. 1 handles one game's jobs at a time.
+	Parallel int
 }
 
+// DefaultJobParallel is JobConsumer.Parallel's default.
+const DefaultJobParallel = 16
+
 // Run consumes until ctx ends, then persists the offset and returns nil.
+//
+// Each read is handled as a batch (see JobConsumer): the offset moves to the batch's last entry
+// once every entry of the batch is recorded, never before. A job the store fails to record is
+// tried again with backoff, never skipped, and the later jobs of its game wait for it (other
+// games go on). When ctx ends mid-batch Run waits for the jobs in flight to return and keeps the
+// offset before the batch: its entries are read again at the next start, and those recorded
+// already are duplicates (see handle). No goroutine outlives Run.
 func (c *JobConsumer) Run(ctx context.Context) error {
 	if c.Block <= 0 {
 		c.Block = time.Second
+	}
+	parallel := c.Parallel
+	if parallel <= 0 {
+		parallel = DefaultJobParallel
 	}
 	name := string(c.Kind)
 	var off string
@@ -141,27 +167,84 @@ func (c *JobConsumer) Run(ctx context.Context) error {
 			off = c.checkReset(ctx, off)
 			continue
 		}
-		for _, e := range entries {
-			for {
-				err := c.handle(ctx, e)
-				if err == nil {
-					break
-				}
-				if ctx.Err() != nil {
-					return nil
-				}
-				// The store is down: never skip a job, try it again.
-				c.Log.Warn("recording job failed, retrying", "worker", name, "entry_id", e.ID, "error", err)
-				if !rtm.Sleep(ctx, backoff.Next()) {
-					return nil
-				}
-			}
-			backoff.Reset()
-			off = e.ID
+		if !c.handleBatch(ctx, entries, parallel) {
+			return nil // ctx ended: the batch is read again at the next start
 		}
+		off = entries[len(entries)-1].ID
 		_ = persist(ctx) // logged; the next batch or the stop tries again
 	}
 	return nil
+}
+
+// handleBatch handles entries, one lane per game (see JobConsumer), up to parallel lanes at once,
+// the first lanes of the stream first. It reports whether every entry was handled: false only
+// when ctx ended first. It returns once its goroutines have.
+func (c *JobConsumer) handleBatch(ctx context.Context, entries []rtm.StreamEntry, parallel int) bool {
+	var lanes [][]rtm.StreamEntry
+	laneOf := make(map[string]int, len(entries))
+	for _, e := range entries {
+		game := strings.ToLower(e.Fields["game_id"])
+		i, ok := laneOf[game]
+		if !ok {
+			i = len(lanes)
+			laneOf[game] = i
+			lanes = append(lanes, nil)
+		}
+		lanes[i] = append(lanes[i], e)
+	}
+	var (
+		wg         sync.WaitGroup
+		unfinished atomic.Bool
+		next       = make(chan []rtm.StreamEntry)
+	)
+	for range min(parallel, len(lanes)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for lane := range next {
+				if !c.handleLane(ctx, lane) {
+					unfinished.Store(true)
+				}
+			}
+		}()
+	}
+feed:
+	for _, lane := range lanes {
+		select {
+		case next <- lane:
+		case <-ctx.Done():
+			unfinished.Store(true)
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	return !unfinished.Load()
+}
+
+// handleLane handles one game's entries in order. An entry the store fails to record is tried
+// again with backoff until it is recorded; the entries after it wait. It reports whether every
+// entry was handled: false only when ctx ended first.
+func (c *JobConsumer) handleLane(ctx context.Context, lane []rtm.StreamEntry) bool {
+	var backoff rtm.Backoff
+	for _, e := range lane {
+		for {
+			err := c.handle(ctx, e)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return false
+			}
+			// The store is down: never skip a job, try it again.
+			c.Log.Warn("recording job failed, retrying", "worker", string(c.Kind), "entry_id", e.ID, "error", err)
+			if !rtm.Sleep(ctx, backoff.Next()) {
+				return false
+			}
+		}
+		backoff.Reset()
+	}
+	return true
 }
 
 // checkReset resumes from the start when the offset lies past the stream's last-generated-id:

@@ -2,14 +2,18 @@ package sources_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -29,6 +33,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
 
 type harness struct {
 	st   *store.Store
+	dsn  string
 	rdb  *redis.Client
 	co   *coord.Coord
 	mu   sync.Mutex
@@ -37,19 +42,23 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	st, _ := env.MustStore(t)
+	st, dsn := env.MustStore(t)
 	rdb := redis.NewClient(env.RedisOptions(env.NewRedisDB(t)))
 	t.Cleanup(func() { rdb.Close() })
-	return &harness{st: st, rdb: rdb, co: coord.New(rdb, "test", 10*time.Second)}
+	return &harness{st: st, dsn: dsn, rdb: rdb, co: coord.New(rdb, "test", 10*time.Second)}
 }
 
+// consumer returns a consumer of stream that handles one game at a time (Parallel 1), the games
+// in the order of their first entries: tests written before games were handled concurrently
+// assert results in stream order across games (republish_test.go). The tests of concurrent
+// handling set Parallel.
 func (h *harness) consumer(kind rtm.JobKind, stream string) *sources.JobConsumer {
 	enqueue := func(id string) { h.mu.Lock(); h.woke = append(h.woke, id); h.mu.Unlock() }
 	return &sources.JobConsumer{Kind: kind, Stream: stream, Store: h.st, Redis: h.co, Enqueue: enqueue,
 		Intake: &rtm.Intake{Store: h.st, Enqueue: enqueue, Allowed: []string{"galaxy/game"},
 			Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}},
-		Block: 50 * time.Millisecond,
-		Log:   slog.New(slog.DiscardHandler), Tracer: tracenoop.NewTracerProvider().Tracer("")}
+		Block: 50 * time.Millisecond, Parallel: 1,
+		Log: slog.New(slog.DiscardHandler), Tracer: tracenoop.NewTracerProvider().Tracer("")}
 }
 
 // add adds an entry of vals to stream and returns its id.
@@ -417,5 +426,462 @@ func TestJobConsumer_Run_enqueuesAJobRecordedButNeverEnqueued(t *testing.T) {
 	defer h.mu.Unlock()
 	if len(h.woke) != 1 || h.woke[0] != "g1" {
 		t.Fatalf("enqueued %v, want [g1]: the pending job's game, once", h.woke)
+	}
+}
+
+// hookedIntake is the consumer's intake with hooks around each job it takes: before may hold the
+// job or fail it, as a store that is slow or down would; after sees every job taken. It counts
+// the jobs in flight, the most at once, and each request's attempts.
+type hookedIntake struct {
+	sources.Intake
+	before func(ctx context.Context, req rtm.Request) error
+	after  func(req rtm.Request, sub rtm.Submission)
+
+	mu             sync.Mutex
+	inFlight, most int
+	attempts       map[string]int
+	taken          []string // request ids, in the order they were taken
+}
+
+func (in *hookedIntake) Take(ctx context.Context, req rtm.Request, guard rtm.Guard) (rtm.Submission, error) {
+	in.mu.Lock()
+	in.inFlight++
+	in.most = max(in.most, in.inFlight)
+	if in.attempts == nil {
+		in.attempts = map[string]int{}
+	}
+	in.attempts[req.RequestID]++
+	in.mu.Unlock()
+	defer func() { in.mu.Lock(); in.inFlight--; in.mu.Unlock() }()
+	if in.before != nil {
+		if err := in.before(ctx, req); err != nil {
+			return rtm.Submission{}, err
+		}
+	}
+	sub, err := in.Intake.Take(ctx, req, guard)
+	if err != nil {
+		return sub, err
+	}
+	in.mu.Lock()
+	in.taken = append(in.taken, req.RequestID)
+	in.mu.Unlock()
+	if in.after != nil {
+		in.after(req, sub)
+	}
+	return sub, nil
+}
+
+// state returns the jobs in flight, the most at once, the attempts of id and the jobs taken.
+func (in *hookedIntake) state(id string) (inFlight, most, attempts int, taken []string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.inFlight, in.most, in.attempts[id], append([]string(nil), in.taken...)
+}
+
+// requestRow is a row of requests.
+type requestRow struct {
+	RequestID, GameID string
+	Generation        int64
+}
+
+// requests returns the recorded requests in the order they were received, by request id.
+func (h *harness) requests(t *testing.T) ([]requestRow, map[string]requestRow) {
+	t.Helper()
+	rows, err := testenv.MustConn(t, h.dsn).Query(context.Background(),
+		`SELECT request_id, game_id, generation FROM requests ORDER BY received_at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := pgx.CollectRows(rows, pgx.RowToStructByPos[requestRow])
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]requestRow{}
+	for _, r := range list {
+		byID[r.RequestID] = r
+	}
+	return list, byID
+}
+
+// only returns the elements of s that are in keep, in order.
+func only(s []string, keep ...string) []string {
+	var out []string
+	for _, x := range s {
+		if slices.Contains(keep, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func (h *harness) start(gameID, image, requestID string) string {
+	return h.add("runtime:start_jobs", "game_id", gameID, "image_ref", image, "request_id", requestID)
+}
+
+func TestJobConsumer_Run_handlesEachGamesJobsInStreamOrder(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	// One batch: g1's start, a start of another image (conflict if it comes second, recorded if
+	// first) and a start of the first image again (joins the first); a start of Twin, then of
+	// twin (one game to PostgreSQL: the second is conflict); and eight other games between.
+	h.start("g1", "galaxy/game:1.4.1", "g1-first")
+	h.start("Twin", "galaxy/game:1.4.1", "twin-upper")
+	var others []string
+	for i := range 8 {
+		id := fmt.Sprintf("o%d", i)
+		others = append(others, id)
+		h.start(id, "galaxy/game:1.4.1", id)
+	}
+	h.start("g1", "galaxy/game:1.4.2", "g1-other-image")
+	h.start("twin", "galaxy/game:1.4.1", "twin-lower")
+	last := h.start("g1", "galaxy/game:1.4.1", "g1-same-image")
+
+	c := h.consumer(rtm.StartJobs, "runtime:start_jobs")
+	c.Parallel = 0 // the default
+	// The first jobs of g1 and Twin are held until every other game's job is recorded: the
+	// later jobs of g1 and twin have all that time to overtake them.
+	othersDone := make(chan struct{})
+	var othersTaken atomic.Int32
+	in := &hookedIntake{Intake: c.Intake,
+		before: func(ctx context.Context, req rtm.Request) error {
+			if req.RequestID != "g1-first" && req.RequestID != "twin-upper" {
+				return nil
+			}
+			select {
+			case <-othersDone:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
+		after: func(req rtm.Request, _ rtm.Submission) {
+			if slices.Contains(others, req.RequestID) && othersTaken.Add(1) == int32(len(others)) {
+				close(othersDone)
+			}
+		}}
+	c.Intake = in
+	h.runTo(t, c, last)
+
+	_, _, _, taken := in.state("")
+	if got := only(taken, "g1-first", "g1-other-image", "g1-same-image"); !slices.Equal(got, []string{"g1-first", "g1-other-image", "g1-same-image"}) {
+		t.Errorf("g1's jobs taken in the order %v, want stream order", got)
+	}
+	if got := only(taken, "twin-upper", "twin-lower"); !slices.Equal(got, []string{"twin-upper", "twin-lower"}) {
+		t.Errorf("Twin's and twin's jobs taken in the order %v, want stream order", got)
+	}
+	list, rows := h.requests(t)
+	var g1 []string
+	for _, r := range list {
+		if r.GameID == "g1" {
+			g1 = append(g1, r.RequestID)
+		}
+	}
+	if want := []string{"g1-first", "g1-other-image", "g1-same-image"}; !slices.Equal(g1, want) {
+		t.Errorf("g1's requests recorded in the order %v, want %v", g1, want)
+	}
+	for _, id := range append([]string{"g1-first", "g1-other-image", "g1-same-image"}, others...) {
+		if rows[id].Generation != 1 {
+			t.Errorf("request %s: generation %d, want 1", id, rows[id].Generation)
+		}
+	}
+	if rec, err := h.st.Get(ctx, "g1"); err != nil || rec.DesiredImageRef != "galaxy/game:1.4.1" || rec.Generation != 1 {
+		t.Errorf("g1's record: %+v %v, want the first start's image at generation 1", rec, err)
+	}
+	if _, err := h.st.Get(ctx, "Twin"); err != nil {
+		t.Errorf("Twin's record: %v, want the first start recorded", err)
+	}
+	got := h.answers(t)
+	if len(got) != 2 || got["g1-other-image"].Code != rtm.CodeConflict || got["twin-lower"].Code != rtm.CodeConflict {
+		t.Errorf("answers %+v, want conflict for g1-other-image and twin-lower only", got)
+	}
+}
+
+func TestJobConsumer_Run_recordsEveryGameOfABatchOnce(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	// 64 entries, one read: 62 games, and one request id sent for two games.
+	var games []string
+	for i := range 62 {
+		games = append(games, fmt.Sprintf("m%d", i))
+		h.start(games[i], "galaxy/game:1.4.1", "r-"+games[i])
+	}
+	h.start("d1", "galaxy/game:1.4.1", "shared")
+	last := h.start("d2", "galaxy/game:1.4.1", "shared")
+	c := h.consumer(rtm.StartJobs, "runtime:start_jobs")
+	c.Parallel = 0
+	in := &hookedIntake{Intake: c.Intake}
+	c.Intake = in
+	h.runTo(t, c, last)
+
+	list, rows := h.requests(t)
+	if len(list) != 63 {
+		t.Errorf("%d requests recorded, want 63", len(list))
+	}
+	for _, g := range games {
+		if r := rows["r-"+g]; r.GameID != g || r.Generation != 1 {
+			t.Errorf("request r-%s: %+v, want recorded for %s at generation 1", g, r, g)
+		}
+		if rec, err := h.st.Get(ctx, g); err != nil || rec.Generation != 1 {
+			t.Errorf("record of %s: %+v %v, want generation 1", g, rec, err)
+		}
+	}
+	// Whichever of d1 and d2 came first has the request; the other's job is its duplicate.
+	winner, loser := rows["shared"].GameID, "d1"
+	if winner == "d1" {
+		loser = "d2"
+	}
+	if _, err := h.st.Get(ctx, winner); winner != "d1" && winner != "d2" || err != nil {
+		t.Errorf("request shared recorded for %q (record: %v), want d1 or d2", winner, err)
+	}
+	if rec, err := h.st.Get(ctx, loser); err == nil {
+		t.Errorf("%s has a record, %+v: its job was the other's duplicate", loser, rec)
+	}
+	if _, _, n, _ := in.state("shared"); n != 2 {
+		t.Errorf("request shared taken %d times, want once per entry", n)
+	}
+	h.mu.Lock()
+	woke := append([]string(nil), h.woke...)
+	h.mu.Unlock()
+	for _, g := range games {
+		if n := len(only(woke, g)); n != 1 {
+			t.Errorf("%s enqueued %d times, want once", g, n)
+		}
+	}
+	if got := h.answers(t); len(got) != 0 {
+		t.Errorf("answers %+v, want none: every start is pending", got)
+	}
+}
+
+func TestJobConsumer_Run_aJobFailingToRecordHoldsItsGameAndTheOffset(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	first := h.start("g4", "galaxy/game:1.4.1", "x")
+	h.runTo(t, h.consumer(rtm.StartJobs, "runtime:start_jobs"), first)
+	h.start("g1", "galaxy/game:1.4.1", "a1")
+	h.start("g2", "galaxy/game:1.4.1", "b")
+	h.start("g1", "galaxy/game:1.4.2", "a2") // conflict after a1; recorded, were it first
+	last := h.start("g3", "galaxy/game:1.4.1", "c")
+	offset := func() string { off, _ := h.co.Offset(ctx, "startjobs"); return off }
+
+	// The store fails a1 until the consumer is stopped.
+	c := h.consumer(rtm.StartJobs, "runtime:start_jobs")
+	c.Parallel = 0
+	in := &hookedIntake{Intake: c.Intake, before: func(_ context.Context, req rtm.Request) error {
+		if req.RequestID == "a1" {
+			return errors.New("store down")
+		}
+		return nil
+	}}
+	c.Intake = in
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = c.Run(runCtx); close(done) }()
+	waitFor(t, "a1 tried again, b and c recorded", func() bool {
+		_, _, attempts, taken := in.state("a1")
+		return attempts >= 2 && len(only(taken, "b", "c")) == 2
+	})
+	if _, _, n, _ := in.state("a2"); n != 0 {
+		t.Errorf("a2 tried %d times while a1 failed, want 0: it must wait for a1", n)
+	}
+	if off := offset(); off != first {
+		t.Errorf("offset %s while a1 fails, want %s", off, first)
+	}
+	stop()
+	<-done
+	if inFlight, _, _, _ := in.state(""); inFlight != 0 {
+		t.Errorf("%d jobs still in flight after Run returned", inFlight)
+	}
+	if off := offset(); off != first {
+		t.Errorf("offset %s after a stop mid-batch, want %s kept", off, first)
+	}
+
+	// The store is back: the batch is read again; b and c are duplicates, a1 then a2 recorded.
+	c = h.consumer(rtm.StartJobs, "runtime:start_jobs")
+	c.Parallel = 0
+	dups := map[string]bool{}
+	var mu sync.Mutex
+	in = &hookedIntake{Intake: c.Intake, after: func(req rtm.Request, sub rtm.Submission) {
+		mu.Lock()
+		dups[req.RequestID] = sub.Duplicate
+		mu.Unlock()
+	}}
+	c.Intake = in
+	h.runTo(t, c, last)
+	_, _, _, taken := in.state("")
+	if got := only(taken, "a1", "a2"); !slices.Equal(got, []string{"a1", "a2"}) {
+		t.Errorf("g1's jobs taken in the order %v, want [a1 a2]", got)
+	}
+	mu.Lock()
+	if !dups["b"] || !dups["c"] || dups["a1"] || dups["a2"] {
+		t.Errorf("duplicates %v, want b and c only", dups)
+	}
+	mu.Unlock()
+	list, rows := h.requests(t)
+	if len(list) != 5 {
+		t.Errorf("%d requests recorded, want 5", len(list))
+	}
+	for _, id := range []string{"a1", "b", "c"} {
+		if rows[id].Generation != 1 {
+			t.Errorf("request %s: %+v, want generation 1", id, rows[id])
+		}
+	}
+	if rec, err := h.st.Get(ctx, "g1"); err != nil || rec.DesiredImageRef != "galaxy/game:1.4.1" {
+		t.Errorf("g1's record: %+v %v, want a1's image", rec, err)
+	}
+	if got := h.answers(t); len(got) != 1 || got["a2"].Code != rtm.CodeConflict {
+		t.Errorf("answers %+v, want conflict for a2 only", got)
+	}
+}
+
+func TestJobConsumer_Run_boundsTheGamesInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		parallel, want int
+	}{
+		{"one", 1, 1},
+		{"four", 4, 4},
+		{"default", 0, sources.DefaultJobParallel},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			var last string
+			for i := range 40 {
+				last = h.start(fmt.Sprintf("g%d", i), "galaxy/game:1.4.1", fmt.Sprintf("r%d", i))
+			}
+			c := h.consumer(rtm.StartJobs, "runtime:start_jobs")
+			c.Parallel = tc.parallel
+			// Every job waits until tc.want jobs have been in flight at once.
+			full := make(chan struct{})
+			var once sync.Once
+			in := &hookedIntake{Intake: c.Intake}
+			in.before = func(ctx context.Context, _ rtm.Request) error {
+				if inFlight, _, _, _ := in.state(""); inFlight >= tc.want {
+					once.Do(func() { close(full) })
+				}
+				select {
+				case <-full:
+					return nil
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			c.Intake = in
+			h.runTo(t, c, last)
+			if _, most, _, taken := in.state(""); most != tc.want || len(taken) != 40 {
+				t.Errorf("at most %d jobs in flight, %d taken; want %d and 40", most, len(taken), tc.want)
+			}
+		})
+	}
+}
+
+// TestStore_Submit_sameRequestIDForTwoGamesAtOnce submits one request id for two games in two
+// transactions at once, as the consumer does with two entries of one request id and different
+// games. (It lives here because the consumer's concurrency is what makes the race.) The second
+// transaction's insert of the request waits for the first's: when the first commits, the second
+// is a duplicate; when the first fails, the second records the request and the first, tried
+// again, is a duplicate. Never two records, never an error but the first's own.
+func TestStore_Submit_sameRequestIDForTwoGamesAtOnce(t *testing.T) {
+	settings := rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}
+	startOf := func(gameID, requestID string) (rtm.Request, rtm.Admitter) {
+		req := rtm.Request{Channel: rtm.ChannelStartJobs, RequestID: requestID, GameID: gameID, Kind: rtm.OpStart,
+			Source: rtm.SourceStartJobs, ImageRef: "galaxy/game:1.4.2", ReceivedAt: time.Now().UTC()}
+		return req, func(rec *rtm.Record, busy bool) rtm.Admission { return rtm.Admit(rec, req, busy, settings) }
+	}
+	type result struct {
+		sub rtm.Submission
+		err error
+	}
+	for _, tc := range []struct {
+		name       string
+		firstFails bool
+	}{
+		{"the first commits", false},
+		{"the first fails", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			second, dsn := env.MustStore(t)
+			// The first's lock timeout is short, to fail it while the second waits for it.
+			firstOpts := store.Options{}
+			if tc.firstFails {
+				firstOpts.Timeouts.Lock = 300 * time.Millisecond
+			}
+			first, err := store.Open(ctx, dsn, firstOpts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(first.Close)
+			seed, admitSeed := startOf("ga", "seed")
+			if _, err := second.Submit(ctx, seed, admitSeed); err != nil {
+				t.Fatal(err)
+			}
+			// Someone holds ga's record: the first transaction records the request, then waits.
+			holder, err := testenv.MustConn(t, dsn).Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = holder.Rollback(ctx) }()
+			if _, err := holder.Exec(ctx, `SELECT 1 FROM runtime_records WHERE game_id = 'ga' FOR UPDATE`); err != nil {
+				t.Fatal(err)
+			}
+			watch := testenv.MustConn(t, dsn)
+			waiting := func(n int) func() bool {
+				return func() bool {
+					var got int
+					err := watch.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+						WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got)
+					return err == nil && got >= n
+				}
+			}
+			submit := func(st *store.Store, gameID string) chan result {
+				out := make(chan result, 1)
+				go func() {
+					req, admit := startOf(gameID, "same")
+					sub, err := st.Submit(ctx, req, admit)
+					out <- result{sub, err}
+				}()
+				return out
+			}
+			a := submit(first, "ga")
+			waitFor(t, "the first submission waiting for ga's record", waiting(1))
+			b := submit(second, "gb")
+			waitFor(t, "the second submission waiting for the first", waiting(2))
+
+			winner := "ga"
+			if !tc.firstFails {
+				_ = holder.Rollback(ctx)
+				ra, rb := <-a, <-b
+				if ra.err != nil || ra.sub.Duplicate {
+					t.Fatalf("first: %+v %v, want recorded", ra.sub, ra.err)
+				}
+				if rb.err != nil || !rb.sub.Duplicate {
+					t.Fatalf("second: %+v %v, want a duplicate", rb.sub, rb.err)
+				}
+			} else {
+				winner = "gb"
+				ra := <-a
+				if ra.err == nil {
+					t.Fatalf("first: %+v, want its lock timeout", ra.sub)
+				}
+				rb := <-b
+				if rb.err != nil || rb.sub.Duplicate {
+					t.Fatalf("second: %+v %v, want recorded once the first failed", rb.sub, rb.err)
+				}
+				_ = holder.Rollback(ctx)
+				// The consumer tries the first again.
+				req, admit := startOf("ga", "same")
+				if sub, err := first.Submit(ctx, req, admit); err != nil || !sub.Duplicate {
+					t.Fatalf("first, tried again: %+v %v, want a duplicate", sub, err)
+				}
+			}
+			var games []string
+			rows, err := watch.Query(ctx, `SELECT game_id FROM requests WHERE request_id = 'same'`)
+			if err == nil {
+				games, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			}
+			if err != nil || !slices.Equal(games, []string{winner}) {
+				t.Fatalf("request same recorded for %v (%v), want [%s]", games, err, winner)
+			}
+		})
 	}
 }
