@@ -92,6 +92,10 @@ type Config struct {
 	ReconcileBackoffMax  time.Duration // RTMANAGER_RECONCILE_BACKOFF_MAX
 	ReconcileQueueBuffer int           // RTMANAGER_RECONCILE_QUEUE_BUFFER
 
+	// JobParallel is how many games' jobs of one read each job consumer records at once (each
+	// game's in stream order).
+	JobParallel int // RTMANAGER_JOB_PARALLEL
+
 	RedisPoolSize    int // RTMANAGER_REDIS_POOL_SIZE (connections)
 	PostgresMaxConns int // RTMANAGER_POSTGRES_MAX_CONNECTIONS (connections)
 
@@ -221,6 +225,7 @@ func Default() Config {
 		ReconcileQueueBuffer: 8192,
 		RedisPoolSize:        32,
 		PostgresMaxConns:     20,
+		JobParallel:          8,
 
 		EnginePort:         8080,
 		EngineStateMount:   "/var/lib/galaxy-game",
@@ -438,6 +443,7 @@ func variables() []variable {
 		atLeastOne("RTMANAGER_RECONCILE_QUEUE_BUFFER", func(c *Config) *int { return &c.ReconcileQueueBuffer }),
 		atLeastOne("RTMANAGER_REDIS_POOL_SIZE", func(c *Config) *int { return &c.RedisPoolSize }),
 		atLeastOne("RTMANAGER_POSTGRES_MAX_CONNECTIONS", func(c *Config) *int { return &c.PostgresMaxConns }),
+		atLeastOne("RTMANAGER_JOB_PARALLEL", func(c *Config) *int { return &c.JobParallel }),
 		parsed("RTMANAGER_ENGINE_PORT", func(c *Config) *int { return &c.EnginePort }, func(v string) (int, error) { return parsePort(v, 1) }, strconv.Itoa),
 		parsed("RTMANAGER_ENGINE_STATE_MOUNT", func(c *Config) *string { return &c.EngineStateMount }, parseMountPath, verbatim),
 		duration("RTMANAGER_ENGINE_STOP_TIMEOUT", func(c *Config) *time.Duration { return &c.EngineStopTimeout }),

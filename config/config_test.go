@@ -278,6 +278,7 @@ func TestLoad_invalid(t *testing.T) {
 		{"queue buffer empty", map[string]string{"RTMANAGER_RECONCILE_QUEUE_BUFFER": "0"}, "RTMANAGER_RECONCILE_QUEUE_BUFFER"},
 		{"redis pool not a number", map[string]string{"RTMANAGER_REDIS_POOL_SIZE": "32 conns"}, "RTMANAGER_REDIS_POOL_SIZE"},
 		{"no postgres connections", map[string]string{"RTMANAGER_POSTGRES_MAX_CONNECTIONS": "0"}, "RTMANAGER_POSTGRES_MAX_CONNECTIONS"},
+		{"no job parallelism", map[string]string{"RTMANAGER_JOB_PARALLEL": "0"}, "RTMANAGER_JOB_PARALLEL"},
 		{"postgres migration lock timeout unparsable", map[string]string{"RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT": "forever"}, "RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT"},
 		{"reconcile interval zero", map[string]string{"RTMANAGER_RECONCILE_INTERVAL": "0s"}, "RTMANAGER_RECONCILE_INTERVAL"},
 		{"inspect interval negative", map[string]string{"RTMANAGER_INSPECT_INTERVAL": "-30s"}, "RTMANAGER_INSPECT_INTERVAL"},
@@ -427,6 +428,7 @@ func TestLoad_everyVariable(t *testing.T) {
 		"RTMANAGER_RECONCILE_QUEUE_BUFFER":          "1024",
 		"RTMANAGER_REDIS_POOL_SIZE":                 "16",
 		"RTMANAGER_POSTGRES_MAX_CONNECTIONS":        "10",
+		"RTMANAGER_JOB_PARALLEL":                    "3",
 		"RTMANAGER_POSTGRES_MIGRATION_LOCK_TIMEOUT": "5m",
 
 		"RTMANAGER_RUNTIME":                  "kubernetes",

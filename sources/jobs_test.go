@@ -48,16 +48,14 @@ func newHarness(t *testing.T) *harness {
 	return &harness{st: st, dsn: dsn, rdb: rdb, co: coord.New(rdb, "test", 10*time.Second)}
 }
 
-// consumer returns a consumer of stream that handles one game at a time (Parallel 1), the games
-// in the order of their first entries: tests written before games were handled concurrently
-// assert results in stream order across games (republish_test.go). The tests of concurrent
+// consumer returns a consumer of stream with the default parallelism; the tests of concurrent
 // handling set Parallel.
 func (h *harness) consumer(kind rtm.JobKind, stream string) *sources.JobConsumer {
 	enqueue := func(id string) { h.mu.Lock(); h.woke = append(h.woke, id); h.mu.Unlock() }
 	return &sources.JobConsumer{Kind: kind, Stream: stream, Store: h.st, Redis: h.co, Enqueue: enqueue,
 		Intake: &rtm.Intake{Store: h.st, Enqueue: enqueue, Allowed: []string{"galaxy/game"},
 			Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}},
-		Block: 50 * time.Millisecond, Parallel: 1,
+		Block: 50 * time.Millisecond,
 		Log: slog.New(slog.DiscardHandler), Tracer: tracenoop.NewTracerProvider().Tracer("")}
 }
 

@@ -306,7 +306,7 @@ func (m *manager) runWorkers(ctx context.Context, manual <-chan struct{}) *sync.
 	m.pub.Store(relay)
 	jobs := func(kind rtm.JobKind, stream string) *sources.JobConsumer {
 		return &sources.JobConsumer{Kind: kind, Stream: stream, Intake: m.intake, Store: m.st, Redis: m.co,
-			Enqueue: m.ctrl.Enqueue, Log: m.log,
+			Enqueue: m.ctrl.Enqueue, Log: m.log, Parallel: cfg.JobParallel,
 			Tracer: m.tel.Tracer("rtmanager/jobs"), Observer: m.metrics, Results: m.st, Marks: m.co}
 	}
 	workers := []struct {
