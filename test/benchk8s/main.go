@@ -37,6 +37,7 @@ type params struct {
 	rest         time.Duration // the at-rest window
 	calib        []int         // concurrencies the bare client is calibrated at (first round)
 	provisioner  bool          // the state claims are bound by test/k8senv's provisioner during the runs
+	rtmOnly      bool          // no bare client (a diagnosis run)
 	keep         bool
 	rtmEnv       map[string]string
 	out          string
@@ -62,6 +63,7 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the work dirs (RTM's logs; the control plane's with RTM_K8SENV_KEEP=1)")
 	rtmEnv := flag.String("rtm-env", "", "extra RTM environment, K=V,K=V (a diagnosis run: no document)")
 	provisioner := flag.Bool("provisioner", false, "leave the state claims to test/k8senv's provisioner during the runs (one at a time, ~40/s: its limit, not RTM's; no document)")
+	rtmOnly := flag.Bool("rtm-only", false, "RTM's rounds alone, no bare client (a diagnosis run: no document)")
 	out := flag.String("out", "", "where to write the section (default docs/benchmarks.md; none with -quick, -games or -rtm-env)")
 	flag.Parse()
 
@@ -89,6 +91,9 @@ func main() {
 	}
 	if *provisioner {
 		p.provisioner, p.writeDocFile = true, false
+	}
+	if *rtmOnly {
+		p.rtmOnly, p.writeDocFile = true, false
 	}
 	if *out != "" {
 		p.out, p.writeDocFile = *out, true
@@ -119,7 +124,7 @@ func run(ctx context.Context, p params) int {
 func measure(ctx context.Context, w *world, p params, r *report) error {
 	conc := 0 // the bare client's, calibrated on the first number of games
 	for _, n := range p.games {
-		if conc == 0 {
+		if conc == 0 && !p.rtmOnly {
 			var err error
 			if conc, err = w.calibrate(ctx, r, n, p.calib); err != nil {
 				return err
@@ -152,6 +157,9 @@ func measure(ctx context.Context, w *world, p params, r *report) error {
 			first, second := bare, withRTM
 			if i%2 == 1 {
 				first, second = withRTM, bare
+			}
+			if p.rtmOnly {
+				first, second = withRTM, func() error { return nil }
 			}
 			if err := first(); err != nil {
 				return err

@@ -181,6 +181,9 @@ func (w *world) rtmRun(ctx context.Context, p params, n, round int, full bool) (
 	harness.Logf("  RTM: %d answered in %s (%.0f/s), outcomes %v; pods per node %d–%d, %d running; API requests %s (%.2f per game); peak RSS %.0f MB, CPU %.2f cores",
 		o.answered, res.dur.Round(10*time.Millisecond), float64(n)/res.dur.Seconds(), o.outcomes, res.lo, res.hi, res.running,
 		formatReqs(res.burstReqs), sumReqs(res.burstReqs)/float64(n), res.burstPeakRSS, res.burstCPU)
+	for _, f := range o.failures {
+		harness.Logf("    not succeeded: %s", f)
+	}
 	if !full {
 		return res, nil
 	}
