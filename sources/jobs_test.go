@@ -56,7 +56,7 @@ func (h *harness) consumer(kind rtm.JobKind, stream string) *sources.JobConsumer
 		Intake: &rtm.Intake{Store: h.st, Enqueue: enqueue, Allowed: []string{"galaxy/game"},
 			Settings: rtm.Settings{EnginePort: 8080, StateRootJoin: func(id string) string { return "/state/" + id }}},
 		Block: 50 * time.Millisecond,
-		Log: slog.New(slog.DiscardHandler), Tracer: tracenoop.NewTracerProvider().Tracer("")}
+		Log:   slog.New(slog.DiscardHandler), Tracer: tracenoop.NewTracerProvider().Tracer("")}
 }
 
 // add adds an entry of vals to stream and returns its id.
