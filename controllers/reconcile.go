@@ -87,7 +87,7 @@ func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
 		if wait, ok := r.starts.wait(gameID, c.ID); ok {
 			return waitFor(wait)
 		}
-	case act == ActSettle && rec != nil:
+	case act == ActSettle && rec != nil && c != nil:
 		if o, ok := r.settleStarted(ctx, rec, c); ok {
 			return o
 		}
@@ -108,6 +108,9 @@ func (r *GameReconciler) reconcile(ctx context.Context, gameID string) outcome {
 // lease as usual.
 func (r *GameReconciler) settleStarted(ctx context.Context, rec *rtm.Record, c *rtm.Container) (outcome, bool) {
 	gameID := rec.GameID
+	if c == nil {
+		return outcome{}, false
+	}
 	w, ok := r.starts.begun(gameID, c.ID)
 	if !ok || !c.Running() || rec.DesiredState != rtm.DesiredRunning || rec.FenceEpoch != w.epoch || rec.Generation != w.gen {
 		return outcome{}, false
