@@ -83,14 +83,14 @@ type JobConsumer struct {
 	Marks   rtm.SentMarks
 	// Block is how long one XREAD waits (default 1s); it bounds how fast shutdown is noticed.
 	Block time.Duration
-	// Parallel is how many games' jobs are handled at once (default 16 when <= 0), each in its
-	// own PostgreSQL transaction: the store's pool needs that many connections beside the
+	// Parallel is how many games' jobs are handled at once (DefaultJobParallel when <= 0), each
+	// in its own PostgreSQL transaction: the store's pool needs that many connections beside the
 	// reconciler's. 1 handles one game's jobs at a time.
 	Parallel int
 }
 
-// DefaultJobParallel is JobConsumer.Parallel's default.
-const DefaultJobParallel = 16
+// DefaultJobParallel is JobConsumer.Parallel's default, and RTMANAGER_JOB_PARALLEL's.
+const DefaultJobParallel = 8
 
 // Run consumes until ctx ends, then persists the offset and returns nil.
 //
