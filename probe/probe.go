@@ -5,73 +5,193 @@
 package probe
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	rtm "github.com/galaxy-platform/rtmanager"
 )
 
-// HTTP probes engines over HTTP.
+// maxBody is how much of an answer's body a probe reads; a longer body ends the connection.
+const maxBody = 64 << 10
+
+// HTTP probes engines over HTTP/1.1, keeping one connection per engine between probes.
+//
+// It speaks HTTP on a plain net.Conn rather than through http.Transport: a kept connection then
+// costs a file descriptor and nothing else (the transport keeps two goroutines per idle
+// connection, 2,000 at 1,000 engines), and a probe on it is one write and one read: about 30 µs
+// of CPU, against about 230 µs for a fresh connection per probe through the transport (the
+// alternative that keeps no goroutines; at 1,000 engines probed every 5 s that was most of RTM's
+// CPU at rest). A probe takes its
+// engine's connection out of the pool while it runs, so two probes of one engine at once use
+// two connections and the pool keeps one. Deadlines bound every dial, write and read; the
+// context's end cuts a probe short.
 type HTTP struct {
-	client  *http.Client
 	port    int
 	byIP    bool
 	timeout time.Duration
+	dialer  net.Dialer
+
+	mu   sync.Mutex
+	idle map[string]*conn // by address (host:port)
+}
+
+// conn is a kept connection to one engine.
+type conn struct {
+	net.Conn
+	br   *bufio.Reader
+	used time.Time // when its last probe ended
 }
 
 // New returns a prober. byIP selects the container's address on the network (the default
 // probe target); otherwise the engine_endpoint URL is used.
 func New(port int, byIP bool, timeout time.Duration) *HTTP {
-	tr := &http.Transport{
-		// A fresh connection per probe is cheap on a bridge network, keeps one hung engine from
-		// holding a shared pool, and keeps nothing open between rounds: an idle keep-alive
-		// connection costs two goroutines, which at 1,000 engines was most of RTM's goroutines
-		// at rest.
-		DisableKeepAlives:  true,
-		DisableCompression: true,
-		MaxConnsPerHost:    2,
-		// A dial outlives the request that started it (the transport keeps it for the next
-		// request), so it needs its own bound: without one, a connect to an engine that does not
-		// answer its SYN (an unreachable address, a full neighbour table at a thousand engines on
-		// one bridge) waits for the kernel's ~2-minute timeout, and every round added more: 968
-		// such goroutines at 1,000 engines at rest.
-		DialContext: (&net.Dialer{Timeout: timeout}).DialContext,
-	}
-	return &HTTP{client: &http.Client{Transport: tr, Timeout: timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		port: port, byIP: byIP, timeout: timeout}
+	return &HTTP{port: port, byIP: byIP, timeout: timeout, dialer: net.Dialer{Timeout: timeout},
+		idle: map[string]*conn{}}
 }
 
 // URL returns the probe URL of an engine.
 func (p *HTTP) URL(c rtm.Container, endpoint string) string {
 	if p.byIP && c.IP != "" {
-		return "http://" + c.IP + ":" + strconv.Itoa(p.port) + "/healthz"
+		return "http://" + net.JoinHostPort(c.IP, strconv.Itoa(p.port)) + "/healthz"
 	}
 	return strings.TrimSuffix(endpoint, "/") + "/healthz"
 }
 
-// Probe answers nil when the engine's /healthz answers 2xx within the timeout.
+// Probe answers nil when the engine's /healthz answers 2xx within the timeout. A redirect is an
+// answer that is not 2xx: it is not followed.
 func (p *HTTP) Probe(ctx context.Context, c rtm.Container, endpoint string) error {
+	u, err := url.Parse(p.URL(c, endpoint))
+	if err != nil || u.Scheme != "http" || u.Host == "" {
+		return fmt.Errorf("probing %s: bad probe URL %q", rtm.ContainerName(c.GameID), p.URL(c, endpoint))
+	}
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "80")
+	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL(c, endpoint), nil)
-	if err != nil {
-		return fmt.Errorf("building probe request: %w", err)
-	}
-	resp, err := p.client.Do(req)
+	status, err := p.get(ctx, addr, u)
 	if err != nil {
 		return fmt.Errorf("probing %s: %w", rtm.ContainerName(c.GameID), err)
 	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("probing %s: status %d: %w", rtm.ContainerName(c.GameID), resp.StatusCode, rtm.ErrUnhealthy)
+	if status < 200 || status > 299 {
+		return fmt.Errorf("probing %s: status %d: %w", rtm.ContainerName(c.GameID), status, rtm.ErrUnhealthy)
 	}
 	return nil
 }
+
+// get sends GET u to addr and returns the answer's status. A kept connection that fails before
+// an answer began (the engine closed it while idle, or restarted) is dropped and the request
+// sent once more on a new one: GET /healthz changes nothing, and a kept connection cannot tell
+// "closed while idle" from "failed now". A timeout is not retried.
+func (p *HTTP) get(ctx context.Context, addr string, u *url.URL) (int, error) {
+	if cn := p.take(addr); cn != nil {
+		status, err := p.exchange(ctx, cn, addr, u)
+		if err == nil || ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) || !errors.Is(err, errBeforeAnswer) {
+			return status, err
+		}
+	}
+	nc, err := p.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	return p.exchange(ctx, &conn{Conn: nc, br: bufio.NewReaderSize(nc, 512)}, addr, u)
+}
+
+// errBeforeAnswer marks a failure on a connection before any byte of an answer arrived.
+var errBeforeAnswer = errors.New("connection failed before an answer")
+
+// exchange sends the request on cn and reads the answer; cn goes back to the pool when the
+// answer was read whole and the engine keeps the connection, and is closed otherwise.
+func (p *HTTP) exchange(ctx context.Context, cn *conn, addr string, u *url.URL) (status int, err error) {
+	keep := false
+	defer func() {
+		if keep {
+			p.put(addr, cn)
+		} else {
+			cn.Close()
+		}
+	}()
+	if d, ok := ctx.Deadline(); ok {
+		_ = cn.SetDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = cn.SetDeadline(time.Now()) })
+	defer stop()
+	req := "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host + "\r\nUser-Agent: rtmanager-probe\r\n\r\n"
+	if _, err := io.WriteString(cn, req); err != nil {
+		return 0, fmt.Errorf("%w: %w", errBeforeAnswer, err)
+	}
+	if _, err := cn.br.Peek(1); err != nil {
+		return 0, fmt.Errorf("%w: %w", errBeforeAnswer, err)
+	}
+	resp, err := http.ReadResponse(cn.br, &http.Request{Method: http.MethodGet, URL: u})
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody+1))
+	resp.Body.Close()
+	if err != nil {
+		return 0, err
+	}
+	if ctx.Err() != nil {
+		return 0, ctx.Err()
+	}
+	keep = n <= maxBody && !resp.Close && cn.br.Buffered() == 0
+	return resp.StatusCode, nil
+}
+
+// take returns addr's kept connection, if any, out of the pool.
+func (p *HTTP) take(addr string) *conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cn := p.idle[addr]
+	delete(p.idle, addr)
+	return cn
+}
+
+// put keeps cn as addr's connection, unless one is kept already.
+func (p *HTTP) put(addr string, cn *conn) {
+	_ = cn.SetDeadline(time.Time{})
+	cn.used = time.Now()
+	p.mu.Lock()
+	if _, ok := p.idle[addr]; !ok {
+		p.idle[addr] = cn
+		cn = nil
+	}
+	p.mu.Unlock()
+	if cn != nil {
+		cn.Close()
+	}
+}
+
+// CloseIdle closes the kept connections whose last probe ended before t: the engines no one
+// probes any more (stopped, moved, or given a new address). The prober calls it after each round.
+func (p *HTTP) CloseIdle(before time.Time) int {
+	var old []*conn
+	p.mu.Lock()
+	for addr, cn := range p.idle {
+		if cn.used.Before(before) {
+			old = append(old, cn)
+			delete(p.idle, addr)
+		}
+	}
+	p.mu.Unlock()
+	for _, cn := range old {
+		cn.Close()
+	}
+	return len(old)
+}
+
+// Close closes every kept connection.
+func (p *HTTP) Close() { p.CloseIdle(time.Now().Add(time.Hour)) }

@@ -86,7 +86,13 @@ func (p *Prober) Run(ctx context.Context) error {
 	return nil
 }
 
+// idleCloser is an EngineProber that keeps connections between probes (HTTP does).
+type idleCloser interface {
+	CloseIdle(before time.Time) int
+}
+
 func (p *Prober) round(ctx context.Context, games []rtm.RunningGame) error {
+	start := time.Now()
 	p.mu.Lock()
 	if p.state == nil {
 		p.state = map[string]*probeState{}
@@ -113,6 +119,9 @@ func (p *Prober) round(ctx context.Context, games []rtm.RunningGame) error {
 		}(g)
 	}
 	wg.Wait()
+	if ic, ok := p.Probe.(idleCloser); ok {
+		ic.CloseIdle(start) // the engines this round did not probe are gone or moved
+	}
 	events, err := p.Store.CommitProbeRound(ctx, p.Threshold, outcomes)
 	if err != nil {
 		return err
