@@ -279,6 +279,7 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 	for _, n := range p.scale {
 		if n > have {
 			harness.Logf("scale %d: starting %d engines through RTM", n, n-have)
+			roomForEngines(n)
 			if d.rtm != nil {
 				d.rtm.Terminate(30 * time.Second)
 			}
