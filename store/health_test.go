@@ -58,7 +58,7 @@ func probed(id string, ok bool) rtm.ProbeOutcome {
 	return o
 }
 
-func TestStore_RecordProbeRound_transitions(t *testing.T) {
+func TestStore_CommitProbeRound_transitions(t *testing.T) {
 	tests := []struct {
 		name  string
 		given string // the rounds, in order: "ok", "fail", "grace", or an event type recorded by CommitHealth
@@ -99,7 +99,7 @@ func TestStore_RecordProbeRound_transitions(t *testing.T) {
 }
 
 // The rule by last event type dropped a probe_recovered once an inspect_unhealthy came between.
-func TestStore_RecordHealth_probeRecoveredAfterInspectUnhealthy(t *testing.T) {
+func TestStore_CommitHealth_probeRecoveredAfterInspectUnhealthy(t *testing.T) {
 	h := openHealth(t)
 	ctx := context.Background()
 	for _, typ := range []rtm.HealthEventType{rtm.EventProbeFailed, rtm.EventInspectUnhealthy, rtm.EventProbeRecovered,
@@ -114,7 +114,7 @@ func TestStore_RecordHealth_probeRecoveredAfterInspectUnhealthy(t *testing.T) {
 	}
 }
 
-func TestStore_RecordProbeRound_failedCommitDecidesAgain(t *testing.T) {
+func TestStore_CommitProbeRound_failedCommitDecidesAgain(t *testing.T) {
 	h := openHealth(t)
 	h.running(t, "g")
 	ctx := context.Background()
@@ -141,7 +141,7 @@ func TestStore_RecordProbeRound_failedCommitDecidesAgain(t *testing.T) {
 	}
 }
 
-func TestStore_RecordProbeRound_staleContainerIsDropped(t *testing.T) {
+func TestStore_CommitProbeRound_staleContainerIsDropped(t *testing.T) {
 	h := openHealth(t)
 	h.running(t, "g")
 	ctx := context.Background()
@@ -160,7 +160,7 @@ func TestStore_RecordProbeRound_staleContainerIsDropped(t *testing.T) {
 // Several RTM processes probe the same games while an inspector reports them unhealthy: the
 // snapshot rows are locked in one order by all, so none deadlocks, and each transition is
 // published once.
-func TestStore_RecordProbeRound_concurrentWritersNeitherDeadlockNorRepeat(t *testing.T) {
+func TestStore_CommitProbeRound_concurrentWritersNeitherDeadlockNorRepeat(t *testing.T) {
 	h := openHealth(t)
 	ctx := context.Background()
 	var ids []string

@@ -277,7 +277,7 @@ func TestStore_Get_unknownIsNotFound(t *testing.T) {
 	}
 }
 
-func TestStore_RecordHealth_updatesSnapshot(t *testing.T) {
+func TestStore_CommitHealth_updatesSnapshot(t *testing.T) {
 	s, _ := open(t)
 	ctx := context.Background()
 	if err := s.CommitHealth(ctx, []rtm.HealthEvent{{GameID: "g", Type: rtm.EventContainerExited, ContainerID: "c", ExitCode: rtm.IntPtr(3), DockerState: "exited"}}); err != nil {
@@ -311,7 +311,7 @@ func TestStore_PruneOutbox_keepsRecentRows(t *testing.T) {
 	}
 }
 
-func TestStore_RecordHealth_publishesEachProbeTransitionOnce(t *testing.T) {
+func TestStore_CommitHealth_publishesEachProbeTransitionOnce(t *testing.T) {
 	s, _ := open(t)
 	ctx := context.Background()
 	ev := func(typ rtm.HealthEventType) []rtm.HealthEvent {

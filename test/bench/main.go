@@ -44,6 +44,7 @@ type params struct {
 	startBatch   int
 	only         map[string]bool
 	keep         bool
+	restProfile  string // where to write RTM's CPU profile of the last scale's rest window
 	logLevel     string
 	rtmEnv       map[string]string
 	out          string
@@ -64,6 +65,7 @@ func main() {
 	burstN := flag.Int("burst", 0, "jobs per burst (default 50, 10 with -quick)")
 	burstRounds := flag.Int("burst-rounds", 0, "burst rounds (default 5, 1 with -quick)")
 	cpuProfile := flag.String("cpuprofile", "", "write the benchmark process's CPU profile here (the stand-in passes run in it)")
+	restProfile := flag.String("rest-profile", "", "write RTM's CPU profile of the largest scale's rest window here (profiling costs RTM a little CPU: not for the document's figures)")
 	flag.Parse()
 
 	p := params{rounds: 30, burstN: 50, burstRounds: 5, calibN: 16, calibLevels: []int{4, 8, 16},
@@ -99,7 +101,7 @@ func main() {
 			p.only[strings.TrimSpace(f)] = true
 		}
 	}
-	p.keep, p.logLevel = *keep, *logLevel
+	p.keep, p.logLevel, p.restProfile = *keep, *logLevel, *restProfile
 	if *rounds > 0 {
 		p.rounds = *rounds
 	}
@@ -313,7 +315,12 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 		win := p.window
 		harness.Logf("  at rest for %s", win)
 		if err := r.Phases.Run(fmt.Sprintf("scale %d: at rest", n), func() error {
-			return d.atRest(ctx, pt, proxy, win, 10*time.Second)
+			if p.restProfile == "" || n != p.scale[len(p.scale)-1] {
+				return d.atRest(ctx, pt, proxy, win, 10*time.Second)
+			}
+			return profileDuring(ctx, d.rtm, p.restProfile, win, func() error {
+				return d.atRest(ctx, pt, proxy, win, 10*time.Second)
+			})
 		}); err != nil {
 			return err
 		}

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -209,4 +211,26 @@ func goroutines(ctx context.Context, p *harness.Proc) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// profileDuring writes RTM's CPU profile, taken over window, to path while measure runs; both
+// are done when it returns.
+func profileDuring(ctx context.Context, rtm *harness.Proc, path string, window time.Duration, measure func() error) error {
+	secs := max(1, int(window.Round(time.Second)/time.Second))
+	got := make(chan error, 1)
+	go func() {
+		body, err := harness.HTTPGet(ctx, &http.Client{Timeout: window + 30*time.Second},
+			fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", rtm.API, secs))
+		if err == nil {
+			err = os.WriteFile(path, []byte(body), 0o644)
+		}
+		got <- err
+	}()
+	err := measure()
+	if perr := <-got; perr != nil {
+		harness.Logf("  rest profile: %v", perr)
+	} else {
+		harness.Logf("  rest profile of %d s written to %s", secs, path)
+	}
+	return err
 }
