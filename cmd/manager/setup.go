@@ -157,6 +157,15 @@ func (m *manager) setupRuntime(ctx context.Context) error {
 	return m.setupDocker(ctx)
 }
 
+// neighbourLimit is the host's neighbour-table limit the prober checks its engines against:
+// on Docker the engines sit on a bridge of this host; on Kubernetes they do not.
+func (m *manager) neighbourLimit() int {
+	if m.cfg.Runtime == config.RuntimeKubernetes {
+		return 0
+	}
+	return probe.HostNeighbourLimit(probe.NeighbourThreshPath)
+}
+
 // setupDocker is step 3 on Docker: the adapter, a ping, the network, and the engines' addresses
 // the listener refuses (learnt before it opens, followed from then on).
 func (m *manager) setupDocker(ctx context.Context) error {
@@ -320,7 +329,7 @@ func (m *manager) runWorkers(ctx context.Context, manual <-chan struct{}) *sync.
 			Informer: m.informer}).Run},
 		{"prober", (&probe.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
 			Grace: cfg.ProbeInterval, Store: m.st, Docker: m.rt, Probe: m.prober, Cache: m.cache,
-			Observer: m.metrics, Log: m.log}).Run},
+			Observer: m.metrics, Log: m.log, NeighbourLimit: m.neighbourLimit()}).Run},
 		{"inspector", (&sources.InspectSweep{Interval: cfg.InspectInterval, Store: m.st, Docker: m.rt, Lister: m.informer,
 			Enqueue: m.ctrl.Enqueue, Log: m.log}).Run},
 		{"reconcile_ticker", (&sources.Ticker{Interval: cfg.ReconcileInterval, Docker: m.informer, Store: m.st,
