@@ -258,13 +258,17 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   provisioner with a few workers in test/k8senv would take it out of the way.
 - **Intake was one transaction per job, in sequence** (job.start p50 1.4 ms, p90 8.9 ms with
   durable commits): about 200 jobs a second at best; now RTMANAGER_JOB_PARALLEL games at once.
-- **256 of 10,000 starts failed in one run, none in the next** (open). The 10,000-game round
-  written above answered every job exactly once, but 256 of them failed and their Pods were
-  deleted (RTM's 256 DELETEs); that round ran right after the bare client's 10,000 Pods had been
-  deleted, and the API server's HTTP/2 streams were being reset (INTERNAL_ERROR) around it. An
-  RTM-only 10,000-game round on the same code (-rtm-only) answered 10,000 of 10,000 succeeded in
-  449 s. The failures' codes were not kept by that run; this program now logs the first five
-  results that did not succeed.
+- **256 of 10,000 starts failed in one run, none in the two since** (not reproduced). That round
+  answered every job exactly once, but 256 of them failed and their Pods were deleted (RTM's 256
+  DELETEs); it ran right after the bare client's 10,000 Pods had been deleted, and the API
+  server's HTTP/2 streams were being reset (INTERNAL_ERROR) around it. An RTM-only round on the
+  same code (-rtm-only) and this document's full run (2026-12-04, same order: bare client first,
+  its namespace emptied, then RTM) answered 10,000 of 10,000 succeeded. This program logs the
+  first five results that did not succeed, should it come back.
+- **The 1,000-game ratio depends on how fast the bare client is on the day.** RTM's rounds took
+  15.2–19.4 s in this run and the one before; the bare client's 11.1–12.2 s here against
+  14.4–17.7 s before (ratio 1.40 here, 1.24 then). RTM used 22 % of a core during its rounds: it
+  waits, it does not compute; where the remaining 4–5 s go is not found yet.
 - The bare client's 1,000 Pods take longer here than the 7.1 s of ../shared/k8s/README.md: it
   sends a Service and a claim POST per game besides the Pod, and the host is shared.
 `
