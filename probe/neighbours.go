@@ -10,7 +10,7 @@ import (
 const NeighbourThreshPath = "/proc/sys/net/ipv4/neigh/default/gc_thresh2"
 
 // HostNeighbourLimit reads the neighbour table's soft limit from path (NeighbourThreshPath on a
-// Linux host) for Prober.NeighbourLimit; it returns 0, which skips the check, when the file
+// Linux host), for Prober.NeighbourLimit; it returns 0, which skips the check, when the file
 // cannot be read or parsed (not Linux, or a sandbox without /proc/sys).
 func HostNeighbourLimit(path string) int {
 	b, err := os.ReadFile(path)

@@ -36,10 +36,13 @@ func TestHostNeighbourLimit(t *testing.T) {
 
 func TestProber_checkNeighbours_warnsOncePerCrossing(t *testing.T) {
 	var buf bytes.Buffer
-	p := &Prober{NeighbourLimit: 3, Log: slog.New(slog.NewTextHandler(&buf, nil))}
+	limit := 3
+	p := &Prober{NeighbourLimit: func() int { return limit }, Log: slog.New(slog.NewTextHandler(&buf, nil))}
 	for _, engines := range []int{2, 3, 4, 5, 4, 3, 1, 6} {
 		p.checkNeighbours(engines)
 	}
+	limit = 10 // the operator raised it: the next round says so
+	p.checkNeighbours(6)
 	var got []string
 	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
 		level, _, _ := strings.Cut(strings.TrimPrefix(line[strings.Index(line, "level="):], "level="), " ")
@@ -47,9 +50,9 @@ func TestProber_checkNeighbours_warnsOncePerCrossing(t *testing.T) {
 		engines, _, _ = strings.Cut(engines, " ")
 		got = append(got, level+" "+engines)
 	}
-	want := []string{"WARN 4", "INFO 3", "WARN 6"}
+	want := []string{"WARN 4", "INFO 3", "WARN 6", "INFO 6"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
-		t.Fatalf("logged %q, want %q (a warning each time the engines exceed the limit, a line when they no longer do)", got, want)
+		t.Fatalf("logged %q, want %q (a warning each time the engines exceed the limit, a line when they no longer do, also when the limit is raised)", got, want)
 	}
 
 	buf.Reset()

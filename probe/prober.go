@@ -61,16 +61,17 @@ type Prober struct {
 	Cache       Containers // may be nil
 	Observer    ProbeObserver
 	Log         *slog.Logger
-	// NeighbourLimit is the host's soft limit on neighbour (ARP) entries,
+	// NeighbourLimit returns the host's soft limit on neighbour (ARP) entries,
 	// net.ipv4.neigh.default.gc_thresh2, when the engines sit on a bridge of this host (see
-	// HostNeighbourLimit); 0 skips the check. With more running engines than that, the kernel
-	// evicts entries the probes need and healthy engines are reported probe_failed, so the
-	// prober warns once when the running engines first exceed it and says when they no longer do.
-	NeighbourLimit int
+	// HostNeighbourLimit); it is asked every round, so a limit raised while RTM runs counts at
+	// once. Nil, or 0, skips the check. With more running engines than that, the kernel evicts
+	// entries the probes need and healthy engines are reported probe_failed, so the prober warns
+	// once when the running engines first exceed it and says when they no longer do.
+	NeighbourLimit func() int
 
 	mu    sync.Mutex
 	state map[string]*probeState // by game id
-	over  bool                   // the last round had more engines than NeighbourLimit
+	over  bool                   // the last round had more engines than the neighbour limit
 }
 
 // probeState is what the prober keeps of a game between rounds: not its failures (the store
@@ -141,20 +142,21 @@ func (p *Prober) round(ctx context.Context, games []rtm.RunningGame) error {
 	return nil
 }
 
-// checkNeighbours logs when the number of running engines crosses NeighbourLimit.
+// checkNeighbours logs when the number of running engines crosses the neighbour limit.
 func (p *Prober) checkNeighbours(engines int) {
-	if p.NeighbourLimit <= 0 {
-		return
+	limit := 0
+	if p.NeighbourLimit != nil {
+		limit = p.NeighbourLimit()
 	}
-	over := engines > p.NeighbourLimit
+	over := limit > 0 && engines > limit
 	switch {
 	case over && !p.over:
 		p.Log.Warn("more running engines than the host's neighbour table keeps: probes may fail on healthy engines; "+
 			"raise net.ipv4.neigh.default.gc_thresh1/2/3 (docs/workers.md, a host with many engines)",
-			"worker", "prober", "engines", engines, "gc_thresh2", p.NeighbourLimit)
+			"worker", "prober", "engines", engines, "gc_thresh2", limit)
 	case !over && p.over:
 		p.Log.Info("running engines back within the host's neighbour table", "worker", "prober",
-			"engines", engines, "gc_thresh2", p.NeighbourLimit)
+			"engines", engines, "gc_thresh2", limit)
 	}
 	p.over = over
 }

@@ -157,13 +157,13 @@ func (m *manager) setupRuntime(ctx context.Context) error {
 	return m.setupDocker(ctx)
 }
 
-// neighbourLimit is the host's neighbour-table limit the prober checks its engines against:
-// on Docker the engines sit on a bridge of this host; on Kubernetes they do not.
-func (m *manager) neighbourLimit() int {
+// neighbourLimit reads the host's neighbour-table limit the prober checks its engines against:
+// on Docker the engines sit on a bridge of this host; on Kubernetes they do not (nil).
+func (m *manager) neighbourLimit() func() int {
 	if m.cfg.Runtime == config.RuntimeKubernetes {
-		return 0
+		return nil
 	}
-	return probe.HostNeighbourLimit(probe.NeighbourThreshPath)
+	return func() int { return probe.HostNeighbourLimit(probe.NeighbourThreshPath) }
 }
 
 // setupDocker is step 3 on Docker: the adapter, a ping, the network, and the engines' addresses
