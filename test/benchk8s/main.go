@@ -16,7 +16,8 @@
 // Flags: -quick (200 games, one round, a 20-s rest window, no document); -games 1000,10000;
 // -rounds (per number of games up to 2,000; larger numbers run once); -rtm-env K=V,… (knobs,
 // for a diagnosis: no document); -provisioner (claims bound by test/k8senv's provisioner while
-// the runs are timed, instead of before: no document); -keep; -out.
+// the runs are timed, instead of before: no document); -goroutines (RTM's goroutines every
+// second of a burst, for a diagnosis: no document); -keep; -out.
 package main
 
 import (
@@ -38,6 +39,7 @@ type params struct {
 	calib        []int         // concurrencies the bare client is calibrated at (first round)
 	provisioner  bool          // the state claims are bound by test/k8senv's provisioner during the runs
 	rtmOnly      bool          // no bare client (a diagnosis run)
+	goroutines   bool          // RTM's goroutines every second of a burst, beside its timeline (a diagnosis run)
 	keep         bool
 	rtmEnv       map[string]string
 	out          string
@@ -64,6 +66,7 @@ func main() {
 	rtmEnv := flag.String("rtm-env", "", "extra RTM environment, K=V,K=V (a diagnosis run: no document)")
 	provisioner := flag.Bool("provisioner", false, "leave the state claims to test/k8senv's provisioner during the runs (one at a time, ~40/s: its limit, not RTM's; no document)")
 	rtmOnly := flag.Bool("rtm-only", false, "RTM's rounds alone, no bare client (a diagnosis run: no document)")
+	goroutines := flag.Bool("goroutines", false, "write RTM's goroutines (pprof, debug=1) every second of each burst to the work dir, beside the timeline (a diagnosis run: no document; with -keep)")
 	out := flag.String("out", "", "where to write the section (default docs/benchmarks.md; none with -quick, -games or -rtm-env)")
 	flag.Parse()
 
@@ -94,6 +97,9 @@ func main() {
 	}
 	if *rtmOnly {
 		p.rtmOnly, p.writeDocFile = true, false
+	}
+	if *goroutines {
+		p.goroutines, p.writeDocFile = true, false
 	}
 	if *out != "" {
 		p.out, p.writeDocFile = *out, true

@@ -148,7 +148,7 @@ func (w *world) rtmRun(ctx context.Context, p params, n, round int, full bool) (
 
 	// The burst: every job in pipelines of 1,000, as fast as Redis takes them.
 	sampler := startSampler(proc, time.Second)
-	stopTimeline := w.timeline(proc, fmt.Sprintf("timeline-%d-%d.txt", n, round))
+	stopTimeline := w.timeline(proc, fmt.Sprintf("timeline-%d-%d.txt", n, round), p.goroutines)
 	defer stopTimeline()
 	t0 := time.Now()
 	for lo := 0; lo < n; lo += 1000 {
@@ -506,14 +506,27 @@ var timelined = []string{"rtmanager_stream_lag", "rtmanager_runtime_records_by_s
 	"rtmanager_publisher_backlog", "go_goroutines"}
 
 // timeline scrapes RTM's /metrics every second into name in the work dir, the lines of
-// timelined only, for a diagnosis; stop ends it (once).
-func (w *world) timeline(proc *harness.Proc, name string) (stop func()) {
+// timelined only, for a diagnosis; with goroutines also RTM's goroutine profile (debug=1) into
+// name's goroutines- twin. stop ends it (once).
+func (w *world) timeline(proc *harness.Proc, name string, goroutines bool) (stop func()) {
 	f, err := os.Create(filepath.Join(w.Work, name))
 	if err != nil {
 		return func() {}
 	}
+	var g *os.File
+	if goroutines {
+		if g, err = os.Create(filepath.Join(w.Work, "goroutines-"+name)); err != nil {
+			f.Close()
+			return func() {}
+		}
+	}
 	end := harness.Go(context.Background(), func(ctx context.Context) {
 		for ctx.Err() == nil {
+			if g != nil {
+				if body, _, err := proc.GoroutineProfile(ctx); err == nil {
+					fmt.Fprintf(g, "# %s\n%s\n", time.Now().Format("15:04:05.000"), body)
+				}
+			}
 			m, err := proc.Metrics(ctx)
 			if err == nil {
 				fmt.Fprintf(f, "# %s\n", time.Now().Format("15:04:05.000"))
@@ -534,6 +547,9 @@ func (w *world) timeline(proc *harness.Proc, name string) (stop func()) {
 		once.Do(func() {
 			end()
 			f.Close()
+			if g != nil {
+				g.Close()
+			}
 		})
 	}
 }
