@@ -174,7 +174,7 @@ kube-scheduler, kube-controller-manager (node lifecycle, taint eviction, Pod GC)
 RTM's default engine of 1 CPU and 1 GiB; kwok makes a placed Pod Running and Ready with a loopback
 IP at once), a throwaway PostgreSQL (durable commits, as test/bench) and redis-server, and the
 rtmanager binary with RTMANAGER_RUNTIME=kubernetes, KUBECONFIG, a namespace of its own per run,
-RTMANAGER_PROBE_TARGET=readiness and its defaults everywhere else (on Kubernetes 256 reconcile
+RTMANAGER_PROBE_TARGET=readiness and its defaults everywhere else (on Kubernetes 64 reconcile
 workers, 500 reconciles a second, bursts of 2,000; 20 PostgreSQL connections).
 
 - **State claims.** Before each timed run the benchmark creates every game's state claim (as the
@@ -265,10 +265,23 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   same code (-rtm-only) and this document's full run (2026-12-04, same order: bare client first,
   its namespace emptied, then RTM) answered 10,000 of 10,000 succeeded. This program logs the
   first five results that did not succeed, should it come back.
-- **The 1,000-game ratio depends on how fast the bare client is on the day.** RTM's rounds took
-  15.2–19.4 s in this run and the one before; the bare client's 11.1–12.2 s here against
-  14.4–17.7 s before (ratio 1.40 here, 1.24 then). RTM used 22 % of a core during its rounds: it
-  waits, it does not compute; where the remaining 4–5 s go is not found yet.
+- **256 workers kept more POSTs in flight than the API server serves** (the default is 64 since).
+  With a goroutine profile of RTM every second of a burst (` + "`-goroutines`" + `), the workers
+  were in one place during the whole creation phase: waiting for the API server's answer to a
+  POST (62–64 of 64, 256 of 256); RTM itself used 0.15–0.21 of a core (a CPU profile over the
+  burst: a quarter of it system calls, nothing of RTM's own above 9 %), PostgreSQL about 0.1. With
+  the API server saturated, more requests in flight only queue there and take CPU from the
+  scheduler and kwok, which put the Pods on nodes and make them run: the bare client had 1,000
+  Pods running sooner with 64 POSTs in flight than with 256 in every calibration (7.6–8.7 s
+  against 8.9–9.0 s), and RTM answered 1,000 starts in 9.2–10.3 s with 64 workers, 10.3–11.0 s
+  with 256 and 10.5–11.4 s with 32 (2026-12-05, two or three rounds each; ratios 1.18–1.20, 1.29
+  and 1.20). Creating the claim and the Service at once (two round trips a game instead of three)
+  changed nothing measurable (10.2–11.3 s) and was not kept: the server's throughput, not the
+  round trips, sets the pace.
+- **The 1,000-game ratio also depends on the day's host.** The bare client's 1,000 Pods took
+  11.1–12.2 s on 2026-12-04 and 14.4–17.7 s on an earlier day; with 256 workers RTM's ratio was
+  1.40 and 1.24 on those days. What RTM adds is its own CPU and PostgreSQL's (0.25–0.35 of the
+  2 cores the control plane needs) and a few round trips to PostgreSQL and Redis per game.
 - The bare client's 1,000 Pods take longer here than the 7.1 s of ../shared/k8s/README.md: it
   sends a Service and a claim POST per game besides the Pod, and the host is shared.
 `
