@@ -504,8 +504,8 @@ func kubeDefaults(c *Config, getenv func(string) string) {
 
 // The work queue's defaults on Kubernetes (see kubeDefaults). The workers are as many POSTs as
 // RTM keeps in flight during a burst of starts: past that the API server queues them, and Pods
-// run later (on the benchmark's control plane 64 in flight put 1,000 Pods running sooner than
-// 256 did, for RTM and the bare client alike; docs/kubernetes.md).
+// run later (on the benchmark's 2-core control plane RTM answered 1,000 starts sooner with 64
+// workers than with 256 or 32; docs/kubernetes.md).
 const (
 	KubeReconcileWorkers = 64
 	KubeReconcileRate    = 500

@@ -271,17 +271,22 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   POST (62–64 of 64, 256 of 256); RTM itself used 0.15–0.21 of a core (a CPU profile over the
   burst: a quarter of it system calls, nothing of RTM's own above 9 %), PostgreSQL about 0.1. With
   the API server saturated, more requests in flight only queue there and take CPU from the
-  scheduler and kwok, which put the Pods on nodes and make them run: the bare client had 1,000
-  Pods running sooner with 64 POSTs in flight than with 256 in every calibration (7.6–8.7 s
-  against 8.9–9.0 s), and RTM answered 1,000 starts in 9.2–10.3 s with 64 workers, 10.3–11.0 s
-  with 256 and 10.5–11.4 s with 32 (2026-12-05, two or three rounds each; ratios 1.18–1.20, 1.29
-  and 1.20). Creating the claim and the Service at once (two round trips a game instead of three)
-  changed nothing measurable (10.2–11.3 s) and was not kept: the server's throughput, not the
-  round trips, sets the pace.
-- **The 1,000-game ratio also depends on the day's host.** The bare client's 1,000 Pods took
-  11.1–12.2 s on 2026-12-04 and 14.4–17.7 s on an earlier day; with 256 workers RTM's ratio was
-  1.40 and 1.24 on those days. What RTM adds is its own CPU and PostgreSQL's (0.25–0.35 of the
-  2 cores the control plane needs) and a few round trips to PostgreSQL and Redis per game.
+  scheduler and kwok, which put the Pods on nodes and make them run: RTM answered 1,000 starts in
+  9.2–10.3 s with 64 workers, 10.3–11.0 s with 256 and 10.5–11.4 s with 32 (2026-12-05, two or
+  three rounds each; ratios 1.18–1.20, 1.29 and 1.20), and the bare client's calibration found 64
+  POSTs in flight faster than 256 in five runs of six (7.9–8.5 s against 8.0–9.0 s; the sixth,
+  this document's, 8.2 s against 7.7 s). Creating the claim and the Service at once (two round
+  trips a game instead of three) changed nothing measurable (10.2–11.3 s) and was not kept: the
+  server's throughput, not the round trips, sets the pace. Nor is it PostgreSQL's disk, shared
+  with etcd's here: with PostgreSQL's fsync and synchronous commit off, RTM took 9.9–10.9 s.
+- **What is left of the 1,000-game ratio is RTM sharing two cores with the control plane.** RTM
+  takes 9.2–11.0 s for 1,000 starts on this host with 64 workers; the bare client's time moves
+  more (7.4–10.4 s in one run), so the ratio of one run lands anywhere from 1.18 to 1.33. On
+  2026-12-04, with 256 workers, the bare client took 11.1–12.2 s and the ratio was 1.40 (1.24 on
+  an earlier day). During a burst RTM uses 0.18–0.19 of a core and PostgreSQL about 0.1, taken
+  from the API server, the scheduler and kwok, which need both cores; of RTM's own CPU a fifth is
+  the write system calls of its requests (on loopback the sender's call carries the receiver's
+  side of TCP too), and no function of RTM's takes more than 9 %.
 - The bare client's 1,000 Pods take longer here than the 7.1 s of ../shared/k8s/README.md: it
   sends a Service and a claim POST per game besides the Pod, and the host is shared.
 `
