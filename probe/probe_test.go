@@ -14,6 +14,7 @@ import (
 
 	rtm "github.com/galaxy-platform/rtmanager"
 	"github.com/galaxy-platform/rtmanager/probe"
+	"github.com/galaxy-platform/rtmanager/test/testenv"
 )
 
 // engine is a stand-in engine: an HTTP server on loopback that counts the connections and the
@@ -269,4 +270,122 @@ func TestHTTP_CloseIdle_closesTheConnectionsNotUsedSince(t *testing.T) {
 		t.Fatalf("CloseIdle(now) closed %d, want 1", n)
 	}
 	e.waitClosed(t, 1)
+}
+
+func TestHTTP_Send_needsAKeptConnection(t *testing.T) {
+	e := newEngine(t, ok)
+	p := probe.New(e.port, true, 5*time.Second)
+	defer p.Close()
+	if _, sent := p.Send(local, ""); sent {
+		t.Fatal("Send wrote without a kept connection, want false (Probe dials)")
+	}
+	if err := p.Probe(context.Background(), local, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		s, sent := p.Send(local, "")
+		if !sent {
+			t.Fatalf("send %d: not sent on the kept connection", i)
+		}
+		if err := s.Wait(context.Background()); err != nil {
+			t.Fatalf("wait %d: %v", i, err)
+		}
+	}
+	if conns, _, requests := e.counts(); conns != 1 || requests != 4 {
+		t.Fatalf("a probe and 3 sends opened %d connections and sent %d requests, want 1 and 4", conns, requests)
+	}
+}
+
+// The answers of a round are read after all its requests are written, Concurrency at a time: an
+// answer that arrived in time counts although its read began after its deadline, behind a
+// hanging engine's.
+func TestHTTP_Wait_anAnswerInTimeCountsWhenReadLate(t *testing.T) {
+	release := make(chan struct{})
+	hanging := newEngine(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	defer close(release)
+	healthy := newEngine(t, ok)
+	const timeout = 300 * time.Millisecond
+	hp, op := probe.New(hanging.port, true, timeout), probe.New(healthy.port, true, timeout)
+	defer hp.Close()
+	defer op.Close()
+	if err := op.Probe(context.Background(), local, ""); err != nil {
+		t.Fatal(err)
+	}
+	s, sent := op.Send(local, "")
+	if !sent {
+		t.Fatal("not sent on the kept connection")
+	}
+	testenv.WaitFor(t, "the healthy engine has answered", func() bool { _, _, n := healthy.counts(); return n == 2 })
+	begun := time.Now()
+	if err := hp.Probe(context.Background(), local, ""); err == nil { // the read ahead of it hangs
+		t.Fatal("the hanging engine answered")
+	}
+	if time.Since(begun) < timeout {
+		t.Fatalf("the hanging engine's probe ended after %s, before its timeout", time.Since(begun))
+	}
+	if err := s.Wait(context.Background()); err != nil {
+		t.Fatalf("the answer that arrived in time, read %s after the send: %v", timeout, err)
+	}
+}
+
+func TestHTTP_Wait_aConnectionTheEngineClosedIsProbedOnANewOne(t *testing.T) {
+	e := newEngine(t, ok)
+	p := probe.New(e.port, true, 5*time.Second)
+	defer p.Close()
+	if err := p.Probe(context.Background(), local, ""); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.CloseClientConnections()
+	e.waitClosed(t, 1)
+	s, sent := p.Send(local, "") // a write on a connection closed by its peer succeeds
+	if sent {
+		if err := s.Wait(context.Background()); err != nil {
+			t.Fatalf("wait after the engine closed the kept connection: %v", err)
+		}
+	} else if err := p.Probe(context.Background(), local, ""); err != nil {
+		t.Fatal(err)
+	}
+	if conns, _, requests := e.counts(); conns != 2 || requests != 2 {
+		t.Fatalf("connections %d, requests %d, want 2 and 2", conns, requests)
+	}
+}
+
+func TestHTTP_Wait_endsWithItsContext(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	var mu sync.Mutex
+	first := true
+	e := newEngine(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		f := first
+		first = false
+		mu.Unlock()
+		if f {
+			return
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	p := probe.New(e.port, true, time.Minute)
+	defer p.Close()
+	if err := p.Probe(context.Background(), local, ""); err != nil {
+		t.Fatal(err)
+	}
+	s, sent := p.Send(local, "")
+	if !sent {
+		t.Fatal("not sent on the kept connection")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	testenv.WaitFor(t, "the request has arrived", func() bool { _, _, n := e.counts(); return n == 2 })
+	cancel()
+	if err := s.Wait(ctx); err == nil {
+		t.Fatal("Wait answered nil for a cancelled probe of a hanging engine")
+	}
 }

@@ -99,6 +99,17 @@ type idleCloser interface {
 	CloseIdle(before time.Time) int
 }
 
+// sender is an EngineProber that can write a probe now and read its answer later (HTTP can, on
+// a kept connection).
+type sender interface {
+	Send(c rtm.Container, endpoint string) (*Sent, bool)
+}
+
+// round probes games in two steps. First, one after another, it writes the request of every
+// engine whose address it knows and whose connection is kept; then it reads those answers, and
+// probes the rest (first probes, addresses to inspect, connections the engine closed) the whole
+// way, Concurrency at a time. At rest every engine is in the first group, and by the time an
+// answer is read it has arrived.
 func (p *Prober) round(ctx context.Context, games []rtm.RunningGame) error {
 	start := time.Now()
 	p.mu.Lock()
@@ -109,23 +120,46 @@ func (p *Prober) round(ctx context.Context, games []rtm.RunningGame) error {
 	p.mu.Unlock()
 	p.checkNeighbours(len(games))
 
+	type probe struct {
+		g    rtm.RunningGame
+		t    target
+		sent *Sent // nil: probe the whole way
+	}
+	snd, _ := p.Probe.(sender)
+	probes := make([]probe, len(games))
+	for i, g := range games {
+		probes[i].g = g
+		if t, ok := p.target(g); ok && snd != nil {
+			probes[i].t = t
+			probes[i].sent, _ = snd.Send(t.c, g.Endpoint)
+		}
+	}
 	var (
 		wg       sync.WaitGroup
 		sem      = make(chan struct{}, max(p.Concurrency, 1))
 		mu       sync.Mutex
 		outcomes []rtm.ProbeOutcome
 	)
-	for _, g := range games {
+	for _, pr := range probes {
 		wg.Add(1)
 		sem <- struct{}{}
-		go func(g rtm.RunningGame) {
+		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if o, ok := p.probeOne(ctx, g); ok {
+			var (
+				o  rtm.ProbeOutcome
+				ok bool
+			)
+			if pr.sent != nil {
+				o, ok = p.outcome(ctx, pr.g, pr.t, pr.sent.Wait(ctx))
+			} else {
+				o, ok = p.probeOne(ctx, pr.g)
+			}
+			if ok {
 				mu.Lock()
 				outcomes = append(outcomes, o)
 				mu.Unlock()
 			}
-		}(g)
+		}()
 	}
 	wg.Wait()
 	if ic, ok := p.Probe.(idleCloser); ok {
@@ -182,42 +216,71 @@ func (p *Prober) cached(g rtm.RunningGame, marked bool) (rtm.Container, bool) {
 	return c, true
 }
 
-// probeOne probes one game's engine; ok is false when there is nothing to record (the
-// container is not the record's, the round was cancelled, or the container's life changed
-// during the probe).
-func (p *Prober) probeOne(ctx context.Context, g rtm.RunningGame) (rtm.ProbeOutcome, bool) {
-	mark, marked := p.lifeMark(g.GameID)
+// target is where a game's engine is to be probed, and the life mark that address was read at.
+type target struct {
+	st     *probeState
+	c      rtm.Container // with the address
+	mark   uint64
+	marked bool
+}
+
+// target returns where g's engine is; ok is false when that is not known without inspecting
+// the container (t then holds the rest).
+func (p *Prober) target(g rtm.RunningGame) (t target, ok bool) {
+	t.mark, t.marked = p.lifeMark(g.GameID)
 	p.mu.Lock()
-	st := p.state[g.GameID]
-	if st == nil || st.container != g.ContainerID {
-		st = &probeState{container: g.ContainerID, seen: time.Now()}
-		p.state[g.GameID] = st
+	t.st = p.state[g.GameID]
+	if t.st == nil || t.st.container != g.ContainerID {
+		t.st = &probeState{container: g.ContainerID, seen: time.Now()}
+		p.state[g.GameID] = t.st
 	}
-	c := st.c
-	if !marked || !st.marked || st.mark != mark {
-		c = rtm.Container{} // the container may have started again since: inspect
+	if t.marked && t.st.marked && t.st.mark == t.mark {
+		t.c = t.st.c // else the container may have started again since
 	}
 	p.mu.Unlock()
-	if c.ID != g.ContainerID {
-		ic, ok := p.cached(g, marked)
-		if !ok {
-			var err error
-			ic, err = p.Docker.Inspect(ctx, g.GameID)
-			if err != nil || ic.ID != g.ContainerID {
-				return rtm.ProbeOutcome{}, false // the reconciler will catch up with this game
-			}
-		}
-		c = ic
-		p.mu.Lock()
-		st.c, st.mark, st.marked = c, mark, marked
-		p.mu.Unlock()
+	if t.c.ID == g.ContainerID {
+		return t, true
 	}
-	err := p.Probe.Probe(ctx, c, g.Endpoint)
+	c, ok := p.cached(g, t.marked)
+	if !ok {
+		return t, false
+	}
+	p.remember(t, c)
+	t.c = c
+	return t, true
+}
+
+// remember keeps c as the address of t's container, read at t's mark.
+func (p *Prober) remember(t target, c rtm.Container) {
+	p.mu.Lock()
+	t.st.c, t.st.mark, t.st.marked = c, t.mark, t.marked
+	p.mu.Unlock()
+}
+
+// probeOne probes one game's engine the whole way: it inspects the container when its address
+// is not known, and probes it.
+func (p *Prober) probeOne(ctx context.Context, g rtm.RunningGame) (rtm.ProbeOutcome, bool) {
+	t, ok := p.target(g)
+	if !ok {
+		c, err := p.Docker.Inspect(ctx, g.GameID)
+		if err != nil || c.ID != g.ContainerID {
+			return rtm.ProbeOutcome{}, false // the reconciler will catch up with this game
+		}
+		p.remember(t, c)
+		t.c = c
+	}
+	return p.outcome(ctx, g, t, p.Probe.Probe(ctx, t.c, g.Endpoint))
+}
+
+// outcome is what a probe of g's engine at t that ended with err is to be recorded as; ok is
+// false when there is nothing to record (the round was cancelled, or the container's life changed
+// during the probe: it may have reached an address the container no longer has).
+func (p *Prober) outcome(ctx context.Context, g rtm.RunningGame, t target, err error) (rtm.ProbeOutcome, bool) {
 	if ctx.Err() != nil {
 		return rtm.ProbeOutcome{}, false
 	}
-	if after, ok := p.lifeMark(g.GameID); marked && (!ok || after != mark) {
-		return rtm.ProbeOutcome{}, false // the container's life changed during the probe
+	if after, ok := p.lifeMark(g.GameID); t.marked && (!ok || after != t.mark) {
+		return rtm.ProbeOutcome{}, false
 	}
 	if p.Observer != nil {
 		p.Observer.ProbeResult(ctx, err == nil)
@@ -227,7 +290,7 @@ func (p *Prober) probeOne(ctx context.Context, g rtm.RunningGame) (rtm.ProbeOutc
 	if err != nil {
 		o.Error = err.Error()
 		p.mu.Lock()
-		o.Grace = now.Sub(st.seen) < p.Grace
+		o.Grace = now.Sub(t.st.seen) < p.Grace
 		p.mu.Unlock()
 	}
 	return o, true

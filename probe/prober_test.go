@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -180,5 +181,39 @@ func TestProber_Run_listedAddressNeedsNoInspection(t *testing.T) {
 		w.Lock()
 		defer w.Unlock()
 		return w.probed[len(w.probed)-1] == "10.0.0.2"
+	})
+}
+
+// At rest a round writes every request on its kept connection before it reads the answers: one
+// connection an engine, every probe recorded, a failing engine reported.
+func TestProber_Run_probesOnKeptConnectionsSendFirst(t *testing.T) {
+	w := newProbeWorld(t)
+	var (
+		mu      sync.Mutex
+		healthy = true
+	)
+	e := newEngine(t, func(rw http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !healthy {
+			rw.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	cache := runtime.NewCache()
+	cache.Replace(cache.Begin(), []rtm.Container{{ID: "c-g", GameID: "g", Owned: true, State: rtm.StateRunning, IP: "127.0.0.1"}})
+	h := probe.New(e.port, true, 5*time.Second)
+	defer h.Close()
+	w.run(t, &probe.Prober{Interval: 5 * time.Millisecond, Threshold: 2, Store: w.Store, Docker: w, Probe: h,
+		Cache: cache, Log: slog.New(slog.DiscardHandler)})
+	testenv.WaitFor(t, "the engine is probed a few times", func() bool { _, _, n := e.counts(); return n >= 5 })
+	mu.Lock()
+	healthy = false
+	mu.Unlock()
+	testenv.WaitFor(t, "probe_failed is published", func() bool { return len(w.HealthEvents(t)) > 0 })
+	conns, _, _ := e.counts()
+	w.set(func(w *probeWorld) {
+		if conns != 1 || w.Inspects != 0 {
+			t.Errorf("%d connections and %d inspections, want 1 and none", conns, w.Inspects)
+		}
 	})
 }

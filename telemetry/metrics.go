@@ -33,6 +33,9 @@ type Metrics struct {
 	probes       metric.Int64Counter
 	jobs         metric.Int64Counter
 	answered     metric.Int64Counter
+	// probeOK and probeFailed are the probe counter's two attribute sets, made once: the prober
+	// counts 200 probes a second at 1,000 engines.
+	probeOK, probeFailed metric.AddOption
 }
 
 // NewMetrics creates RTM's counters. It needs nothing else, so the store and the coordination
@@ -57,6 +60,8 @@ func NewMetrics(m metric.Meter) (*Metrics, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("creating instruments: %w", err)
 	}
+	x.probeOK = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "ok")))
+	x.probeFailed = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "failed")))
 	x.zero()
 	return x, nil
 }
@@ -244,11 +249,11 @@ func (x *Metrics) StreamLag(string, int64) {}
 
 // ProbeResult counts one active probe.
 func (x *Metrics) ProbeResult(ctx context.Context, ok bool) {
-	r := "ok"
-	if !ok {
-		r = "failed"
+	if ok {
+		x.probes.Add(ctx, 1, x.probeOK)
+	} else {
+		x.probes.Add(ctx, 1, x.probeFailed)
 	}
-	x.probes.Add(ctx, 1, metric.WithAttributes(attribute.String("result", r)))
 }
 
 // LeaseAttempt counts a per-game lease attempt by result (acquired, contended, error).
