@@ -116,6 +116,17 @@ func (p *HTTP) Send(c rtm.Container, endpoint string) (*Sent, bool) {
 	return &Sent{p: p, c: c, cn: cn, addr: addr, u: u, at: now}, true
 }
 
+// readyWait is how long Ready waits for an answer to begin.
+const readyWait = time.Millisecond
+
+// Ready reports whether the answer to the request has begun to arrive, waiting a moment at most:
+// Wait then reads it without waiting, so the prober reads it in the round's own goroutine.
+func (s *Sent) Ready() bool {
+	_ = s.cn.SetReadDeadline(time.Now().Add(readyWait))
+	_, err := s.cn.br.Peek(1)
+	return err == nil
+}
+
 // lateRead is how long a read that begins after its probe's deadline may still wait: the reads of
 // a round can queue behind hanging engines, and an answer that arrived in time is not failed for
 // being read late.

@@ -389,3 +389,44 @@ func TestHTTP_Wait_endsWithItsContext(t *testing.T) {
 		t.Fatal("Wait answered nil for a cancelled probe of a hanging engine")
 	}
 }
+
+func TestHTTP_Ready_saysWhetherTheAnswerHasArrived(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	hang := false
+	e := newEngine(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		h := hang
+		mu.Unlock()
+		if h {
+			<-release
+		}
+	})
+	p := probe.New(e.port, true, 5*time.Second)
+	defer p.Close()
+	if err := p.Probe(context.Background(), local, ""); err != nil {
+		t.Fatal(err)
+	}
+	s, sent := p.Send(local, "")
+	if !sent {
+		t.Fatal("not sent on the kept connection")
+	}
+	testenv.WaitFor(t, "the answer is ready", s.Ready)
+	if err := s.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	hang = true
+	mu.Unlock()
+	if s, sent = p.Send(local, ""); !sent {
+		t.Fatal("not sent on the kept connection")
+	}
+	testenv.WaitFor(t, "the request has arrived", func() bool { _, _, n := e.counts(); return n == 3 })
+	if s.Ready() {
+		t.Fatal("Ready while the engine has not answered")
+	}
+	close(release)
+	if err := s.Wait(context.Background()); err != nil {
+		t.Fatalf("the answer after Ready said not yet: %v", err)
+	}
+}

@@ -48,13 +48,18 @@ type Publisher struct {
 	Names    map[string]string // logical stream → Redis stream name
 	Log      *slog.Logger
 	Observer Observer
-	// Poll is the period of the outbox poll (default 250ms).
-	Poll  time.Duration
-	Batch int
+	// Poll is the period of the outbox poll while the publisher is behind (default 250ms): a
+	// relay failed, offered rows were dropped, or the last poll found rows nobody offered it.
+	Poll time.Duration
+	// IdlePoll is its period otherwise (default 1s): every commit of this process offers its
+	// rows, so an idle poll only looks for what another process left.
+	IdlePoll time.Duration
+	Batch    int
 
 	wake    chan struct{}
 	offered *offers
 	failing bool
+	found   bool // the last poll relayed rows nobody offered
 	// epoch is the database's outbox epoch, read by every poll; nothing is published before the
 	// first poll has read it.
 	epoch string
@@ -85,6 +90,10 @@ func New(p Publisher) *Publisher {
 	if p.Poll <= 0 {
 		p.Poll = 250 * time.Millisecond
 	}
+	if p.IdlePoll <= 0 {
+		p.IdlePoll = time.Second
+	}
+	p.IdlePoll = max(p.IdlePoll, p.Poll)
 	if p.Batch <= 0 {
 		p.Batch = 256
 	}
@@ -110,13 +119,14 @@ func (p *Publisher) Offer(entries []rtm.OutboxEntry) {
 }
 
 // Run relays until ctx ends, then makes one last attempt to flush what is queued. It polls the
-// outbox once at the start, for rows left from before (another process, a previous run).
+// outbox once at the start, for rows left from before (another process, a previous run), then
+// every Poll while it is behind and every IdlePoll otherwise.
 func (p *Publisher) Run(ctx context.Context) error {
-	poll := time.NewTicker(p.Poll)
+	p.report(ctx, p.poll(ctx))
+	poll := time.NewTimer(p.period())
 	defer poll.Stop()
 	prune := time.NewTicker(time.Hour)
 	defer prune.Stop()
-	p.report(ctx, p.poll(ctx))
 	for {
 		select {
 		case <-ctx.Done():
@@ -127,15 +137,30 @@ func (p *Publisher) Run(ctx context.Context) error {
 		case <-p.wake:
 			if tried, err := p.relayOffered(ctx); tried {
 				p.report(ctx, err)
+				if err != nil {
+					poll.Reset(p.Poll) // behind from now on: catch up soon
+				}
 			}
 		case <-poll.C:
 			p.report(ctx, p.poll(ctx))
+			poll.Reset(p.period())
 		case <-prune.C:
 			if n, err := p.Outbox.PruneOutbox(ctx); err == nil && n > 0 {
 				p.Log.Debug("pruned published outbox rows", "worker", "publisher", "rows", n)
 			}
 		}
 	}
+}
+
+// period is how long until the next poll: Poll while behind, IdlePoll otherwise.
+func (p *Publisher) period() time.Duration {
+	p.offered.mu.Lock()
+	behind := p.offered.catchUp
+	p.offered.mu.Unlock()
+	if behind || p.failing || p.found || p.epoch == "" {
+		return p.Poll
+	}
+	return p.IdlePoll
 }
 
 // poll reads the database's epoch, relays the outbox in id order until it is empty, and then,
@@ -154,7 +179,9 @@ func (p *Publisher) poll(ctx context.Context) error {
 	p.offered.mu.Lock()
 	drops := p.offered.drops
 	p.offered.mu.Unlock()
-	if err := p.drain(ctx); err != nil {
+	n, err := p.drain(ctx)
+	p.found = n > 0
+	if err != nil {
 		return err
 	}
 	p.offered.mu.Lock()
@@ -214,8 +241,10 @@ func (p *Publisher) relayOffered(ctx context.Context) (bool, error) {
 }
 
 // drain relays outbox batches in id order until the outbox is empty or an error stops it (the
-// error of the publishing too, even when some rows of the batch got through).
-func (p *Publisher) drain(ctx context.Context) error {
+// error of the publishing too, even when some rows of the batch got through), and returns how
+// many rows it claimed.
+func (p *Publisher) drain(ctx context.Context) (int, error) {
+	total := 0
 	for {
 		var pubErr error
 		n, err := p.Outbox.RelayOutbox(ctx, p.Batch, func(ctx context.Context, entries []rtm.OutboxEntry) (int, error) {
@@ -223,14 +252,15 @@ func (p *Publisher) drain(ctx context.Context) error {
 			pubErr = err
 			return n, err
 		})
+		total += n
 		if err == nil {
 			err = pubErr
 		}
 		if err != nil {
-			return err
+			return total, err
 		}
 		if n < p.Batch {
-			return nil
+			return total, nil
 		}
 	}
 }
