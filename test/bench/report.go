@@ -312,19 +312,21 @@ In round trips on the critical path, before and after: a start job went through 
 stop job through 23, 2 and 2, now 7, 2 and none when the die event has arrived; a die event
 through 11 and 2, now 2 and 2 (one of them alongside).
 
-- **CPU at rest is the probes' system calls** (issue 16; RTM's profile of the rest window at 300
-  engines, ` + "`-only scale -scale 300 -rest-profile`" + `, 2026-12-04). 340 ms of samples in 30 s
-  (1,800 probes): the probes' write and read calls 130 ms and the poller's epoll_wait 40 ms (half
-  of all), that is about 94 µs of system calls per probe on a kept connection, most of it the
-  kernel carrying the request through the bridge (this host is itself a container, with
-  ` + "`net.bridge.bridge-nf-call-iptables=1`" + `: every packet passes netfilter); the Go code of a
-  probe, the publisher's poll (50 ms), the inspector's list (10 ms) and the collector share the
-  rest. At the contract's 5-s probe interval 1,000 engines are 200 probes a second, about 19 ms of
-  system calls a second (1.9 % of a core) before anything else; RTM's CPU at rest grows by about
-  2.2 ms a minute per engine (10, 100 and 1,000 engines: 0.42, 0.62 and 2.62 s/min). The 2 % target
-  at 1,000 engines is out of reach on this host at that interval: it holds up to about 350 engines,
-  or at 1,000 with a probe interval of about 20 s. Connections are already kept (one write and
-  one read a probe); a fresh connection per probe cost several times as much.
+- **CPU at rest is the probes' system calls** (issue 16). A profile of the rest window at 300
+  engines (2026-12-04) showed a probe on a kept connection as a write that found the engine, a read
+  that found nothing yet, a wait in Go's poller (epoll_wait) and the read of the answer: about
+  94 µs of system calls a probe, and the publisher's poll every 250 ms a sixth of the rest. Now a
+  round writes every request first and then reads the answers, which have arrived by then, in its
+  own goroutine, and the publisher polls every second unless it is behind: 1,000 engines at rest
+  went from 2.62 to 1.58 s/min (4.37 % to 2.63 % of a core), 10 engines from 0.42 to 0.28 s/min.
+  A profile at 1,000 engines (` + "`-only scale -scale 1000 -rest-profile`" + `, 2026-12-05, before the
+  inline reads and the slower poll) puts 250 of 610 ms of samples in 30 s in the requests' write
+  calls, about 42 µs each, most of it the kernel carrying the packet over the bridge into the
+  engine's namespace (this host is itself a container, with
+  ` + "`net.bridge.bridge-nf-call-iptables=1`" + `: every packet passes netfilter), and 30 ms in the reads.
+  At the contract's 5-s interval 1,000 engines are 200 writes a second, about 0.85 % of a core that
+  no code of RTM's can give back; RTM's CPU at rest now grows by about 1.3 ms a minute per engine,
+  and the 2 % target holds up to about 700 engines on this host.
 
 Earlier rounds of this work (kept because they still hold): a die event sets the game's cache
 entry to exited with the event's exit code (Docker 20.10 sends die before its clean-up and an
