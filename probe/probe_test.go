@@ -313,13 +313,7 @@ func TestHTTP_Wait_anAnswerInTimeCountsWhenReadLate(t *testing.T) {
 	hp, op := probe.New(hanging.port, true, timeout), probe.New(healthy.port, true, timeout)
 	defer hp.Close()
 	defer op.Close()
-	if err := op.Probe(context.Background(), local, ""); err != nil {
-		t.Fatal(err)
-	}
-	s, sent := op.Send(local, "")
-	if !sent {
-		t.Fatal("not sent on the kept connection")
-	}
+	s := sendOnKept(t, op)
 	testenv.WaitFor(t, "the healthy engine has answered", func() bool { _, _, n := healthy.counts(); return n == 2 })
 	begun := time.Now()
 	if err := hp.Probe(context.Background(), local, ""); err == nil { // the read ahead of it hangs
@@ -375,13 +369,7 @@ func TestHTTP_Wait_endsWithItsContext(t *testing.T) {
 	})
 	p := probe.New(e.port, true, time.Minute)
 	defer p.Close()
-	if err := p.Probe(context.Background(), local, ""); err != nil {
-		t.Fatal(err)
-	}
-	s, sent := p.Send(local, "")
-	if !sent {
-		t.Fatal("not sent on the kept connection")
-	}
+	s := sendOnKept(t, p)
 	ctx, cancel := context.WithCancel(context.Background())
 	testenv.WaitFor(t, "the request has arrived", func() bool { _, _, n := e.counts(); return n == 2 })
 	cancel()
@@ -404,13 +392,7 @@ func TestHTTP_Ready_saysWhetherTheAnswerHasArrived(t *testing.T) {
 	})
 	p := probe.New(e.port, true, 5*time.Second)
 	defer p.Close()
-	if err := p.Probe(context.Background(), local, ""); err != nil {
-		t.Fatal(err)
-	}
-	s, sent := p.Send(local, "")
-	if !sent {
-		t.Fatal("not sent on the kept connection")
-	}
+	s := sendOnKept(t, p)
 	testenv.WaitFor(t, "the answer is ready", s.Ready)
 	if err := s.Wait(context.Background()); err != nil {
 		t.Fatal(err)
@@ -418,7 +400,8 @@ func TestHTTP_Ready_saysWhetherTheAnswerHasArrived(t *testing.T) {
 	mu.Lock()
 	hang = true
 	mu.Unlock()
-	if s, sent = p.Send(local, ""); !sent {
+	s, sent := p.Send(local, "")
+	if !sent {
 		t.Fatal("not sent on the kept connection")
 	}
 	testenv.WaitFor(t, "the request has arrived", func() bool { _, _, n := e.counts(); return n == 3 })
@@ -429,4 +412,18 @@ func TestHTTP_Ready_saysWhetherTheAnswerHasArrived(t *testing.T) {
 	if err := s.Wait(context.Background()); err != nil {
 		t.Fatalf("the answer after Ready said not yet: %v", err)
 	}
+}
+
+// sendOnKept probes local's engine once through p, which keeps the connection, and sends the
+// next probe's request on it.
+func sendOnKept(t *testing.T, p *probe.HTTP) *probe.Sent {
+	t.Helper()
+	if err := p.Probe(context.Background(), local, ""); err != nil {
+		t.Fatal(err)
+	}
+	s, sent := p.Send(local, "")
+	if !sent {
+		t.Fatal("not sent on the kept connection")
+	}
+	return s
 }
