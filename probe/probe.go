@@ -140,7 +140,7 @@ func (s *Sent) Wait(ctx context.Context) error {
 	p := s.p
 	_ = s.cn.SetDeadline(later(s.at.Add(p.timeout), time.Now().Add(lateRead)))
 	status, err := p.read(ctx, s.cn, s.addr, s.u)
-	if err != nil && ctx.Err() == nil && !errors.Is(err, os.ErrDeadlineExceeded) && errors.Is(err, errBeforeAnswer) {
+	if retry(ctx, err) {
 		rctx, cancel := context.WithTimeout(ctx, p.timeout)
 		defer cancel()
 		status, err = p.dial(rctx, s.addr, s.u)
@@ -187,11 +187,17 @@ func verdict(c rtm.Container, status int, err error) error {
 func (p *HTTP) get(ctx context.Context, addr string, u *url.URL) (int, error) {
 	if cn := p.take(addr); cn != nil {
 		status, err := p.exchange(ctx, cn, addr, u)
-		if err == nil || ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) || !errors.Is(err, errBeforeAnswer) {
+		if !retry(ctx, err) {
 			return status, err
 		}
 	}
 	return p.dial(ctx, addr, u)
+}
+
+// retry reports whether a probe on a kept connection that ended with err is to be sent once more
+// on a new connection: it failed before an answer began, and not by a timeout or ctx's end.
+func retry(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() == nil && !errors.Is(err, os.ErrDeadlineExceeded) && errors.Is(err, errBeforeAnswer)
 }
 
 // dial sends GET u to addr on a new connection.

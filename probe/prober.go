@@ -141,34 +141,32 @@ func (p *Prober) round(ctx context.Context, games []rtm.RunningGame) error {
 		mu       sync.Mutex
 		outcomes []rtm.ProbeOutcome
 	)
+	finish := func(pr probe) {
+		var (
+			o  rtm.ProbeOutcome
+			ok bool
+		)
+		if pr.sent != nil {
+			o, ok = p.outcome(ctx, pr.g, pr.t, pr.sent.Wait(ctx))
+		} else {
+			o, ok = p.probeOne(ctx, pr.g)
+		}
+		if ok {
+			mu.Lock()
+			outcomes = append(outcomes, o)
+			mu.Unlock()
+		}
+	}
 	for _, pr := range probes {
 		if pr.sent != nil && pr.sent.Ready() {
-			// The answer is there: read it here rather than in a goroutine of its own.
-			if o, ok := p.outcome(ctx, pr.g, pr.t, pr.sent.Wait(ctx)); ok {
-				mu.Lock()
-				outcomes = append(outcomes, o)
-				mu.Unlock()
-			}
+			finish(pr) // the answer is there: read it here rather than in a goroutine of its own
 			continue
 		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			var (
-				o  rtm.ProbeOutcome
-				ok bool
-			)
-			if pr.sent != nil {
-				o, ok = p.outcome(ctx, pr.g, pr.t, pr.sent.Wait(ctx))
-			} else {
-				o, ok = p.probeOne(ctx, pr.g)
-			}
-			if ok {
-				mu.Lock()
-				outcomes = append(outcomes, o)
-				mu.Unlock()
-			}
+			finish(pr)
 		}()
 	}
 	wg.Wait()
