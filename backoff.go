@@ -45,7 +45,9 @@ func Every(ctx context.Context, interval time.Duration, tick func() bool) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if !tick() {
+			// Both cases can be ready at once and select picks either: a tick after ctx ended
+			// would run a round its caller has already called off.
+			if ctx.Err() != nil || !tick() {
 				return
 			}
 		}
