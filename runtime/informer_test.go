@@ -211,6 +211,10 @@ func TestInformer_Run_reconnectRelistsUntilItSucceeds(t *testing.T) {
 		t.Error("while the events stream was down the cache claimed to know g1")
 	}
 	waitFor(t, "the relist after reconnecting succeeds", func() bool { return handedOver.Load() == 2 })
+	// The games are handed over before the reconnection is logged.
+	waitFor(t, "the reconnection logged", func() bool {
+		return strings.Contains(logs.String(), "docker events stream reconnected")
+	})
 	if _, _, known, _ := cache.Lookup("g1"); !known {
 		t.Error("the cache is not synced after the relist")
 	}
