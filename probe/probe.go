@@ -32,9 +32,7 @@ const maxBody = 64 << 10
 // connection, 2,000 at 1,000 engines), and a probe on it is one write and one read: about 30 µs
 // of CPU, against about 230 µs for a fresh connection per probe through the transport (the
 // alternative that keeps no goroutines; at 1,000 engines probed every 5 s that was most of RTM's
-// CPU at rest). Between probes a kept connection is detached from Go's network poller (see
-// detach), so the engine's answer wakes nothing in RTM and is read when the prober gets to it.
-// A probe takes its
+// CPU at rest). A probe takes its
 // engine's connection out of the pool while it runs, so two probes of one engine at once use
 // two connections and the pool keeps one. Deadlines bound every dial, write and read; the
 // context's end cuts a probe short.
@@ -48,88 +46,11 @@ type HTTP struct {
 	idle map[string]*conn // by address (host:port)
 }
 
-// conn is a connection to one engine. Kept between probes it is detached from Go's network
-// poller (see detach): its reads and writes are then system calls on the socket, bounded by the
-// deadline, instead of the net.Conn's.
+// conn is a kept connection to one engine.
 type conn struct {
-	br   *bufio.Reader // reads through the conn
-	used time.Time     // when its last probe ended
-
-	mu       sync.Mutex
-	nc       net.Conn  // nil once detached
-	fd       int       // the detached socket
-	deadline time.Time // of a detached socket's reads and writes
-}
-
-func newConn(nc net.Conn) *conn {
-	cn := &conn{nc: nc, fd: -1}
-	cn.br = bufio.NewReaderSize(cn, 512)
-	return cn
-}
-
-// attached returns the net.Conn, nil when the socket is detached.
-func (c *conn) attached() net.Conn {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.nc
-}
-
-func (c *conn) deadlineAt() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.deadline
-}
-
-func (c *conn) Read(b []byte) (int, error) {
-	if nc := c.attached(); nc != nil {
-		return nc.Read(b)
-	}
-	return rawRead(c.fd, b, c.deadlineAt)
-}
-
-func (c *conn) Write(b []byte) (int, error) {
-	if nc := c.attached(); nc != nil {
-		return nc.Write(b)
-	}
-	return rawWrite(c.fd, b, c.deadlineAt)
-}
-
-// SetDeadline bounds the reads and writes to come; a deadline set while a detached read waits is
-// seen within pollSlice.
-func (c *conn) SetDeadline(t time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.nc != nil {
-		return c.nc.SetDeadline(t)
-	}
-	c.deadline = t
-	return nil
-}
-
-// detach takes the kept connection's socket out of the poller; it stays attached if it cannot be.
-func (c *conn) detach() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.nc == nil {
-		return
-	}
-	if fd, ok := detach(c.nc); ok {
-		c.nc, c.fd, c.deadline = nil, fd, time.Time{}
-	}
-}
-
-func (c *conn) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.nc != nil {
-		return c.nc.Close()
-	}
-	if c.fd < 0 {
-		return nil
-	}
-	fd := c.fd
-	c.fd = -1
-	return rawClose(fd)
+	net.Conn
+	br   *bufio.Reader
+	used time.Time // when its last probe ended
 }
 
 // New returns a prober. byIP selects the container's address on the network (the default
@@ -201,7 +122,7 @@ const readyWait = time.Millisecond
 // Ready reports whether the answer to the request has begun to arrive, waiting a moment at most:
 // Wait then reads it without waiting, so the prober reads it in the round's own goroutine.
 func (s *Sent) Ready() bool {
-	_ = s.cn.SetDeadline(time.Now().Add(readyWait))
+	_ = s.cn.SetReadDeadline(time.Now().Add(readyWait))
 	_, err := s.cn.br.Peek(1)
 	return err == nil
 }
@@ -285,7 +206,7 @@ func (p *HTTP) dial(ctx context.Context, addr string, u *url.URL) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return p.exchange(ctx, newConn(nc), addr, u)
+	return p.exchange(ctx, &conn{Conn: nc, br: bufio.NewReaderSize(nc, 512)}, addr, u)
 }
 
 // errBeforeAnswer marks a failure on a connection before any byte of an answer arrived.
@@ -357,7 +278,6 @@ func (p *HTTP) take(addr string) *conn {
 // put keeps cn as addr's connection, unless one is kept already.
 func (p *HTTP) put(addr string, cn *conn) {
 	_ = cn.SetDeadline(time.Time{})
-	cn.detach()
 	cn.used = time.Now()
 	p.mu.Lock()
 	if _, ok := p.idle[addr]; !ok {
