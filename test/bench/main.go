@@ -65,6 +65,7 @@ func main() {
 	burstN := flag.Int("burst", 0, "jobs per burst (default 50, 10 with -quick)")
 	burstRounds := flag.Int("burst-rounds", 0, "burst rounds (default 5, 1 with -quick)")
 	cpuProfile := flag.String("cpuprofile", "", "write the benchmark process's CPU profile here (the stand-in passes run in it)")
+	restWindow := flag.Duration("rest-window", 0, "length of each scale's rest window (default 30s, 20s with -quick); a longer one averages more sweeps, or leaves time to profile RTM by hand")
 	restProfile := flag.String("rest-profile", "", "write RTM's CPU profile of the largest scale's rest window here (profiling costs RTM a little CPU: not for the document's figures)")
 	flag.Parse()
 
@@ -102,6 +103,9 @@ func main() {
 		}
 	}
 	p.keep, p.logLevel, p.restProfile = *keep, *logLevel, *restProfile
+	if *restWindow > 0 {
+		p.window = *restWindow
+	}
 	if *rounds > 0 {
 		p.rounds = *rounds
 	}
@@ -313,7 +317,7 @@ func measureScale(ctx context.Context, w *world, d *driver, p params, r *report)
 		}
 		d.settle(ctx, proxy, p.settle)
 		win := p.window
-		harness.Logf("  at rest for %s", win)
+		harness.Logf("  at rest for %s (RTM pid %d, API %s)", win, d.rtm.Cmd.Process.Pid, d.rtm.API)
 		if err := r.Phases.Run(fmt.Sprintf("scale %d: at rest", n), func() error {
 			if p.restProfile == "" || n != p.scale[len(p.scale)-1] {
 				return d.atRest(ctx, pt, proxy, win, 10*time.Second)

@@ -351,7 +351,8 @@ no document), ` + "`-scale 10,100`" + ` or ` + "`BENCH_SCALE=10,100`" + ` (real 
 latency,burst,rest,standin,scale (a partial run writes no document), ` + "`-keep`" + ` (keep RTM's logs),
 ` + "`-rtm-log-level`" + `, ` + "`-rtm-env K=V,…`" + ` (for example RTMANAGER_TELEMETRY_EXPORTER=stdout to get
 RTM's spans in its log), ` + "`-cpuprofile`" + `, ` + "`-rest-profile FILE`" + ` (RTM's CPU profile over the largest
-scale's rest window; profiling costs RTM a little, so not for the figures), ` + "`-rounds`" + `, ` + "`-burst`" + `,
+scale's rest window; profiling costs RTM a little, so not for the figures), ` + "`-rest-window 2m`" + ` (a
+longer rest window: more sweeps averaged, or time to profile RTM by hand; its pid and address are logged), ` + "`-rounds`" + `, ` + "`-burst`" + `,
 ` + "`-burst-rounds`" + `. RTM
 runs with RTMANAGER_PPROF=1, so /debug/pprof on its internal listener (address in its log line
 ` + "`internal http listening`" + `) can be profiled while a phase runs. Ctrl-C stops the run and
