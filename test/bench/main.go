@@ -73,9 +73,9 @@ func main() {
 		restRate: 1000, restWarm: 2 * time.Second, restDur: 10 * time.Second,
 		standin: []int{1000, 10000}, standinPass: 5, scale: []int{10, 100, 1000}, restarts: 3,
 		settle: 8 * time.Second, startBatch: 250, out: "docs/benchmarks.md", writeDocFile: true,
-		// 30 s holds exactly one inspector sweep (RTMANAGER_INSPECT_INTERVAL) and six probe
-		// rounds, wherever it starts.
-		window: 30 * time.Second}
+		// 2 minutes hold exactly four inspector sweeps (RTMANAGER_INSPECT_INTERVAL) and 24 probe
+		// rounds, wherever they start; the CPU of one 30-s window varies by a quarter.
+		window: 2 * time.Minute}
 	if *quick {
 		p.quick = true
 		p.rounds, p.burstN, p.burstRounds, p.calibN, p.calibLevels = 5, 10, 1, 10, []int{4, 16}
