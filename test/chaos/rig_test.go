@@ -195,14 +195,8 @@ func (r *rig) startedGames(n, started int) []string {
 }
 
 func (r *rig) removeContainers(ctx context.Context) {
-	list, err := suite.docker.ContainerList(ctx, container.ListOptions{All: true,
-		Filters: filters.NewArgs(filters.Arg("name", "galaxy-game-"+r.prefix))})
-	if err != nil {
-		r.t.Logf("listing containers to remove: %v", err)
-		return
-	}
-	for _, c := range list {
-		_ = suite.docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+	if _, err := testenv.RemoveContainers(ctx, suite.docker, filters.NewArgs(filters.Arg("name", "galaxy-game-"+r.prefix))); err != nil {
+		r.t.Logf("removing containers: %v", err)
 	}
 }
 

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
@@ -409,15 +408,8 @@ func isNotFound(err error) bool {
 
 // removeContainers force-removes every container matching f.
 func removeContainers(ctx context.Context, t *testing.T, f filters.Args) {
-	list, err := suite.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
-	if err != nil {
-		t.Logf("listing containers to remove: %v", err)
-		return
-	}
-	for _, c := range list {
-		if err := suite.docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !isNotFound(err) {
-			t.Logf("removing container %s: %v", c.ID, err)
-		}
+	if _, err := testenv.RemoveContainers(ctx, suite.docker, f); err != nil {
+		t.Logf("removing containers: %v", err)
 	}
 }
 

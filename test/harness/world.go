@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 	"github.com/jackc/pgx/v5"
@@ -182,46 +181,12 @@ func (w *World) RTMEnv(dsn string, extra map[string]string) map[string]string {
 // RemoveContainers force-removes every container on network net (running or not) and returns
 // how many there were.
 func (w *World) RemoveContainers(ctx context.Context, net string) (int, error) {
-	list, err := w.Docker.ContainerList(ctx, container.ListOptions{All: true,
-		Filters: filters.NewArgs(filters.Arg("network", net))})
-	if err != nil {
-		return 0, err
-	}
-	ids := make([]string, 0, len(list))
-	for _, c := range list {
-		ids = append(ids, c.ID)
-	}
-	return len(ids), w.RemoveIDs(ctx, ids)
+	return testenv.RemoveContainers(ctx, w.Docker, filters.NewArgs(filters.Arg("network", net)))
 }
 
-// RemoveIDs force-removes containers, 8 at a time (more gains nothing, the daemon does one at a
-// time underneath, and under load has leaked a network endpoint). A container already gone or
-// already being removed is no error.
+// RemoveIDs force-removes containers, as testenv.RemoveIDs does.
 func (w *World) RemoveIDs(ctx context.Context, ids []string) error {
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for _, id := range ids {
-		if id == "" {
-			continue
-		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-			defer cancel()
-			if err := w.Docker.ContainerRemove(rctx, id, container.RemoveOptions{Force: true}); err != nil &&
-				!strings.Contains(err.Error(), "No such container") && !strings.Contains(err.Error(), "is already in progress") {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return testenv.RemoveIDs(ctx, w.Docker, ids)
 }
 
 // Close tears the world down: the RTM processes, the containers on the network, the network,
