@@ -65,7 +65,7 @@ func main() {
 	burstN := flag.Int("burst", 0, "jobs per burst (default 50, 10 with -quick)")
 	burstRounds := flag.Int("burst-rounds", 0, "burst rounds (default 5, 1 with -quick)")
 	cpuProfile := flag.String("cpuprofile", "", "write the benchmark process's CPU profile here (the stand-in passes run in it)")
-	restWindow := flag.Duration("rest-window", 0, "length of each scale's rest window (default 30s, 20s with -quick); a longer one averages more sweeps, or leaves time to profile RTM by hand")
+	restWindow := flag.Duration("rest-window", 0, "length of each scale's rest window (default 2m, 20s with -quick); a longer one averages more sweeps, or leaves time to profile RTM by hand")
 	restProfile := flag.String("rest-profile", "", "write RTM's CPU profile of the largest scale's rest window here (profiling costs RTM a little CPU: not for the document's figures)")
 	flag.Parse()
 
