@@ -59,7 +59,7 @@ func (p params) roundsOf(n int) int {
 func main() {
 	quick := flag.Bool("quick", false, "200 games, one round, a 20-s rest window, no document (for development)")
 	games := flag.String("games", "", "numbers of games, comma-separated (default 1000,10000)")
-	rounds := flag.Int("rounds", 0, "rounds per number of games up to 2,000 (default 3; larger numbers run once)")
+	rounds := flag.Int("rounds", 0, "rounds per number of games up to 2,000 (default 5; larger numbers run once)")
 	nodes := flag.Int("nodes", 100, "kwok nodes")
 	rest := flag.Duration("rest", 0, "the at-rest window (default 60s)")
 	keep := flag.Bool("keep", false, "keep the work dirs (RTM's logs; the control plane's with RTM_K8SENV_KEEP=1)")
@@ -70,7 +70,7 @@ func main() {
 	out := flag.String("out", "", "where to write the section (default docs/benchmarks.md; none with -quick, -games or -rtm-env)")
 	flag.Parse()
 
-	p := params{games: []int{1000, 10000}, rounds: 3, nodes: *nodes, rest: time.Minute, calib: []int{64, 256},
+	p := params{games: []int{1000, 10000}, rounds: 5, nodes: *nodes, rest: time.Minute, calib: []int{64, 256},
 		keep: *keep, out: "docs/benchmarks.md", writeDocFile: true}
 	if *quick {
 		p.games, p.rounds, p.rest, p.calib, p.writeDocFile = []int{200}, 1, 20*time.Second, []int{256}, false
