@@ -287,6 +287,18 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   from the API server, the scheduler and kwok, which need both cores; of RTM's own CPU a fifth is
   the write system calls of its requests (on loopback the sender's call carries the receiver's
   side of TCP too), and no function of RTM's takes more than 9 %.
+- **On the host of 2026-12-05 (kernel 6.18) the gap is wider and RTM's side is the noisy one.**
+  With both clients on protobuf (kube.ClientConfig; the runs above used JSON), five alternating
+  rounds gave the bare client 12.1–13.1 s and RTM 15.9–23.5 s; RTM-only rounds (no bare client
+  between them) 14.6–15.4 s with 64 workers and 14.8–15.3 s with 256. A scrape of RTM's metrics
+  every second shows where a round goes with 64 workers: the 1,000 create reconciles take about
+  10 s, as the bare client's POSTs at 64 in flight do, and the answers come once they are done
+  (49 answered after 9 s, 978 after 14 s), because the reconciles the running Pods cause wait
+  behind the creates in the queue's first-in, first-out order. Putting what the runtime observed
+  ahead of new work (controller-runtime's priority queue, the informer's and the inspector's
+  games at a higher priority) answered the starts as their Pods ran, but the round took longer
+  (16.7–21.1 s in three rounds): the ~2,000 reconciles of Pods not yet running took worker slots
+  from the creates, and the Pods ran no sooner. It was not kept.
 - The bare client's 1,000 Pods take longer here than the 7.1 s of ../shared/k8s/README.md: it
   sends a Service and a claim POST per game besides the Pod, and the host is shared.
 `
