@@ -10,30 +10,18 @@ import (
 	"golang.org/x/time/rate"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 )
 
-// Controller runs the game reconciler behind controller-runtime's rate-limited priority queue,
-// keyed by game id. Every source (jobs, Docker events, ticks, sweeps, REST) feeds it through
-// Enqueue; the events that settle a game (its engine ran, exited or vanished) through
-// EnqueueFirst.
+// Controller runs the game reconciler behind controller-runtime's rate-limited workqueue, keyed
+// by game id. Every source (jobs, Docker events, ticks, sweeps, REST) feeds it through Enqueue.
 type Controller struct {
 	ctrl    controller.TypedController[string]
 	r       reconcile.TypedReconciler[string]
-	pending chan queued
+	pending chan string
 	workers int
 }
-
-// queued is a game id on its way to the queue.
-type queued struct {
-	gameID string
-	first  bool // ahead of the games queued without it (EnqueueFirst)
-}
-
-// priorityFirst is the queue priority of EnqueueFirst (Enqueue's is 0).
-const priorityFirst = 1
 
 // QueueOptions tune the work queue; a zero field takes the default beside it (RTM's
 // configuration sets them all: RTMANAGER_RECONCILE_*).
@@ -70,8 +58,8 @@ func (o QueueOptions) withDefaults() QueueOptions {
 // second, bursts of o.Burst).
 func NewController(r reconcile.TypedReconciler[string], o QueueOptions, log logr.Logger) (*Controller, error) {
 	o = o.withDefaults()
-	c := &Controller{r: r, pending: make(chan queued, o.Buffer), workers: o.Workers}
-	skip, pq := true, true
+	c := &Controller{r: r, pending: make(chan string, o.Buffer), workers: o.Workers}
+	skip, noPQ := true, false
 	limiter := workqueue.NewTypedMaxOfRateLimiter[string](
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](o.BackoffMin, o.BackoffMax),
 		&workqueue.TypedBucketRateLimiter[string]{Limiter: rate.NewLimiter(rate.Limit(o.Rate), o.Burst)},
@@ -81,7 +69,7 @@ func NewController(r reconcile.TypedReconciler[string], o QueueOptions, log logr
 		Reconciler:              r,
 		RateLimiter:             limiter,
 		SkipNameValidation:      &skip,
-		UsePriorityQueue:        &pq,
+		UsePriorityQueue:        &noPQ,
 		Logger:                  log,
 		// Every line controller-runtime logs about a reconcile (its "Reconciler error" among
 		// them) names the game.
@@ -97,22 +85,13 @@ func NewController(r reconcile.TypedReconciler[string], o QueueOptions, log logr
 		return nil, fmt.Errorf("creating controller: %w", err)
 	}
 	src := source.TypedFunc[string](func(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]) error {
-		pq, ok := q.(priorityqueue.PriorityQueue[string])
-		if !ok {
-			return fmt.Errorf("the game queue is a %T, not a priority queue", q)
-		}
-		first := priorityqueue.AddOpts{Priority: new(priorityFirst)}
 		go func() {
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case it := <-c.pending:
-					if it.first {
-						pq.AddWithOpts(first, it.gameID)
-					} else {
-						pq.Add(it.gameID)
-					}
+				case id := <-c.pending:
+					q.Add(id)
 				}
 			}
 		}()
@@ -126,13 +105,8 @@ func NewController(r reconcile.TypedReconciler[string], o QueueOptions, log logr
 }
 
 // Enqueue puts a game id on the queue; duplicates collapse there. It blocks only when more than
-// QueueOptions.Buffer ids wait to be handed to the queue.
-func (c *Controller) Enqueue(gameID string) { c.pending <- queued{gameID: gameID} }
-
-// EnqueueFirst puts a game id on the queue ahead of every game Enqueue queued (a game already
-// queued moves ahead); it blocks as Enqueue does. A start waiting for its engine is answered
-// this way without waiting behind a burst of new work.
-func (c *Controller) EnqueueFirst(gameID string) { c.pending <- queued{gameID: gameID, first: true} }
+// 8192 ids wait to be handed to the queue.
+func (c *Controller) Enqueue(gameID string) { c.pending <- gameID }
 
 // Start runs the controller until ctx ends.
 func (c *Controller) Start(ctx context.Context) error { return c.ctrl.Start(ctx) }

@@ -24,9 +24,7 @@ type ContainerLister interface {
 // Informer keeps a Cache current the way a Kubernetes informer keeps its store: it follows the
 // Docker events of owned containers and applies each to the cache itself, and it fills the cache
 // from a List call after every (re)subscription, since events before it were missed. Whoever
-// runs it learns which games changed (Run's handle), not how: the reconciler reads the cache;
-// it also learns whether the change settles the game (its engine began running, exited or
-// vanished), which a waiting start or stop is answered on.
+// runs it learns which games changed (Run's handle), not how: the reconciler reads the cache.
 type Informer struct {
 	events EventSource
 	lister ContainerLister
@@ -45,7 +43,7 @@ func NewInformer(events EventSource, lister ContainerLister, cache *Cache, log *
 
 // informerHandlers are what Run hands its findings to.
 type informerHandlers struct {
-	handle func(gameID string, settles bool)
+	handle func(gameID string)
 	known  func(ctx context.Context, listed []rtm.Container) ([]string, error)
 }
 
@@ -54,18 +52,15 @@ type informerHandlers struct {
 // Each event of an owned container whose game id is valid is applied to the cache (a die with
 // its exit code sets the entry exited, Cache.Exited; a die without one, any other life event and
 // an oom invalidate the game, an oom also noted by Cache.SawOOM; a destroy is Cache.Destroyed; a
-// kill changes nothing, the die that may follow does), then its game id is handed to handle,
-// with settles set for a start, die, oom or destroy: the events on which a waiting start or stop
-// can be answered.
+// kill changes nothing, the die that may follow does), then its game id is handed to handle.
 //
 // After every subscription it relists: the List result is installed in the cache, and known
-// (nil: nothing is handed over) turns it into the game ids to hand to handle, each once, with
-// settles unset. A relist
+// (nil: nothing is handed over) turns it into the game ids to hand to handle, each once. A relist
 // that fails (the list or known) is logged and retried with backoff while the stream is followed,
 // until it succeeds or the stream ends. When the stream ends (a daemon restart) the cache is
 // marked unsynced at once (Cache.Reset: reconciles inspect instead of trusting it) and Run
 // reconnects with backoff (100 ms doubling to 5 s, reset after 30 s connected).
-func (in *Informer) Run(ctx context.Context, handle func(gameID string, settles bool),
+func (in *Informer) Run(ctx context.Context, handle func(gameID string),
 	known func(ctx context.Context, listed []rtm.Container) ([]string, error)) error {
 	h := informerHandlers{handle: handle, known: known}
 	var b rtm.Backoff
@@ -136,7 +131,7 @@ func (in *Informer) relist(ctx context.Context, first bool, h informerHandlers) 
 		return false
 	}
 	for _, id := range ids {
-		h.handle(id, false)
+		h.handle(id)
 	}
 	if !first {
 		in.log.Info("docker events stream reconnected", "games", len(ids))
@@ -170,17 +165,16 @@ func (in *Informer) follow(ctx context.Context, events <-chan rtm.DockerEvent, e
 			if ev.GameID == "" || rtm.ValidateGameID(ev.GameID) != nil {
 				continue
 			}
-			if life, settles := in.apply(ev); life {
-				h.handle(ev.GameID, settles)
+			if in.apply(ev) {
+				h.handle(ev.GameID)
 			}
 		}
 	}
 }
 
 // apply applies one event of a valid game to the cache; it reports whether the event concerns
-// the game's life (every action but exec_* and the ones Docker may add), and whether it settles
-// the game (start, die, oom, destroy).
-func (in *Informer) apply(ev rtm.DockerEvent) (life, settles bool) {
+// the game's life (every action but exec_* and the ones Docker may add).
+func (in *Informer) apply(ev rtm.DockerEvent) bool {
 	switch ev.Action {
 	case "die":
 		// The event says what an inspection would, and on Docker 20.10 an inspection right
@@ -193,19 +187,15 @@ func (in *Informer) apply(ev rtm.DockerEvent) (life, settles bool) {
 		}
 	case "kill":
 		// A signal changes nothing by itself; the die that may follow does.
-		return true, false
 	case "oom":
 		in.cache.SawOOM(ev.GameID, ev.ContainerID)
 		in.cache.Invalidate(ev.GameID)
 	case "destroy":
 		in.cache.Destroyed(ev.GameID, ev.ContainerID)
-	case "start":
+	case "start", "stop", "pause", "unpause", "create", "rename", "health_status", "update":
 		in.cache.Invalidate(ev.GameID)
-	case "stop", "pause", "unpause", "create", "rename", "health_status", "update":
-		in.cache.Invalidate(ev.GameID)
-		return true, false
 	default:
-		return false, false
+		return false
 	}
-	return true, true
+	return true
 }

@@ -35,27 +35,13 @@ func listedGames(_ context.Context, list []rtm.Container) ([]string, error) {
 	return ids, nil
 }
 
-// handled records the game ids an informer hands over, and how many of them it said settle.
+// handled records the game ids an informer hands over.
 type handled struct {
-	mu      sync.Mutex
-	ids     []string
-	settled int
+	mu  sync.Mutex
+	ids []string
 }
 
-func (h *handled) handle(id string, settles bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.ids = append(h.ids, id)
-	if settles {
-		h.settled++
-	}
-}
-
-func (h *handled) settling() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.settled
-}
+func (h *handled) handle(id string) { h.mu.Lock(); h.ids = append(h.ids, id); h.mu.Unlock() }
 
 func (h *handled) count(id string) int {
 	h.mu.Lock()
@@ -76,7 +62,7 @@ func (h *handled) all() []string {
 }
 
 // runInformer runs in until the test ends, and waits for it to return.
-func runInformer(t testing.TB, in *Informer, handle func(string, bool), known func(context.Context, []rtm.Container) ([]string, error)) {
+func runInformer(t testing.TB, in *Informer, handle func(string), known func(context.Context, []rtm.Container) ([]string, error)) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -96,32 +82,23 @@ func TestInformer_Run_cacheByEvent(t *testing.T) {
 		wantKnown bool
 		wantState rtm.ContainerState
 		wantCode  int
-		settling  int // how many of the events are handed over as settling the game
 	}{
 		{name: "die of the known container sets it exited",
 			events:    []rtm.DockerEvent{{Action: "kill", ExitCode: -1}, {Action: "die", ExitCode: 137}},
-			wantKnown: true, wantState: rtm.StateExited, wantCode: 137, settling: 1},
+			wantKnown: true, wantState: rtm.StateExited, wantCode: 137},
 		{name: "kill alone changes nothing",
 			events:    []rtm.DockerEvent{{Action: "kill", ExitCode: -1}},
 			wantKnown: true, wantState: rtm.StateRunning},
 		{name: "oom then die leaves it to an inspection",
-			events:   []rtm.DockerEvent{{Action: "oom", ExitCode: -1}, {Action: "die", ExitCode: 137}},
-			settling: 2},
+			events: []rtm.DockerEvent{{Action: "oom", ExitCode: -1}, {Action: "die", ExitCode: 137}}},
 		{name: "die of another container leaves it to an inspection",
-			events:   []rtm.DockerEvent{{Action: "die", ContainerID: "old", ExitCode: 0}},
-			settling: 1},
+			events: []rtm.DockerEvent{{Action: "die", ContainerID: "old", ExitCode: 0}}},
 		{name: "die without an exit code leaves it to an inspection",
-			events:   []rtm.DockerEvent{{Action: "die", ExitCode: -1}},
-			settling: 1},
+			events: []rtm.DockerEvent{{Action: "die", ExitCode: -1}}},
 		{name: "start after die leaves it to an inspection",
-			events:   []rtm.DockerEvent{{Action: "die", ExitCode: 0}, {Action: "start", ExitCode: -1}},
-			settling: 2},
+			events: []rtm.DockerEvent{{Action: "die", ExitCode: 0}, {Action: "start", ExitCode: -1}}},
 		{name: "destroy leaves it to an inspection",
-			events:   []rtm.DockerEvent{{Action: "destroy", ExitCode: -1}},
-			settling: 1},
-		{name: "a readiness change settles nothing",
-			events:    []rtm.DockerEvent{{Action: "health_status", ExitCode: -1}},
-			wantKnown: false},
+			events: []rtm.DockerEvent{{Action: "destroy", ExitCode: -1}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -155,9 +132,6 @@ func TestInformer_Run_cacheByEvent(t *testing.T) {
 			// The relist after subscribing hands g1 over once, then every event does.
 			if got, want := h.all(), 1+len(tt.events); len(got) != want || h.count("g1") != want {
 				t.Errorf("handed over %v, want %d times g1", got, want)
-			}
-			if got := h.settling(); got != tt.settling {
-				t.Errorf("%d handed over as settling, want %d", got, tt.settling)
 			}
 		})
 	}
@@ -222,7 +196,7 @@ func TestInformer_Run_reconnectRelistsUntilItSucceeds(t *testing.T) {
 	var logs testenv.SyncBuffer
 	var handedOver atomic.Int32
 	runInformer(t, NewInformer(src, lister, cache, slog.New(slog.NewTextHandler(&logs, nil))),
-		func(string, bool) { handedOver.Add(1) }, listedGames)
+		func(string) { handedOver.Add(1) }, listedGames)
 
 	first := stream{events: make(chan rtm.DockerEvent), errs: make(chan error, 1)}
 	src.next <- first

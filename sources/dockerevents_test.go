@@ -51,8 +51,7 @@ func (e *enqueued) all() []string {
 // TestDockerEvents_Run_enqueuesWhatTheInformerHandsOver runs the worker on the runtime's
 // informer: after the relist every game of AllGames is enqueued (the records' and the owned
 // containers', a failing record query failing the relist, which is retried), then the game of
-// each event the informer applied, ahead of the queue (EnqueueFirst) when the event settles the
-// game, and nothing for an event it ignores.
+// each event the informer applied, and nothing for an event it ignores.
 func TestDockerEvents_Run_enqueuesWhatTheInformerHandsOver(t *testing.T) {
 	list := fakeLister{{ID: "c2", GameID: "g2", Owned: true, State: rtm.StateRunning},
 		{ID: "c1", GameID: "g1", Owned: true, State: rtm.StateRunning}, {ID: "x", GameID: "other", Owned: false}}
@@ -60,8 +59,8 @@ func TestDockerEvents_Run_enqueuesWhatTheInformerHandsOver(t *testing.T) {
 	store.fails.Store(1)
 	cache := runtime.NewCache()
 	feed := eventFeed{ch: make(chan rtm.DockerEvent)}
-	var q, first enqueued
-	d := &sources.DockerEvents{Store: store, Enqueue: q.enqueue, EnqueueFirst: first.enqueue,
+	var q enqueued
+	d := &sources.DockerEvents{Store: store, Enqueue: q.enqueue,
 		Informer: runtime.NewInformer(feed, list, cache, slog.New(slog.DiscardHandler))}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -76,15 +75,11 @@ func TestDockerEvents_Run_enqueuesWhatTheInformerHandsOver(t *testing.T) {
 	}
 	feed.ch <- rtm.DockerEvent{GameID: "g2", ContainerID: "c2", Action: "exec_start", ExitCode: -1}
 	feed.ch <- rtm.DockerEvent{GameID: "g2", ContainerID: "c2", Action: "die", ExitCode: 2}
-	feed.ch <- rtm.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "health_status", ExitCode: -1}
 	// An unbuffered send returns once the informer took the event; this one makes sure the
 	// previous ones were handled.
 	feed.ch <- rtm.DockerEvent{GameID: "g1", ContainerID: "c1", Action: "exec_start", ExitCode: -1}
-	if got := q.all()[3:]; !slices.Equal(got, []string{"g1"}) {
-		t.Errorf("events enqueued %v, want g1 once (its health_status)", got)
-	}
-	if got := first.all(); !slices.Equal(got, []string{"g2"}) {
-		t.Errorf("events enqueued first %v, want g2 once (its die)", got)
+	if got := q.all()[3:]; !slices.Equal(got, []string{"g2"}) {
+		t.Errorf("events enqueued %v, want g2 once (its die)", got)
 	}
 	if ct, _, known, _ := cache.Lookup("g2"); !known || ct.State != rtm.StateExited || ct.ExitCode != 2 {
 		t.Errorf("the die was not applied to the cache: %+v known=%v", ct, known)

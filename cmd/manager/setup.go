@@ -325,7 +325,7 @@ func (m *manager) runWorkers(ctx context.Context, manual <-chan struct{}) *sync.
 		{"controller", m.ctrl.Start},
 		{"startjobs", jobs(rtm.StartJobs, cfg.StartJobsStream).Run},
 		{"stopjobs", jobs(rtm.StopJobs, cfg.StopJobsStream).Run},
-		{"dockerevents", (&sources.DockerEvents{Store: m.st, Enqueue: m.ctrl.Enqueue, EnqueueFirst: m.ctrl.EnqueueFirst,
+		{"dockerevents", (&sources.DockerEvents{Store: m.st, Enqueue: m.ctrl.Enqueue,
 			Informer: m.informer}).Run},
 		{"prober", (&probe.Prober{Interval: cfg.ProbeInterval, Threshold: cfg.ProbeFailureThreshold,
 			Grace: cfg.ProbeInterval, Store: m.st, Docker: m.rt, Probe: m.prober, Cache: m.cache,
