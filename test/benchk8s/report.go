@@ -299,6 +299,17 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   games at a higher priority) answered the starts as their Pods ran, but the round took longer
   (16.7–21.1 s in three rounds): the ~2,000 reconciles of Pods not yet running took worker slots
   from the creates, and the Pods ran no sooner. It was not kept.
+- **Only the events that settle a game first: tried on 2026-12-05, not kept either.** This time
+  only a start, die, oom or destroy event (the engine ran, exited or vanished) put its game ahead
+  of the queue; everything else stayed first in, first out. The answers then came as the Pods ran
+  (294 after 7 s, where first in, first out had answered 104), but the Pods ran no sooner: half of
+  the 1,000 were answered after about 12 s either way, because while the creates keep the API
+  server busy the scheduler and kwok place and run few Pods (49 ran in the first 9.7 s with 256
+  workers). The last answer came after 15.5–18.8 s (64 workers, five RTM-only rounds) against
+  14.5–16.8 s first in, first out (three rounds in the same hour), and 16.7–17.3 s with 256
+  workers; the bare client took 12.3–13.3 s at 256 POSTs in flight. What is left is CPU: the
+  answers (a PostgreSQL commit and an XADD each, about 0.2 of a core for RTM and some for
+  PostgreSQL) run on the two cores the scheduler and kwok need to run the last Pods.
 - The bare client's 1,000 Pods take longer here than the 7.1 s of ../shared/k8s/README.md: it
   sends a Service and a claim POST per game besides the Pod, and the host is shared.
 `
