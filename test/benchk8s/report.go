@@ -310,6 +310,19 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   workers; the bare client took 12.3–13.3 s at 256 POSTs in flight. What is left is CPU: the
   answers (a PostgreSQL commit and an XADD each, about 0.2 of a core for RTM and some for
   PostgreSQL) run on the two cores the scheduler and kwok need to run the last Pods.
+- **Both sides of a round keep the host's two cores busy; RTM's side leaves the control plane
+  less of them** (2026-12-05, CPU time of every process from /proc, sampled each second, over two
+  rounds of each side at 64 in flight). During the bare client's rounds (12.3–12.6 s) 1.97 cores
+  were busy: kube-apiserver 0.99–1.03, kube-scheduler 0.34–0.37, kwok 0.20–0.22, etcd 0.18–0.19,
+  kube-controller-manager 0.07, and the bare client itself 0.10. During RTM's (16.0–18.0 s), 1.95:
+  kube-apiserver 0.84–0.87, kube-scheduler 0.26–0.27, kwok 0.16, etcd 0.15,
+  kube-controller-manager 0.06, and on RTM's side rtmanager 0.19–0.20, PostgreSQL 0.17 and
+  redis-server 0.02. RTM's side takes 0.39 of a core where the bare client takes 0.10, so the
+  control plane runs on 1.55 cores instead of 1.84, and the same Pods take it longer. PostgreSQL,
+  at 0.17 of a core (the intake, the fence and the answer of each start are each a durable
+  commit), costs the control plane almost as much as RTM does: fewer commits per start is where a
+  shorter round would come from on a host shared with the cluster. On a cluster whose control
+  plane has cores of its own, the split does not arise.
 - The bare client's 1,000 Pods take longer here than the 7.1 s of ../shared/k8s/README.md: it
   sends a Service and a claim POST per game besides the Pod, and the host is shared.
 `
