@@ -305,9 +305,9 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   (294 after 7 s, where first in, first out had answered 104), but the Pods ran no sooner: half of
   the 1,000 were answered after about 12 s either way, because while the creates keep the API
   server busy the scheduler and kwok place and run few Pods (49 ran in the first 9.7 s with 256
-  workers). The last answer came after 15.5–18.8 s (64 workers, five RTM-only rounds) against
-  14.5–16.8 s first in, first out (three rounds in the same hour), and 16.7–17.3 s with 256
-  workers; the bare client took 12.3–13.3 s at 256 POSTs in flight. What is left is CPU: the
+  workers). The last answer came after 15.5–18.8 s (64 workers; five rounds, three of them
+  beside the bare client) against 14.5–16.8 s first in, first out (three RTM-only rounds in the
+  same hour), and 16.7–17.3 s with 256 workers; the bare client took 12.3–13.3 s at 256 POSTs in flight. What is left is CPU: the
   answers (a PostgreSQL commit and an XADD each, about 0.2 of a core for RTM and some for
   PostgreSQL) run on the two cores the scheduler and kwok need to run the last Pods.
 - **Both sides of a round keep the host's two cores busy; RTM's side leaves the control plane
