@@ -96,9 +96,7 @@ func TestCluster_NodeLostUnderRunningGames(t *testing.T) {
 	rec := r.Admin(http.StatusOK, http.MethodPost, gamePath(g, "/restart"), map[string]any{})
 	node := r.kube.nodeOf(g)
 	expect(t, rec["status"] == "running" && node != "" && node != lostNode, "restart after the loss: %v on node %q", rec, node)
-	testenv.Eventually(t, 15*time.Second, "the restarted engine booted from the game's claim", func() (bool, string) {
-		return r.Boots(g) == "2", "boots " + r.Boots(g)
-	})
+	r.WaitBoots(g, 2, "the restarted engine booted from the game's claim")
 	for _, other := range games[1:] {
 		expect(t, r.Inspect(other) == nil, "%s started with another game's restart", other)
 	}

@@ -185,6 +185,18 @@ func (r *rig) WaitStatus(gameID, status string, timeout time.Duration) record {
 	return rec
 }
 
+// WaitBoots waits until gameID's engine has counted n boots in its state, failing the test as
+// what. An engine counts its boot a moment after its container runs; on a host loaded by the
+// parallel suites that moment came over 5 s late, so the wait allows 15 s.
+func (r *rig) WaitBoots(gameID string, n int, what string) {
+	r.t.Helper()
+	want := fmt.Sprint(n)
+	testenv.Eventually(r.t, 15*time.Second, what, func() (bool, string) {
+		got := r.Boots(gameID)
+		return got == want, "boots " + got
+	})
+}
+
 // Ops counts the game's operation_log rows with op_kind kind and the extra SQL condition cond
 // over the columns (may be empty), with args as $2, $3, ….
 func (r *rig) Ops(gameID, kind, cond string, args ...any) int {

@@ -42,9 +42,7 @@ func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
 		checkContainer(t, r, g, cfg)
 	}
 	dir := r.W.stateDir(g)
-	testenv.Eventually(t, 5*time.Second, "the engine's boot counter in its state dir", func() (bool, string) {
-		return r.Boots(g) == "1", "boots " + r.Boots(g)
-	})
+	r.WaitBoots(g, 1, "the engine's boot counter in its state dir")
 
 	rec := r.Record(g)
 	expect(t, rec.Status == "running" && rec.Desired == "running" && rec.CurrentImage == img(v141) &&
@@ -110,9 +108,7 @@ func TestJobs_StartAndStopDriveContainersWithOneResultEach(t *testing.T) {
 		expect(t, again.F["container_id"] == c.ID && r.ContainerID(g) == c.ID,
 			"start after a stop: result %v, container %s, want the same container %s", again, r.ContainerID(g), c.ID)
 	}
-	testenv.Eventually(t, 5*time.Second, "second boot from the same state dir", func() (bool, string) {
-		return r.Boots(g) == "2", "boots " + r.Boots(g)
-	})
+	r.WaitBoots(g, 2, "second boot from the same state dir")
 }
 
 // The three start failures each answer the job with their error code and publish exactly one

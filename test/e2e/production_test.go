@@ -99,7 +99,7 @@ func TestProductionShape_RTMInContainerProbesEnginesByDNSName(t *testing.T) {
 	res := r.StartGame(g, img(v141))
 	expect(t, res.F["engine_endpoint"] == "http://galaxy-game-"+g+":8080", "result %v", res)
 	// The bind mount's source is a host path: the engine's state lands under the host's root.
-	testenv.Eventually(t, 15*time.Second, "the engine's state on the host", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
+	r.WaitBoots(g, 1, "the engine's state on the host")
 
 	// Probed by DNS name from inside the network: healthy, then failing, then recovered.
 	testenv.Eventually(t, 10*time.Second, "probes by DNS name succeed", func() (bool, string) {
@@ -119,7 +119,7 @@ func TestProductionShape_RTMInContainerProbesEnginesByDNSName(t *testing.T) {
 	expect(t, code == http.StatusOK && decodeJSON(t, b)["engine_endpoint"] == "http://galaxy-game-"+g+":8080", "GET runtime: %d %s", code, b)
 	rec := r.Admin(http.StatusOK, http.MethodPost, gamePath(g, "/patch"), map[string]string{"image_ref": img(v142)})
 	expect(t, rec["current_image_ref"] == img(v142), "patch answered %v", rec)
-	testenv.Eventually(t, 15*time.Second, "state kept across the patch", func() (bool, string) { return r.Boots(g) == "2", r.Boots(g) })
+	r.WaitBoots(g, 2, "state kept across the patch")
 
 	r.StopJob(g, "req-"+g+"-stop", "admin_request")
 	r.WaitSucceeded("req-" + g + "-stop")

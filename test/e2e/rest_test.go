@@ -17,7 +17,7 @@ import (
 // inner start emits container_started. Cross-minor and non-semver targets are refused.
 func TestPatch_UpgradeReplacesContainerAndKeepsState(t *testing.T) {
 	r, g := runningGame(t, "patch", img(v141))
-	testenv.Eventually(t, 15*time.Second, "first boot", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
+	r.WaitBoots(g, 1, "first boot")
 	oldID := r.ContainerID(g)
 	endpoint := fmt.Sprintf("http://galaxy-game-%s:%d", g, r.cfg.EnginePort)
 
@@ -35,9 +35,7 @@ func TestPatch_UpgradeReplacesContainerAndKeepsState(t *testing.T) {
 	c := r.Inspect(g)
 	expect(t, c.running() && c.ID != oldID && c.Image == img(v142), "after the patch: %+v (was %s)", c, oldID)
 	expect(t, rec["current_container_id"] == c.ID, "record names container %v, Docker runs %s", rec["current_container_id"], c.ID)
-	testenv.Eventually(t, 15*time.Second, "the patched engine booted from the kept state", func() (bool, string) {
-		return r.Boots(g) == "2", "boots " + r.Boots(g)
-	})
+	r.WaitBoots(g, 2, "the patched engine booted from the kept state")
 	expect(t, r.Ops(g, "patch", "op_source = 'admin_rest' AND outcome = 'succeeded' AND old_image_ref = $1 AND new_image_ref = $2",
 		img(v141), img(v142)) == 1, "operation log %q", r.OpKinds(g))
 	expect(t, r.Ops(g, "patch", "") == 1, "more than one patch row: %q", r.OpKinds(g))
@@ -90,7 +88,7 @@ func TestRestart_FreshContainerSameImageAlsoAfterDispose(t *testing.T) {
 	c := r.Inspect(g)
 	expect(t, c.running() && c.ID != oldID && c.Image == img(v141), "after restart: same container or not running: %+v", c)
 	expect(t, rec["status"] == "running" && rec["current_container_id"] == c.ID && rec["current_image_ref"] == img(v141), "restart answered %v", rec)
-	testenv.Eventually(t, 15*time.Second, "second boot", func() (bool, string) { return r.Boots(g) == "2", "boots " + r.Boots(g) })
+	r.WaitBoots(g, 2, "second boot")
 	expect(t, r.Ops(g, "restart", "op_source = 'admin_rest' AND outcome = 'succeeded'") == 1, "operation log %q", r.OpKinds(g))
 
 	// The container vanishes (dispose), then the operator restarts the game.
@@ -99,7 +97,7 @@ func TestRestart_FreshContainerSameImageAlsoAfterDispose(t *testing.T) {
 	rec = r.Admin(http.StatusOK, http.MethodPost, gamePath(g, "/restart"), map[string]any{})
 	expect(t, rec["status"] == "running", "restart after a dispose answered %v", rec)
 	expect(t, r.State(g) == "running", "no container after restarting a disposed game: %q", r.State(g))
-	testenv.Eventually(t, 15*time.Second, "third boot", func() (bool, string) { return r.Boots(g) == "3", "boots " + r.Boots(g) })
+	r.WaitBoots(g, 3, "third boot")
 
 	code, b := r.Call(http.MethodPost, gamePath(r.game("nobody"), "/restart"), "gm", map[string]any{})
 	expect(t, code == http.StatusNotFound && errorCode(b) == "runtime_not_found", "restart of an unknown game: %d %s", code, b)
@@ -112,7 +110,7 @@ func TestCleanup_StopThenDeleteKeepsStateDir(t *testing.T) {
 	r, g := runningGame(t, "cleanup", img(v141))
 	// The engine records its boot a moment after its container runs; the check below is that
 	// cleanup keeps what the engine wrote, so it must have written it.
-	testenv.Eventually(t, 15*time.Second, "first boot", func() (bool, string) { return r.Boots(g) == "1", r.Boots(g) })
+	r.WaitBoots(g, 1, "first boot")
 
 	code, b := r.Call(http.MethodDelete, gamePath(g, "/container"), "admin", nil)
 	expect(t, code == http.StatusConflict && errorCode(b) == "runtime_running", "cleanup of a running container: %d %s", code, b)
