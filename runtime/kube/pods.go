@@ -262,14 +262,16 @@ func (k *Kube) BeginStart(ctx context.Context, id string) error {
 }
 
 func (k *Kube) beginStart(_ context.Context, id string) error {
-	p := k.podByUID(id)
+	// One read of the informer: two (the Pod, then "also a vanishing one?") could straddle its
+	// arrival and call a Pod just seen gone.
+	p := k.anyPodByUID(id)
 	switch {
-	case p == nil && k.anyPodByUID(id) == nil:
+	case p == nil:
 		// Just created, not in the informer yet (a burst delays the watch by seconds): its
 		// appearance is an event. Waiting for it here would hold the worker for the watch's
 		// delay; a Pod not seen within CallTimeout is looked for again then (Start's bound).
 		return &rtm.Starting{ID: id, Reason: "created, not yet seen", Within: min(k.opts.CallTimeout, k.opts.StartTimeout)}
-	case p == nil:
+	case vanishing(p):
 		return fmt.Errorf("starting pod %s: %w", id, rtm.ErrNotFound)
 	case running(p) || terminated(p) != nil:
 		return nil
