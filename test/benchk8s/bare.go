@@ -59,6 +59,7 @@ func (w *world) bareRun(ctx context.Context, n, conc int, what string) (*bareRes
 	jobs := make(chan int)
 	var failed atomic.Int64
 	var firstErr sync.Once
+	stopAPI := w.apiProfile(ctx, "bare-"+what, n)
 	t0 := time.Now()
 	wait := harness.Workers(conc, jobs, func(i int) {
 		if err := b.create(ctx, games[i]); err != nil {
@@ -79,6 +80,7 @@ func (w *world) bareRun(ctx context.Context, n, conc int, what string) (*bareRes
 	if err != nil {
 		return nil, fmt.Errorf("bare client: %w", err)
 	}
+	stopAPI()
 	res := &bareResult{dur: at.Sub(t0)}
 	if res.lo, res.hi, _, err = w.perNode(ctx, ns); err != nil {
 		return nil, err

@@ -17,7 +17,8 @@
 // -rounds (per number of games up to 2,000; larger numbers run once); -rtm-env K=V,… (knobs,
 // for a diagnosis: no document); -provisioner (claims bound by test/k8senv's provisioner while
 // the runs are timed, instead of before: no document); -goroutines (RTM's goroutines every
-// second of a burst, for a diagnosis: no document); -keep; -out.
+// second of a burst, for a diagnosis: no document); -profile N (RTM's CPU profile over the first N
+// seconds of a burst and PostgreSQL's statements, for a diagnosis: no document); -keep; -out.
 package main
 
 import (
@@ -40,6 +41,7 @@ type params struct {
 	provisioner  bool          // the state claims are bound by test/k8senv's provisioner during the runs
 	rtmOnly      bool          // no bare client (a diagnosis run)
 	goroutines   bool          // RTM's goroutines every second of a burst, beside its timeline (a diagnosis run)
+	profile      int           // seconds of RTM's CPU profile per burst, with PostgreSQL's statements (a diagnosis run)
 	keep         bool
 	rtmEnv       map[string]string
 	out          string
@@ -67,6 +69,7 @@ func main() {
 	provisioner := flag.Bool("provisioner", false, "leave the state claims to test/k8senv's provisioner during the runs (one at a time, ~40/s: its limit, not RTM's; no document)")
 	rtmOnly := flag.Bool("rtm-only", false, "RTM's rounds alone, no bare client (a diagnosis run: no document)")
 	goroutines := flag.Bool("goroutines", false, "write RTM's goroutines (pprof, debug=1) every second of each burst to the work dir, beside the timeline (a diagnosis run: no document; with -keep)")
+	profile := flag.Int("profile", 0, "take a CPU profile of RTM over the first N seconds of each burst and PostgreSQL's statements (pg_stat_statements) over the whole burst, into the work dir (a diagnosis run: no document; with -keep)")
 	out := flag.String("out", "", "where to write the section (default docs/benchmarks.md; none with -quick, -games or -rtm-env)")
 	flag.Parse()
 
@@ -100,6 +103,14 @@ func main() {
 	}
 	if *goroutines {
 		p.goroutines, p.writeDocFile = true, false
+	}
+	if *profile > 25 {
+		// RTM's internal listener is read with a 30-s client timeout (harness.Proc).
+		fmt.Fprintln(os.Stderr, "benchk8s: -profile: at most 25 seconds")
+		os.Exit(2)
+	}
+	if *profile > 0 {
+		p.profile, p.writeDocFile = *profile, false
 	}
 	if *out != "" {
 		p.out, p.writeDocFile = *out, true

@@ -323,6 +323,24 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   commit), costs the control plane almost as much as RTM does: fewer commits per start is where a
   shorter round would come from on a host shared with the cluster. On a cluster whose control
   plane has cores of its own, the split does not arise.
+- **Both sides ask the API server the same; its answers come later in RTM's rounds, and not
+  because of PostgreSQL's disk** (2026-12-05, ` + "`-profile`" + `: the API server's own counters before and
+  after each burst, PostgreSQL's pg_stat_statements over it, a CPU profile of RTM over its first
+  15 s). Per game both sides send the claim's POST (answered 409), the Service's and the Pod's;
+  the scheduler's binding, kwok's status PATCH and one Event follow, and the API server sends the
+  same 14 watch events (48 KB). In three rounds of each side etcd took 51–58 ms a create during
+  RTM's rounds against 38–46 ms during the bare client's, and the Pod's POST 101–146 ms against
+  88–113 ms: the control plane has less CPU. PostgreSQL ran 6.2–6.6 transactions per start
+  (three durable: intake, fence, answer; the rest reads of the record) and about 2 ms of
+  statements, the operation log's insert (0.3 ms) and the request's insert, the record's update
+  and the fence (0.2 ms each) first. With synchronous commit off for the whole server (a
+  diagnosis only: RTM would lose answered jobs in a crash) three rounds gave RTM 16.2–16.8 s and
+  the bare client 11.9–13.6 s (ratio of medians 1.25), where the run before, with durable commits,
+  gave 16.9–19.0 s and 12.9–14.1 s (1.28): within the rounds' noise, so the control plane misses
+  PostgreSQL's CPU, not its disk flushes. Of RTM's own CPU (2.35 s in 15 s) the three POSTs are a
+  fifth, as for the bare client; the intake a tenth, the lease's Redis scripts 7 %, the store's
+  statements 11 %, allocation and garbage collection about a fifth: no part of it alone is the
+  gap.
 - The bare client's 1,000 Pods take longer here than the 7.1 s of ../shared/k8s/README.md: it
   sends a Service and a claim POST per game besides the Pod, and the host is shared.
 `

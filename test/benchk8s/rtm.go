@@ -150,6 +150,13 @@ func (w *world) rtmRun(ctx context.Context, p params, n, round int, full bool) (
 	sampler := startSampler(proc, time.Second)
 	stopTimeline := w.timeline(proc, fmt.Sprintf("timeline-%d-%d.txt", n, round), p.goroutines)
 	defer stopTimeline()
+	stopAPI := w.apiProfile(ctx, fmt.Sprintf("rtm-%d-%d", n, round), n)
+	var prof *profiler
+	if p.profile > 0 {
+		if prof, err = w.startProfile(ctx, proc, fmt.Sprintf("%d-%d", n, round), p.profile); err != nil {
+			return res, err
+		}
+	}
 	t0 := time.Now()
 	for lo := 0; lo < n; lo += 1000 {
 		pipe := w.RDB.Pipeline()
@@ -165,6 +172,10 @@ func (w *world) rtmRun(ctx context.Context, p params, n, round int, full bool) (
 	last, err := answers.wait(ctx, 2*time.Minute+time.Duration(n)*100*time.Millisecond)
 	peak, cores := sampler.stop()
 	stopTimeline()
+	stopAPI()
+	if prof != nil {
+		prof.stop(ctx, n)
+	}
 	if err != nil {
 		return res, fmt.Errorf("RTM, %d games: %w (log %s)", n, err, proc.LogPath)
 	}

@@ -36,6 +36,7 @@ type world struct {
 	cs       kubernetes.Interface // admin client without a client-side rate limit, as RTM's
 	versions string               // of the control plane's binaries
 	prebind  bool                 // the claims are bound before a run (provision)
+	profile  bool                 // -profile: what the API server did in each burst (apiProfile)
 	nsSeq    int
 }
 
@@ -63,6 +64,11 @@ func setUp(ctx context.Context, w *world, p params) error {
 		return err
 	}
 	harness.Logf("control plane and %d nodes ready in %s", p.nodes, w.kube.Timings().Ready.Round(100*time.Millisecond))
+	if w.profile = p.profile > 0; w.profile {
+		if err := w.enableStatements(ctx); err != nil {
+			return err
+		}
+	}
 	// The bare client's client is RTM's (no client-side rate limit, protobuf): the two sides
 	// differ only in what RTM does around the requests.
 	if w.cs, err = kubernetes.NewForConfig(kube.ClientConfig(w.kube.Config())); err != nil {
