@@ -107,6 +107,25 @@ func (t PromText) Sum(name string, want ...string) float64 {
 	return total
 }
 
+// Series returns the samples whose line begins with one of prefixes, by series (the name and
+// its labels as written).
+func (t PromText) Series(prefixes ...string) map[string]float64 {
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(t), "\n") {
+		for _, p := range prefixes {
+			if !strings.HasPrefix(line, p) {
+				continue
+			}
+			i := strings.LastIndexByte(line, ' ')
+			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+				out[line[:i]] = v
+			}
+			break
+		}
+	}
+	return out
+}
+
 // WaitIdle returns once the controller's queue is empty and no reconcile runs, twice in a row
 // every apart, or after timeout.
 func (p *Proc) WaitIdle(ctx context.Context, timeout, every time.Duration) {
