@@ -174,7 +174,7 @@ kube-scheduler, kube-controller-manager (node lifecycle, taint eviction, Pod GC)
 RTM's default engine of 1 CPU and 1 GiB; kwok makes a placed Pod Running and Ready with a loopback
 IP at once), a throwaway PostgreSQL (durable commits, as test/bench) and redis-server, and the
 rtmanager binary with RTMANAGER_RUNTIME=kubernetes, KUBECONFIG, a namespace of its own per run,
-RTMANAGER_PROBE_TARGET=readiness and its defaults everywhere else (on Kubernetes 64 reconcile
+RTMANAGER_PROBE_TARGET=readiness and its defaults everywhere else (on Kubernetes 256 reconcile
 workers, 500 reconciles a second, bursts of 2,000; 20 PostgreSQL connections).
 
 - **State claims.** Before each timed run the benchmark creates every game's state claim (as the
@@ -265,7 +265,8 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   same code (-rtm-only) and this document's full run (2026-12-04, same order: bare client first,
   its namespace emptied, then RTM) answered 10,000 of 10,000 succeeded. This program logs the
   first five results that did not succeed, should it come back.
-- **256 workers kept more POSTs in flight than the API server serves** (the default is 64 since).
+- **256 workers kept more POSTs in flight than the API server serves** (the default was 64 from then
+  until 2026-12-06; below).
   With a goroutine profile of RTM every second of a burst (` + "`-goroutines`" + `), the workers
   were in one place during the whole creation phase: waiting for the API server's answer to a
   POST (62–64 of 64, 256 of 256); RTM itself used 0.15–0.21 of a core (a CPU profile over the
@@ -341,6 +342,16 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
   fifth, as for the bare client; the intake a tenth, the lease's Redis scripts 7 %, the store's
   statements 11 %, allocation and garbage collection about a fifth: no part of it alone is the
   gap.
+- **On 2026-12-06 (kernel 6.18) 64 workers kept too few POSTs in flight; the default is 256
+  since.** Times at which each game's Pod was created and ran, seen by an informer of the
+  benchmark's, and each job answered: the bare client at 256 in flight created every game's
+  objects in 4.7–6.8 s and had all running 4–5 s later; RTM with 64 workers created them over
+  9.2–10.1 s (as the bare client at 64 in flight: 7.9–8.2 s), with 128 over 8.1–11.2 s, with 256
+  over 6.8–8.1 s. A reconcile also spends part of its time on PostgreSQL and Redis, so RTM keeps
+  fewer POSTs in flight than it has workers. Once the creates ended, both sides' Pods ran at the
+  same pace (about 150 a second), and the last answer came with the last Pod. Five alternating
+  rounds each: ratio 1.29 (1.28–1.30) with 64 workers (three rounds), 1.25 (1.10–1.43) with 128,
+  1.23 (1.23–1.29) with 256; the bare client's calibration chose 256 in three runs of three.
 - The bare client's 1,000 Pods take longer here than the 7.1 s of ../shared/k8s/README.md: it
   sends a Service and a claim POST per game besides the Pod, and the host is shared.
 `

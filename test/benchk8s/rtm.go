@@ -23,7 +23,7 @@ import (
 // harness's (addresses, allow-list, JSON logs at info, pprof) without the Docker settings, the
 // cluster, the readiness probe target (no stand-in engine answers at this scale), the claims'
 // class when they are bound before the runs, then extra. The work queue keeps its defaults on
-// Kubernetes (RTMANAGER_RECONCILE_WORKERS 64): a start holds its worker for the Pod's creation,
+// Kubernetes (RTMANAGER_RECONCILE_WORKERS 256): a start holds its worker for the Pod's creation,
 // not until the Pod runs (kube.BeginStart).
 func (w *world) rtmEnv(dsn, ns string, extra map[string]string) map[string]string {
 	env := w.RTMEnv(dsn, map[string]string{
