@@ -345,8 +345,8 @@ scheduler's, on 1,000-game runs of this program (` + "`-games 1000 -quick`" + `)
 - **On 2026-12-06 (kernel 6.18) 64 workers kept too few POSTs in flight; the default is 256
   since.** Times at which each game's Pod was created and ran, seen by an informer of the
   benchmark's, and each job answered: the bare client at 256 in flight created every game's
-  objects in 4.7–6.8 s and had all running 4–5 s later; RTM with 64 workers created them over
-  9.2–10.1 s (as the bare client at 64 in flight: 7.9–8.2 s), with 128 over 8.1–11.2 s, with 256
+  objects in 4.6–8.0 s and had all running 3.7–5.7 s later; RTM with 64 workers created them over
+  9.0–10.1 s (as the bare client at 64 in flight: 7.9–9.4 s), with 128 over 8.1–11.2 s, with 256
   over 6.8–8.1 s. A reconcile also spends part of its time on PostgreSQL and Redis, so RTM keeps
   fewer POSTs in flight than it has workers. Once the creates ended, both sides' Pods ran at the
   same pace (about 150 a second), and the last answer came with the last Pod. Five alternating
